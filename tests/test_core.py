@@ -1,0 +1,74 @@
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from tracelake.config import ConfigError, load_settings
+from tracelake.dates import DateRangeError, days_between, parse_date
+from tracelake.tables import TableError, conform, read_range, table_spec, write_table
+
+
+def test_settings_layering_env_then_cli(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("lake_root: /from/file\nspark: {master: 'local[1]', shuffle_partitions: 3}\n")
+    settings = load_settings(
+        file,
+        ["spark.shuffle_partitions=5"],
+        environ={"TRACELAKE_LAKE_ROOT": "/from/env", "TRACELAKE_SPARK__MASTER": "local[4]"},
+    )
+    assert (settings.lake_root, settings.spark.master, settings.spark.shuffle_partitions) == (
+        "/from/env", "local[4]", 5,
+    )
+
+
+def test_settings_errors_name_the_value(tmp_path):
+    with pytest.raises(ConfigError, match="generator.epcs|epcs"):
+        load_settings(overrides=["generator.epcs=-3"], environ={})
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_settings(overrides=["nonsense"], environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+
+
+def test_dates():
+    assert days_between(dt.date(2025, 7, 30), dt.date(2025, 8, 1)) == [
+        dt.date(2025, 7, 30), dt.date(2025, 7, 31), dt.date(2025, 8, 1)]
+    with pytest.raises(DateRangeError, match="before start"):
+        days_between(dt.date(2025, 8, 2), dt.date(2025, 8, 1))
+    with pytest.raises(DateRangeError, match="'2025-13-01'"):
+        parse_date("2025-13-01")
+
+
+def test_unknown_table_lists_known_ones():
+    with pytest.raises(TableError, match="known tables: .*silver_scan_events"):
+        table_spec("silver_scan_event")
+
+
+def test_range_write_replaces_only_owned_partitions(spark, lake_settings):
+    spec = table_spec("silver_labels")
+    lake = lake_settings.lake_root
+    ddl = "event_id string, epc_code string, anomaly_type string, confirmed_at timestamp, label_date date, _run_id string"
+
+    def frame(rows):
+        return spark.createDataFrame(rows, ddl)
+
+    ts = dt.datetime(2025, 7, 1, 10)
+    day1, day2 = dt.date(2025, 7, 1), dt.date(2025, 7, 2)
+    write_table(frame([("e1", "x", "jump", ts, day1, "r1"), ("e2", "x", "jump", ts, day2, "r1")]),
+                spec, lake, start=day1, end=day2)
+    version = write_table(frame([("e3", "x", "loc_err", ts, day2, "r2")]), spec, lake, start=day2, end=day2,
+                          metadata={"run_id": "r2"})
+    assertDataFrameEqual(
+        read_range(spark, spec, lake, day1, day2).select("event_id", "_run_id"),
+        spark.createDataFrame([("e1", "r1"), ("e3", "r2")], "event_id string, _run_id string"),
+    )
+    assert version == 1
+    # Rows outside the owned range are refused, not silently written.
+    with pytest.raises(Exception, match="(?i)replaceWhere|constraint|predicate"):
+        write_table(frame([("e4", "x", "jump", ts, day1, "r3")]), spec, lake, start=day2, end=day2)
+
+
+def test_conform_names_missing_columns(spark):
+    with pytest.raises(TableError, match="lacks column"):
+        conform(spark.range(1).withColumn("event_id", F.lit("a")), table_spec("silver_labels"))

@@ -1,0 +1,44 @@
+"""`tracelake <step> …`: one subcommand per pipeline step.
+
+Each subcommand runs the very `main()` of the step's spark-submit entrypoint,
+so `tracelake ingest --start-date D` and
+`spark-submit spark_jobs/ingest.py --start-date D` are the same code.
+Entrypoints are imported only when their command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (entrypoint module, one-line help). Later stages add theirs here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("spark_jobs.generate", "simulate the supply network and write landing files"),
+    "ingest": ("spark_jobs.ingest", "landing files -> bronze (+ quarantine) -> silver"),
+    "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: tracelake <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
+        "\n\n`tracelake <command> --help` shows a command's options."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"tracelake: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

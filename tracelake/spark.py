@@ -1,0 +1,81 @@
+"""The one Spark session builder: Delta enabled, UTC, settings from config.
+
+There is no global session: jobs call :func:`build_spark` at their edge and
+pass the session down.
+"""
+
+from __future__ import annotations
+
+from tracelake.errors import TracelakeError
+
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from tracelake.config import Settings
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class SparkSetupError(TracelakeError, RuntimeError):
+    """Spark cannot be started as configured (e.g. the Delta JARs are missing)."""
+
+
+def _pyspark_jars_dir() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "jars"
+
+
+def delta_jars(settings: Settings) -> list[str]:
+    """Delta JARs to put on the classpath, or [] when pyspark already ships them.
+
+    `make setup` copies them into pyspark's own jars folder, so `spark-submit`,
+    `pyspark` and standalone workers started from this install all have Delta;
+    otherwise they are passed with ``spark.jars`` from the configured folder.
+    """
+    if any(_pyspark_jars_dir().glob("delta-spark_*.jar")):
+        return []
+    jars = sorted(str(p) for p in Path(settings.spark.jars_dir).glob("delta-*.jar"))
+    if not jars:
+        raise SparkSetupError(
+            f"no Delta Lake JARs in {settings.spark.jars_dir!r} nor in pyspark's jars folder; "
+            "run `make setup` (it fetches them from Maven Central) or set spark.jars_dir"
+        )
+    return jars
+
+
+def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
+    """Every setting the session is built with (useful to spark-submit too)."""
+    conf: dict[str, str] = {
+        "spark.app.name": f"{settings.spark.app_name_prefix}-{app_name}",
+        "spark.master": settings.spark.master,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.driver.memory": settings.spark.driver_memory,
+        "spark.ui.showConsoleProgress": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Lineage: Delta keeps userMetadata in each commit's info.
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        **DELTA_CONF,
+    }
+    jars = delta_jars(settings)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(settings.spark.conf)
+    return conf
+
+
+def build_spark(settings: Settings, app_name: str) -> SparkSession:
+    """Create (or join, under spark-submit) the session for one job."""
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings, app_name).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,242 @@
+"""Table access from one place: name -> path, schema, partition column.
+
+Specs are read from ``schemas/tables/<name>.yaml``; code never restates a
+schema. Writes go through :func:`write_table`, which replaces exactly the
+partitions (or owned rows) a run is responsible for in one atomic Delta commit
+and records lineage in the commit's user metadata.
+"""
+
+from __future__ import annotations
+
+from tracelake.errors import TracelakeError
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from tracelake.config import PROJECT_ROOT
+
+SCHEMAS_DIR = PROJECT_ROOT / "schemas"
+
+
+class TableError(TracelakeError, RuntimeError):
+    """A table is missing, malformed, or a frame does not match its schema."""
+
+
+_SIMPLE_TYPES: dict[str, DataType] = {
+    "string": StringType(),
+    "int": IntegerType(),
+    "bigint": LongType(),
+    "double": DoubleType(),
+    "float": FloatType(),
+    "boolean": BooleanType(),
+    "date": DateType(),
+    "timestamp": TimestampType(),
+}
+
+
+def parse_type(text: str) -> DataType:
+    """Spark type from the DDL spelling used in schemas/ (simple types and array<...>)."""
+    name = text.strip().lower()
+    if name in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[name]
+    if name.startswith("array<") and name.endswith(">"):
+        return ArrayType(parse_type(name[len("array<"):-1]), containsNull=True)
+    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPES)} or array<...>")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str
+    nullable: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    path: str
+    format: str
+    columns: tuple[ColumnSpec, ...]
+    partition_by: str | None = None
+    owned_by_column: str | None = None
+    expectations: str | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def schema(self) -> StructType:
+        return StructType(
+            [StructField(c.name, parse_type(c.type), c.nullable) for c in self.columns]
+        )
+
+    @property
+    def ddl(self) -> str:
+        return ", ".join(f"`{c.name}` {c.type}" for c in self.columns)
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [c.name for c in self.columns if not c.nullable]
+
+    @property
+    def date_column(self) -> str | None:
+        """Column whose date range a run owns (partition column, else owned_by_column)."""
+        return self.partition_by or self.owned_by_column
+
+    def location(self, lake_root: str | Path) -> str:
+        return str(Path(lake_root) / self.path)
+
+    @property
+    def expectations_file(self) -> Path | None:
+        return SCHEMAS_DIR / "expectations" / self.expectations if self.expectations else None
+
+
+def _spec_from_yaml(data: dict[str, Any]) -> TableSpec:
+    known = {"name", "path", "format", "columns", "partition_by", "owned_by_column", "expectations", "description"}
+    return TableSpec(
+        name=data["name"],
+        path=data["path"],
+        format=data.get("format", "delta"),
+        columns=tuple(ColumnSpec(**c) for c in data["columns"]),
+        partition_by=data.get("partition_by"),
+        owned_by_column=data.get("owned_by_column"),
+        expectations=data.get("expectations"),
+        description=(data.get("description") or "").strip(),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+@lru_cache(maxsize=None)
+def table_spec(name: str) -> TableSpec:
+    """The spec of table ``name`` (file ``schemas/tables/<name>.yaml``)."""
+    file = SCHEMAS_DIR / "tables" / f"{name}.yaml"
+    if not file.is_file():
+        known = sorted(p.stem for p in (SCHEMAS_DIR / "tables").glob("*.yaml"))
+        raise TableError(f"unknown table {name!r}; known tables: {', '.join(known)}")
+    return _spec_from_yaml(yaml.safe_load(file.read_text()))
+
+
+def all_table_specs() -> list[TableSpec]:
+    return [table_spec(p.stem) for p in sorted((SCHEMAS_DIR / "tables").glob("*.yaml"))]
+
+
+@lru_cache(maxsize=None)
+def domain() -> dict[str, Any]:
+    """Domain enumerations (anomaly types, business steps and tiers, event types, EPC regex)."""
+    return yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
+
+
+def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """Select the spec's columns in order, cast to its types; fail on missing columns."""
+    missing = [c for c in spec.column_names if c not in df.columns]
+    if missing:
+        raise TableError(
+            f"frame for table {spec.name!r} lacks column(s) {missing}; it has {df.columns}"
+        )
+    return df.select(*[F.col(c.name).cast(c.type).alias(c.name) for c in spec.columns])
+
+
+def table_exists(spark: SparkSession, spec: TableSpec, lake_root: str | Path) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, spec.location(lake_root))
+
+
+def read_table(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int | None = None) -> DataFrame:
+    """Read a Delta table (optionally at a version); a clear error when it is absent."""
+    location = spec.location(lake_root)
+    if not table_exists(spark, spec, lake_root):
+        raise TableError(
+            f"table {spec.name!r} does not exist at {location}; run the job that writes it first"
+        )
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(location)
+
+
+def read_range(
+    spark: SparkSession, spec: TableSpec, lake_root: str | Path, start: dt.date, end: dt.date
+) -> DataFrame:
+    """Rows of the table whose date column lies in [start, end] (partition pruning)."""
+    column = spec.date_column
+    if column is None:
+        raise TableError(f"table {spec.name!r} has no date column to select a range on")
+    return read_table(spark, spec, lake_root).where(
+        F.col(column).between(F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date"))
+    )
+
+
+def latest_version(spark: SparkSession, spec: TableSpec, lake_root: str | Path) -> int | None:
+    """The table's current Delta version, or None when it does not exist yet."""
+    from delta.tables import DeltaTable
+
+    if not table_exists(spark, spec, lake_root):
+        return None
+    row = DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("version").first()
+    return int(row["version"]) if row else None
+
+
+def write_table(
+    df: DataFrame,
+    spec: TableSpec,
+    lake_root: str | Path,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Write ``df`` to the table, replacing what the run owns, in one Delta commit.
+
+    With ``start``/``end`` the run owns the rows whose date column lies in the
+    range: they are replaced (``replaceWhere``), other dates stay untouched, and
+    rows of ``df`` outside the range make the commit fail instead of leaking.
+    Without a range the whole table is replaced. Delta commits atomically, so
+    a killed write leaves the previous version readable. Returns the new version.
+    """
+    from delta.tables import DeltaTable
+
+    location = spec.location(lake_root)
+    writer = conform(df, spec).write.format("delta").mode("overwrite")
+    if metadata:
+        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True, default=str))
+    if spec.partition_by:
+        writer = writer.partitionBy(spec.partition_by)
+    if start is not None or end is not None:
+        column = spec.date_column
+        if column is None or start is None or end is None:
+            raise TableError(f"table {spec.name!r}: a range write needs a date column and both dates")
+        predicate = f"`{column}` >= DATE'{start.isoformat()}' AND `{column}` <= DATE'{end.isoformat()}'"
+        writer = writer.option("replaceWhere", predicate)
+    else:
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(location)
+    spark = df.sparkSession
+    row = DeltaTable.forPath(spark, location).history(1).select("version").first()
+    return int(row["version"])
