@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("spark_jobs.generate", "simulate the supply network and write landing files"),
     "ingest": ("spark_jobs.ingest", "landing files -> bronze (+ quarantine) -> silver"),
+    "validate": ("spark_jobs.validate", "validate a table's partitions with Great Expectations"),
+    "features": ("spark_jobs.build_features", "snapshot features and point-in-time event features"),
+    "training-set": ("spark_jobs.build_training_set", "event features + labels known as of T, temporal split"),
     "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
 }
 
@@ -36,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"tracelake: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from tracelake.runs import run_entrypoint
+
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return run_entrypoint(module.main, rest)
 
 
 if __name__ == "__main__":

@@ -89,12 +89,33 @@ class IngestSettings(_Section):
     reconciliation_tolerance: int = Field(0, ge=0)
 
 
+class ValidationSettings(_Section):
+    # Where results and Data Docs go, relative to the lake root.
+    results_dir: str = "_validation"
+
+
+class FeatureSettings(_Section):
+    # Events per EPC sequence (the model's time axis).
+    sequence_length: int = Field(25, ge=1)
+    # How far back (days) a day's sequences and history may reach.
+    lookback_days: int = Field(30, ge=0)
+
+
+class TrainingSetSettings(_Section):
+    # Temporal split: share of the range's days in train and validation; the rest is test.
+    train_fraction: float = Field(0.6, gt=0, lt=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+
+
 class Settings(_Section):
     lake_root: str = "./lake"
     spark: SparkSettings = Field(default_factory=SparkSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
 
     @property
     def lake_path(self) -> Path:
