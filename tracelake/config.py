@@ -107,6 +107,67 @@ class TrainingSetSettings(_Section):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class TrainingSettings(_Section):
+    """The sequence model, its training loop, evaluation and export (see training/)."""
+
+    # Model.
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    tab_hidden_size: int = Field(64, ge=1)
+    head_hidden_size: int = Field(64, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # Standardised features are clipped to +-this many standard deviations
+    # (an infinite input, e.g. a speed over a zero time gap, becomes the bound).
+    feature_clip: float = Field(10.0, gt=0)
+    # Class imbalance: pos_weight = negatives / positives per label, at most this.
+    pos_weight_cap: float = Field(100.0, ge=1)
+    # Optimisation.
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(4096, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    # Share of all steps spent warming the learning rate up linearly (cosine, onecycle).
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    # Gradient clipping by global norm; 0 measures the norm without clipping.
+    grad_clip_norm: float = Field(1.0, ge=0)
+    # A step whose loss or gradient is not finite is skipped; this many in a row abort the run.
+    max_nonfinite_steps: int = Field(20, ge=1)
+    # Early stopping: epochs without improvement of the metric by more than min_delta.
+    early_stopping_metric: Literal["val_loss", "val_macro_pr_auc"] = "val_loss"
+    early_stopping_patience: int = Field(3, ge=1)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    # Checkpoint (full state, atomically replaced) every this many optimizer steps.
+    checkpoint_every_steps: int = Field(200, ge=1)
+    log_every_steps: int = Field(50, ge=1)
+    seed: int = 42
+    # bf16 autocast on GPU (CPU always trains in float32).
+    mixed_precision: bool = True
+    # Launch (read by spark_jobs/train.py for TorchDistributor; train_fn reads use_gpu).
+    num_processes: int = Field(2, ge=1)
+    local_mode: bool = True
+    use_gpu: bool = False
+    # Intra-op threads per training process. TorchDistributor exports
+    # OMP_NUM_THREADS=1 to every process; 0 means "this host's usable cores /
+    # processes on this host", which undoes that on CPU without oversubscribing.
+    torch_threads: int = Field(0, ge=0)
+    # Petastorm reader threads per process (1 keeps the in-epoch row-group order
+    # reproducible, which mid-epoch resume relies on).
+    loader_workers: int = Field(1, ge=1)
+    # Rows shuffled together on the petastorm path (the in-memory path shuffles fully).
+    shuffle_buffer_rows: int = Field(50_000, ge=0)
+    # Evaluation.
+    threshold_rule: Literal["max_f1"] = "max_f1"
+    bootstrap_samples: int = Field(1000, ge=0)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    # Export: ONNX Runtime must match torch within this (max absolute difference).
+    onnx_parity_tolerance: float = Field(1e-4, gt=0)
+    onnx_opset: int = Field(18, ge=14)
+    onnx_exporter: Literal["dynamo", "torchscript"] = "dynamo"
+
+
 class Settings(_Section):
     lake_root: str = "./lake"
     spark: SparkSettings = Field(default_factory=SparkSettings)
@@ -116,6 +177,7 @@ class Settings(_Section):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
     def lake_path(self) -> Path:
