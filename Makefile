@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml requirements.lock
 	  mvn -q dependency:copy -Dartifact=$$artifact -DoutputDirectory=$(JARS_DIR) || exit 1; \
 	done
 	cp $(JARS_DIR)/delta-*.jar $(PYSPARK_JARS)/
+	# spark-submit from this install runs the driver and executors with the venv's Python.
+	mkdir -p $(PYSPARK_JARS)/../conf
+	printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "$(abspath $(PY))" "$(abspath $(PY))" > $(PYSPARK_JARS)/../conf/spark-defaults.conf
 	touch $(STAMP)
 
 demo: setup

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("spark_jobs.validate", "validate a table's partitions with Great Expectations"),
     "features": ("spark_jobs.build_features", "snapshot features and point-in-time event features"),
     "training-set": ("spark_jobs.build_training_set", "event features + labels known as of T, temporal split"),
+    "cluster": ("tracelake.standalone", "start/stop a Spark standalone master and workers on loopback"),
     "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
 }
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from tracelake.errors import TracelakeError
 
+import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -60,6 +62,9 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.driver.memory": settings.spark.driver_memory,
         "spark.ui.showConsoleProgress": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Executors (local or on standalone workers of this install) run this
+        # very interpreter, which has the project's packages.
+        "spark.pyspark.python": sys.executable,
         # Lineage: Delta keeps userMetadata in each commit's info.
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         **DELTA_CONF,
@@ -73,6 +78,9 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
 
 def build_spark(settings: Settings, app_name: str) -> SparkSession:
     """Create (or join, under spark-submit) the session for one job."""
+    # PySpark takes the executors' interpreter from this variable, not from
+    # spark.pyspark.python, when the driver is a plain Python process.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in spark_conf(settings, app_name).items():
         builder = builder.config(key, value)

@@ -1,0 +1,178 @@
+"""A Spark standalone cluster on loopback, started from the installed pyspark.
+
+`tracelake cluster start` launches one master and N workers (default 2) as
+background processes bound to 127.0.0.1, `tracelake cluster stop` ends them.
+The jobs then run unchanged with `--master spark://127.0.0.1:7077`. Workers
+are started from the same installation, so Delta's JARs (copied into
+pyspark's jars folder by `make setup`) and the project's Python environment
+reach the executors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tracelake.errors import TracelakeError
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+
+class ClusterError(TracelakeError, RuntimeError):
+    """The local standalone cluster could not be started or reached."""
+
+
+@dataclass
+class ClusterState:
+    master_url: str
+    master_pid: int
+    worker_pids: list[int] = field(default_factory=list)
+    log_dir: str = ""
+
+
+def _spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.5)
+    raise ClusterError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s; see the logs in the state folder")
+
+
+def _launch(args: list[str], log_file: Path, env: dict[str, str]) -> int:
+    spark_class = _spark_home() / "bin" / "spark-class"
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            [str(spark_class), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # outlives this command; stopped by `stop`
+        )
+    return process.pid
+
+
+def start(
+    state_dir: Path,
+    *,
+    workers: int = 2,
+    cores_per_worker: int = 1,
+    memory_per_worker: str = "2g",
+    host: str = "127.0.0.1",
+    port: int = 7077,
+    webui_port: int = 8080,
+    timeout_s: float = 60.0,
+) -> ClusterState:
+    """Start a master and ``workers`` workers; returns once all have registered."""
+    state_file = state_dir / "cluster.json"
+    if state_file.exists():
+        raise ClusterError(f"a cluster is already recorded in {state_file}; run `tracelake cluster stop` first")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("SPARK_HOME", str(_spark_home()))
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env["SPARK_LOCAL_IP"] = host
+    env.setdefault("SPARK_LOG_DIR", str(state_dir))
+    master_pid = _launch(
+        [MASTER_CLASS, "--host", host, "--port", str(port), "--webui-port", str(webui_port)],
+        state_dir / "master.log", env,
+    )
+    state = ClusterState(master_url=f"spark://{host}:{port}", master_pid=master_pid, log_dir=str(state_dir))
+    state_file.write_text(json.dumps(asdict(state)))
+    _wait_for_port(host, port, timeout_s)
+    for index in range(workers):
+        work_dir = state_dir / f"worker-{index}"
+        work_dir.mkdir(exist_ok=True)
+        state.worker_pids.append(
+            _launch(
+                [WORKER_CLASS, state.master_url, "--host", host, "--cores", str(cores_per_worker),
+                 "--memory", memory_per_worker, "--work-dir", str(work_dir), "--webui-port", str(webui_port + 1 + index)],
+                state_dir / f"worker-{index}.log", env,
+            )
+        )
+        state_file.write_text(json.dumps(asdict(state)))
+    _wait_for_workers(state, webui_port, workers, timeout_s)
+    return state
+
+
+def _wait_for_workers(state: ClusterState, webui_port: int, expected: int, timeout_s: float) -> None:
+    import urllib.request
+
+    host = state.master_url.removeprefix("spark://").split(":")[0]
+    deadline = time.monotonic() + timeout_s
+    alive = 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{webui_port}/json/", timeout=2) as response:
+                info = json.load(response)
+            alive = sum(1 for w in info.get("workers", []) if w.get("state") == "ALIVE")
+            if alive >= expected:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise ClusterError(f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:.0f}s")
+
+
+def stop(state_dir: Path) -> bool:
+    """Stop the recorded cluster (workers first); False when none is recorded."""
+    state_file = state_dir / "cluster.json"
+    if not state_file.exists():
+        return False
+    state = ClusterState(**json.loads(state_file.read_text()))
+    for pid in [*state.worker_pids, state.master_pid]:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    for pid in [*state.worker_pids, state.master_pid]:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    state_file.unlink()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tracelake cluster", description=__doc__)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--state-dir", default=".spark-cluster", help="where pids and logs are kept")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cores-per-worker", type=int, default=1)
+    parser.add_argument("--memory-per-worker", default="2g")
+    parser.add_argument("--port", type=int, default=7077)
+    parser.add_argument("--webui-port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    state_dir = Path(args.state_dir).resolve()
+    if args.action == "start":
+        state = start(
+            state_dir, workers=args.workers, cores_per_worker=args.cores_per_worker,
+            memory_per_worker=args.memory_per_worker, port=args.port, webui_port=args.webui_port,
+        )
+        print(f"master {state.master_url} with {len(state.worker_pids)} workers; logs in {state.log_dir}")
+    else:
+        print("stopped" if stop(state_dir) else f"no cluster recorded in {state_dir}")
+    return 0
