@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from training import metrics
+
+LABELS = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    rng = np.random.default_rng(7)
+    n = 600
+    y = (rng.random((n, 3)) < [0.1, 0.3, 0.05]).astype(float)
+    # Rounded scores: many ties, which the rank-based code must treat like sklearn.
+    p = np.clip(np.round(0.4 * rng.random((n, 3)) + 0.35 * y + 0.1 * rng.normal(size=(n, 3)), 2), 0, 1)
+    return y, p
+
+
+def test_auc_and_average_precision_equal_sklearn(arrays):
+    y, p = arrays
+    for j in range(3):
+        assert metrics.roc_auc(y[:, j], p[:, j]) == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-12)
+        assert metrics.pr_auc(y[:, j], p[:, j]) == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-12)
+    assert np.isnan(metrics.pr_auc(np.zeros(5), np.linspace(0, 1, 5)))
+
+
+def test_bootstrap_weights_equal_sklearn_sample_weight(arrays):
+    y, p = arrays
+    weights = np.bincount(np.random.default_rng(1).integers(0, len(y), len(y)), minlength=len(y))
+    ranked = metrics._Ranked(y[:, 1], p[:, 1])
+    roc, ap = metrics._auc_ap(*ranked.curves(weights[None, :].astype(np.float32)))
+    assert roc[0] == pytest.approx(roc_auc_score(y[:, 1], p[:, 1], sample_weight=weights), abs=1e-6)
+    assert ap[0] == pytest.approx(average_precision_score(y[:, 1], p[:, 1], sample_weight=weights), abs=1e-6)
+
+
+def test_thresholds_maximise_f1_on_validation(arrays):
+    y, p = arrays
+    thresholds = metrics.choose_thresholds(y, p, LABELS)
+    for j, name in enumerate(LABELS):
+        best = max(f1_score(y[:, j], p[:, j] >= t) for t in np.unique(p[:, j]))
+        assert f1_score(y[:, j], p[:, j] >= thresholds[name]) == pytest.approx(best, abs=1e-12)
+
+
+def test_evaluate_point_values_and_intervals(arrays):
+    y, p = arrays
+    thresholds = {"a": 0.5, "b": 0.45, "c": 0.6}
+    report = metrics.evaluate(y, p, thresholds, LABELS, n_bootstrap=300, seed=3)
+    for j, name in enumerate(LABELS):
+        row, pred = report["labels"][name], p[:, j] >= thresholds[name]
+        assert row["positives"] == int(y[:, j].sum())
+        assert row["roc_auc"]["value"] == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-12)
+        assert row["pr_auc"]["value"] == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-12)
+        assert row["precision"]["value"] == pytest.approx(precision_score(y[:, j], pred, zero_division=0))
+        assert row["recall"]["value"] == pytest.approx(recall_score(y[:, j], pred))
+        assert row["f1"]["value"] == pytest.approx(f1_score(y[:, j], pred))
+        for metric in metrics.METRICS:
+            assert row[metric]["ci_low"] <= row[metric]["value"] <= row[metric]["ci_high"]
+    macro_pr = np.mean([average_precision_score(y[:, j], p[:, j]) for j in range(3)])
+    assert report["macro"]["pr_auc"]["value"] == pytest.approx(macro_pr)
+    # Seeded: the same seed gives the same intervals, another seed others.
+    again = metrics.evaluate(y, p, thresholds, LABELS, n_bootstrap=300, seed=3)
+    other = metrics.evaluate(y, p, thresholds, LABELS, n_bootstrap=300, seed=4)
+    assert again == report
+    assert other["macro"]["pr_auc"]["ci_low"] != report["macro"]["pr_auc"]["ci_low"]
+    flat = metrics.flat_metrics(report)
+    assert flat["test_macro_pr_auc"] == report["macro"]["pr_auc"]["value"]
+    assert flat["test_f1_b"] == report["labels"]["b"]["f1"]["value"]
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        metrics.choose_thresholds(np.full((3, 1), 2.0), np.zeros((3, 1)), ["x"])
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.choose_thresholds(np.zeros((3, 1)), np.full((3, 1), np.nan), ["x"])
+    with pytest.raises(ValueError, match=r"no threshold for label\(s\) \['b'\]"):
+        metrics.evaluate(np.zeros((3, 2)), np.zeros((3, 2)), {"a": 0.5}, ["a", "b"])
+
+
+def test_comparison_table_and_plots(arrays, tmp_path):
+    y, p = arrays
+    thresholds = metrics.choose_thresholds(y, p, LABELS)
+    lstm = metrics.evaluate(y, p, thresholds, LABELS, n_bootstrap=50, seed=0)
+    baseline = metrics.evaluate(y, np.sqrt(p), thresholds, LABELS, n_bootstrap=50, seed=0)
+    table = metrics.comparison_table({"lstm": lstm, "baseline": baseline})
+    lines = table.splitlines()
+    assert lines[0].split("|")[3].strip() == "lstm" and lines[0].split("|")[4].strip() == "baseline"
+    assert len(lines) == 2 + (len(LABELS) + 1) * len(metrics.METRICS)
+    assert any(line.startswith("| macro") and "pr_auc" in line for line in lines)
+    history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1), "val_macro_pr_auc": 0.1 * e}
+               for e in range(4)]
+    paths = [
+        metrics.plot_loss_curves(history, tmp_path / "loss.png"),
+        metrics.plot_pr_curves(y, p, LABELS, tmp_path / "plots" / "pr.png"),
+        metrics.plot_confusion_matrices(y, p, thresholds, LABELS, tmp_path / "confusion.png"),
+    ]
+    for path in paths:
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

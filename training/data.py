@@ -1,0 +1,596 @@
+"""Training data: the column layout, batches sharded by rank, and a synthetic set.
+
+Column layout (what the training-set job writes and what this module reads):
+
+| column | type | meaning |
+| --- | --- | --- |
+| one per tabular feature | float (double accepted) | ``FeatureSpec.tab_features``, in that order |
+| ``seq`` | array<float>, exactly ``seq_len * n_seq_features`` long | the EPC's last events, flattened time-major |
+| ``seq_len`` | int | how many leading time steps of ``seq`` are real events (1..seq_len) |
+| one per label | int, 0 or 1 | ``FeatureSpec.label_names`` (schemas/domain.yaml ``anomaly_types``) |
+| ``split`` | string | ``train``, ``validation`` or ``test`` |
+
+``seq`` is one flat array, not one array column per sequence feature: one
+column is one Arrow list to convert (a reshape, no per-feature stacking), and
+the Spark side builds it with one ``flatten(transform(...))``. Element
+``t * n_seq_features + f`` is feature ``FeatureSpec.seq_features[f]`` of time
+step ``t``. Steps are oldest first and right-padded: steps ``0 .. seq_len-1``
+are the EPC's most recent events ending with this one (so step ``seq_len-1``
+is the event itself), later steps are padding (any value; 0 by convention).
+Right padding lets a unidirectional RNN read the output at step ``seq_len-1``,
+which no padding can influence, without packed sequences (which ONNX export
+handles badly). Missing feature values may be null/NaN: the model imputes the
+training mean for them.
+
+Two sources give the train function its batches, both sharded by rank with
+the same number of training steps on every rank (DDP needs that):
+- :class:`InMemorySource`: a parquet folder read with pyarrow (plain torchrun,
+  tests, benchmarks). Every rank loads the split and takes its share of a
+  permutation that is a function of (seed, epoch) only.
+- :class:`PetastormSource`: the parquet files that petastorm's
+  ``make_spark_converter`` materialises (``converter.file_urls``), read with
+  ``petastorm.make_batch_reader`` sharded by row group.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from tracelake.errors import TracelakeError
+
+SEQ_COLUMN = "seq"
+SEQ_LEN_COLUMN = "seq_len"
+SPLIT_COLUMN = "split"
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
+_RESERVED = {SEQ_COLUMN, SEQ_LEN_COLUMN, SPLIT_COLUMN}
+
+
+class DataError(TracelakeError, ValueError):
+    """Training data that does not match the column layout above."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Names and order of the model's inputs and outputs (they travel with the model)."""
+
+    seq_features: tuple[str, ...]
+    tab_features: tuple[str, ...]
+    seq_len: int
+    label_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for field_name in ("seq_features", "tab_features", "label_names"):
+            object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
+        if not self.seq_features or not self.tab_features or not self.label_names:
+            raise DataError(
+                f"a feature spec needs at least one sequence feature, tabular feature and label; got {self}"
+            )
+        if self.seq_len < 1:
+            raise DataError(f"seq_len must be >= 1, got {self.seq_len}")
+        columns = [*self.tab_features, *self.label_names]
+        clashes = sorted({c for c in columns if columns.count(c) > 1} | (set(columns) & _RESERVED))
+        if clashes or len(set(self.seq_features)) != len(self.seq_features):
+            raise DataError(
+                f"feature/label names must be unique and not one of {sorted(_RESERVED)}; offending: "
+                f"{clashes or self.seq_features}"
+            )
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.seq_features)
+
+    @property
+    def n_tab(self) -> int:
+        return len(self.tab_features)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def columns(self) -> list[str]:
+        """The parquet columns the model reads, in layout order."""
+        return [*self.tab_features, SEQ_COLUMN, SEQ_LEN_COLUMN, *self.label_names]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq_features": list(self.seq_features),
+            "tab_features": list(self.tab_features),
+            "seq_len": self.seq_len,
+            "label_names": list(self.label_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        missing = {"seq_features", "tab_features", "seq_len", "label_names"} - set(data)
+        if missing:
+            raise DataError(f"feature spec lacks {sorted(missing)}; got keys {sorted(data)}")
+        return cls(tuple(data["seq_features"]), tuple(data["tab_features"]), int(data["seq_len"]),
+                   tuple(data["label_names"]))
+
+
+def default_label_names() -> tuple[str, ...]:
+    """The anomaly types of schemas/domain.yaml, in order."""
+    from tracelake.tables import domain  # imported here: tracelake.tables imports pyspark
+
+    return tuple(domain()["anomaly_types"])
+
+
+class Arrays(NamedTuple):
+    """A split (or batch) as numpy: seq [N, T, F] f32, seq_len [N] i64, tab [N, K] f32, labels [N, L] f32."""
+
+    seq: np.ndarray
+    seq_len: np.ndarray
+    tab: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.seq_len.shape[0])
+
+    def take(self, index: np.ndarray | slice) -> Arrays:
+        return Arrays(self.seq[index], self.seq_len[index], self.tab[index], self.labels[index])
+
+    def to_batch(self) -> Batch:
+        return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in self))
+
+
+class Batch(NamedTuple):
+    """One batch as tensors, in the model's argument order plus the labels."""
+
+    seq: torch.Tensor
+    seq_len: torch.Tensor
+    tab: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.seq_len.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        non_blocking = torch.device(device).type == "cuda"
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def _float_matrix(column: Any, name: str, width: int) -> np.ndarray:
+    """An array column -> float32 [N, width]; nulls inside become NaN."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if array.null_count:
+            row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != width)
+        if bad.size:
+            raise DataError(
+                f"column {name!r} must hold {width} values per row (seq_len x sequence features); "
+                f"row {int(bad[0])} has {int(lengths[bad[0]])}"
+            )
+        values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
+        return values.reshape(len(array), width)
+    matrix = np.asarray(column)
+    if matrix.dtype == object:  # e.g. pandas: one array per row
+        try:
+            matrix = np.stack([np.asarray(v, dtype=np.float32) for v in matrix]) if len(matrix) else matrix
+        except ValueError as exc:
+            raise DataError(f"column {name!r} must hold {width} values in every row: {exc}") from exc
+    if matrix.ndim != 2 or (len(matrix) and matrix.shape[1] != width):
+        raise DataError(f"column {name!r} must be [rows, {width}], got shape {matrix.shape}")
+    return matrix.astype(np.float32, copy=False).reshape(-1, width)
+
+
+def _vector(column: Any, name: str, dtype: Any) -> np.ndarray:
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return np.asarray(column).astype(dtype, copy=False)
+
+
+def columns_to_arrays(columns: Mapping[str, Any], spec: FeatureSpec) -> Arrays:
+    """Layout columns (pyarrow table, pandas frame, or dict of numpy arrays) -> :class:`Arrays`.
+
+    Raises :class:`DataError` naming the column and row when the data breaks the layout.
+    """
+    available = set(columns.column_names) if isinstance(columns, pa.Table) else set(columns.keys())
+    missing = [c for c in spec.columns if c not in available]
+    if missing:
+        raise DataError(f"training data lacks column(s) {missing}; it has {sorted(available)}")
+    seq = _float_matrix(columns[SEQ_COLUMN], SEQ_COLUMN, spec.seq_len * spec.n_seq)
+    n = seq.shape[0]
+    seq_len = _vector(columns[SEQ_LEN_COLUMN], SEQ_LEN_COLUMN, np.float64)
+    bad = np.flatnonzero(~np.isfinite(seq_len) | (seq_len < 1) | (seq_len > spec.seq_len))
+    if bad.size:
+        raise DataError(
+            f"column {SEQ_LEN_COLUMN!r} must lie in 1..{spec.seq_len}; row {int(bad[0])} has {seq_len[bad[0]]}"
+        )
+    tab = np.empty((n, spec.n_tab), dtype=np.float32)
+    for j, name in enumerate(spec.tab_features):
+        tab[:, j] = _vector(columns[name], name, np.float32)
+    labels = np.empty((n, spec.n_labels), dtype=np.float32)
+    for j, name in enumerate(spec.label_names):
+        values = _vector(columns[name], name, np.float32)
+        bad = np.flatnonzero((values != 0) & (values != 1))  # NaN (null) fails both
+        if bad.size:
+            raise DataError(f"label column {name!r} must be 0 or 1; row {int(bad[0])} has {values[bad[0]]}")
+        labels[:, j] = values
+    if not seq.flags.writeable:  # a zero-copy view of Arrow memory; torch wants writable arrays
+        seq = seq.copy()
+    return Arrays(seq.reshape(n, spec.seq_len, spec.n_seq), seq_len.astype(np.int64), tab, labels)
+
+
+def read_split(path: str | os.PathLike[str], split: str, spec: FeatureSpec) -> Arrays:
+    """All rows of one split of a parquet dataset in the layout above (pyarrow, no Spark)."""
+    location = _local_path(path)
+    if not Path(location).exists():
+        raise DataError(f"training data {str(location)!r} does not exist; write the training set first")
+    table = pq.read_table(location, columns=spec.columns, filters=[(SPLIT_COLUMN, "=", split)])
+    return columns_to_arrays(table, spec)
+
+
+def _local_path(url: str | os.PathLike[str]) -> str:
+    text = str(url)
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The training order of an epoch: a permutation that depends on (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
+
+
+class DataSource(ABC):
+    """Batches for one rank. Every rank gets the same number of training steps per epoch."""
+
+    def __init__(self, spec: FeatureSpec, *, rank: int, world_size: int, batch_size: int, seed: int):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside a world of size {world_size}")
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.batch_size, self.seed = batch_size, seed
+
+    @abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Training batches per rank and epoch (equal on all ranks)."""
+
+    @abstractmethod
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """This rank's training batches of ``epoch`` in a (seed, epoch)-determined order, the first ``skip`` left out."""
+
+    @abstractmethod
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """This rank's share of ``split``: over all ranks every row exactly once, unshuffled."""
+
+    def stats_batches(self, batch_size: int) -> Iterator[Batch]:
+        """This rank's share of the training split, each row once (for preprocessing statistics)."""
+        return self.eval_batches(TRAIN, batch_size)
+
+    def close(self) -> None:
+        """Release readers and memory."""
+
+
+class InMemorySource(DataSource):
+    """A parquet dataset in the layout above, loaded per split with pyarrow."""
+
+    def __init__(self, path: str, spec: FeatureSpec, **kwargs: Any):
+        super().__init__(spec, **kwargs)
+        self.path = path
+        self._splits: dict[str, Arrays] = {}
+
+    @classmethod
+    def from_arrays(cls, splits: Mapping[str, Arrays], spec: FeatureSpec, **kwargs: Any) -> InMemorySource:
+        source = cls("<memory>", spec, **kwargs)
+        source._splits.update(splits)
+        return source
+
+    def split(self, name: str) -> Arrays:
+        if name not in self._splits:
+            arrays = read_split(self.path, name, self.spec)
+            if arrays.n_rows == 0:
+                raise DataError(f"split {name!r} of {self.path!r} has no rows; the training set needs all of {SPLITS}")
+            self._splits[name] = arrays
+        return self._splits[name]
+
+    def _rows_per_rank(self) -> int:
+        return math.ceil(self.split(TRAIN).n_rows / self.world_size)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self._rows_per_rank() / self.batch_size)
+
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        data = self.split(TRAIN)
+        order = epoch_order(data.n_rows, self.seed, epoch)
+        # Like DistributedSampler: wrap around so that every rank gets as many rows.
+        padded = np.resize(order, self._rows_per_rank() * self.world_size)
+        mine = padded[self.rank :: self.world_size]
+        for start in range(skip * self.batch_size, len(mine), self.batch_size):
+            yield data.take(np.sort(mine[start : start + self.batch_size])).to_batch()
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        data = self.split(split)
+        bounds = np.linspace(0, data.n_rows, self.world_size + 1).astype(int)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        for start in range(lo, hi, batch_size):
+            yield data.take(slice(start, min(start + batch_size, hi))).to_batch()
+
+    def close(self) -> None:
+        self._splits.clear()
+
+
+class PetastormSource(DataSource):
+    """Parquet files materialised by petastorm's ``make_spark_converter``, read with ``make_batch_reader``.
+
+    ``urls`` maps each split to its dataset URL or list of file URLs
+    (``converter.file_urls`` or ``converter.cache_dir_url``; ``file://`` for
+    local folders). Training reads an endless, row-group-shuffled stream per
+    epoch (seed depends on the epoch) and stops after
+    ``rows // (world_size * batch_size)`` batches, so every rank takes the
+    same number of steps even when row groups are uneven; rows are shuffled
+    further in a buffer of ``shuffle_buffer_rows`` with a generator seeded by
+    (seed, epoch, rank). With one reader worker the order is reproducible,
+    which mid-epoch resume relies on.
+
+    petastorm's own ``pytorch.DataLoader``/``BatchedDataLoader`` are not used:
+    they cannot turn the flat ``seq`` column into [B, T, F] without a
+    per-batch transform anyway, and their shuffling draws on torch's global
+    RNG, which would tie the data order to the model's random state.
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[str, str | Sequence[str]],
+        spec: FeatureSpec,
+        *,
+        rows: Mapping[str, int] | None = None,
+        workers: int = 1,
+        shuffle_buffer_rows: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(spec, **kwargs)
+        self.urls = {split: ([url] if isinstance(url, str) else list(url)) for split, url in urls.items()}
+        self.rows = dict(rows or {})
+        self.workers = workers
+        self.shuffle_buffer_rows = shuffle_buffer_rows
+
+    def _urls(self, split: str) -> list[str]:
+        if split not in self.urls:
+            raise DataError(f"no petastorm URL for split {split!r}; known: {sorted(self.urls)}")
+        return self.urls[split]
+
+    def _row_groups_and_rows(self, split: str) -> tuple[int, int]:
+        """Row groups and rows of a split, from the parquet footers (any URL pyarrow.fs can open)."""
+        from pyarrow import fs as pafs
+
+        groups = rows = 0
+        for url in self._urls(split):
+            filesystem, path = pafs.FileSystem.from_uri(url if "://" in url else str(Path(url).resolve()))
+            info = filesystem.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise DataError(f"petastorm data {url!r} for split {split!r} does not exist")
+            files = [info] if info.type == pafs.FileType.File else [
+                f for f in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                if f.type == pafs.FileType.File and f.path.endswith(".parquet")]
+            for file in files:
+                with filesystem.open_input_file(file.path) as handle:
+                    meta = pq.ParquetFile(handle).metadata
+                groups, rows = groups + meta.num_row_groups, rows + meta.num_rows
+        return groups, rows
+
+    def steps_per_epoch(self) -> int:
+        rows = self.rows.get(TRAIN)
+        if rows is None:
+            rows = self.rows[TRAIN] = self._row_groups_and_rows(TRAIN)[1]
+        return max(1, rows // (self.world_size * self.batch_size))
+
+    def _reader(self, split: str, *, num_epochs: int | None, seed: int | None, shuffle: bool) -> tuple[Any, bool]:
+        """A petastorm reader of this rank's row groups, and whether rows must still be dealt out by position."""
+        from petastorm import make_batch_reader
+
+        # petastorm 0.12 trips over many pyarrow deprecations; they say nothing about our data.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+        groups, _ = self._row_groups_and_rows(split)
+        shard = {}
+        if self.world_size > 1 and groups >= self.world_size:
+            shard = {"cur_shard": self.rank, "shard_count": self.world_size}
+        urls = self._urls(split)
+        reader = make_batch_reader(
+            urls if len(urls) > 1 else urls[0],
+            schema_fields=self.spec.columns,
+            num_epochs=num_epochs,
+            seed=seed,
+            shuffle_row_groups=shuffle,
+            workers_count=self.workers,
+            **shard,
+        )
+        return reader, self.world_size > 1 and not shard
+
+    def _stream(self, split: str, *, num_epochs: int | None, seed: int | None, shuffle: bool) -> Iterator[Arrays]:
+        """Row-group chunks of this rank's share (rows are dealt out by position when row groups are too few)."""
+        reader, manual_shard = self._reader(split, num_epochs=num_epochs, seed=seed, shuffle=shuffle)
+        position = 0
+        try:
+            for chunk in reader:
+                arrays = columns_to_arrays(chunk._asdict(), self.spec)
+                if manual_shard:
+                    index = np.arange(position, position + arrays.n_rows)
+                    position += arrays.n_rows
+                    arrays = arrays.take(np.flatnonzero(index % self.world_size == self.rank))
+                if arrays.n_rows:
+                    yield arrays
+        finally:
+            reader.stop()
+            reader.join()
+
+    @staticmethod
+    def _concat(parts: list[Arrays]) -> Arrays:
+        return Arrays(*(np.concatenate(column) for column in zip(*parts)))
+
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        steps = self.steps_per_epoch()
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        stream = self._stream(TRAIN, num_epochs=None, seed=self.seed + epoch, shuffle=True)
+        buffer: list[Arrays] = []
+        buffered = emitted = 0
+        target = max(self.shuffle_buffer_rows, self.batch_size)
+        try:
+            while emitted < steps:
+                while buffered < target:
+                    chunk = next(stream)
+                    buffer.append(chunk)
+                    buffered += chunk.n_rows
+                pool = self._concat(buffer)
+                pool = pool.take(rng.permutation(pool.n_rows))
+                n_batches = min(pool.n_rows // self.batch_size, steps - emitted)
+                for b in range(n_batches):
+                    if emitted >= skip:
+                        yield pool.take(slice(b * self.batch_size, (b + 1) * self.batch_size)).to_batch()
+                    emitted += 1
+                rest = pool.take(slice(n_batches * self.batch_size, None))
+                buffer, buffered = [rest], rest.n_rows
+        finally:
+            stream.close()
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        pending: list[Arrays] = []
+        count = 0
+        for chunk in self._stream(split, num_epochs=1, seed=None, shuffle=False):
+            pending.append(chunk)
+            count += chunk.n_rows
+            if count >= batch_size:
+                pool = self._concat(pending)
+                full = pool.n_rows // batch_size * batch_size
+                for start in range(0, full, batch_size):
+                    yield pool.take(slice(start, start + batch_size)).to_batch()
+                rest = pool.take(slice(full, None))
+                pending, count = [rest], rest.n_rows
+        if count:
+            yield self._concat(pending).to_batch()
+
+
+def make_source(
+    data: Mapping[str, Any],
+    spec: FeatureSpec,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    loader_workers: int = 1,
+    shuffle_buffer_rows: int = 0,
+) -> DataSource:
+    """The source a ``data`` config names.
+
+    - ``{"kind": "parquet", "path": "/lake/training/sets/x"}``: :class:`InMemorySource`.
+    - ``{"kind": "petastorm", "urls": {"train": [...], "validation": [...], "test": [...]},
+      "rows": {"train": n, ...}}``: :class:`PetastormSource` (``rows`` optional, else read
+      from the parquet footers).
+    """
+    common = {"rank": rank, "world_size": world_size, "batch_size": batch_size, "seed": seed}
+    kind = data.get("kind")
+    if kind == "parquet":
+        if not data.get("path"):
+            raise DataError(f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of training/data.py)")
+        return InMemorySource(str(data["path"]), spec, **common)
+    if kind == "petastorm":
+        if not data.get("urls"):
+            raise DataError(f"data config {dict(data)!r} needs 'urls' (split -> petastorm converter file URLs)")
+        return PetastormSource(
+            data["urls"], spec, rows=data.get("rows"), workers=loader_workers,
+            shuffle_buffer_rows=shuffle_buffer_rows, **common,
+        )
+    raise DataError(f"data kind {kind!r} is unknown; use 'parquet' or 'petastorm'")
+
+
+# --- synthetic data (tests, benchmarks) ---------------------------------------------------------
+
+
+def synthetic_feature_spec(
+    n_seq: int = 6, n_tab: int = 8, seq_len: int = 25, label_names: Sequence[str] | None = None
+) -> FeatureSpec:
+    if n_seq < 4 or n_tab < 3:
+        raise DataError("the synthetic task needs at least 4 sequence and 3 tabular features")
+    return FeatureSpec(
+        tuple(f"seq_f{i}" for i in range(n_seq)),
+        tuple(f"tab_f{i}" for i in range(n_tab)),
+        seq_len,
+        tuple(label_names) if label_names is not None else default_label_names(),
+    )
+
+
+def synthetic_arrays(n_rows: int, spec: FeatureSpec, seed: int = 0, positive_rate: float = 0.08,
+                     label_noise: float = 0.01) -> Arrays:
+    """Random rows whose labels depend learnably on the sequence and tabular features.
+
+    Each label is a thresholded score (top ``positive_rate`` of rows, a few
+    flipped at random): some scores need the sequence (a maximum or count over
+    the real steps, the last step against the one before), others the
+    tabular features, so both halves of the model have to work.
+    """
+    rng = np.random.default_rng(seed)
+    t, f = spec.seq_len, spec.n_seq
+    seq_len = rng.integers(1, t + 1, size=n_rows)
+    seq = rng.normal(size=(n_rows, t, f)).astype(np.float32)
+    valid = np.arange(t)[None, :] < seq_len[:, None]
+    seq[~valid] = 0.0
+    tab = rng.normal(size=(n_rows, spec.n_tab)).astype(np.float32)
+    last = seq[np.arange(n_rows), seq_len - 1]
+    prev = seq[np.arange(n_rows), np.maximum(seq_len - 2, 0)]
+    scores = [
+        tab[:, 0] + tab[:, 1],
+        np.where(valid, seq[:, :, 0], -np.inf).max(axis=1) + 0.3 * tab[:, 2],
+        last[:, 1] - prev[:, 1],
+        (np.where(valid, seq[:, :, 2], 0) > 1.0).sum(axis=1) / np.sqrt(seq_len) + 0.5 * tab[:, 2],
+        last[:, 3] * np.sign(tab[:, 0]) + 0.5 * tab[:, 1],
+    ]
+    labels = np.zeros((n_rows, spec.n_labels), dtype=np.float32)
+    for j in range(spec.n_labels):
+        score = scores[j % len(scores)] + 0.1 * rng.normal(size=n_rows)
+        labels[:, j] = score > np.quantile(score, 1 - positive_rate)
+        flip = rng.random(n_rows) < label_noise
+        labels[flip, j] = 1 - labels[flip, j]
+    return Arrays(seq, seq_len.astype(np.int64), tab, labels)
+
+
+def arrays_to_table(arrays: Arrays, spec: FeatureSpec, split: str | Sequence[str]) -> pa.Table:
+    """:class:`Arrays` -> a pyarrow table in the column layout."""
+    n = arrays.n_rows
+    flat = arrays.seq.reshape(n, -1).astype(np.float32)
+    columns: dict[str, pa.Array] = {name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)}
+    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
+    columns[SEQ_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))
+    columns[SEQ_LEN_COLUMN] = pa.array(arrays.seq_len.astype(np.int32))
+    for j, name in enumerate(spec.label_names):
+        columns[name] = pa.array(arrays.labels[:, j].astype(np.int32))
+    columns[SPLIT_COLUMN] = pa.array([split] * n if isinstance(split, str) else list(split), pa.string())
+    return pa.table(columns)
+
+
+def write_synthetic_dataset(
+    path: str | os.PathLike[str],
+    spec: FeatureSpec,
+    n_rows: int,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float] = (0.6, 0.2),
+    positive_rate: float = 0.08,
+    row_group_rows: int | None = None,
+) -> str:
+    """Write a synthetic training set (train, validation, test in row order) as parquet; returns the folder."""
+    arrays = synthetic_arrays(n_rows, spec, seed=seed, positive_rate=positive_rate)
+    n_train, n_val = int(n_rows * fractions[0]), int(n_rows * fractions[1])
+    split = [TRAIN] * n_train + [VALIDATION] * n_val + [TEST] * (n_rows - n_train - n_val)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(arrays_to_table(arrays, spec, split), folder / "part-00000.parquet",
+                   row_group_size=row_group_rows or n_rows)
+    return str(folder)

@@ -1,0 +1,640 @@
+"""The train function: what TorchDistributor launches and what plain ``torchrun`` runs.
+
+``train_fn(config)`` reads its place in the job from the environment that
+torchrun (and TorchDistributor, which uses it) sets: ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``; without them it is a world of one and
+needs no launcher. It trains on ``cuda:LOCAL_RANK`` when ``use_gpu`` is set
+and CUDA is there (NCCL between processes, bf16 autocast), else on the CPU
+(gloo). The config is one JSON-serialisable dict (see :class:`TrainJob` and
+:func:`make_train_config`), so TorchDistributor can pickle it to the workers
+and ``python -m training.train_fn --config-json FILE`` can read it.
+
+Threads: TorchDistributor exports ``OMP_NUM_THREADS=1`` to every training
+process, which would leave CPU training on one core per process. train_fn
+therefore always sets ``torch.set_num_threads`` itself: ``torch_threads``
+from the config, or (0) this host's usable cores divided by the processes on
+this host (``LOCAL_WORLD_SIZE``). In cluster mode, where several Spark tasks
+may share a host, set ``torch_threads`` to ``spark.task.cpus``.
+
+Resume: with ``resume`` set, the run continues from ``<output_dir>/checkpoints/last.pt``
+at the exact batch where it stopped: the data order of an epoch is a function
+of (seed, epoch) only, the batches done in the epoch are skipped, and every
+rank's RNG states are restored, so the result equals an uninterrupted run.
+Steps after the last checkpoint are trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tracelake.config import TrainingSettings
+from tracelake.errors import TracelakeError
+from tracelake.logs import JobLogger, job_logger
+from training import data as data_module
+from training import metrics
+from training.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    TrainState,
+    atomic_torch_save,
+    capture_rng,
+    checkpoint_payload,
+    load_checkpoint,
+    restore_rng,
+)
+from training.data import VALIDATION, DataSource, FeatureSpec
+from training.model import ModelConfig, PreprocessingStats, SequenceAnomalyModel
+
+# Settings a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = {
+    "log_every_steps", "checkpoint_every_steps", "torch_threads", "loader_workers", "eval_batch_size",
+    "num_processes", "local_mode", "max_nonfinite_steps", "bootstrap_samples", "ci_level",
+    "onnx_parity_tolerance", "onnx_opset", "onnx_exporter", "threshold_rule",
+}
+
+
+class TrainingError(TracelakeError, RuntimeError):
+    """Training cannot go on (diverged, misconfigured, or its checkpoints disagree with it)."""
+
+
+class TrainJob(BaseModel):
+    """The config dict of :func:`train_fn`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    feature_spec: dict[str, Any]
+    # {"kind": "parquet", "path": ...} or {"kind": "petastorm", "urls": {split: [...]}, "rows": {...}}
+    data: dict[str, Any]
+    output_dir: str
+    resume: bool = False
+    # Stop (as if killed, without a final checkpoint) once this many steps are done; the schedule is
+    # unchanged, so a later `resume` continues the same run. None: train to the end.
+    max_steps: int | None = Field(None, ge=1)
+    run_id: str = ""
+
+
+def make_train_config(
+    settings: TrainingSettings,
+    feature_spec: FeatureSpec,
+    data: dict[str, Any],
+    output_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    run_id: str = "",
+) -> dict[str, Any]:
+    """The JSON-serialisable config dict for :func:`train_fn`."""
+    job = TrainJob(training=settings, feature_spec=feature_spec.to_dict(), data=dict(data),
+                   output_dir=str(output_dir), resume=resume, max_steps=max_steps, run_id=run_id)
+    return job.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @classmethod
+    def from_environ(cls) -> DistEnv:
+        def read(name: str, default: int) -> int:
+            value = os.environ.get(name, "")
+            try:
+                return int(value) if value else default
+            except ValueError as exc:
+                raise TrainingError(f"environment variable {name}={value!r} must be an integer") from exc
+
+        world = read("WORLD_SIZE", 1)
+        return cls(read("RANK", 0), read("LOCAL_RANK", 0), world, read("LOCAL_WORLD_SIZE", world))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(settings: TrainingSettings, env: DistEnv) -> int:
+    threads = settings.torch_threads or max(1, _usable_cores() // max(1, env.local_world_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def select_device(settings: TrainingSettings, env: DistEnv, log: JobLogger) -> torch.device:
+    if settings.use_gpu:
+        if torch.cuda.is_available():
+            if env.local_rank >= torch.cuda.device_count():
+                raise TrainingError(
+                    f"LOCAL_RANK {env.local_rank} has no GPU: this host has {torch.cuda.device_count()}; "
+                    "start at most that many processes per host"
+                )
+            device = torch.device("cuda", env.local_rank)
+            torch.cuda.set_device(device)
+            return device
+        log.warning("use_gpu is set but CUDA is not available; training on the CPU")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings, total_steps: int) -> Any:
+    warmup = int(settings.warmup_fraction * total_steps)
+    if settings.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.learning_rate, total_steps=max(total_steps, 2),
+            pct_start=max(settings.warmup_fraction, 1.0 / max(total_steps, 2)),
+        )
+
+    def factor(step: int) -> float:
+        if settings.lr_schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _Collective:
+    """The few collectives the loop needs, as no-ops in a world of one."""
+
+    def __init__(self, env: DistEnv, device: torch.device):
+        self.env, self.device = env, device
+        self.active = env.world_size > 1
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.active:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def any(self, flag: torch.Tensor) -> bool:
+        """True when ``flag`` (a 0-dim bool tensor) is true on any rank; one host sync."""
+        flag = flag.float().reshape(1)
+        if self.active:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (files rank 0 wrote need no shared filesystem)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            moved = tensor.to(self.device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor = moved.cpu()
+        return tensor
+
+
+def _check_resumable(saved: dict[str, Any], job: TrainJob) -> None:
+    if saved["feature_spec"] != job.feature_spec:
+        raise CheckpointError("the checkpoint was trained on other features; resume needs the same feature_spec")
+    now = job.training.model_dump(mode="json")
+    changed = sorted(k for k, v in saved["training"].items() if now.get(k) != v and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise CheckpointError(
+            "cannot resume: these training settings differ from the checkpoint's: "
+            + ", ".join(f"{k} {saved['training'][k]!r} -> {now.get(k)!r}" for k in changed)
+            + "; use the original values or start a new run in a new output_dir"
+        )
+
+
+class Trainer:
+    """One process's share of a training run. Use through :func:`train_fn`."""
+
+    def __init__(self, job: TrainJob, env: DistEnv, device: torch.device, log: JobLogger):
+        self.job, self.env, self.device, self.log = job, env, device, log
+        self.settings = job.training
+        self.spec = FeatureSpec.from_dict(job.feature_spec)
+        self.comm = _Collective(env, device)
+        self.autocast = device.type == "cuda" and self.settings.mixed_precision
+        out = Path(job.output_dir)
+        self.checkpoint_dir = out / "checkpoints"
+        self.last_path, self.best_path = self.checkpoint_dir / LAST, self.checkpoint_dir / BEST
+        self.model_path = out / "model.pt"
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        settings, env = self.settings, self.env
+        seed_everything(settings.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.model = SequenceAnomalyModel(ModelConfig.from_settings(self.spec, settings))
+        self.source: DataSource = data_module.make_source(
+            self.job.data, self.spec, rank=env.rank, world_size=env.world_size,
+            batch_size=settings.batch_size, seed=settings.seed,
+            loader_workers=settings.loader_workers, shuffle_buffer_rows=settings.shuffle_buffer_rows,
+        )
+        self.steps_per_epoch = self.source.steps_per_epoch()
+        self.total_steps = settings.epochs * self.steps_per_epoch
+        self.state = TrainState()
+        self.resumed_from: int | None = None
+        checkpoint = self._resume_checkpoint()
+        if checkpoint is None:
+            self._fit_preprocessing()
+        else:
+            self.model.load_state_dict(checkpoint["model"]["state_dict"])
+        self.model.to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
+                                           weight_decay=settings.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps)
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.state = TrainState.from_dict(checkpoint["state"])
+            self.resumed_from = self.state.global_step
+            if checkpoint["world_size"] == env.world_size:
+                restore_rng(checkpoint["rng"][env.rank], self.device)
+            else:
+                self.log.warning(
+                    "resuming with another number of processes: data shards and random streams differ "
+                    "from the interrupted run", extra={"saved_world_size": checkpoint["world_size"]})
+                torch.manual_seed(settings.seed + 7919 * (env.rank + 1) + self.state.global_step)
+        else:
+            # Dropout streams differ per rank but are fixed by (seed, rank).
+            torch.manual_seed(settings.seed + 7919 * (env.rank + 1))
+        self.net: nn.Module = self.model
+        if env.world_size > 1:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss_fn = self.model.loss_fn()
+
+    def _resume_checkpoint(self) -> dict[str, Any] | None:
+        """Rank 0 reads the checkpoint to resume from (or finds the reason not to); every rank gets it."""
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.env.is_main:
+            try:
+                outcome = ("ok", self._read_resume_checkpoint())
+            except TracelakeError as exc:
+                outcome = ("error", exc)
+        status, value = self.comm.broadcast(outcome)
+        if status == "error":
+            raise value
+        return value
+
+    def _read_resume_checkpoint(self) -> dict[str, Any] | None:
+        exists = self.last_path.is_file()
+        if not self.job.resume:
+            if exists:
+                raise CheckpointError(
+                    f"{str(self.checkpoint_dir)!r} already holds checkpoints of an earlier run; "
+                    "set resume to continue it, or choose a new output_dir"
+                )
+            return None
+        if not exists:
+            self.log.warning("resume asked for but no checkpoint exists yet; starting from scratch",
+                             extra={"checkpoint": str(self.last_path)})
+            return None
+        checkpoint = load_checkpoint(self.last_path)
+        _check_resumable(checkpoint["config"], self.job)
+        self.log.event("resuming", checkpoint=str(self.last_path), global_step=checkpoint["state"]["global_step"],
+                       epoch=checkpoint["state"]["epoch"], batches_done=checkpoint["state"]["batches_done"])
+        return checkpoint
+
+    def _fit_preprocessing(self) -> None:
+        """Feature means/stds and label frequencies of the training split (all ranks' shares)."""
+        started = time.perf_counter()
+        stats = PreprocessingStats(self.spec)
+        for batch in self.source.stats_batches(self.settings.eval_batch_size):
+            stats.update(batch)
+        stats.vector = self.comm.sum_tensor(stats.vector)
+        if stats.n_rows == 0:
+            raise TrainingError("the training split has no rows; build a training set with a train split first")
+        self.model.set_preprocessing(stats, self.settings.pos_weight_cap)
+        self.stats_s = time.perf_counter() - started
+        self.log.event("preprocessing fit on the training split", rows=stats.n_rows,
+                       pos_weight=[round(v, 3) for v in self.model.pos_weight.tolist()],
+                       duration_s=round(self.stats_s, 3))
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self, *paths: Path) -> None:
+        """Collective: every rank hands its RNG states to rank 0, which writes ``paths``."""
+        rng = self.comm.gather(capture_rng(self.device))
+        if not self.env.is_main:
+            return
+        payload = checkpoint_payload(
+            model_payload=self.model.payload(), optimizer=self.optimizer, scheduler=self.scheduler,
+            state=self.state, rng_per_rank=rng, config=self.job.model_dump(mode="json"),
+        )
+        for path in paths:
+            atomic_torch_save(payload, path)
+        self.log.event("checkpoint written", paths=[str(p) for p in paths], global_step=self.state.global_step)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def train_step(self, batch: data_module.Batch) -> tuple[float, bool]:
+        """One optimizer step; returns (loss, skipped). Non-finite loss or gradient skips the update."""
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.net(batch.seq, batch.seq_len, batch.tab)
+        loss = self.loss_fn(logits.float(), batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # always: DDP's gradient all-reduce needs every rank to take part
+        max_norm = self.settings.grad_clip_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        bad = self.comm.any(~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)))
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # the schedule advances by batch, stepped or not
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+        return float(loss.detach()), bad
+
+    def _on_nonfinite(self, loss: float) -> None:
+        state = self.state
+        state.nonfinite_in_row += 1
+        state.nonfinite_total += 1
+        self.log.warning("non-finite loss or gradient: step skipped", extra={
+            "global_step": state.global_step, "epoch": state.epoch, "loss": loss,
+            "in_a_row": state.nonfinite_in_row, "total": state.nonfinite_total})
+        if state.nonfinite_in_row >= self.settings.max_nonfinite_steps:
+            raise TrainingError(
+                f"{state.nonfinite_in_row} steps in a row had a non-finite loss or gradient (last loss {loss}) "
+                f"at global step {state.global_step}; lower learning_rate or grad_clip_norm, or check the "
+                "training data for extreme values"
+            )
+
+    def evaluate(self, split: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """Mean loss over all ranks, and every rank's probabilities and labels (gathered)."""
+        self.model.eval()
+        loss_sum, elements, probs, labels = 0.0, 0, [], []
+        loss_fn = self.model.loss_fn(reduction="sum")
+        with torch.no_grad():
+            for batch in self.source.eval_batches(split, self.settings.eval_batch_size):
+                batch = batch.to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    logits = self.model(batch.seq, batch.seq_len, batch.tab).float()
+                loss_sum += float(loss_fn(logits, batch.labels))
+                elements += batch.labels.numel()
+                probs.append(torch.sigmoid(logits).cpu().numpy())
+                labels.append(batch.labels.cpu().numpy())
+        self.model.train()
+        loss_sum, elements = self.comm.sum([loss_sum, float(elements)])
+        empty = np.zeros((0, self.spec.n_labels), np.float32)
+        parts = self.comm.gather((np.concatenate(probs) if probs else empty, np.concatenate(labels) if labels else empty))
+        all_probs = np.concatenate([p for p, _ in parts])
+        all_labels = np.concatenate([y for _, y in parts])
+        if elements == 0:
+            raise TrainingError(f"the {split} split has no rows; the training set needs one")
+        return loss_sum / elements, all_probs, all_labels
+
+    def _improved(self, value: float) -> bool:
+        best = self.state.best_metric
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        delta = self.settings.early_stopping_min_delta
+        if self.settings.early_stopping_metric == "val_loss":
+            return value < best - delta
+        return value > best + delta
+
+    def run(self) -> dict[str, Any]:
+        settings, state, env = self.settings, self.state, self.env
+        started = time.perf_counter()
+        eval_s = 0.0
+        stop_reason = "completed"
+        self.log.event("training started", world_size=env.world_size, device=str(self.device),
+                       steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                       resumed_from=self.resumed_from, threads=torch.get_num_threads(),
+                       autocast_bf16=self.autocast)
+        self.model.train()
+        while state.epoch < settings.epochs:
+            epoch = state.epoch
+            window_t, window_samples = time.perf_counter(), 0
+            mark = time.perf_counter()  # train time counts data loading, not checkpoints or logging
+            for batch in self.source.train_batches(epoch, skip=state.batches_done):
+                loss, skipped = self.train_step(batch)
+                state.global_step += 1
+                state.batches_done += 1
+                state.epoch_samples += batch.n_rows
+                window_samples += batch.n_rows
+                if skipped:
+                    self._on_nonfinite(loss)
+                else:
+                    state.nonfinite_in_row = 0
+                    state.epoch_loss_sum += loss
+                    state.epoch_loss_steps += 1
+                state.epoch_train_s += time.perf_counter() - mark
+                if env.is_main and state.global_step % settings.log_every_steps == 0:
+                    elapsed = time.perf_counter() - window_t
+                    done = state.global_step / max(1, self.total_steps)
+                    self.log.event(
+                        "train step", epoch=epoch, step=state.global_step, batch=state.batches_done,
+                        loss=round(loss, 6), lr=self.scheduler.get_last_lr()[0],
+                        samples_per_s=round(window_samples * env.world_size / max(elapsed, 1e-9), 1),
+                        progress=round(done, 4),
+                        eta_s=round((time.perf_counter() - started) * (1 - done) / max(done, 1e-9), 1),
+                    )
+                    window_t, window_samples = time.perf_counter(), 0
+                if state.global_step % settings.checkpoint_every_steps == 0:
+                    self.save_checkpoint(self.last_path)
+                if self.job.max_steps is not None and state.global_step >= self.job.max_steps:
+                    stop_reason = "max_steps"
+                    break
+                mark = time.perf_counter()
+            if stop_reason == "max_steps":
+                break
+            eval_started = time.perf_counter()
+            val_loss, val_probs, val_labels = self.evaluate(VALIDATION)
+            per_label = metrics.per_label_pr_auc(val_labels, val_probs, self.spec.label_names)
+            eval_s += time.perf_counter() - eval_started
+            train_loss_sum, train_steps, samples = self.comm.sum(
+                [state.epoch_loss_sum, float(state.epoch_loss_steps), float(state.epoch_samples)])
+            train_s = max(self.comm.gather(state.epoch_train_s))
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss_sum / train_steps if train_steps else float("nan"),
+                "val_loss": val_loss,
+                "val_macro_pr_auc": metrics.macro(per_label),
+                **{f"val_pr_auc_{name}": value for name, value in per_label.items()},
+                "lr": self.scheduler.get_last_lr()[0],
+                "steps": state.global_step,
+                "samples": int(samples),
+                "train_s": train_s,
+                "samples_per_s": samples / train_s if train_s > 0 else float("nan"),
+                "eval_s": time.perf_counter() - eval_started,
+            }
+            state.history.append(record)
+            metric = record[settings.early_stopping_metric]
+            improved = self._improved(metric)
+            if improved:
+                state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+            else:
+                state.bad_epochs += 1
+            state.epoch, state.batches_done = epoch + 1, 0
+            state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_samples, state.epoch_train_s = 0.0, 0, 0, 0.0
+            if env.is_main:
+                self.log.event("epoch done", **{k: (round(v, 6) if isinstance(v, float) else v)
+                                                for k, v in record.items()},
+                               improved=improved, bad_epochs=state.bad_epochs,
+                               progress=round(state.global_step / max(1, self.total_steps), 4))
+            self.save_checkpoint(self.last_path, *([self.best_path] if improved else []))
+            if state.bad_epochs >= settings.early_stopping_patience:
+                stop_reason = "early_stopping"
+                self.log.event("early stopping", epoch=epoch, best_epoch=state.best_epoch,
+                               metric=settings.early_stopping_metric, best=state.best_metric)
+                break
+        return self._finish(stop_reason, time.perf_counter() - started, eval_s)
+
+    def _finish(self, stop_reason: str, total_s: float, eval_s: float) -> dict[str, Any]:
+        """Choose thresholds with the best model on validation; rank 0 writes the model file."""
+        state = self.state
+        thresholds: dict[str, float] | None = None
+        best_val: dict[str, Any] | None = None
+        if state.best_epoch is not None and stop_reason != "max_steps":
+            best = load_checkpoint(self.best_path)["model"]["state_dict"] if self.env.is_main else None
+            self.model.load_state_dict(self.comm.broadcast(best))
+            _, val_probs, val_labels = self.evaluate(VALIDATION)
+            thresholds = metrics.choose_thresholds(val_labels, val_probs, self.spec.label_names,
+                                                   self.settings.threshold_rule)
+            best_val = {k: v for k, v in state.history[state.best_epoch].items() if k.startswith("val_")}
+            if self.env.is_main:
+                self.model.save(self.model_path, extra={
+                    "thresholds": thresholds, "best_epoch": state.best_epoch, "validation": best_val,
+                    "run_id": self.job.run_id, "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                })
+        samples = sum(h["samples"] for h in state.history)
+        train_s = sum(h["train_s"] for h in state.history)
+        result = {
+            "run_id": self.job.run_id,
+            "stop_reason": stop_reason,
+            "epochs_completed": len(state.history),
+            "global_step": state.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "best_epoch": state.best_epoch,
+            "best_metric_name": self.settings.early_stopping_metric,
+            "best_metric": state.best_metric,
+            "best_validation": best_val,
+            "thresholds": thresholds,
+            "best_checkpoint": str(self.best_path) if state.best_epoch is not None else None,
+            "last_checkpoint": str(self.last_path) if self.last_path.is_file() else None,
+            "model_path": str(self.model_path) if thresholds is not None else None,
+            "history": state.history,
+            "samples_per_s": samples / train_s if train_s > 0 else None,
+            "samples_per_s_per_process": samples / train_s / self.env.world_size if train_s > 0 else None,
+            "nonfinite_steps_skipped": state.nonfinite_total,
+            "resumed_from_step": self.resumed_from,
+            "world_size": self.env.world_size,
+            "device": str(self.device),
+            "device_type": self.device.type,
+            "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s,
+                       "preprocessing_s": getattr(self, "stats_s", 0.0),
+                       "per_epoch_train_s": [h["train_s"] for h in state.history]},
+        }
+        self.log.event("training finished", stop_reason=stop_reason, global_step=state.global_step,
+                       best_epoch=state.best_epoch, best_metric=state.best_metric)
+        return result
+
+
+def train_fn(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train the sequence model; returns the run's result on rank 0 (None on other ranks).
+
+    See :class:`TrainJob` for the config keys and :meth:`Trainer._finish` for the result.
+    """
+    job = TrainJob.model_validate(config)
+    env = DistEnv.from_environ()
+    if not job.run_id:
+        job.run_id = os.environ.get("TRACELAKE_RUN_ID") or os.environ.get("TORCHELASTIC_RUN_ID") or "train"
+    log = job_logger("train", run_id=job.run_id, rank=env.rank)
+    threads = configure_threads(job.training, env)
+    device = select_device(job.training, env, log)
+    owns_group = env.world_size > 1 and not dist.is_initialized()
+    if owns_group:
+        if device.type == "cuda":  # binding the device lets NCCL set up eagerly and barriers know their GPU
+            dist.init_process_group(backend="nccl", rank=env.rank, world_size=env.world_size, device_id=device)
+        else:
+            dist.init_process_group(backend="gloo", rank=env.rank, world_size=env.world_size)
+    log.event("train_fn started", local_rank=env.local_rank, world_size=env.world_size, device=str(device),
+              threads=threads, output_dir=job.output_dir, resume=job.resume)
+    trainer = Trainer(job, env, device, log)
+    try:
+        trainer.build()
+        result = trainer.run()
+        if env.is_main:
+            Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(job.output_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        return result if env.is_main else None
+    finally:
+        if hasattr(trainer, "source"):
+            trainer.source.close()
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train_fn",
+        description="Run the train function (under torchrun for several processes).")
+    parser.add_argument("--config-json", required=True,
+                        help="the config: a JSON file, or the JSON text itself (see training.train_fn.TrainJob)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--result-json", help="rank 0 writes the result here too")
+    args = parser.parse_args(argv)
+    text = args.config_json
+    try:
+        config = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"train_fn: cannot read --config-json {text[:200]!r}: {exc}", file=sys.stderr)
+        return 2
+    if args.resume:
+        config["resume"] = True
+    try:
+        result = train_fn(config)
+    except TracelakeError as exc:
+        print(f"train_fn: {exc}", file=sys.stderr)
+        return 1
+    if result is not None and args.result_json:
+        Path(args.result_json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
