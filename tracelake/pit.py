@@ -333,15 +333,15 @@ def _col(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def _within_ttl(plan: _Plan, left_ts: Column, right_ts: Column, ts_type: DataType) -> Column | None:
-    """``left_ts - right_ts <= ttl``, or None when there is no TTL to check.
+def _within_ttl(plan: _Plan, left_ts: Column, right_ts: Column, ts_type: DataType) -> Column:
+    """``left_ts - right_ts <= ttl`` (true when there is no TTL).
 
     ``timestamp`` differences are elapsed time (``unix_micros``), so a daylight
     saving change in the session time zone does not stretch the TTL;
     ``timestamp_ntz`` differences are wall-clock time; ``date`` ones whole days.
     """
     if plan.ttl is None or plan.ttl >= _MAX_SPAN:
-        return None
+        return F.lit(True)
     if isinstance(ts_type, DateType):
         return F.datediff(left_ts, right_ts) <= F.lit(plan.ttl // _ONE_DAY)
     if isinstance(ts_type, TimestampNTZType):
@@ -395,32 +395,82 @@ def _sort_pass(left: DataFrame, plans: list[_Plan], left_ts: str, ts_type: DataT
     out = [_col(c) for c in left.columns]
     for plan in plans:
         matched = _col(plan.carried)
-        ok = _within_ttl(plan, _col(left_ts), matched.getField(_TS_FIELD), ts_type)
-        out.append((matched if ok is None else F.when(ok, matched)).alias(plan.carried))
+        out.append((F.when(_within_ttl(plan, _col(left_ts), matched.getField(_TS_FIELD), ts_type), matched)
+                    if plan.ttl is not None else matched).alias(plan.carried))
     return scanned.select(*out)
 
 
+def _tick(ts: Column, ts_type: DataType) -> Column:
+    """A long that never decreases as ``ts`` grows (only used to place rows in time buckets)."""
+    if isinstance(ts_type, DateType):
+        return F.unix_date(ts)
+    if isinstance(ts_type, TimestampNTZType):  # wall-clock seconds, independent of the session time zone
+        return (F.unix_date(F.to_date(ts)).cast("long") * 86_400
+                + F.hour(ts) * 3_600 + F.minute(ts) * 60 + F.second(ts))
+    return F.unix_micros(ts)
+
+
 def _broadcast_pass(left: DataFrame, plan: _Plan, left_ts: str, ts_type: DataType) -> DataFrame:
-    """Validity intervals [ts, next ts) of the small right table, probed by a broadcast hash join."""
+    """Validity intervals [ts, next ts) of the small right table, probed by two broadcast hash joins.
+
+    Per key, the tie winner of each instant becomes an interval up to the next
+    instant; the last one is open ("tail"). The closed intervals are cut into
+    time buckets whose width is the key's mean interval length, so a bucket
+    holds about two intervals and an interval spans about two buckets (the
+    table at most triples). A left row first looks up its key's row (bucket
+    origin and width, and the tail), then its (key, bucket): both are hash
+    probes that test O(1) candidates, whatever the number of snapshots per key.
+    """
     key_names = [f"{_INTERNAL}key{j}" for j in range(len(plan.keys))]
-    order, next_ts = plan.carried + "_order", plan.carried + "_next_ts"
-    matched = _col(plan.carried)
-    right_ts = matched.getField(_TS_FIELD)
-    intervals = _usable(plan, plan.right).select(
-        *[_col(k).alias(n) for k, n in zip(plan.keys, key_names)],
-        plan.struct().alias(plan.carried), plan.order().alias(order))
-    by_time = Window.partitionBy(*[_col(n) for n in key_names]).orderBy(right_ts, _col(order))
-    intervals = (intervals.withColumn(next_ts, F.lead(right_ts).over(by_time))
-                 # The last row of each instant is its tie winner; the next row starts the next instant.
-                 .where(_col(next_ts).isNull() | (_col(next_ts) != right_ts))
-                 .drop(order))
+    name = plan.carried
+    order, next_ts, tail = name + "_order", name + "_next_ts", name + "_tail"
+    origin, width, bucket = name + "_origin", name + "_width", name + "_bucket"
+    ts = _col(name).getField(_TS_FIELD)
+    keys = [_col(n) for n in key_names]
+
+    # The right table is small: one task prepares it, with no shuffle.
+    rows = _usable(plan, plan.right).coalesce(1).select(
+        *[_col(k).alias(n) for k, n in zip(plan.keys, key_names)], plan.struct().alias(name),
+        plan.order().alias(order))
+    by_time = Window.partitionBy(*keys).orderBy(ts, _col(order))
+    per_key = Window.partitionBy(*keys)
+    tick = _tick(ts, ts_type)
+    rows = (rows.withColumn(next_ts, F.lead(ts).over(by_time))
+            # The last row of each instant is its tie winner; the next row starts the next instant.
+            .where(_col(next_ts).isNull() | (_col(next_ts) != ts))
+            .select(*keys, _col(name), _col(next_ts), F.min(tick).over(per_key).alias(origin),
+                    # mean interval length of the key, at least one tick
+                    F.greatest(F.ceil((F.max(tick).over(per_key) - F.min(tick).over(per_key))
+                                      / F.greatest(F.count(F.lit(1)).over(per_key) - 1, F.lit(1))),
+                               F.lit(1)).alias(width)))
+
+    def bucket_of(t: Column) -> Column:
+        return F.floor((_tick(t, ts_type) - _col(origin)) / _col(width))
+
+    tails = rows.where(_col(next_ts).isNull()).select(*keys, _col(origin), _col(width), _col(name).alias(tail))
+    # Bucket of the start to bucket of the end, both included: every instant inside is covered.
+    spans = rows.where(_col(next_ts).isNotNull()).select(
+        *[_col(n).alias(n + "_") for n in key_names],
+        F.explode(F.sequence(bucket_of(ts), bucket_of(_col(next_ts)))).alias(bucket + "_"),
+        _col(name), _col(next_ts))
 
     at = _col(left_ts)
-    cond = (right_ts <= at) & (_col(next_ts).isNull() | (at < _col(next_ts)))
-    for key, name in zip(plan.keys, key_names):
-        cond = cond & (_col(key) == _col(name))
-    ok = _within_ttl(plan, at, right_ts, ts_type)
-    if ok is not None:
-        cond = cond & ok
-    joined = left.join(F.broadcast(intervals), cond, "left")
-    return joined.select(*[_col(c) for c in left.columns], matched)
+    by_key = F.lit(True)
+    for key, key_name in zip(plan.keys, key_names):
+        by_key = by_key & (_col(key) == _col(key_name))
+    tail_ts = _col(tail).getField(_TS_FIELD)
+    with_tail = left.join(F.broadcast(tails), by_key, "left").select(
+        *[_col(c) for c in left.columns], *keys, _col(tail),
+        # Only rows before the tail look for a closed interval.
+        F.when(at < tail_ts, bucket_of(at)).alias(bucket))
+
+    span_cond = (_col(bucket) == _col(bucket + "_")) & (ts <= at) & (at < _col(next_ts))
+    for key_name in key_names:
+        span_cond = span_cond & (_col(key_name) == _col(key_name + "_"))
+    tail_ok = tail_ts <= at
+    if plan.ttl is not None:
+        tail_ok = tail_ok & _within_ttl(plan, at, tail_ts, ts_type)
+        span_cond = span_cond & _within_ttl(plan, at, ts, ts_type)
+    joined = with_tail.join(F.broadcast(spans), span_cond, "left")
+    return joined.select(*[_col(c) for c in left.columns],
+                         F.coalesce(F.when(tail_ok, _col(tail)), _col(name)).alias(name))

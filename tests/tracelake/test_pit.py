@@ -96,7 +96,7 @@ class Frames:
                          ttl=spec.ttl, tiebreak=spec.tiebreak)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_single_join_matches_reference(spark, seed):
     f = Frames(spark, seed)
     for spec in f.specs()[seed:seed + 2]:
@@ -108,7 +108,7 @@ def test_single_join_matches_reference(spark, seed):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("seed", range(10, 13))
+@pytest.mark.parametrize("seed", range(10, 12))
 def test_many_matches_reference(spark, seed, strategy):
     f = Frames(spark, seed)
     actual = as_of_join_many(f.left, f.specs(), left_ts="t", strategy=strategy)
@@ -228,6 +228,27 @@ def test_date_and_timestamp_ntz(spark, strategy):
                          spark.createDataFrame([("a", T(5), 1)], "k string, t timestamp_ntz, v int"))
     assertDataFrameEqual(join(left, right.where("v = 2"), strategy, ttl=dt.timedelta(minutes=4)),
                          spark.createDataFrame([("a", T(5), None)], "k string, t timestamp_ntz, v int"))
+
+
+@pytest.mark.parametrize("ts_type", ["timestamp", "timestamp_ntz", "date"])
+def test_uneven_spacing_and_far_left_rows(spark, ts_type):
+    """Intervals of very different lengths (each cut into many time buckets by the broadcast plan)."""
+    step = dt.timedelta(days=1) if ts_type == "date" else dt.timedelta(minutes=1)
+    origin = dt.date(2025, 7, 1) if ts_type == "date" else BASE
+    offsets = {"a": [0, 1, 2, 3, 100, 101, 500], "b": [7], "c": [0, 0, 2, 300]}
+    right_rows = [(k, origin + o * step, i) for k, offs in offsets.items() for i, o in enumerate(offs)]
+    left_rows = [(k, origin + o * step) for k in "abcd" for o in range(-5, 620, 7)]
+    left_rows += [(k, origin + o * step + (step / 2 if ts_type != "date" else dt.timedelta(0)))
+                  for k in "ac" for o in (1, 2, 99, 100, 300, 500)]
+    left = spark.createDataFrame(left_rows, f"k string, t {ts_type}")
+    right = spark.createDataFrame(right_rows, f"k string, rt {ts_type}, v int")
+    ttls = (None, 150 * step)
+    expected = [reference([dict(k=k, t=t) for k, t in left_rows], [dict(k=k, rt=t, v=v) for k, t, v in right_rows],
+                          keys=["k"], left_ts="t", right_ts="rt", values=["v"], ttl=ttl) for ttl in ttls]
+    specs = [AsOfSpec(right, ["k"], "rt", ttl=ttl, prefix=f"p{i}_") for i, ttl in enumerate(ttls)]
+    for strategy in STRATEGIES:
+        actual = as_of_join_many(left, specs, left_ts="t", strategy=strategy)
+        assertDataFrameEqual(actual, expected_frame(spark, left_rows, expected, actual))
 
 
 def test_odd_column_names(spark):
