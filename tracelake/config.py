@@ -92,6 +92,10 @@ class IngestSettings(_Section):
 class ValidationSettings(_Section):
     # Where results and Data Docs go, relative to the lake root.
     results_dir: str = "_validation"
+    # Unexpected example values kept per failed expectation (results, summary, logs).
+    examples: int = Field(5, ge=0, le=200)
+    # How the validated frame is cached for GX's many Spark jobs (a pyspark StorageLevel name).
+    storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
 
 
 class FeatureSettings(_Section):

@@ -1,0 +1,41 @@
+"""Validate a table's partitions with its Great Expectations suite.
+
+    spark-submit spark_jobs/validate.py --table silver_scan_events --start-date 2025-07-01 --end-date 2025-07-07
+    tracelake validate --table silver_scan_events --start-date 2025-07-01
+
+Reads the days of the range, runs ``schemas/expectations/<table>.json``, writes
+``results.json`` and Data Docs under ``<lake>/_validation/<table>/<run_id>/``,
+prints a short summary, and exits 1 when a critical expectation failed (the
+summary names the failed days); warnings are logged and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tracelake.runs import add_common_args, job_run, run_entrypoint
+from tracelake.validation import validate_table
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="validate", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--table", required=True,
+                        help="table to validate, e.g. bronze_scan_events, silver_scan_events, silver_labels")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with job_run("validate", args) as run:
+        report = validate_table(run, args.table)
+    print(report.summary_text())
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_entrypoint(main))
