@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TRACELAKE_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +52,30 @@ class MlflowSettings(_Section):
 
 
 class AnomalyRates(_Section):
-    """Share of EPCs (or events, for per-event anomalies) that carry each anomaly."""
+    """Share of EPCs that carry each anomaly; an anomalous EPC carries exactly one type."""
 
     epc_fake: float = Field(0.01, ge=0, le=1)
     epc_dup: float = Field(0.01, ge=0, le=1)
     loc_err: float = Field(0.01, ge=0, le=1)
     evt_order_err: float = Field(0.01, ge=0, le=1)
     jump: float = Field(0.01, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _at_most_one_per_epc(self) -> "AnomalyRates":
+        total = sum(self.model_dump().values())
+        if total > 1:
+            raise ValueError(f"anomaly rates add up to {total:g}; each EPC carries at most one anomaly, so keep the sum <= 1")
+        return self
+
+
+DEFAULT_DWELL_HOURS: dict[str, tuple[float, float]] = {
+    "Factory": (2.0, 48.0),
+    "WMS": (6.0, 96.0),
+    "LGS_HUB": (1.0, 24.0),
+    "W_STOCK": (12.0, 120.0),
+    "R_STOCK": (6.0, 96.0),
+    "POS": (1.0, 72.0),
+}
 
 
 class GeneratorSettings(_Section):
@@ -82,11 +99,82 @@ class GeneratorSettings(_Section):
     epcs_per_block: int = Field(20_000, ge=1)
     label_delay_days_min: int = Field(1, ge=0)
     label_delay_days_max: int = Field(14, ge=1)
+    # Seed of the network and product catalogue (default: `seed`); keep it fixed
+    # to simulate several windows of one world with different journey seeds.
+    network_seed: int | None = None
+    # The region: a square of region_km around the centre; wholesalers and
+    # retailers cluster around `cities`, each point of sale lies next to its retailer.
+    region_center_lat: float = Field(36.5, ge=-80, le=80)
+    region_center_lon: float = Field(127.8, ge=-180, le=180)
+    region_km: float = Field(500.0, gt=0)
+    cities: int = Field(8, ge=1)
+    city_spread_km: float = Field(20.0, gt=0)
+    pos_distance_km_max: float = Field(1.5, gt=0)
+    # Next stop: weight exp(-distance / nearby_scale_km) among the next tier's locations.
+    nearby_scale_km: float = Field(80.0, gt=0)
+    operators_per_location: int = Field(6, ge=1)
+    devices_per_location: int = Field(3, ge=1)
+    # Genuine movement: transit = distance / truck speed + handling.
+    truck_speed_kmh_min: float = Field(45.0, gt=0)
+    truck_speed_kmh_max: float = Field(80.0, gt=0)
+    handling_hours_min: float = Field(0.5, gt=0)
+    handling_hours_max: float = Field(3.0, gt=0)
+    # Dwell (hours, log-uniform between the bounds) per business step: at the
+    # factory from Aggregation to Factory_Outbound, at the point of sale from
+    # arrival on the shelf to POS_Sell, elsewhere from Inbound to Outbound.
+    # Steps left out of an override keep their default.
+    dwell_hours: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(DEFAULT_DWELL_HOURS))
+    # Genuine EPCs are manufactured 0..N days before their first scan.
+    manufacture_days_before_max: int = Field(3, ge=0)
+    # Anomalies. jump: the arrival is at a place at least jump_min_km away, reached at an impossible speed.
+    jump_speed_kmh_min: float = Field(1500.0, gt=0)
+    jump_speed_kmh_max: float = Field(6000.0, gt=0)
+    jump_min_km: float = Field(150.0, ge=0)
+    # epc_dup: a clone scan at a place of the same step at least dup_min_km away, minutes after a genuine scan.
+    dup_delay_minutes_min: float = Field(1.0, gt=0)
+    dup_delay_minutes_max: float = Field(20.0, gt=0)
+    dup_min_km: float = Field(150.0, ge=0)
+    # epc_fake with a future manufacture date: this many days after the window's end.
+    fake_future_days_min: int = Field(30, ge=1)
+    fake_future_days_max: int = Field(400, ge=1)
+
+    @field_validator("dwell_hours", mode="before")
+    @classmethod
+    def _dwell_defaults(cls, value: Any) -> Any:
+        return {**DEFAULT_DWELL_HOURS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "GeneratorSettings":
+        pairs = [
+            ("label_delay_days", self.label_delay_days_min, self.label_delay_days_max),
+            ("truck_speed_kmh", self.truck_speed_kmh_min, self.truck_speed_kmh_max),
+            ("handling_hours", self.handling_hours_min, self.handling_hours_max),
+            ("jump_speed_kmh", self.jump_speed_kmh_min, self.jump_speed_kmh_max),
+            ("dup_delay_minutes", self.dup_delay_minutes_min, self.dup_delay_minutes_max),
+            ("fake_future_days", self.fake_future_days_min, self.fake_future_days_max),
+            *((f"dwell_hours.{step}", lo, hi) for step, (lo, hi) in self.dwell_hours.items()),
+        ]
+        for name, low, high in pairs:
+            if low > high:
+                raise ValueError(f"generator {name}: minimum {low} is above maximum {high}; swap them")
+        if self.dup_delay_minutes_max >= 60 * min(self.handling_hours_min, *(lo for lo, _ in self.dwell_hours.values())):
+            raise ValueError(
+                "generator dup_delay_minutes_max must stay below the shortest handling and dwell time, "
+                "so that a clone scan falls between two genuine scans"
+            )
+        return self
 
 
 class IngestSettings(_Section):
     # Landing rows whose reconciliation may differ (always 0 in production).
     reconciliation_tolerance: int = Field(0, ge=0)
+    # A day of the range without landing scan files fails the run (its bronze
+    # and silver partitions would otherwise be replaced by nothing); set true to
+    # ingest ranges with known gaps.
+    allow_missing_dates: bool = False
+    # How the parsed landing rows are kept between the counting pass and the
+    # writes (a pyspark StorageLevel name).
+    storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
 
 
 class ValidationSettings(_Section):
@@ -101,14 +189,66 @@ class ValidationSettings(_Section):
 class FeatureSettings(_Section):
     # Events per EPC sequence (the model's time axis).
     sequence_length: int = Field(25, ge=1)
-    # How far back (days) a day's sequences and history may reach.
+    # How far back (days) a day's sequences and history may reach: an event's
+    # sequence and EPC aggregates use the EPC's events at most this long before
+    # it (a longer gap starts a new history).
     lookback_days: int = Field(30, ge=0)
+    # Snapshot windows, in days before the snapshot day (which is excluded):
+    # location volume, distinct EPCs, dwell and route transit times ...
+    snapshot_window_days: int = Field(7, ge=1)
+    # ... and the events whose labels (confirmed before the snapshot day) give
+    # the per-location confirmed-anomaly rates.
+    label_window_days: int = Field(28, ge=1)
+    # A snapshot joins an event only while it is at most this old; 24 h with
+    # daily snapshots means an event sees its own day's snapshot only.
+    snapshot_ttl_hours: float = Field(24.0, gt=0)
+    # Implied speed divides by at least this time gap (identical timestamps at
+    # two places give a large finite speed, not infinity).
+    min_gap_seconds: float = Field(1.0, gt=0)
+    # A day of the range without silver scan events fails the run (its feature
+    # partitions would otherwise be replaced by nothing); true allows gaps.
+    allow_missing_dates: bool = False
+    # How the job keeps the scan steps and snapshots it reuses (a pyspark StorageLevel name).
+    storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
 
 
 class TrainingSetSettings(_Section):
     # Temporal split: share of the range's days in train and validation; the rest is test.
     train_fraction: float = Field(0.6, gt=0, lt=1)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    # Explicit boundaries instead of fractions (YYYY-MM-DD): the first day of
+    # validation and the first day of test; give both or neither.
+    validation_start: str | None = None
+    test_start: str | None = None
+
+    @field_validator("validation_start", "test_start", mode="before")
+    @classmethod
+    def _iso_day(cls, value: Any) -> Any:
+        import datetime
+
+        if isinstance(value, datetime.date):  # YAML reads an unquoted 2025-07-10 as a date
+            value = value.isoformat()
+        if value is not None:
+            try:
+                datetime.date.fromisoformat(str(value))
+            except ValueError:
+                raise ValueError(f"training_set split boundary {value!r} is not a day; use YYYY-MM-DD") from None
+        return value
+
+    @model_validator(mode="after")
+    def _split_consistent(self) -> "TrainingSetSettings":
+        if self.train_fraction + self.validation_fraction >= 1:
+            raise ValueError(
+                f"training_set train_fraction {self.train_fraction} + validation_fraction "
+                f"{self.validation_fraction} leave no days for test; keep their sum below 1"
+            )
+        if (self.validation_start is None) != (self.test_start is None):
+            raise ValueError("training_set validation_start and test_start go together; give both or neither")
+        if self.validation_start is not None and self.test_start is not None and self.test_start <= self.validation_start:
+            raise ValueError(
+                f"training_set test_start {self.test_start} must come after validation_start {self.validation_start}"
+            )
+        return self
 
 
 class TrainingSettings(_Section):

@@ -12,7 +12,8 @@ from tracelake.errors import TracelakeError
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class ColumnSpec:
     type: str
     nullable: bool = True
     description: str = ""
+    # What the column is to its readers, e.g. "feature" for a model input
+    # (features_event_features.yaml); empty for plain columns.
+    role: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,15 @@ class TableSpec:
 
 
 def _spec_from_yaml(data: dict[str, Any]) -> TableSpec:
-    known = {"name", "path", "format", "columns", "partition_by", "owned_by_column", "expectations", "description"}
+    known = {"name", "path", "format", "columns", "columns_from", "partition_by", "owned_by_column",
+             "expectations", "description"}
+    # `columns_from: <table>` starts the column list with that table's columns.
+    inherited = table_spec(data["columns_from"]).columns if data.get("columns_from") else ()
     return TableSpec(
         name=data["name"],
         path=data["path"],
         format=data.get("format", "delta"),
-        columns=tuple(ColumnSpec(**c) for c in data["columns"]),
+        columns=inherited + tuple(ColumnSpec(**c) for c in data.get("columns") or ()),
         partition_by=data.get("partition_by"),
         owned_by_column=data.get("owned_by_column"),
         expectations=data.get("expectations"),
@@ -140,6 +147,26 @@ def table_spec(name: str) -> TableSpec:
         known = sorted(p.stem for p in (SCHEMAS_DIR / "tables").glob("*.yaml"))
         raise TableError(f"unknown table {name!r}; known tables: {', '.join(known)}")
     return _spec_from_yaml(yaml.safe_load(file.read_text()))
+
+
+_PATH_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def named_table_spec(table: str, /, **params: str) -> TableSpec:
+    """The spec of a table family whose path has placeholders, e.g.
+    ``named_table_spec("training_set", name="weekly")`` -> path ``training/sets/weekly``."""
+    spec = table_spec(table)
+    for key, value in params.items():
+        if not isinstance(value, str) or not _PATH_PARAM.match(value) or ".." in value:
+            raise TableError(
+                f"table {table!r}: {key} {value!r} is not usable in a path; use letters, digits, '_', '-', '.' "
+                "(starting with a letter or digit, at most 128 characters)"
+            )
+    try:
+        path = spec.path.format(**params)
+    except KeyError as exc:
+        raise TableError(f"table {table!r} has path {spec.path!r}; pass {exc.args[0]}=... to name it") from None
+    return replace(spec, path=path)
 
 
 def all_table_specs() -> list[TableSpec]:
@@ -201,6 +228,14 @@ def latest_version(spark: SparkSession, spec: TableSpec, lake_root: str | Path) 
         return None
     row = DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("version").first()
     return int(row["version"]) if row else None
+
+
+def rows_written(spark: SparkSession, spec: TableSpec, lake_root: str | Path) -> int:
+    """Rows the table's latest commit wrote, as Delta records it (no scan of the data)."""
+    from delta.tables import DeltaTable
+
+    metrics = DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("operationMetrics").first()
+    return int((metrics[0] or {}).get("numOutputRows", 0)) if metrics else 0
 
 
 def write_table(

@@ -1,0 +1,260 @@
+"""The simulated supply network and product catalogue of the generator.
+
+Everything here is small (hundreds of locations, tens of products) and built
+on the driver, deterministically from the network seed; the Spark tasks that
+simulate journeys receive it whole.
+
+The journey follows ``schemas/domain.yaml``: business steps in tier order, and
+the event types in journey order, one group per step, each group ending at its
+``*_Outbound`` (the last, the point of sale, has only ``POS_Sell``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracelake.config import GeneratorSettings
+from tracelake.errors import TracelakeError
+
+EARTH_RADIUS_KM = 6371.0088
+KM_PER_DEGREE_LAT = 111.32
+COORDINATE_DECIMALS = 5
+LOCATION_ID_FORMAT = "LOC-{:05d}"
+COMPANY_CODE_DIGITS = 7
+PRODUCT_CODE_DIGITS = 7
+# Companies draw their GS1-style codes from this range (880: a national prefix).
+COMPANY_CODE_RANGE = (8_800_000, 8_999_999)
+
+# Display names per business step ("{n}" is the location's number within its step).
+_LOCATION_NAMES = {
+    "Factory": "Factory {n:02d}",
+    "WMS": "Warehouse {n:02d}",
+    "LGS_HUB": "Logistics Hub {n:02d}",
+    "W_STOCK": "Wholesaler {n:03d}",
+    "R_STOCK": "Retailer {n:03d}",
+    "POS": "Retailer {n:03d} Checkout",
+}
+_BRANDS = (
+    "Nordvik", "Sunhaven", "Bluecrest", "Maplewood", "Ironleaf", "Goldfield", "Riverstone",
+    "Silverpine", "Oakridge", "Clearwater", "Redcliff", "Greenvale",
+)
+_ITEMS = (
+    "Sparkling Water", "Green Tea", "Instant Noodles", "Rice Crackers", "Face Cream", "Shampoo",
+    "Vitamin C Tablets", "Hand Soap", "Coffee Beans", "Soy Sauce", "Sunscreen", "Toothpaste",
+    "Protein Bar", "Laundry Detergent", "Olive Oil", "Dark Chocolate", "Energy Drink", "Lip Balm",
+    "Baby Wipes", "Kimchi", "Red Ginseng Extract", "Honey", "Body Lotion", "Cold Brew",
+)
+_SIZES = ("50ml", "100ml", "250ml", "500ml", "1L", "100g", "250g", "500g", "1kg", "12pk", "30ct")
+
+
+class NetworkError(TracelakeError, ValueError):
+    """The network cannot be built from the configured sizes or the domain file."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One business step of the journey: its tier and the event types scanned there."""
+
+    tier: int
+    business_step: str
+    event_types: tuple[str, ...]
+
+
+def journey_stages(domain: dict[str, Any]) -> tuple[Stage, ...]:
+    """Stages in tier order, with their event types, from ``schemas/domain.yaml``."""
+    steps = sorted(domain["business_steps"].items(), key=lambda kv: kv[1])
+    groups: list[list[str]] = [[]]
+    for event_type in domain["event_types"]:
+        groups[-1].append(event_type)
+        if event_type.endswith("_Outbound"):
+            groups.append([])
+    groups = [g for g in groups if g]
+    if len(groups) != len(steps) or [t for _, t in steps] != list(range(len(steps))):
+        raise NetworkError(
+            f"schemas/domain.yaml: {len(groups)} event-type groups {groups} do not match the "
+            f"business steps {dict(steps)} (tiers 0..n-1, one group per step, each ending at *_Outbound)"
+        )
+    return tuple(Stage(tier, step, tuple(g)) for (step, tier), g in zip(steps, groups))
+
+
+def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
+    """Great-circle distance in km (numpy broadcasting)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+@dataclass(frozen=True)
+class Network:
+    """Locations (indexed 0..n-1), distances, next-stop choice tables, products."""
+
+    stages: tuple[Stage, ...]
+    location_id: np.ndarray  # str
+    location_name: np.ndarray  # str
+    tier: np.ndarray  # int
+    latitude: np.ndarray
+    longitude: np.ndarray
+    distance_km: np.ndarray  # (n_locations, n_locations)
+    members: tuple[np.ndarray, ...]  # per tier: location indices
+    # per tier: (n_locations, len(members[tier])) cumulative choice probabilities
+    near_cum: tuple[np.ndarray, ...]
+    jump_cum: tuple[np.ndarray, ...]
+    dup_cum: tuple[np.ndarray, ...]
+    pos_of: np.ndarray  # location index -> its point of sale (retailers), else -1
+    operators: np.ndarray  # (n_locations, operators_per_location) str
+    devices: np.ndarray  # (n_locations, devices_per_location) str
+    company_code: np.ndarray  # str, per company
+    product_company: np.ndarray  # company index per product
+    product_code: np.ndarray  # str, per product
+    product_name: np.ndarray  # str, per product
+    product_factory: np.ndarray  # location index of the factory making each product
+
+    @property
+    def n_locations(self) -> int:
+        return len(self.location_id)
+
+    def locations_frame(self) -> pd.DataFrame:
+        """The locations reference (landing_locations columns, all text)."""
+        return pd.DataFrame({
+            "location_id": self.location_id,
+            "location_name": self.location_name,
+            "business_step": [self.stages[t].business_step for t in self.tier],
+            "tier": [str(t) for t in self.tier],
+            "latitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.latitude],
+            "longitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.longitude],
+        })
+
+    def products_frame(self) -> pd.DataFrame:
+        """The genuine company/product pairs (landing_products columns)."""
+        return pd.DataFrame({
+            "company_code": self.company_code[self.product_company],
+            "product_code": self.product_code,
+            "product_name": self.product_name,
+        })
+
+
+def _cumulative(weights: np.ndarray) -> np.ndarray:
+    cum = np.cumsum(weights, axis=1)
+    cum /= cum[:, -1:]
+    cum[:, -1] = 1.0
+    return cum
+
+
+def _far_weights(distance: np.ndarray, min_km: float) -> np.ndarray:
+    """Uniform over candidates at least min_km away; the farthest one where none is."""
+    far = (distance >= min_km).astype(float)
+    none = far.sum(axis=1) == 0
+    far[none, distance[none].argmax(axis=1)] = 1.0
+    return far
+
+
+def _in_region(rng: np.random.Generator, n: int, half: float) -> np.ndarray:
+    return rng.uniform(-half, half, size=(n, 2))
+
+
+def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Network:
+    """The network and catalogue for ``settings`` (same settings -> same network)."""
+    stages = journey_stages(domain)
+    steps = [s.business_step for s in stages]
+    unknown = sorted(set(settings.dwell_hours) - set(steps))
+    if unknown:
+        raise NetworkError(f"generator.dwell_hours names unknown business step(s) {unknown}; known: {steps}")
+    if len(stages) != 6:
+        raise NetworkError(f"the generator simulates 6 business steps (factory .. point of sale), domain.yaml has {steps}")
+    seed = settings.seed if settings.network_seed is None else settings.network_seed
+    rng = np.random.default_rng([seed, 0x6E6574])  # "net"
+
+    half = settings.region_km / 2
+    cities = _in_region(rng, settings.cities, half * 0.8)
+
+    def near_cities(n: int) -> np.ndarray:
+        centre = cities[rng.integers(settings.cities, size=n)]
+        return np.clip(centre + rng.normal(0, settings.city_spread_km, size=(n, 2)), -half, half)
+
+    counts = [settings.factories, settings.warehouses, settings.hubs, settings.wholesalers, settings.retailers]
+    xy_parts = [
+        _in_region(rng, settings.factories, half),
+        _in_region(rng, settings.warehouses, half),
+        _in_region(rng, settings.hubs, half),
+        near_cities(settings.wholesalers),
+        near_cities(settings.retailers),
+    ]
+    retail_xy = xy_parts[4]
+    angle = rng.uniform(0, 2 * np.pi, size=settings.retailers)
+    radius = rng.uniform(0.05, settings.pos_distance_km_max, size=settings.retailers)
+    xy_parts.append(retail_xy + np.column_stack([np.cos(angle), np.sin(angle)]) * radius[:, None])
+    counts.append(settings.retailers)
+
+    xy = np.vstack(xy_parts)
+    tier = np.repeat(np.arange(len(stages)), counts)
+    number = np.concatenate([np.arange(1, c + 1) for c in counts])
+    latitude = np.round(settings.region_center_lat + xy[:, 1] / KM_PER_DEGREE_LAT, COORDINATE_DECIMALS)
+    lon_scale = KM_PER_DEGREE_LAT * np.cos(np.radians(settings.region_center_lat))
+    longitude = np.round(settings.region_center_lon + xy[:, 0] / lon_scale, COORDINATE_DECIMALS)
+    n = len(tier)
+    location_id = np.array([LOCATION_ID_FORMAT.format(i + 1) for i in range(n)], dtype=object)
+    location_name = np.array(
+        [_LOCATION_NAMES.get(steps[t], steps[t] + " {n:03d}").format(n=k) for t, k in zip(tier, number)], dtype=object
+    )
+    distance = haversine_km(latitude[:, None], longitude[:, None], latitude[None, :], longitude[None, :])
+
+    members = tuple(np.flatnonzero(tier == t) for t in range(len(stages)))
+    near_cum = tuple(_cumulative(np.exp(-distance[:, m] / settings.nearby_scale_km) + 1e-12) for m in members)
+    jump_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.jump_min_km)) for m in members)
+    dup_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.dup_min_km)) for m in members)
+    pos_of = np.full(n, -1)
+    pos_of[members[4]] = members[5]
+
+    operators = np.array(
+        [[f"OPR-{i + 1:05d}-{k + 1:02d}" for k in range(settings.operators_per_location)] for i in range(n)], dtype=object
+    )
+    devices = np.array(
+        [[f"DEV-{i + 1:05d}-{k + 1:02d}" for k in range(settings.devices_per_location)] for i in range(n)], dtype=object
+    )
+
+    low, high = COMPANY_CODE_RANGE
+    company_code = np.array(
+        [f"{c:0{COMPANY_CODE_DIGITS}d}" for c in rng.choice(np.arange(low, high + 1), settings.companies, replace=False)],
+        dtype=object,
+    )
+    per = settings.products_per_company
+    product_company = np.repeat(np.arange(settings.companies), per)
+    product_code = np.array([f"{k + 1:0{PRODUCT_CODE_DIGITS}d}" for _ in range(settings.companies) for k in range(per)],
+                            dtype=object)
+    brands = rng.permutation(len(_BRANDS))
+    names = []
+    for c in range(settings.companies):
+        brand = _BRANDS[brands[c % len(_BRANDS)]] + ("" if c < len(_BRANDS) else f" {c // len(_BRANDS) + 1}")
+        combos = rng.permutation(len(_ITEMS) * len(_SIZES))
+        for k in range(per):
+            item, size = divmod(int(combos[k % len(combos)]), len(_SIZES))
+            suffix = "" if k < len(combos) else f" v{k // len(combos) + 1}"
+            names.append(f"{brand} {_ITEMS[item]} {_SIZES[size]}{suffix}")
+    product_factory = members[0][rng.integers(len(members[0]), size=len(product_code))]
+
+    return Network(
+        stages=stages,
+        location_id=location_id,
+        location_name=location_name,
+        tier=tier,
+        latitude=latitude,
+        longitude=longitude,
+        distance_km=distance,
+        members=members,
+        near_cum=near_cum,
+        jump_cum=jump_cum,
+        dup_cum=dup_cum,
+        pos_of=pos_of,
+        operators=operators,
+        devices=devices,
+        company_code=company_code,
+        product_company=product_company,
+        product_code=product_code,
+        product_name=np.array(names, dtype=object),
+        product_factory=product_factory,
+    )
