@@ -1,0 +1,391 @@
+"""Ingest: landing files -> bronze (+ quarantine) -> silver, for a range of days.
+
+    spark-submit spark_jobs/ingest.py --start-date 2025-07-01 --end-date 2025-07-07
+    tracelake ingest --start-date 2025-07-01 --end-date 2025-07-07      (the same code)
+
+One run reads every landing partition of the range in one Spark read per
+source (``landing/scans/date=…``, ``landing/labels/date=…``; CSV with header,
+JSON lines or Parquet, told apart by file extension) and the reference files,
+then writes, each in one Delta commit that replaces exactly the range:
+
+- reference/locations, reference/products (whole tables, from landing/reference);
+- bronze/scan_events: typed rows with ``_source_file``, ``_ingested_at``, ``_run_id``;
+- bronze/quarantine: every landing row that could not be typed, with its raw
+  payload and reason (see :mod:`spark_jobs.transforms.bronze`);
+- silver/scan_events: one row per event_id, location and EPC parts added;
+- silver/labels: confirmed anomaly labels whose confirmation day lies in the range.
+
+Before silver is written the run reconciles: landing rows = bronze rows +
+quarantine rows per source, or it fails. A landing file whose header lacks a
+required column fails the run before anything is written; extra columns are
+left out of bronze and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_jobs.transforms import bronze, landing, silver
+from tracelake.dates import days_between
+from tracelake.errors import TracelakeError
+from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.tables import TableSpec, domain, read_table, table_spec, write_table
+
+JOB = "ingest"
+
+# Landing reference file -> reference table, with the key that must be unique.
+REFERENCES = (
+    ("landing_locations", "reference_locations", ("location_id",)),
+    ("landing_products", "reference_products", ("company_code", "product_code")),
+)
+# Landing table of each source.
+SOURCES = {bronze.SCANS: "landing_scans", bronze.LABELS: "landing_labels"}
+
+
+class LandingError(TracelakeError, ValueError):
+    """Landing files cannot be ingested as delivered."""
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """One delivered file: where it is, what it holds, and its header (CSV) or footer (Parquet) columns."""
+
+    path: str  # as shown to people and stored in _source_file
+    uri: str  # as Spark's _metadata.file_path spells it
+    source: str
+    format: str
+    landing_date: dt.date
+    columns: tuple[str, ...] | None = None  # None: JSON lines (no header) or an empty file
+    header_line: str | None = None
+
+
+# --- the file system, through Hadoop so that any lake URI Spark reads works ---
+
+def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath  # type: ignore[union-attr]
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    fs, jpath = _hadoop_path(spark, path)
+    return bool(fs.exists(jpath))
+
+
+def _first_line(spark: SparkSession, path: str) -> str | None:
+    """The first line of a text file (decompressed if need be), or None when it is empty."""
+    jvm = spark._jvm  # type: ignore[union-attr]
+    fs, jpath = _hadoop_path(spark, path)
+    stream = fs.open(jpath)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(spark._jsc.hadoopConfiguration()).getCodec(jpath)  # type: ignore[union-attr]
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        return reader.readLine()
+    finally:
+        reader.close()
+
+
+def _parquet_columns(spark: SparkSession, path: str) -> tuple[str, ...]:
+    jvm = spark._jvm  # type: ignore[union-attr]
+    _, jpath = _hadoop_path(spark, path)
+    input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(jpath, spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(input_file)
+    try:
+        return tuple(str(f.getName()) for f in reader.getFooter().getFileMetaData().getSchema().getFields())
+    finally:
+        reader.close()
+
+
+def _header_columns(line: str) -> tuple[str, ...]:
+    return tuple(name.strip().lstrip("\ufeff").strip() for name in next(csv.reader([line])))
+
+
+def landing_inventory(
+    spark: SparkSession, run: JobRun, spec: TableSpec, source: str, days: Sequence[dt.date]
+) -> list[LandingFile]:
+    """Every file of the range's landing partitions, with its header or footer columns.
+
+    Files whose name starts with ``_`` or ``.`` (``_SUCCESS``, checksums) are
+    not data; any other file must have a known extension.
+    """
+    root = spec.location(run.lake_root)
+    fs, pattern = _hadoop_path(spark, f"{root}/date={{{','.join(d.isoformat() for d in days)}}}/*")
+    files: list[LandingFile] = []
+    for status in fs.globStatus(pattern) or []:
+        jpath = status.getPath()
+        name, day = str(jpath.getName()), dt.date.fromisoformat(str(jpath.getParent().getName())[len("date="):])
+        if name.startswith(("_", ".")):
+            continue
+        if status.isDirectory():
+            run.log.warning("skipping a folder inside a landing partition", extra={"path": str(jpath)})
+            continue
+        fmt = landing.landing_format(name)
+        if fmt is None:
+            raise LandingError(
+                f"landing file {jpath} has an unknown format; name it *.csv, *.json, *.jsonl or *.parquet "
+                "(text formats may end in .gz), or move it out of the landing folder"
+            )
+        path, uri = str(jpath), str(jpath.toUri())
+        if fmt == "parquet":
+            files.append(LandingFile(path, uri, source, fmt, day, _parquet_columns(spark, path)))
+        elif fmt == "csv":
+            header = _first_line(spark, path)
+            columns = _header_columns(header) if header is not None else None
+            files.append(LandingFile(path, uri, source, fmt, day, columns, header))
+        else:
+            files.append(LandingFile(path, uri, source, fmt, day))
+    return sorted(files, key=lambda f: f.path)
+
+
+def check_header(path: str, columns: Sequence[str], spec: TableSpec) -> list[str]:
+    """Fail when a file's header lacks a required column (or repeats one); return its extra columns."""
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    missing = [c for c in spec.required_columns if c not in columns]
+    if missing or duplicated:
+        problem = f"lacks required column(s) {missing}" if missing else f"repeats column(s) {duplicated}"
+        raise LandingError(
+            f"landing file {path} {problem}; its columns are {list(columns)}, {spec.name} needs "
+            f"{spec.required_columns}. Have the producer redeliver the file (or move it out of the landing "
+            "folder) and rerun"
+        )
+    return [c for c in columns if c not in spec.column_names]
+
+
+def check_columns(files: Sequence[LandingFile], spec: TableSpec) -> dict[str, list[str]]:
+    """Check every header (CSV) and footer (Parquet); the extra columns per file that has some."""
+    extra = {f.path: check_header(f.path, f.columns, spec) for f in files if f.columns is not None}
+    return {path: columns for path, columns in extra.items() if columns}
+
+
+def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableSpec, source: str) -> DataFrame:
+    """The parsed landing rows of one source: one text read (CSV, JSON lines) and one Parquet read."""
+    headers = {columns: i for i, columns in enumerate(sorted({f.columns for f in files if f.format == "csv" and f.columns}))}
+    inventory = spark.createDataFrame(
+        [(f.uri, f.path, f.format, f.landing_date, headers.get(f.columns), f.header_line) for f in files],  # type: ignore[arg-type]
+        "_uri string, _source_file string, format string, landing_date date, header_id int, header_line string",
+    ).withColumn("source", F.lit(source))
+    frames = []
+    text_files = [f.path for f in files if f.format in landing.TEXT_FORMATS]
+    if text_files:
+        lines = spark.read.text(text_files).select("value", F.col("_metadata.file_path").alias("_uri"))
+        lines = lines.join(F.broadcast(inventory), "_uri")
+        frames.append(landing.parse_text_lines(lines, spec, {i: list(c) for c, i in headers.items()}))
+    parquet_files = [f.path for f in files if f.format == "parquet"]
+    if parquet_files:
+        rows = spark.read.option("mergeSchema", "true").parquet(*parquet_files)
+        rows = rows.select(F.struct(*[F.col(f"`{c}`") for c in rows.columns]).alias("_payload"),
+                           F.col("_metadata.file_path").alias("_uri"))
+        frames.append(landing.parse_parquet_rows(rows.join(F.broadcast(inventory), "_uri"), spec))
+    if not frames:
+        return spark.createDataFrame([], landing.parsed_ddl(spec))
+    return reduce(DataFrame.unionByName, frames)
+
+
+def load_reference(run: JobRun, landing_name: str, table_name: str, key: Sequence[str],
+                   tables: dict[str, dict[str, int]]) -> DataFrame:
+    """Type a reference file and replace its table; returns the table as committed."""
+    spark, source, spec = run.spark, table_spec(landing_name), table_spec(table_name)
+    path = source.location(run.lake_root)
+    if not _exists(spark, path):
+        raise LandingError(f"reference file {path} does not exist; deliver it (e.g. `tracelake generate`) and rerun")
+    header = _first_line(spark, path)
+    extra = check_header(path, _header_columns(header) if header is not None else (), source)
+    if extra:
+        run.log.warning("reference file has extra columns; they are ignored", extra={"file": path, "columns": extra})
+    typed = bronze.typed_reference(spark.read.option("header", True).csv(path), spec, key).persist()
+    try:
+        problems = typed.where(F.col("_problem").isNotNull()).limit(5).collect()
+        if problems:
+            raise bronze.ReferenceDataError(
+                f"reference file {path} has bad rows, e.g. {[r['_problem'] for r in problems]}; fix it and rerun"
+            )
+        version = _write(run, typed.drop("_problem"), table_name, tables, whole_table=True, source_file=path)
+    finally:
+        typed.unpersist()
+    run.inputs[table_name] = version
+    return read_table(spark, spec, run.lake_root, version=version)
+
+
+def _rows_committed(run: JobRun, spec: TableSpec) -> int:
+    """Rows this run's commit to the table wrote, as Delta records them (no scan of the data).
+
+    0 when the table's latest commit is not this run's: Delta records no
+    commit for a write that neither adds nor removes a file (an empty range).
+    """
+    from delta.tables import DeltaTable
+
+    last = DeltaTable.forPath(run.spark, spec.location(run.lake_root)).history(1) \
+        .select("operationMetrics", "userMetadata").first()
+    if last is None or json.loads(last["userMetadata"] or "{}").get("run_id") != run.run_id:
+        return 0
+    return int((last["operationMetrics"] or {}).get("numOutputRows", 0))
+
+
+def _write(run: JobRun, df: DataFrame, name: str, tables: dict[str, dict[str, int]], *,
+           whole_table: bool = False, **lineage: Any) -> int:
+    """One commit to table ``name`` (the run's range, or the whole table); records rows and version."""
+    spec = table_spec(name)
+    owned = {} if whole_table else {"start": run.start, "end": run.end}
+    with run.log.step(f"write {name}"):
+        version = write_table(df, spec, run.lake_root, **owned, metadata=run.commit_metadata(**lineage))
+    tables[name] = {"rows": _rows_committed(run, spec), "version": version}
+    run.record_output(name, **tables[name])
+    return version
+
+
+def _inventory(
+    run: JobRun, days: Sequence[dt.date]
+) -> tuple[dict[str, list[LandingFile]], dict[str, list[str]], list[dt.date]]:
+    """The range's landing files per source, checked; the extra header columns per file; days without scans."""
+    files = {s: landing_inventory(run.spark, run, table_spec(n), s, days) for s, n in SOURCES.items()}
+    extra_columns: dict[str, list[str]] = {}
+    for source, name in SOURCES.items():
+        extra_columns.update(check_columns(files[source], table_spec(name)))
+    missing = sorted(set(days) - {f.landing_date for f in files[bronze.SCANS]})
+    if missing:
+        message = f"no landing scan files for {[d.isoformat() for d in missing]}"
+        if not run.settings.ingest.allow_missing_dates:
+            raise LandingError(
+                f"{message} under {table_spec(SOURCES[bronze.SCANS]).location(run.lake_root)}; a run would empty "
+                "their bronze and silver partitions. Deliver them, narrow the range, or set "
+                "ingest.allow_missing_dates=true"
+            )
+        run.log.warning(message + "; their partitions become empty", extra={"missing_dates": missing})
+    run.log.event("landing files", files={s: len(f) for s, f in files.items()}, missing_dates=missing)
+    return files, extra_columns, missing
+
+
+def execute(run: JobRun) -> dict[str, Any]:
+    """Ingest the run's date range; returns the run's summary (tables, quarantine, reconciliation)."""
+    if run.start is None or run.end is None:
+        raise LandingError("ingest needs --start-date (and optionally --end-date)")
+    spark, settings = run.spark, run.settings.ingest
+    days = days_between(run.start, run.end)
+    ingested_at = dt.datetime.now(dt.timezone.utc)
+    tables: dict[str, dict[str, int]] = {}
+
+    # Everything that can be refused is refused before the first write.
+    files, extra_columns, missing_days = _inventory(run, days)
+    references = {table: load_reference(run, landing_name, table, key, tables)
+                  for landing_name, table, key in REFERENCES}
+
+    scans_spec, labels_spec = table_spec(SOURCES[bronze.SCANS]), table_spec(SOURCES[bronze.LABELS])
+    level = getattr(StorageLevel, settings.storage_level)
+    scans = bronze.classify_scans(
+        read_landing(spark, files[bronze.SCANS], scans_spec, bronze.SCANS),
+        references["reference_locations"], scans_spec.required_columns,
+    ).persist(level)
+    labels = bronze.classify_labels(
+        read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS),
+        domain()["anomaly_types"], labels_spec.required_columns,
+    ).persist(level)
+    try:
+        with run.log.step("parse and count landing rows") as counted:
+            outcomes = [r.asDict() for r in bronze.landing_outcomes(scans, labels).collect()]
+            counted.update(landing_rows=sum(r["rows"] for r in outcomes))
+        for row in outcomes:  # JSON lines have no header: their extra keys are found while parsing
+            if row["extra_columns"]:
+                seen = extra_columns.get(row["_source_file"], [])
+                extra_columns[row["_source_file"]] = sorted({*seen, *row["extra_columns"]})
+        for path, columns in sorted(extra_columns.items()):
+            run.log.warning("landing file has extra columns; they are left out of bronze",
+                            extra={"file": path, "columns": columns})
+        _log_examples(run, outcomes)
+
+        landing_files = {s: len(f) for s, f in files.items()}
+        bronze_rows = bronze.bronze_scan_events(scans, run.run_id, ingested_at)
+        _write(run, bronze_rows, "bronze_scan_events", tables, landing_files=landing_files)
+        quarantined = bronze.quarantine_rows(scans, run.run_id, ingested_at).unionByName(
+            bronze.quarantine_rows(labels, run.run_id, ingested_at))
+        _write(run, quarantined, "bronze_quarantine", tables, landing_files=landing_files)
+
+        reconciliation = bronze.reconcile(
+            outcomes, {n: tables[n]["rows"] for n in ("bronze_scan_events", "bronze_quarantine")},
+            settings.reconciliation_tolerance,
+        )
+        run.log.event("reconciled", reconciliation=reconciliation)
+
+        run.inputs["bronze_scan_events"] = tables["bronze_scan_events"]["version"]
+        events = silver.silver_scan_events(
+            bronze_rows, references["reference_locations"], references["reference_products"],
+            domain()["epc_regex"], run.run_id,
+        )
+        _write(run, events, "silver_scan_events", tables)
+        _write(run, silver.silver_labels(bronze.accepted_labels(labels), run.run_id), "silver_labels", tables,
+               landing_files=landing_files)
+    finally:
+        scans.unpersist()
+        labels.unpersist()
+
+    return {
+        "run_id": run.run_id,
+        "start_date": run.start.isoformat(),
+        "end_date": run.end.isoformat(),
+        "landing_files": landing_files,
+        "tables": tables,
+        "quarantine": _quarantine_counts(outcomes),
+        "reconciliation": reconciliation,
+        "duplicates_dropped": {
+            "silver_scan_events": tables["bronze_scan_events"]["rows"] - tables["silver_scan_events"]["rows"],
+            "silver_labels": reconciliation[bronze.LABELS]["accepted_rows"] - tables["silver_labels"]["rows"],
+        },
+        "extra_columns": extra_columns,
+        "missing_dates": [d.isoformat() for d in missing_days],
+    }
+
+
+def _quarantine_counts(outcomes: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in outcomes:
+        if row["reason_code"] is not None:
+            per_reason = counts.setdefault(row["source"], {})
+            per_reason[row["reason_code"]] = per_reason.get(row["reason_code"], 0) + row["rows"]
+    return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
+
+
+def _log_examples(run: JobRun, outcomes: Sequence[dict[str, Any]]) -> None:
+    """One quarantined row per source and reason, so that the log shows what went wrong."""
+    shown: set[tuple[str, str]] = set()
+    for row in sorted(outcomes, key=lambda r: (r["source"], r["reason_code"] or "", r["_source_file"])):
+        key = (row["source"], row["reason_code"])
+        if row["reason_code"] is None or key in shown:
+            continue
+        shown.add(key)
+        run.log.warning("quarantined rows", extra={
+            "source": row["source"], "reason_code": row["reason_code"], "file": row["_source_file"],
+            "example_reason": row["example"]["reason"], "example_payload": row["example"]["raw_payload"],
+        })
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tracelake ingest",
+        description="Landing files -> bronze (+ quarantine) -> silver for a range of days; idempotent per range.",
+    )
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with job_run(JOB, args) as run:
+        summary = execute(run)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entrypoint(main))
