@@ -31,15 +31,20 @@ estimate (Spark's ``spark.sql.autoBroadcastJoinThreshold`` unless a threshold is
 given):
 
 ``broadcast`` (small right tables, e.g. daily snapshots). The right table is
-reduced to one row per (keys, timestamp) -- the tie winner -- and each row
-gets the next distinct timestamp of its key (``lead`` over a window on the
-small table), turning it into a validity interval ``[ts, next_ts)``. Left rows
-then meet it in a broadcast hash join on the keys with the condition
-``ts <= left_ts < next_ts`` (and the TTL): intervals of one key do not
-overlap, so each left row matches at most one right row and a left outer join
-keeps the row count. The left side is never shuffled nor sorted; the only
-per-row work is a hash probe and a scan of that key's intervals, in generated
-code, in the same stage as whatever produced the left rows.
+prepared in one task, without a shuffle: reduced to one row per (keys,
+timestamp) -- the tie winner -- and each row given the next distinct timestamp
+of its key (``lead``), which makes it a validity interval ``[ts, next_ts)``;
+the last one of a key is open (its "tail"). Intervals of one key do not
+overlap, so a left row lies in at most one. To find it in O(1), the closed
+intervals are cut into time buckets whose width is the key's mean interval
+length (a bucket then holds about two intervals; the table at most triples).
+Each left row makes two broadcast hash probes: by keys (bucket origin and
+width, and the tail), then by (keys, bucket), testing ``ts <= left_ts <
+next_ts`` (and the TTL) on a couple of candidates. Left outer joins keep every
+left row once. The left side is never shuffled nor sorted: the whole join runs
+in generated code in the stage that reads the left rows, so its cost is linear
+and immune to key skew. A right table chosen for this plan must be cheap to
+compute as well as small: its preparation runs in a single task.
 
 ``sort`` (large right tables). One union of the left rows and the right rows,
 tagged, with aligned columns; one shuffle by the keys; one sort by
@@ -61,9 +66,10 @@ costs a new shuffle of the left rows.
 
 Skew: the sort plan sends all rows of one key to one task, so a hot key (or
 many left rows with null keys, which share one group) makes one long task
-whose window buffer spills to disk; it stays correct, only slower. The
-broadcast plan is immune to key skew, which is another reason to prefer it
-whenever the right side fits in memory.
+whose window buffer spills to disk; it stays correct, only slower (tempo's
+answer, time brackets with overlap, can miss rows older than the bracket; we
+do not trade correctness for it). The broadcast plan is immune to key skew,
+another reason to prefer it whenever the right side fits in memory.
 """
 
 from __future__ import annotations
