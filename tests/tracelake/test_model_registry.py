@@ -1,0 +1,66 @@
+"""Register an ONNX file, resolve it by alias and version, refuse a changed artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tracelake.model_registry import (
+    CHAMPION, ModelChecksumError, ModelResolutionError, fetch_onnx_model, parse_model_uri, register_onnx_model,
+)
+from tracelake.tracking import configure_mlflow
+
+
+@pytest.fixture()
+def registry(test_settings, tmp_path):
+    settings = test_settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
+    configure_mlflow(settings)
+    yield settings
+    mlflow.set_tracking_uri(None)
+
+
+def _register(tmp_path: Path, payload: bytes) -> object:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(payload)
+    with mlflow.start_run() as run:
+        return register_onnx_model("tracelake-test", model, run_id=run.info.run_id, tags={"training_set": "demo"})
+
+
+def test_parse_model_uri():
+    assert parse_model_uri("models:/m@champion") == ("m", "champion", None)
+    assert parse_model_uri("models:/m/3") == ("m", None, "3")
+    with pytest.raises(ModelResolutionError, match="models:/<name>@<alias>"):
+        parse_model_uri("runs:/abc/model")
+
+
+def test_register_then_fetch_by_alias_and_version(registry, tmp_path):
+    first = _register(tmp_path, b"first model")
+    second = _register(tmp_path, b"second model")
+    assert (str(first.version), str(second.version)) == ("1", "2")
+    assert second.aliases == ["challenger"]
+    mlflow.MlflowClient().set_registered_model_alias("tracelake-test", CHAMPION, "1")
+
+    champion = fetch_onnx_model("models:/tracelake-test@champion", tmp_path / "a")
+    assert (champion.version, champion.path.read_bytes()) == ("1", b"first model")
+    assert champion.tags["training_set"] == "demo" and champion.run_id == first.run_id
+    assert fetch_onnx_model("models:/tracelake-test/2", tmp_path / "b").path.read_bytes() == b"second model"
+
+
+def test_changed_artifact_is_refused(registry, tmp_path):
+    version = _register(tmp_path, b"original bytes")
+    stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source)) / "model.onnx"
+    # Tamper with the artifact store itself, not a downloaded copy.
+    store_file = Path(str(registry.lake_path)) / "_mlflow" / "artifacts"
+    target = next(store_file.rglob("model.onnx"))
+    target.write_bytes(b"swapped bytes")
+    assert stored.read_bytes() == b"original bytes"
+    with pytest.raises(ModelChecksumError, match="changed after registration"):
+        fetch_onnx_model("models:/tracelake-test@challenger", tmp_path / "c")
+
+
+def test_missing_alias_is_a_clear_error(registry, tmp_path):
+    _register(tmp_path, b"x")
+    with pytest.raises(ModelResolutionError, match="no alias 'champion'"):
+        fetch_onnx_model("models:/tracelake-test@champion", tmp_path / "d")

@@ -1,0 +1,197 @@
+"""The model registry contract shared by training (registers) and scoring (resolves).
+
+A registered ONNX model version is a folder of run artifacts (``<artifact
+path>/model.onnx`` plus whatever files travel with it) registered under a
+model name, with model-version tags:
+
+- ``onnx_sha256``: the SHA-256 of ``model.onnx`` at registration; scoring
+  refuses a file whose checksum differs (a swapped or corrupted artifact);
+- ``format``: ``onnx`` (or the flavour of a non-ONNX model, e.g. the MLlib baseline);
+- whatever the caller adds (training set name and Delta version, metrics).
+
+The feature order, label names and thresholds travel inside the ONNX file's
+metadata (see ``training.onnx_export``), so the file alone is enough to score.
+
+Aliases: a new version gets ``challenger``; ``champion`` is moved only by the
+promotion gate (``tracelake promote``) and by ``tracelake rollback``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracelake.errors import TracelakeError
+
+MODEL_FILE = "model.onnx"
+CHECKSUM_TAG = "onnx_sha256"
+FORMAT_TAG = "format"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+class ModelResolutionError(TracelakeError, LookupError):
+    """A model URI names no registered model version."""
+
+
+class ModelChecksumError(TracelakeError, ValueError):
+    """The downloaded model file is not the one that was registered."""
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/3`` -> (name, alias, version)."""
+    match = _MODEL_URI.match(uri.strip())
+    if not match:
+        raise ModelResolutionError(
+            f"model URI {uri!r} is not of the form models:/<name>@<alias> or models:/<name>/<version>"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def ensure_registered_model(name: str, description: str = "") -> None:
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=description or None)
+
+
+def register_artifacts(
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    *,
+    tags: dict[str, str] | None = None,
+    alias: str | None = CHALLENGER,
+    description: str = "",
+) -> Any:
+    """Register the run's artifact folder as a new version of ``name`` and give it ``alias``.
+
+    The caller has already logged the folder (``mlflow.log_artifacts``) in run ``run_id``.
+    Returns the MLflow ``ModelVersion``.
+    """
+    client = _client()
+    ensure_registered_model(name, description)
+    version = client.create_model_version(
+        name=name,
+        source=f"runs:/{run_id}/{artifact_path}",
+        run_id=run_id,
+        tags={key: str(value) for key, value in (tags or {}).items()},
+    )
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return client.get_model_version(name, version.version)
+
+
+def register_onnx_model(
+    name: str,
+    onnx_path: str | os.PathLike[str],
+    *,
+    run_id: str,
+    artifact_path: str = "model",
+    extra_files: list[str | os.PathLike[str]] | None = None,
+    tags: dict[str, str] | None = None,
+    alias: str | None = CHALLENGER,
+) -> Any:
+    """Log ``onnx_path`` (as ``<artifact_path>/model.onnx``) in run ``run_id`` and register it.
+
+    The checksum tag is computed here from the very bytes that were logged.
+    """
+    import tempfile
+
+    client = _client()
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(staging)
+        target = folder / MODEL_FILE
+        target.write_bytes(Path(onnx_path).read_bytes())
+        for extra in extra_files or []:
+            (folder / Path(extra).name).write_bytes(Path(extra).read_bytes())
+        checksum = sha256_of(target)
+        client.log_artifacts(run_id, str(folder), artifact_path)
+    all_tags = {FORMAT_TAG: "onnx", CHECKSUM_TAG: checksum, **(tags or {})}
+    return register_artifacts(name, run_id, artifact_path, tags=all_tags, alias=alias)
+
+
+def get_version(name: str, *, alias: str | None = None, version: str | None = None) -> Any:
+    """The ModelVersion for an alias or a version number, with a clear error when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version))
+    except MlflowException as error:
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise ModelResolutionError(
+            f"registered model {name!r} has no {what} in the registry at {_registry_uri()} "
+            f"({error.error_code}); train and promote a model first (tracelake train, tracelake promote)"
+        ) from None
+
+
+def _registry_uri() -> str:
+    import mlflow
+
+    return mlflow.get_registry_uri()
+
+
+@dataclass(frozen=True)
+class ResolvedOnnxModel:
+    """A registered ONNX model version downloaded to a local folder and verified."""
+
+    uri: str
+    name: str
+    version: str
+    run_id: str
+    path: Path
+    sha256: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def fetch_onnx_model(uri: str, dest_dir: str | os.PathLike[str]) -> ResolvedOnnxModel:
+    """Resolve ``uri``, download its artifacts into ``dest_dir`` and verify the checksum."""
+    import mlflow
+
+    name, alias, version_number = parse_model_uri(uri)
+    version = get_version(name, alias=alias, version=version_number)
+    tags = dict(version.tags or {})
+    expected = tags.get(CHECKSUM_TAG)
+    if not expected:
+        raise ModelChecksumError(
+            f"{name} version {version.version} has no {CHECKSUM_TAG} tag: it was not registered as an "
+            "ONNX model by tracelake and cannot be scored"
+        )
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest_dir)))
+    model_file = local / MODEL_FILE if local.is_dir() else local
+    if not model_file.is_file():
+        raise ModelResolutionError(f"{name} version {version.version} ({version.source}) holds no {MODEL_FILE}")
+    actual = sha256_of(model_file)
+    if actual != expected:
+        raise ModelChecksumError(
+            f"{name} version {version.version}: {model_file.name} has SHA-256 {actual[:16]}…, the registry "
+            f"recorded {expected[:16]}…; the artifact was changed after registration — refusing to score with it"
+        )
+    return ResolvedOnnxModel(uri=uri, name=name, version=str(version.version), run_id=version.run_id or "",
+                             path=model_file, sha256=actual, tags=tags)
