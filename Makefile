@@ -7,7 +7,6 @@ STAMP := $(VENV)/.tracelake-setup
 DELTA_VERSION := $(shell sed -n 's/.*"delta-spark==\([0-9.]*\)".*/\1/p' pyproject.toml)
 SCALA_VERSION := 2.12
 JARS_DIR := .jars
-PYSPARK_JARS = $(shell $(PY) -c 'import pyspark, os; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')
 DEMO_ARGS ?=
 
 .PHONY: setup demo test bench clean-lake
@@ -27,10 +26,12 @@ $(STAMP): pyproject.toml requirements.lock
 	for artifact in io.delta:delta-spark_$(SCALA_VERSION):$(DELTA_VERSION) io.delta:delta-storage:$(DELTA_VERSION); do \
 	  mvn -q dependency:copy -Dartifact=$$artifact -DoutputDirectory=$(JARS_DIR) || exit 1; \
 	done
-	cp $(JARS_DIR)/delta-*.jar $(PYSPARK_JARS)/
-	# spark-submit from this install runs the driver and executors with the venv's Python.
-	mkdir -p $(PYSPARK_JARS)/../conf
-	printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "$(abspath $(PY))" "$(abspath $(PY))" > $(PYSPARK_JARS)/../conf/spark-defaults.conf
+	# (pyspark's folder is looked up when this line runs: make expands a recipe before running it.)
+	pyspark_home=$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') && \
+	  test -d "$$pyspark_home/jars" && cp $(JARS_DIR)/delta-*.jar "$$pyspark_home/jars/" && \
+	  mkdir -p "$$pyspark_home/conf" && \
+	  printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "$(abspath $(PY))" "$(abspath $(PY))" \
+	    > "$$pyspark_home/conf/spark-defaults.conf"
 	touch $(STAMP)
 
 demo: setup
