@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from tracelake.runs import add_common_args, job_run, run_entrypoint
+from tracelake.tables import TableError, TableSpec, named_table_spec, table_spec
 from tracelake.validation import validate_table
 
 
@@ -25,14 +26,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--table", required=True,
                         help="table to validate, e.g. bronze_scan_events, silver_scan_events, silver_labels")
+    parser.add_argument("--name", help="which table of a named family, e.g. the training set's --name")
     add_common_args(parser)
     return parser.parse_args(argv)
+
+
+def table_to_validate(table: str, name: str | None) -> TableSpec:
+    """The spec of ``--table`` (with ``--name`` for a family such as training_set)."""
+    if name is not None:
+        return named_table_spec(table, name=name)
+    spec = table_spec(table)
+    if "{" in spec.path:
+        raise TableError(f"table {table!r} is a family of tables ({spec.path}); pass --name to pick one")
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with job_run("validate", args) as run:
-        report = validate_table(run, args.table)
+        report = validate_table(run, table_to_validate(args.table, args.name))
     print(report.summary_text())
     return 0 if report.passed else 1
 

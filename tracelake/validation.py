@@ -434,16 +434,18 @@ def require_valid(report: ValidationReport) -> ValidationReport:
 
 
 def validate_table(
-    run: JobRun, table: str, start: dt.date | None = None, end: dt.date | None = None
+    run: JobRun, table: str | TableSpec, start: dt.date | None = None, end: dt.date | None = None
 ) -> ValidationReport:
     """Validate the days [start, end] (default: the run's range) of ``table`` with its suite.
+
+    ``table`` is a table name or a spec (e.g. ``named_table_spec("training_set", name=N)``).
 
     Reads the table's range, computes the reconciliation counts of the previous
     layer, runs the suite, writes results and Data Docs under the lake, logs
     every failure, and returns the report. It never raises on bad data: call
     :func:`require_valid` (or look at ``report.passed_ranges()``) to gate.
     """
-    spec = table_spec(table)
+    spec = table if isinstance(table, TableSpec) else table_spec(table)
     start, end = start or run.start, end or run.end
     if start is None or end is None:
         raise SuiteError(f"validating {table!r} needs a date range (--start-date/--end-date)")
