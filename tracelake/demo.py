@@ -19,10 +19,9 @@ from tracelake.errors import TracelakeError
 from tracelake.dates import days_between, parse_date
 from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
 from tracelake.spark import build_spark
-from tracelake.tables import TableSpec, all_table_specs, latest_version, named_table_spec, read_table, table_exists
+from tracelake.tables import TableSpec, domain, all_table_specs, latest_version, named_table_spec, read_table, table_exists
 
 DEMO_TRAINING_SET = "demo"
-ANOMALY_TYPES = ("epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
 
 
 class DemoError(TracelakeError):
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo_settings(args: argparse.Namespace) -> tuple[Settings, dt.date, dt.date]:
     overrides = [f"generator.epcs={args.epcs}", f"generator.days={args.days}",
                  f"generator.corrupt_rate={args.corrupt_rate}",
-                 *(f"generator.rates.{label}={args.anomaly_rate}" for label in ANOMALY_TYPES)]
+                 *(f"generator.rates.{label}={args.anomaly_rate}" for label in domain()["anomaly_types"])]
     if args.seed is not None:
         overrides.append(f"generator.seed={args.seed}")
     args.overrides = overrides + list(args.overrides or [])
