@@ -66,8 +66,9 @@ def test_nothing_after_t_changes_a_feature_at_or_before_t(spark, test_settings, 
         "sequence_length": 6, "lookback_days": 3, "snapshot_window_days": 2, "label_window_days": 4,
         "snapshot_ttl_hours": 60.0})  # events join snapshots of earlier days too
     (rows, labels), (rows_now, labels_now) = history
-    then = featurise(spark, rows, labels, settings, FIRST, LAST)
-    now = featurise(spark, rows_now, labels_now, settings, FIRST, LAST)
+    # Each output computed once (every check below reads it again).
+    then = {k: v.localCheckpoint() for k, v in featurise(spark, rows, labels, settings, FIRST, LAST).items()}
+    now = {k: v.localCheckpoint() for k, v in featurise(spark, rows_now, labels_now, settings, FIRST, LAST).items()}
 
     known_event = F.col("event_time") <= F.lit(T)
     known_snapshot = F.col("snapshot_ts") <= F.lit(T)
