@@ -18,6 +18,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("spark_jobs.validate", "validate a table's partitions with Great Expectations"),
     "features": ("spark_jobs.build_features", "snapshot features and point-in-time event features"),
     "training-set": ("spark_jobs.build_training_set", "event features + labels known as of T, temporal split"),
+    "train": ("spark_jobs.train", "train the LSTM (TorchDistributor) and MLlib baseline, evaluate, register"),
+    "promote": ("spark_jobs.promote", "move the champion alias to the challenger if it is better"),
+    "rollback": ("spark_jobs.rollback", "move the champion alias back to the previous champion"),
+    "score": ("batch_scoring.score", "score event features with the champion ONNX model -> gold/scored_events"),
+    "monitor": ("batch_scoring.monitor", "drift (PSI) of model inputs and scores vs the training set; retrain markers"),
+    "query": ("tracelake.query", "read-only Spark SQL over the lake's tables (scored_events, scan_events, ...)"),
     "cluster": ("tracelake.standalone", "start/stop a Spark standalone master and workers on loopback"),
     "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
 }

@@ -310,6 +310,88 @@ class TrainingSettings(_Section):
     onnx_parity_tolerance: float = Field(1e-4, gt=0)
     onnx_opset: int = Field(18, ge=14)
     onnx_exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    # Test rows (the first this many of the test split) the ONNX parity check runs on; 0 = all.
+    onnx_parity_rows: int = Field(4096, ge=0)
+    # Training job (spark_jobs/train.py): which models `tracelake train` trains by default.
+    models: list[Literal["lstm", "baseline"]] = Field(default_factory=lambda: ["lstm", "baseline"])
+    # Registered model names.
+    lstm_model_name: str = "tracelake-anomaly-lstm"
+    baseline_model_name: str = "tracelake-anomaly-baseline"
+    # Baseline (Spark MLlib, one classifier per label on the tabular features; nulls and
+    # non-finite values imputed with the training split's mean; positives weighted by
+    # negatives/positives, at most pos_weight_cap).
+    baseline_classifier: Literal["logistic", "gbt"] = "logistic"
+    baseline_max_iter: int = Field(100, ge=1)
+    baseline_reg_param: float = Field(0.01, ge=0)
+    baseline_elastic_net: float = Field(0.0, ge=0, le=1)
+    baseline_gbt_max_depth: int = Field(5, ge=1)
+    # Promotion gate (spark_jobs/promote.py): the challenger becomes champion only when its
+    # promotion_metric on the challenger's test split exceeds the champion's by more than this.
+    promotion_metric: Literal["macro_pr_auc", "macro_roc_auc", "macro_f1"] = "macro_pr_auc"
+    promotion_margin: float = Field(0.0, ge=0)
+    # Petastorm cache (training/spark_data.py): None = <lake>/_petastorm_cache/<run id>, removed after
+    # training; on a multi-host cluster a URL every executor can read (e.g. a shared file system).
+    petastorm_cache_url: str | None = None
+    petastorm_row_group_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Checkpoints and the model file of each training run: <lake>/<runs_dir>/<run id>/lstm.
+    runs_dir: str = "_training_runs"
+
+
+class ScoringSettings(_Section):
+    """Batch scoring with ONNX Runtime inside Spark (batch_scoring/)."""
+
+    # The registered model scored by default (an alias or a version URI).
+    model_uri: str = "models:/tracelake-anomaly-lstm@champion"
+    # ONNX Runtime threads per Python worker. Spark already runs one task per
+    # core (spark.task.cpus=1), so one intra-op and one inter-op thread per
+    # session keeps workers x threads == cores; raise intra_op_threads only
+    # with spark.task.cpus raised to match.
+    intra_op_threads: int = Field(1, ge=1)
+    inter_op_threads: int = Field(1, ge=1)
+    # Rows per Arrow batch handed to each mapInPandas call
+    # (spark.sql.execution.arrow.maxRecordsPerBatch) = rows per ONNX Runtime call.
+    arrow_batch_rows: int = Field(4096, ge=1)
+    # Flag threshold for a model exported without thresholds (a warning is logged).
+    default_threshold: float = Field(0.5, ge=0, le=1)
+
+
+class MonitoringSettings(_Section):
+    """Drift of model inputs and scores against the training reference (batch_scoring/monitor.py)."""
+
+    # Training set to compare with when the model version has no `training_set`
+    # tag (the training job sets it); its Delta version comes from the tag
+    # `training_set_version`, else the latest.
+    reference_training_set: str | None = None
+    # Reference split of the inputs (the rows the model was fit on) and of the
+    # scores (the model's outputs on data it never saw).
+    input_reference_split: str = "train"
+    score_reference_split: str = "test"
+    # PSI over this many quantile bins of the reference (plus one bin for nulls).
+    psi_bins: int = Field(10, ge=2)
+    # Share given to an empty bin so that PSI stays finite.
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
+    # Status: psi < warn_psi -> ok; < drift_psi -> warn; else drift (marks the day for retraining).
+    warn_psi: float = Field(0.1, gt=0)
+    drift_psi: float = Field(0.25, gt=0)
+    # Relative error of the reference quantiles (approxQuantile).
+    quantile_relative_error: float = Field(0.001, ge=0, lt=1)
+    # Retraining markers, relative to the lake root: <retrain_dir>/<event_date>.json.
+    retrain_dir: str = "monitoring/_retrain"
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> "MonitoringSettings":
+        if self.warn_psi > self.drift_psi:
+            raise ValueError(f"monitoring warn_psi {self.warn_psi} is above drift_psi {self.drift_psi}; swap them")
+        return self
+
+
+class QuerySettings(_Section):
+    """`tracelake query`: Spark SQL over the lake's tables for analysts (tracelake/query.py)."""
+
+    # Rows printed to the terminal (the CSV file gets every row).
+    show_rows: int = Field(50, ge=1)
+    # Printed cells longer than this are cut (0: never).
+    truncate_chars: int = Field(60, ge=0)
 
 
 class Settings(_Section):
@@ -322,6 +404,9 @@ class Settings(_Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
 
     @property
     def lake_path(self) -> Path:

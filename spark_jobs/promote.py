@@ -1,0 +1,246 @@
+"""The promotion gate: move a registered model's ``champion`` alias to its ``challenger`` only if it is better.
+
+    spark-submit spark_jobs/promote.py
+    tracelake promote --models lstm,baseline --metric macro_pr_auc --margin 0.01
+
+For each model (``tracelake-anomaly-lstm``, ``tracelake-anomaly-baseline``):
+
+- no ``champion`` yet: the challenger becomes champion (the first model);
+- else both versions are scored on the same rows: the test split of the
+  training set the challenger was trained on (its ``training_set`` and
+  ``training_set_version`` tags, read at that Delta version). The LSTM
+  versions run their registered ONNX files in ONNX Runtime (the bytes scoring
+  will use, checksum verified); the baseline versions their Spark ML
+  pipelines. Thresholds are each version's own (chosen on its validation split).
+- the challenger is promoted only when ``metric(challenger) - metric(champion)
+  > margin`` (``training.promotion_metric``, default macro PR-AUC, and
+  ``training.promotion_margin``); the decision and the numbers are printed and
+  recorded as tags on the challenger version (``promotion_decision``) and, when
+  promoted, ``previous_champion`` (which ``tracelake rollback`` goes back to).
+
+A version that was rolled back (tag ``rolled_back``) is not promoted again
+unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracelake.errors import TracelakeError
+from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+
+JOB = "promote"
+MODELS = ("lstm", "baseline")
+METRIC_KEYS = {"macro_pr_auc": "pr_auc", "macro_roc_auc": "roc_auc", "macro_f1": "f1"}
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+DECISION_TAG = "promotion_decision"
+ROLLED_BACK_TAG = "rolled_back"
+
+
+class PromotionError(TracelakeError, RuntimeError):
+    """The promotion gate cannot decide (missing tags, training set or artifacts)."""
+
+
+def model_names(run: JobRun, models: Sequence[str] | None) -> dict[str, str]:
+    """kind -> registered model name for ``models`` (default: both)."""
+    chosen = list(models or MODELS)
+    unknown = [m for m in chosen if m not in MODELS]
+    if unknown or not chosen:
+        raise PromotionError(f"--models {','.join(chosen)!r}: choose from {', '.join(MODELS)}")
+    names = {"lstm": run.settings.training.lstm_model_name, "baseline": run.settings.training.baseline_model_name}
+    return {kind: names[kind] for kind in chosen}
+
+
+def _alias_version(name: str, alias: str) -> Any | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- scoring a registered version on a training set's test split ----------------------------------
+
+
+def test_split(run: JobRun, training_set: str, version: int | None) -> Any:
+    from pyspark.sql import functions as F
+
+    from tracelake.tables import named_table_spec, read_table
+
+    spec = named_table_spec("training_set", name=training_set)
+    try:
+        df = read_table(run.spark, spec, run.lake_root, version=version)
+    except Exception as exc:  # noqa: BLE001 - a missing table or a vacuumed version
+        raise PromotionError(f"cannot read training set {training_set!r} version {version} at "
+                             f"{spec.location(run.lake_root)} to compare the models on ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); rebuild it or promote by retraining") from None
+    return df.where(F.col("split") == "test")
+
+
+def score_lstm(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(labels, probabilities, thresholds) of an ONNX version on the test rows (ONNX Runtime)."""
+    from tracelake.model_registry import fetch_onnx_model
+    from training.data import FeatureSpec, columns_to_arrays
+    from training.onnx_export import read_metadata, run_onnx
+    from training.spark_data import model_columns
+
+    resolved = fetch_onnx_model(f"models:/{name}/{version.version}", workdir / f"{name}-{version.version}")
+    meta = read_metadata(resolved.path)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    if not meta.get("thresholds"):
+        raise PromotionError(f"{name} version {version.version} carries no thresholds in its ONNX metadata")
+    arrays = columns_to_arrays(model_columns(test_df, spec).toPandas(), spec)
+    return arrays.labels.astype(np.float64), run_onnx(resolved.path, arrays), dict(meta["thresholds"])
+
+
+def score_baseline(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(labels, probabilities, thresholds) of a Spark ML baseline version on the test rows."""
+    import mlflow
+    from pyspark.ml import PipelineModel
+
+    from training import baseline
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
+                                                     dst_path=str(workdir / f"{name}-{version.version}")))
+    info_file = local / "baseline.json"
+    if not info_file.is_file():
+        raise PromotionError(f"{name} version {version.version} ({version.source}) holds no baseline.json; "
+                             "it was not registered by tracelake train")
+    info = json.loads(info_file.read_text())
+    model = PipelineModel.load(str(local / "sparkml"))
+    y, p = baseline.predict_split(model, test_df, "test", info["features"], info["labels"])
+    return y, p, dict(info["thresholds"])
+
+
+def score_version(run: JobRun, kind: str, name: str, version: Any, test_df: Any, metric: str,
+                  workdir: Path) -> dict[str, Any]:
+    from training import metrics
+
+    scorer = score_lstm if kind == "lstm" else score_baseline
+    y, p, thresholds = scorer(run, name, version, test_df, workdir)
+    labels = list(thresholds)
+    report = metrics.evaluate(y, p, thresholds, labels, n_bootstrap=0)
+    key = METRIC_KEYS[metric]
+    return {"version": str(version.version), "rows": int(len(y)), metric: report["macro"][key]["value"],
+            "per_label": {label: v[key]["value"] for label, v in report["labels"].items()}}
+
+
+# --- the gate --------------------------------------------------------------------------------------
+
+
+def decide(challenger: float, champion: float, margin: float) -> bool:
+    """Promote only when the challenger beats the champion by more than ``margin``."""
+    return bool(np.isfinite(challenger) and (not np.isfinite(champion) or challenger - champion > margin))
+
+
+def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from tracelake.model_registry import CHALLENGER, CHAMPION, get_version
+
+    client = MlflowClient()
+    challenger = get_version(name, alias=CHALLENGER)
+    champion = _alias_version(name, CHAMPION)
+    outcome: dict[str, Any] = {"model": name, "challenger": str(challenger.version),
+                               "champion_before": str(champion.version) if champion else None, "metric": metric,
+                               "margin": margin}
+    tags = dict(challenger.tags or {})
+    if champion is not None and str(champion.version) == str(challenger.version):
+        outcome.update(promoted=False, champion=str(champion.version),
+                       reason=f"version {challenger.version} is already the champion")
+        return outcome
+    if tags.get(ROLLED_BACK_TAG) and not force:
+        outcome.update(promoted=False, champion=str(champion.version) if champion else None,
+                       reason=f"version {challenger.version} was rolled back ({tags[ROLLED_BACK_TAG]}); "
+                              "pass --force to promote it again")
+        return outcome
+    if champion is None:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        reason = f"no champion yet: version {challenger.version} becomes the first champion"
+        client.set_model_version_tag(name, challenger.version, DECISION_TAG, f"{_now()} promoted: {reason}")
+        outcome.update(promoted=True, champion=str(challenger.version), reason=reason)
+        return outcome
+    training_set = tags.get("training_set")
+    if not training_set:
+        raise PromotionError(f"{name} version {challenger.version} has no training_set tag; "
+                             "register models with tracelake train")
+    set_version = tags.get("training_set_version")
+    test_df = test_split(run, training_set, int(set_version) if set_version not in (None, "", "None") else None)
+    with tempfile.TemporaryDirectory(prefix="tracelake-promote-") as tmp:
+        scores = {role: score_version(run, kind, name, version, test_df, metric, Path(tmp))
+                  for role, version in (("challenger", challenger), ("champion", champion))}
+    new, old = scores["challenger"][metric], scores["champion"][metric]
+    promoted = decide(new, old, margin)
+    verdict = "better" if promoted else "not better"
+    reason = (f"on the test split of training set {training_set} (version {set_version}, "
+              f"{scores['challenger']['rows']} rows) {metric} of challenger v{challenger.version} = {new:.4f}, "
+              f"champion v{champion.version} = {old:.4f}: difference {new - old:+.4f} is {verdict} than the "
+              f"margin {margin:g}")
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_model_version_tag(name, challenger.version, PREVIOUS_CHAMPION_TAG, str(champion.version))
+    client.set_model_version_tag(name, challenger.version, DECISION_TAG,
+                                 f"{_now()} {'promoted' if promoted else 'refused'}: {reason}")
+    outcome.update(promoted=promoted, champion=str(challenger.version if promoted else champion.version),
+                   reason=reason, scores=scores, training_set=training_set, training_set_version=set_version)
+    return outcome
+
+
+def execute(run: JobRun, *, models: Sequence[str] | None = None, metric: str | None = None,
+            margin: float | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the gate for each model; returns ``{model name: outcome}`` (promoted, champion, reason, scores)."""
+    from tracelake.tracking import configure_mlflow
+
+    configure_mlflow(run.settings)
+    metric = metric or run.settings.training.promotion_metric
+    if metric not in METRIC_KEYS:
+        raise PromotionError(f"--metric {metric!r} is unknown; use one of {', '.join(METRIC_KEYS)}")
+    margin = run.settings.training.promotion_margin if margin is None else margin
+    if margin < 0:
+        raise PromotionError(f"--margin {margin} must be >= 0")
+    outcomes = {}
+    for kind, name in model_names(run, models).items():
+        outcome = promote_one(run, kind, name, metric=metric, margin=margin, force=force)
+        run.log.event("promotion decision", **{k: v for k, v in outcome.items() if k != "scores"})
+        print(f"{name}: {'PROMOTED' if outcome['promoted'] else 'kept champion'} "
+              f"v{outcome['champion']} — {outcome['reason']}")
+        outcomes[name] = outcome
+    return outcomes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tracelake promote", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: both)")
+    parser.add_argument("--metric", choices=sorted(METRIC_KEYS), help="default: training.promotion_metric")
+    parser.add_argument("--margin", type=float, help="required improvement (default: training.promotion_margin)")
+    parser.add_argument("--force", action="store_true", help="also promote a version that was rolled back")
+    add_common_args(parser, dates=False)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    with job_run(JOB, args) as run:
+        outcomes = execute(run, models=models, metric=args.metric, margin=args.margin, force=args.force)
+    print(json.dumps(outcomes, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entrypoint(main))

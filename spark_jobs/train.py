@@ -1,0 +1,457 @@
+"""Train the sequence model (PyTorch through TorchDistributor) and the MLlib baseline on a training set.
+
+    spark-submit spark_jobs/train.py --training-set weekly
+    tracelake train --training-set weekly --models lstm,baseline --num-processes 2 --epochs 5
+
+Reads ``training/sets/<name>`` at its latest Delta version (recorded), then:
+
+- ``lstm``: the train, validation and test splits go through petastorm's
+  ``make_spark_converter`` (training/spark_data.py; cache under
+  ``<lake>/_petastorm_cache/<run id>``, removed afterwards); ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_fn, config)``
+  trains on the converter's files (thresholds chosen on validation inside
+  train_fn); the best model is scored on the test split, exported to ONNX
+  (parity with torch checked on real test rows), logged to MLflow and
+  registered as ``training.lstm_model_name`` with alias ``challenger``.
+- ``baseline``: :mod:`training.baseline` (Spark MLlib), thresholds chosen on
+  validation, scored on the same test split, the fitted pipeline logged as an
+  artifact and registered as ``training.baseline_model_name`` (``challenger``).
+
+One MLflow parent run per invocation with a nested run per model; the parent
+holds the comparison table (printed too). ``--resume`` continues the latest
+interrupted sequence-model run of this training set from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracelake.config import PROJECT_ROOT, TrainingSettings
+from tracelake.errors import TracelakeError
+from tracelake.runs import JobRun, add_common_args, code_version, job_run, run_entrypoint
+from tracelake.tables import domain, latest_version, named_table_spec, read_table, table_exists
+
+JOB = "train"
+LSTM, BASELINE = "lstm", "baseline"
+MODELS = (LSTM, BASELINE)
+COMPARISON_METRICS = ("pr_auc", "roc_auc", "f1")
+# Demo-sized settings (``execute(..., quick=True)``, ``--quick``): a few epochs of a small model, the
+# fast ONNX exporter, fewer bootstrap draws; explicit options still win.
+QUICK_TRAINING: dict[str, Any] = {
+    "epochs": 3, "hidden_size": 32, "tab_hidden_size": 32, "head_hidden_size": 32, "batch_size": 256,
+    "bootstrap_samples": 200, "baseline_max_iter": 30, "onnx_exporter": "torchscript", "log_every_steps": 20,
+}
+
+
+class TrainJobError(TracelakeError, ValueError):
+    """The training job cannot run as asked."""
+
+
+# --- settings and inputs -------------------------------------------------------------------------
+
+
+def parse_models(value: str | Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise TrainJobError(f"--models {value!r}: unknown model(s) {unknown or names}; use a comma list of {list(MODELS)}")
+    return list(dict.fromkeys(names))
+
+
+def training_settings(base: TrainingSettings, **options: Any) -> TrainingSettings:
+    """``base`` with the CLI's options applied (None leaves the configured value)."""
+    update = {k: v for k, v in options.items() if v is not None}
+    if not update:
+        return base
+    return TrainingSettings.model_validate({**base.model_dump(), **update})
+
+
+def feature_spec(settings: Any) -> Any:
+    """The model's inputs and outputs: features_event_features.yaml order, domain.yaml labels."""
+    from spark_jobs.transforms.event_features import sequence_features, tabular_features
+    from training.data import FeatureSpec
+
+    return FeatureSpec(tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length,
+                       tuple(domain()["anomaly_types"]))
+
+
+def environment() -> dict[str, str]:
+    """Interpreter, platform and the versions of the packages training depends on."""
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "pyspark", "delta-spark", "mlflow", "petastorm", "pyarrow", "numpy", "onnx",
+                    "onnxruntime"):
+        try:
+            info[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            info[package] = "not installed"
+    return info
+
+
+def _pip_freeze() -> str:
+    return "\n".join(sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib_metadata.distributions()
+                            if d.metadata["Name"])) + "\n"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+# --- the sequence model --------------------------------------------------------------------------
+
+
+def run_dir_for(run: JobRun, training_set: str, resume: bool) -> Path:
+    """This run's output folder; with ``resume``, the latest interrupted one of the training set."""
+    parent = Path(run.lake_root) / run.settings.training.runs_dir / training_set
+    if resume:
+        interrupted = sorted(
+            (d for d in parent.glob("*") if (d / "checkpoints" / "last.pt").is_file() and not (d / "result.json").exists()),
+            key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime)
+        if interrupted:
+            run.log.event("resuming an interrupted run", output_dir=str(interrupted[-1]))
+            return interrupted[-1]
+        run.log.warning("--resume: no interrupted run of this training set; starting a new one",
+                        extra={"searched": str(parent)})
+    return parent / run.run_id
+
+
+def distribute(settings: TrainingSettings, config: dict[str, Any]) -> dict[str, Any]:
+    """``TorchDistributor(...).run(train_fn, config)``: rank 0's result."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from training.train_fn import train_fn
+
+    distributor = TorchDistributor(num_processes=settings.num_processes, local_mode=settings.local_mode,
+                                   use_gpu=settings.use_gpu)
+    result = distributor.run(train_fn, config)
+    if not isinstance(result, dict):
+        raise TrainJobError(f"TorchDistributor returned {type(result).__name__}, not train_fn's result; "
+                            "see the training processes' log above")
+    return result
+
+
+def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
+               *, resume: bool, workdir: Path) -> dict[str, Any]:
+    import mlflow
+
+    from tracelake.model_registry import register_onnx_model
+    from training import metrics
+    from training.model import SequenceAnomalyModel
+    from training.onnx_export import export_onnx, torch_probabilities
+    from training.spark_data import cache_url, petastorm_data_config, read_converted, spark_converters
+    from training.train_fn import make_train_config
+
+    output_dir = run_dir_for(run, context["training_set"], resume)
+    if not settings.local_mode and settings.torch_threads == 0:
+        # In cluster mode each Spark task is one training process: give it the task's cores, not the host's.
+        settings = settings.model_copy(update={"torch_threads": int(run.spark.conf.get("spark.task.cpus", "1"))})
+    cache = cache_url(run.lake_root, run.run_id, settings.petastorm_cache_url)
+    with run.log.step("petastorm converters", cache=cache) as step, \
+            spark_converters(df, spec, cache_dir_url=cache, row_group_bytes=settings.petastorm_row_group_bytes) as converted:
+        rows = {split: item.rows for split, item in converted.items()}
+        step.update(rows=rows, files={split: len(item.file_urls) for split, item in converted.items()})
+        data = petastorm_data_config({split: converted[split] for split in ("train", "validation")})
+        config = make_train_config(settings, spec, data, output_dir, resume=resume, run_id=run.run_id)
+        with run.log.step("TorchDistributor", num_processes=settings.num_processes, local_mode=settings.local_mode,
+                          use_gpu=settings.use_gpu, output_dir=str(output_dir)) as step:
+            started = time.perf_counter()
+            result = distribute(settings, config)
+            step.update(stop_reason=result["stop_reason"], epochs=result["epochs_completed"])
+        wall_s = time.perf_counter() - started
+        if not result.get("model_path") or not result.get("thresholds"):
+            raise TrainJobError(f"training stopped ({result.get('stop_reason')}) before a best model was chosen; "
+                                f"rerun with --resume to continue {output_dir}")
+        test = read_converted(converted["test"], spec)
+    parity_rows = test.take(slice(0, settings.onnx_parity_rows or test.n_rows))
+
+    model = SequenceAnomalyModel.load(result["model_path"])
+    thresholds = {k: float(v) for k, v in result["thresholds"].items()}
+    labels = list(spec.label_names)
+    probs = torch_probabilities(model, test, settings.eval_batch_size)
+    report = metrics.evaluate(test.labels, probs, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
+                              ci_level=settings.ci_level, seed=settings.seed)
+    onnx_path = workdir / "lstm" / "model.onnx"
+    with run.log.step("export ONNX", exporter=settings.onnx_exporter, rows=parity_rows.n_rows) as step:
+        onnx_meta = export_onnx(
+            model, onnx_path, parity_rows, thresholds=thresholds, tolerance=settings.onnx_parity_tolerance,
+            opset=settings.onnx_opset, exporter=settings.onnx_exporter,
+            extra_metadata={"model_name": settings.lstm_model_name, "training_set": context["training_set"],
+                            "training_set_version": context["training_set_version"], "run_id": run.run_id,
+                            "code_version": code_version()})
+        step.update(max_abs_diff=onnx_meta["max_abs_diff"])
+
+    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    report_file = workdir / "lstm" / "evaluation.json"
+    _write(report_file, {"thresholds": thresholds, "test_report": report, "feature_spec": spec.to_dict()})
+    with mlflow.start_run(run_name=f"lstm {context['training_set']}", nested=True) as ml_run:
+        mlflow.set_tags({**context["tags"], "model": LSTM})
+        mlflow.log_params({**_flat_params(settings), "feature_spec.n_seq": spec.n_seq, "feature_spec.n_tab": spec.n_tab,
+                           "feature_spec.seq_len": spec.seq_len, "world_size": result["world_size"],
+                           "device": result["device"], "output_dir": str(output_dir)})
+        for record in result["history"]:
+            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch" and _finite(v)},
+                               step=int(record["epoch"]))
+        mlflow.log_metrics({k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)})
+        mlflow.log_metrics({"onnx_max_abs_diff": onnx_meta["max_abs_diff"], "train_wall_s": wall_s,
+                            **({"samples_per_s": result["samples_per_s"]} if _finite(result.get("samples_per_s")) else {})})
+        _log_json({"result": result, "test_report": report, "thresholds": thresholds}, "evaluation", "lstm.json")
+        _log_plots(workdir / "lstm_plots", result["history"], test.labels, probs, thresholds, labels, "lstm")
+        version = register_onnx_model(
+            settings.lstm_model_name, onnx_path, run_id=ml_run.info.run_id,
+            extra_files=[report_file],
+            tags={**context["registry_tags"], "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                  "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
+                  "onnx_max_abs_diff": f"{onnx_meta['max_abs_diff']:.3g}", "thresholds": json.dumps(thresholds)})
+    run.log.event("registered", model=settings.lstm_model_name, version=version.version,
+                  test_macro_pr_auc=macro_pr_auc, onnx_max_abs_diff=onnx_meta["max_abs_diff"])
+    return {
+        "model_name": settings.lstm_model_name, "version": str(version.version), "mlflow_run_id": ml_run.info.run_id,
+        "report": report, "thresholds": thresholds, "onnx_max_abs_diff": onnx_meta["max_abs_diff"],
+        "parity_rows": onnx_meta["parity_rows"], "history": result["history"], "stop_reason": result["stop_reason"],
+        "output_dir": str(output_dir), "train_wall_s": wall_s, "rows": rows,
+        "samples_per_s": result.get("samples_per_s"),
+    }
+
+
+# --- the baseline --------------------------------------------------------------------------------
+
+
+def train_baseline(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
+                   *, workdir: Path) -> dict[str, Any]:
+    import mlflow
+
+    from tracelake.model_registry import FORMAT_TAG, register_artifacts
+    from training import baseline, metrics
+
+    features, labels = list(spec.tab_features), list(spec.label_names)
+    with run.log.step("fit MLlib baseline", classifier=settings.baseline_classifier) as step:
+        started = time.perf_counter()
+        fitted = baseline.fit(df, features, labels, settings)
+        wall_s = time.perf_counter() - started
+        step.update(train_rows=fitted.train_rows, class_weights=fitted.class_weights)
+    y_val, p_val = baseline.predict_split(fitted.model, df, "validation", features, labels)
+    thresholds = metrics.choose_thresholds(y_val, p_val, labels, settings.threshold_rule)
+    y_test, p_test = baseline.predict_split(fitted.model, df, "test", features, labels)
+    report = metrics.evaluate(y_test, p_test, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
+                              ci_level=settings.ci_level, seed=settings.seed)
+    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    model_dir = workdir / "baseline_model"
+    baseline.save(fitted.model, model_dir / "sparkml")
+    _write(model_dir / "baseline.json", {"features": features, "labels": labels, "thresholds": thresholds,
+                                         "class_weights": fitted.class_weights, "test_report": report})
+    with mlflow.start_run(run_name=f"baseline {context['training_set']}", nested=True) as ml_run:
+        mlflow.set_tags({**context["tags"], "model": BASELINE})
+        mlflow.log_params({"classifier": settings.baseline_classifier, "max_iter": settings.baseline_max_iter,
+                           "reg_param": settings.baseline_reg_param,
+                           "elastic_net": settings.baseline_elastic_net,
+                           "gbt_max_depth": settings.baseline_gbt_max_depth,
+                           "pos_weight_cap": settings.pos_weight_cap, "n_features": len(features),
+                           "train_rows": fitted.train_rows})
+        mlflow.log_metrics({**{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
+                            "train_wall_s": wall_s,
+                            **{f"val_threshold_{k}": v for k, v in thresholds.items()}})
+        _log_plots(workdir / "baseline_plots", None, y_test, p_test, thresholds, labels, "baseline")
+        mlflow.log_artifacts(str(model_dir), "model")
+        version = register_artifacts(
+            settings.baseline_model_name, ml_run.info.run_id, "model",
+            tags={**context["registry_tags"], FORMAT_TAG: "spark-ml", "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                  "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
+                  "test_macro_f1": f"{report['macro']['f1']['value']:.6f}", "thresholds": json.dumps(thresholds)},
+            description="Spark MLlib baseline: one classifier per anomaly type on the tabular features")
+    run.log.event("registered", model=settings.baseline_model_name, version=version.version,
+                  test_macro_pr_auc=macro_pr_auc)
+    return {"model_name": settings.baseline_model_name, "version": str(version.version),
+            "mlflow_run_id": ml_run.info.run_id, "report": report, "thresholds": thresholds,
+            "class_weights": fitted.class_weights, "train_wall_s": wall_s}
+
+
+# --- MLflow helpers ------------------------------------------------------------------------------
+
+
+def _flat_params(settings: TrainingSettings) -> dict[str, Any]:
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in settings.model_dump(mode="json").items()}
+
+
+def _write(path: Path, obj: Any) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
+    return True
+
+
+def _log_json(obj: Any, artifact_path: str, filename: str) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / filename
+        _write(target, obj)
+        mlflow.log_artifact(str(target), artifact_path)
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _log_plots(folder: Path, history: list[dict[str, Any]] | None, y: np.ndarray, p: np.ndarray,
+               thresholds: dict[str, float], labels: list[str], model: str) -> None:
+    """Loss curves (sequence model), PR curves and confusion matrices per label, as PNG artifacts."""
+    import mlflow
+
+    from training import metrics
+
+    if not matplotlib_available():
+        return
+    if history:
+        metrics.plot_loss_curves(history, folder / "loss_curves.png")
+    metrics.plot_pr_curves(y, p, labels, folder / "pr_curves_test.png", title=f"{model}: test precision-recall")
+    metrics.plot_confusion_matrices(y, p, thresholds, labels, folder / "confusion_matrices_test.png")
+    mlflow.log_artifacts(str(folder), "plots")
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+
+def execute(
+    run: JobRun,
+    training_set: str,
+    *,
+    models: str | Sequence[str] | None = None,
+    num_processes: int | None = None,
+    local_mode: bool | None = None,
+    use_gpu: bool | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    resume: bool = False,
+    quick: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train the chosen models on ``training/sets/<training_set>``, evaluate, log, register; see the module doc.
+
+    ``overrides``: further ``TrainingSettings`` fields (e.g. ``onnx_exporter="torchscript"``); ``quick``
+    applies :data:`QUICK_TRAINING` under them (demo-sized run).
+    """
+    import mlflow
+
+    from tracelake.tracking import configure_mlflow
+    from training import metrics
+
+    base = training_settings(run.settings.training, **QUICK_TRAINING) if quick else run.settings.training
+    settings = training_settings(base, num_processes=num_processes, local_mode=local_mode,
+                                 use_gpu=use_gpu, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                 **overrides)
+    chosen = parse_models(models, settings.models)
+    spec_table = named_table_spec("training_set", name=training_set)
+    if not table_exists(run.spark, spec_table, run.lake_root):
+        raise TrainJobError(f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}; "
+                            f"build it first: tracelake training-set --name {training_set} ...")
+    version = latest_version(run.spark, spec_table, run.lake_root)
+    run.inputs[spec_table.name + f"[{training_set}]"] = version
+    df = read_table(run.spark, spec_table, run.lake_root, version=version)
+    spec = feature_spec(run.settings)
+    tags = {"training_set": training_set, "training_set_version": str(version), "code_version": code_version(),
+            "tracelake_run_id": run.run_id}
+    context = {"training_set": training_set, "training_set_version": version, "tags": tags,
+               "registry_tags": {"training_set": training_set, "training_set_version": str(version),
+                                 "code_version": code_version(), "tracelake_run_id": run.run_id}}
+    target = configure_mlflow(run.settings)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp, \
+            mlflow.start_run(run_name=f"train {training_set}") as parent:
+        workdir = Path(tmp)
+        mlflow.set_tags({**tags, "models": ",".join(chosen)})
+        mlflow.log_params({"training_set": training_set, "training_set_version": version, "models": ",".join(chosen),
+                           **{f"env.{k}": v for k, v in environment().items()}})
+        mlflow.log_text(_pip_freeze(), "environment/requirements.txt")
+        if LSTM in chosen:
+            results[LSTM] = train_lstm(run, settings, df, spec, context, resume=resume, workdir=workdir)
+        if BASELINE in chosen:
+            results[BASELINE] = train_baseline(run, settings, df, spec, context, workdir=workdir)
+        reports = {name: r["report"] for name, r in results.items()}
+        table = metrics.comparison_table(reports, COMPARISON_METRICS)
+        mlflow.log_text(table + "\n", "comparison/test_metrics.md")
+        for name, r in results.items():
+            mlflow.log_metric(f"{name}_test_macro_pr_auc", r["report"]["macro"]["pr_auc"]["value"])
+        parent_id = parent.info.run_id
+    print(f"\nTest split of training set {training_set!r} (version {version}); value [{int(settings.ci_level * 100)}% "
+          f"bootstrap CI]:\n{table}\n")
+    summary = {
+        "training_set": training_set,
+        "training_set_version": version,
+        "mlflow_run_id": parent_id,
+        "tracking_uri": target.tracking_uri,
+        "models": {name: {k: v for k, v in r.items() if k != "report"} | {
+            "test_macro": {m: r["report"]["macro"][m]["value"] for m in ("pr_auc", "roc_auc", "f1")},
+            "test_pr_auc": {label: v["pr_auc"]["value"] for label, v in r["report"]["labels"].items()}}
+            for name, r in results.items()},
+        "comparison": table,
+    }
+    run.record_output("models", **{name: {"name": r["model_name"], "version": r["version"]} for name, r in results.items()})
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tracelake train",
+        description="Train the sequence model (TorchDistributor) and the MLlib baseline on a training set; "
+                    "evaluate on its test split, log to MLflow, export ONNX, register as challenger.")
+    add_common_args(parser, dates=False)
+    parser.add_argument("--training-set", required=True, help="name of training/sets/<name>")
+    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: training.models)")
+    parser.add_argument("--num-processes", type=int, help="training processes (default: training.num_processes)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--local-mode", dest="local_mode", action="store_true", default=None,
+                      help="run the training processes on the driver (default: training.local_mode)")
+    mode.add_argument("--cluster-mode", dest="local_mode", action="store_false",
+                      help="run the training processes as Spark tasks on the executors")
+    parser.add_argument("--use-gpu", action="store_true", default=None, help="train on GPUs (NCCL, bf16)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="rows per process and step")
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--hidden-size", type=int, help="RNN hidden size")
+    parser.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--baseline-classifier", choices=["logistic", "gbt"])
+    parser.add_argument("--quick", action="store_true", help="demo-sized settings (few epochs, small model)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest interrupted sequence-model run of this training set")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    named_table_spec("training_set", name=args.training_set)  # a bad name fails before Spark starts
+    models = parse_models(args.models, ["lstm"]) if args.models else None
+    extra = {field: value for field, value in (("hidden_size", args.hidden_size),
+                                                ("early_stopping_patience", args.patience), ("seed", args.seed),
+                                                ("baseline_classifier", args.baseline_classifier)) if value is not None}
+    # TorchDistributor's processes (and executors) import training.* from the project.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    with job_run(JOB, args) as run:
+        summary = execute(run, args.training_set, models=models, num_processes=args.num_processes,
+                          local_mode=args.local_mode, use_gpu=args.use_gpu, epochs=args.epochs,
+                          batch_size=args.batch_size, learning_rate=args.learning_rate, resume=args.resume,
+                          quick=args.quick, **extra)
+    summary.pop("comparison", None)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entrypoint(main))

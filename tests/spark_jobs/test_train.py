@@ -1,0 +1,157 @@
+"""The training job end to end on a tiny training set, then the promotion gate and rollback.
+
+One training run (both models, TorchDistributor local mode with 2 CPU processes)
+is shared by the tests of this module; they run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from spark_jobs import promote, rollback, train
+from training_frames import small_sequences, write_training_set
+from tracelake.model_registry import CHALLENGER, CHAMPION, get_version, register_onnx_model
+from tracelake.runs import job_run
+from tracelake.tables import named_table_spec, read_table
+from tracelake.tracking import configure_mlflow
+from training.data import columns_to_arrays
+from training.model import SequenceAnomalyModel
+from training.onnx_export import export_onnx
+
+SET = "tiny"
+LSTM_NAME, BASELINE_NAME = "tracelake-anomaly-lstm", "tracelake-anomaly-baseline"
+
+
+@pytest.fixture(scope="module")
+def settings(test_settings, tmp_path_factory):
+    lake = tmp_path_factory.mktemp("train_lake")
+    return small_sequences(test_settings.model_copy(update={"lake_root": str(lake)}))
+
+
+@pytest.fixture(scope="module")
+def trained(spark, settings) -> dict[str, Any]:
+    write_training_set(spark, settings, SET, n_rows=600, seed=1)
+    with job_run("train", settings=settings, spark=spark) as run:
+        return train.execute(
+            run, SET, models="lstm,baseline", num_processes=2, local_mode=True, use_gpu=False, epochs=2,
+            batch_size=32, learning_rate=1e-2, onnx_exporter="torchscript", bootstrap_samples=50,
+            baseline_max_iter=10, hidden_size=16, tab_hidden_size=16, head_hidden_size=16)
+
+
+def test_train_registers_both_models_with_metrics_and_artifacts(trained, settings, capsys):
+    configure_mlflow(settings)
+    client = MlflowClient()
+    assert trained["training_set_version"] == 0
+    for name, key in ((LSTM_NAME, "lstm"), (BASELINE_NAME, "baseline")):
+        version = get_version(name, alias=CHALLENGER)
+        assert str(version.version) == trained["models"][key]["version"] == "1"
+        assert version.tags["training_set"] == SET and version.tags["training_set_version"] == "0"
+        assert float(version.tags["test_macro_pr_auc"]) == pytest.approx(trained["models"][key]["test_macro"]["pr_auc"], abs=1e-6)
+        run = client.get_run(version.run_id)
+        assert run.data.tags["training_set"] == SET
+        assert set(run.data.metrics) >= {"test_macro_pr_auc", *(f"test_pr_auc_{l}" for l in trained["models"][key]["test_pr_auc"])}
+        artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+        assert {"plots/pr_curves_test.png", "plots/confusion_matrices_test.png"} <= artifacts
+    lstm = trained["models"]["lstm"]
+    assert lstm["onnx_max_abs_diff"] < 1e-4 and lstm["parity_rows"] == 120
+    lstm_run = get_version(LSTM_NAME, alias=CHALLENGER).run_id
+    assert [m.step for m in client.get_metric_history(lstm_run, "val_loss")] == [0, 1]  # per epoch
+    assert {a.path for a in client.list_artifacts(lstm_run, "model")} >= {"model/model.onnx"}
+    assert client.get_model_version(BASELINE_NAME, "1").tags["format"] == "spark-ml"
+    assert {a.path for a in client.list_artifacts(get_version(BASELINE_NAME, alias=CHALLENGER).run_id, "model")} >= {
+        "model/sparkml", "model/baseline.json"}
+    parent = client.get_run(trained["mlflow_run_id"])
+    assert parent.data.params["training_set_version"] == "0" and "env.torch" in parent.data.params
+    assert "| macro" in trained["comparison"] and "lstm" in trained["comparison"] and "baseline" in trained["comparison"]
+    assert not (Path(settings.lake_root) / "_petastorm_cache").exists() or not any(
+        (Path(settings.lake_root) / "_petastorm_cache").iterdir())  # the converters' cache is removed
+
+
+def _register_inverted(spark, settings, trained) -> str:
+    """The trained LSTM with its output layer negated (ranks rows backwards): a deliberately worse model."""
+    model = SequenceAnomalyModel.load(Path(trained["models"]["lstm"]["output_dir"]) / "model.pt")
+    with torch.no_grad():
+        model.head[-1].weight.neg_()
+        model.head[-1].bias.neg_()
+    frame = read_table(spark, named_table_spec("training_set", name=SET), settings.lake_root).where(
+        "split = 'test'").toPandas()
+    spec = model.feature_spec
+    rows = columns_to_arrays({c: frame[c].to_numpy() for c in spec.columns}, spec)
+    path = Path(settings.lake_root) / "inverted" / "model.onnx"
+    export_onnx(model, path, rows, thresholds=trained["models"]["lstm"]["thresholds"], exporter="torchscript")
+    configure_mlflow(settings)
+    with mlflow.start_run(run_name="inverted") as run:
+        version = register_onnx_model(LSTM_NAME, path, run_id=run.info.run_id,
+                                      tags={"training_set": SET, "training_set_version": "0"})
+    return str(version.version)
+
+
+def test_promote_then_refuse_worse_then_rollback(spark, settings, trained, capsys):
+    client = MlflowClient()
+    trained_version = trained["models"]["lstm"]["version"]
+    bad = _register_inverted(spark, settings, trained)
+    with job_run("promote", settings=settings, spark=spark) as run:
+        # No champion yet: the (deliberately bad) challenger becomes the first champion.
+        first = promote.execute(run, models=["lstm"])[LSTM_NAME]
+        assert first["promoted"] and first["champion"] == bad and first["reason"].startswith("no champion yet")
+        # The trained model as challenger: better on the same test rows (both re-scored with ONNX Runtime).
+        client.set_registered_model_alias(LSTM_NAME, CHALLENGER, trained_version)
+        second = promote.execute(run, models=["lstm"])[LSTM_NAME]
+        assert second["promoted"] and second["champion"] == trained_version
+        scores = second["scores"]
+        assert scores["challenger"]["macro_pr_auc"] > scores["champion"]["macro_pr_auc"]
+        assert scores["challenger"]["rows"] == scores["champion"]["rows"] == 120
+        assert client.get_model_version(LSTM_NAME, trained_version).tags[promote.PREVIOUS_CHAMPION_TAG] == bad
+        # A worse challenger is refused; the champion stays.
+        worse = _register_inverted(spark, settings, trained)
+        third = promote.execute(run, models=["lstm"])[LSTM_NAME]
+        assert not third["promoted"] and third["champion"] == trained_version
+        assert third["scores"]["challenger"]["macro_pr_auc"] < third["scores"]["champion"]["macro_pr_auc"]
+        assert "refused" in client.get_model_version(LSTM_NAME, worse).tags[promote.DECISION_TAG]
+        assert str(get_version(LSTM_NAME, alias=CHAMPION).version) == trained_version
+        out = capsys.readouterr().out
+        assert "PROMOTED v" + bad in out and "kept champion v" + trained_version in out
+        assert "not better than the margin" in out
+
+    with job_run("rollback", settings=settings, spark=spark) as run:
+        back = rollback.execute(run, models=["lstm"])[LSTM_NAME]
+        assert (back["from_version"], back["champion"]) == (trained_version, bad)
+        assert str(get_version(LSTM_NAME, alias=CHAMPION).version) == bad
+        assert client.get_model_version(LSTM_NAME, trained_version).tags[promote.ROLLED_BACK_TAG]
+        with pytest.raises(rollback.RollbackError, match="first one"):
+            rollback.execute(run, models=["lstm"])
+    # The rolled-back version is not promoted again without --force.
+    client.set_registered_model_alias(LSTM_NAME, CHALLENGER, trained_version)
+    with job_run("promote", settings=settings, spark=spark) as run:
+        again = promote.execute(run, models=["lstm"])[LSTM_NAME]
+    assert not again["promoted"] and "rolled back" in again["reason"]
+
+
+def test_first_baseline_becomes_champion(spark, settings, trained):
+    with job_run("promote", settings=settings, spark=spark) as run:
+        decision = promote.execute(run, models=["baseline"])[BASELINE_NAME]
+    assert decision["promoted"] and decision["champion"] == trained["models"]["baseline"]["version"]
+    assert decision["reason"].startswith("no champion yet")
+
+
+def test_cli_errors_name_the_value(capsys):
+    from tracelake.cli import main
+
+    assert main(["train", "--training-set", "../x"]) == 2
+    assert "../x" in capsys.readouterr().err
+    assert main(["train", "--training-set", "x", "--models", "lstm,forest"]) == 2
+    assert "forest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("challenger", "champion", "margin", "expected"), [
+    (0.60, 0.50, 0.05, True), (0.54, 0.50, 0.05, False), (0.50, 0.50, 0.0, False),
+    (0.40, float("nan"), 0.0, True), (float("nan"), 0.50, 0.0, False)])
+def test_decide_needs_more_than_the_margin(challenger, champion, margin, expected):
+    assert promote.decide(challenger, champion, margin) is expected
