@@ -1,0 +1,91 @@
+"""tracelake_training: weekly (or on drift) training set -> train both models -> promotion gate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The DAG processor does not put the DAG folder on sys.path; _common.py lives beside this file.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, chain
+
+from _common import MACROS, START_DATE, VALIDATION_RETRIES, default_args, retrain_asset, spark_task
+
+DOC = """
+### tracelake_training
+
+Runs every Monday 03:00 UTC for the week that just ended, and also whenever the
+asset `tracelake_retrain` is updated (the daily DAG's `flag_retraining` does so
+when monitoring marks a day for retraining: PSI above `monitoring.drift_psi`).
+
+The cut-off **as of** is the data interval's end (weekly runs) or the time the
+run was due (drift-triggered runs). Labels arrive late, so the training set
+covers the `window_days` days before the cut-off minus the last
+`label_maturity_days` days (their labels are mostly still unknown); labels are
+those confirmed at or before the cut-off (point-in-time correct).
+
+| task | entrypoint | what it does |
+| --- | --- | --- |
+| `build_training_set` | `spark_jobs/build_training_set.py --as-of … --name set-YYYYMMDDTHHMM` | event features + labels known as of the cut-off, temporal split |
+| `validate_training_set` | `spark_jobs/validate.py --table training_set --name …` | suite `training_set` (temporal split, 0/1 labels) |
+| `train` | `spark_jobs/train.py --training-set … --models lstm,baseline` | both models trained, evaluated on the test split, logged to MLflow, registered as `challenger` |
+| `promote` | `spark_jobs/promote.py` | moves `champion` to the challenger only if it beats the champion on the same test data |
+
+Roll a bad promotion back with `tracelake rollback` (see the README's operator section).
+Params (set them when triggering by hand): `window_days`, `label_maturity_days`, `models`.
+"""
+
+with DAG(
+    dag_id="tracelake_training",
+    description="training set as of the cut-off -> train lstm + baseline -> register -> promotion gate",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("0 3 * * 1", timezone="UTC"),
+        assets=retrain_asset(),
+    ),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    user_defined_macros=MACROS,
+    params={
+        "window_days": Param(28, type="integer", minimum=1, description="days of events before the cut-off"),
+        "label_maturity_days": Param(7, type="integer", minimum=0,
+                                     description="most recent days left out: their labels have not arrived yet"),
+        "models": Param("lstm,baseline", type="string", description="comma list of models to train"),
+    },
+    doc_md=DOC,
+    tags=["tracelake", "training"],
+) as dag:
+    AS_OF = "{{ tl_as_of(dag_run).isoformat() }}"
+    SET_NAME = "{{ tl_set_name(dag_run) }}"
+    SET_DATES = [
+        "--start-date", "{{ tl_day_before(tl_as_of(dag_run), params.window_days) }}",
+        "--end-date", "{{ tl_day_before(tl_as_of(dag_run), params.label_maturity_days + 1) }}",
+    ]
+
+    build_training_set = spark_task(
+        "build_training_set", "spark_jobs/build_training_set.py",
+        [*SET_DATES, "--as-of", AS_OF, "--name", SET_NAME], timeout="training_set",
+        doc_md="Event features of the window + labels confirmed at or before the cut-off, temporal split "
+               "-> `training/sets/<name>`.",
+    )
+    validate_training_set = spark_task(
+        "validate_training_set", "spark_jobs/validate.py",
+        ["--table", "training_set", "--name", SET_NAME, *SET_DATES], timeout="validate", retries=VALIDATION_RETRIES,
+        doc_md="Suite `training_set`: temporal split in order, labels 0/1; a failure stops before training.",
+    )
+    train = spark_task(
+        "train", "spark_jobs/train.py",
+        ["--training-set", SET_NAME, "--models", "{{ params.models }}"], timeout="train",
+        doc_md="Sequence model through TorchDistributor and the MLlib baseline: evaluated on the test split, "
+               "logged to MLflow, registered with alias `challenger`.",
+    )
+    promote = spark_task(
+        "promote", "spark_jobs/promote.py", [], timeout="promote",
+        doc_md="Promotion gate: `champion` moves to the challenger only if it is better on the same test data "
+               "by `training.promotion_margin`; otherwise the champion stays and the reason is logged.",
+    )
+
+    chain(build_training_set, validate_training_set, train, promote)
