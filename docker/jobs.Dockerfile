@@ -1,0 +1,79 @@
+# syntax=docker/dockerfile:1
+# tracelake jobs image: Java 17 + Python 3.11 + the locked stack (requirements.lock)
+# + the Delta Lake JARs inside pyspark's jars folder, so spark-submit, the
+# standalone master/workers and TorchDistributor all run from this one image.
+#
+#   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0 .
+FROM python:3.11-slim-bookworm
+
+ARG DELTA_VERSION=3.3.3
+ARG SCALA_VERSION=2.12
+ARG MAVEN_CENTRAL=https://repo1.maven.org/maven2
+# The public index serves torch's CUDA build (GPU hosts); pass
+# --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only image.
+ARG TORCH_INDEX_URL=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    JAVA_HOME=/usr/lib/jvm/java-17-openjdk \
+    TRACELAKE_HOME=/opt/tracelake \
+    TRACELAKE_PYTHON=/usr/local/bin/python \
+    PYSPARK_PYTHON=/usr/local/bin/python \
+    PYSPARK_DRIVER_PYTHON=/usr/local/bin/python \
+    TRACELAKE_LAKE_ROOT=/lake
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Java 17 (Spark 3.5's newest supported LTS), tini as PID 1, procps for Spark's scripts.
+# Debian's security updates replace these package versions, so they are not pinned
+# (the base image tag and requirements.lock pin everything else).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps tini curl ca-certificates \
+    && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /usr/lib/jvm/java-17-openjdk \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 1000 tracelake \
+    && useradd --system --uid 1000 --gid tracelake --create-home --home-dir /home/tracelake tracelake
+
+WORKDIR /opt/tracelake
+
+# The locked stack first (its own layer: rebuilt only when the lock changes).
+COPY requirements.lock pyproject.toml ./
+RUN pip install --no-cache-dir uv==0.8.* \
+    && if [ -n "${TORCH_INDEX_URL}" ]; then \
+         uv pip install --system --no-cache --index-strategy unsafe-best-match \
+           --extra-index-url "${TORCH_INDEX_URL}" -r requirements.lock; \
+       else \
+         uv pip install --system --no-cache -r requirements.lock; \
+       fi
+
+# Delta Lake JARs from Maven Central, checked against Maven's SHA-1, into pyspark's jars
+# folder: every Spark process of this image (driver, master, workers, executors) has them.
+RUN jars="$(python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" \
+    && for artifact in "delta-spark_${SCALA_VERSION}" "delta-storage"; do \
+         url="${MAVEN_CENTRAL}/io/delta/${artifact}/${DELTA_VERSION}/${artifact}-${DELTA_VERSION}.jar"; \
+         curl -fsSL -o "${jars}/${artifact}-${DELTA_VERSION}.jar" "${url}"; \
+         echo "$(curl -fsSL "${url}.sha1" | cut -c1-40)  ${jars}/${artifact}-${DELTA_VERSION}.jar" | sha1sum -c -; \
+       done \
+    && mkdir -p "$(dirname "${jars}")/conf" \
+    && printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "${PYSPARK_PYTHON}" "${PYSPARK_PYTHON}" \
+         > "$(dirname "${jars}")/conf/spark-defaults.conf"
+
+# The project itself (no dependency resolution: the lock above is the whole stack).
+COPY tracelake ./tracelake
+COPY spark_jobs ./spark_jobs
+COPY training ./training
+COPY batch_scoring ./batch_scoring
+COPY schemas ./schemas
+COPY dags ./dags
+COPY README.md ./
+RUN pip install --no-cache-dir --no-deps -e . \
+    && mkdir -p /lake /mlflow \
+    && chown -R tracelake:tracelake /lake /mlflow /opt/tracelake
+
+USER 1000:1000
+VOLUME ["/lake"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["tracelake", "--help"]
