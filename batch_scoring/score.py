@@ -1,0 +1,218 @@
+"""Batch scoring: event features of a range of days -> gold/scored_events.
+
+    spark-submit batch_scoring/score.py --start-date 2025-07-01 --end-date 2025-07-30 \\
+        [--model-uri models:/tracelake-anomaly-lstm@champion]
+    tracelake score --start-date 2025-07-01 --end-date 2025-07-30          (the same code)
+
+One run, one Spark job for the whole range:
+
+1. resolves the model URI (default ``scoring.model_uri``, the ``champion``
+   alias) in the MLflow registry, downloads ``model.onnx`` and refuses it when
+   its SHA-256 differs from the ``onnx_sha256`` tag recorded at registration;
+2. reads features_event_features for the range (the Delta version read is
+   recorded) and fails when a day of the range has no features (its scored
+   partition would otherwise be replaced by nothing);
+3. scores every row with ONNX Runtime inside Spark (batch_scoring/transforms.py:
+   mapInPandas, one session per Python worker, model bytes broadcast, threads
+   and Arrow batch size from config ``scoring``);
+4. writes gold/scored_events, replacing exactly the range's partitions in one
+   Delta commit whose info records the run, the model (name, version, run id,
+   checksum) and the input versions;
+5. validates the written partitions (schemas/expectations/gold_scored_events.json:
+   one row per feature row of each day, probabilities in [0, 1], no nulls) and
+   fails the run when a critical expectation fails.
+
+A rerun of a range with the same model and features leaves every column but
+``scored_at`` and ``_run_id`` as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from batch_scoring.transforms import ScoringModel, check_features, scoring_model, score_events
+from tracelake.dates import days_between
+from tracelake.errors import TracelakeError
+from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.tables import domain, read_table, rows_written, table_exists, table_spec, write_table
+
+JOB = "score"
+FEATURES, SCORED = "features_event_features", "gold_scored_events"
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+class ScoringInputError(TracelakeError, ValueError):
+    """The features the range needs are not there."""
+
+
+
+class LoadedModel:
+    """A registered ONNX model resolved, verified and ready to ship to the executors."""
+
+    def __init__(self, run: JobRun, uri: str) -> None:
+        from tracelake.model_registry import fetch_onnx_model
+        from tracelake.tracking import configure_mlflow
+        from training.onnx_export import read_metadata
+
+        configure_mlflow(run.settings)
+        with tempfile.TemporaryDirectory(prefix="tracelake-model-") as folder:
+            resolved = fetch_onnx_model(uri, folder)  # raises ModelChecksumError on a changed artifact
+            self.bytes = Path(resolved.path).read_bytes()
+            self.metadata = read_metadata(resolved.path)
+        self.uri, self.name, self.version = uri, resolved.name, resolved.version
+        self.run_id, self.sha256, self.tags = resolved.run_id, resolved.sha256, dict(resolved.tags)
+        self._broadcast: Any = None
+        settings = run.settings.scoring
+        self._broadcast = run.spark.sparkContext.broadcast(self.bytes)
+        self.model, warnings = scoring_model(
+            self.metadata, self._broadcast, self.sha256, label_names=domain()["anomaly_types"],
+            default_threshold=settings.default_threshold,
+            intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+        )
+        for warning in warnings:
+            run.log.warning(warning, extra={"model": self.name, "model_version": self.version})
+        run.log.event("model resolved", model_uri=uri, model=self.name, model_version=self.version,
+                      model_run_id=self.run_id, sha256=self.sha256, bytes=len(self.bytes))
+
+    def lineage(self) -> dict[str, str]:
+        return {"model_uri": self.uri, "model_name": self.name, "model_version": self.version,
+                "model_run_id": self.run_id, "model_sha256": self.sha256}
+
+    def release(self) -> None:
+        if self._broadcast is not None:
+            self._broadcast.unpersist()
+            self._broadcast = None
+
+
+def read_features(run: JobRun) -> DataFrame:
+    """The range's event features (version recorded); every day of the range must have rows."""
+    spec = table_spec(FEATURES)
+    if not table_exists(run.spark, spec, run.lake_root):
+        raise ScoringInputError(f"{FEATURES} does not exist under {run.lake_root}; run `tracelake features` first")
+    run.record_input(spec)
+    frame = read_table(run.spark, spec, run.lake_root, version=run.inputs[FEATURES]).where(
+        F.col("event_date").between(F.lit(run.start), F.lit(run.end)))
+    present = {r[0] for r in frame.select("event_date").distinct().collect()}
+    missing = [d for d in days_between(run.start, run.end) if d not in present]
+    if missing:
+        raise ScoringInputError(
+            f"{FEATURES} has no rows on {', '.join(d.isoformat() for d in missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''} ({len(missing)} day(s) of the range); build the features of "
+            "those days first (tracelake features), or score a range without them"
+        )
+    return frame
+
+
+def scored_frame(features: DataFrame, loaded: LoadedModel, run_id: str, scored_at: dt.datetime) -> DataFrame:
+    """Scores plus the lineage columns of gold_scored_events."""
+    return score_events(features, loaded.model).select(
+        "*",
+        F.lit(loaded.name).alias("model_name"),
+        F.lit(loaded.version).alias("model_version"),
+        F.lit(loaded.run_id).alias("model_run_id"),
+        F.lit(scored_at).cast("timestamp").alias("scored_at"),
+        F.lit(run_id).alias("_run_id"),
+    )
+
+
+def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
+    """Score the run's range with ``model_uri`` (default ``scoring.model_uri``); returns the summary."""
+    from tracelake.validation import require_valid, validate_table
+
+    if run.start is None or run.end is None:
+        raise ScoringInputError("score needs --start-date (and optionally --end-date)")
+    from spark_jobs.transforms.event_features import sequence_features
+
+    uri = model_uri or run.settings.scoring.model_uri
+    scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    features = read_features(run)
+    loaded = LoadedModel(run, uri)
+    spec = table_spec(SCORED)
+    conf = run.spark.conf
+    previous_batch = conf.get(ARROW_BATCH_CONF, None)
+    conf.set(ARROW_BATCH_CONF, str(run.settings.scoring.arrow_batch_rows))
+    try:
+        check_features(loaded.model, features.columns, sequence_features(),
+                       run.settings.features.sequence_length)
+        frame = scored_frame(features, loaded, run.run_id, scored_at)
+        with run.log.step(f"write {SCORED}", model=loaded.name, model_version=loaded.version) as result:
+            version = write_table(frame, spec, run.lake_root, start=run.start, end=run.end,
+                                  metadata=run.commit_metadata(**loaded.lineage()))
+            result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
+        run.record_output(SCORED, rows=result["rows"], version=version)
+    finally:
+        if previous_batch is None:
+            conf.unset(ARROW_BATCH_CONF)
+        else:
+            conf.set(ARROW_BATCH_CONF, previous_batch)
+        loaded.release()
+    report = require_valid(validate_table(run, SCORED))
+    return {
+        "start_date": run.start.isoformat(),
+        "end_date": run.end.isoformat(),
+        **loaded.lineage(),
+        "thresholds": dict(zip(loaded.model.label_names, loaded.model.thresholds)),
+        "scored_at": scored_at.isoformat(),
+        "input_versions": dict(run.inputs),
+        "tables": {SCORED: {"rows": result["rows"], "version": version}},
+        "validation": {"passed": report.passed, "results": str(report.results_path) if report.results_path else None},
+    }
+
+
+def top_anomalies(run: JobRun, day: dt.date, limit: int = 10) -> DataFrame:
+    """The day's highest anomaly scores in gold/scored_events, with the flags that fired."""
+    from batch_scoring.transforms import flag_column
+
+    labels = domain()["anomaly_types"]
+    fired = F.concat_ws(",", *[F.when(F.col(flag_column(label)), F.lit(label)) for label in labels])
+    return (read_table(run.spark, table_spec(SCORED), run.lake_root)
+            .where(F.col("event_date") == F.lit(day))
+            .orderBy(F.col("anomaly_score").desc(), F.col("event_id"))
+            .limit(limit)
+            .select("event_date", "event_time", "epc_code", "location_id",
+                    F.round("anomaly_score", 4).alias("anomaly_score"), fired.alias("flags")))
+
+
+def score_and_show_top(run: JobRun, model_uri: str | None = None, limit: int = 10) -> dict[str, Any]:
+    """Score the run's range, then print the top ``limit`` anomalies of its last day (for the demo)."""
+    summary = execute(run, model_uri)
+    rows = top_anomalies(run, run.end, limit).toPandas()
+    print(f"\ntop {len(rows)} anomalies of {run.end} (model {summary['model_name']} "
+          f"v{summary['model_version']}):")
+    print(rows.to_string(index=False) if len(rows) else "(no scored events)")
+    summary["top_anomalies"] = rows.astype(str).to_dict(orient="records")
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tracelake score",
+        description="Score the event features of a range of days with a registered ONNX model, in one Spark "
+                    "job; replaces exactly the range's partitions of gold/scored_events and validates them.",
+    )
+    add_common_args(parser)
+    parser.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
+                                            "(default: scoring.model_uri)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with job_run(JOB, args) as run:
+        summary = execute(run, args.model_uri)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entrypoint(main))

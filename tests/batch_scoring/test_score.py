@@ -1,0 +1,85 @@
+"""Scoring: same probabilities as ONNX Runtime called directly, idempotent reruns, refused artifacts, delta-rs."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from batch_scoring import score
+from scoring_frames import DAY1, DAY2, MODEL_NAME, ROWS_PER_DAY
+from tracelake.model_registry import ModelChecksumError, register_onnx_model
+from tracelake.runs import job_run
+from tracelake.tables import read_table, table_spec
+from training.onnx_export import run_onnx
+from training.data import columns_to_arrays
+
+LINEAGE = ["scored_at", "_run_id"]
+
+
+def _score(spark, settings, model_uri=None):
+    with job_run("score", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
+        return score.execute(run, model_uri)
+
+
+def test_scores_equal_onnx_runtime_on_the_same_rows(spark, scoring_lake, scored):
+    summary, table = scored
+    settings, spec = scoring_lake["settings"], scoring_lake["spec"]
+    assert summary["validation"]["passed"] and summary["model_version"] == scoring_lake["model_version"]
+    assert summary["tables"]["gold_scored_events"]["rows"] == 2 * ROWS_PER_DAY
+
+    features = read_table(spark, table_spec("features_event_features"), str(settings.lake_path)).toPandas()
+    columns = {c: features[c].to_numpy() for c in features.columns}
+    columns.update({label: np.zeros(len(features), np.float32) for label in spec.label_names})
+    expected = run_onnx(scoring_lake["onnx_path"], columns_to_arrays(columns, spec))
+    probabilities = [f"p_{label}" for label in spec.label_names]
+    got = table.toPandas().set_index("event_id").loc[features["event_id"]]
+    np.testing.assert_allclose(got[probabilities].to_numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["anomaly_score"].to_numpy(), expected.max(axis=1), rtol=0, atol=1e-6)
+    for j, label in enumerate(spec.label_names):
+        threshold = scoring_lake["thresholds"][label]
+        np.testing.assert_array_equal(got[f"flag_{label}"].to_numpy(),
+                                      got[f"p_{label}"].to_numpy() >= threshold)
+    assert set(got["model_name"]) == {MODEL_NAME} and set(got["model_run_id"]) == {scoring_lake["mlflow_run_id"]}
+
+
+def test_rerun_leaves_the_table_unchanged(spark, scoring_lake, scored):
+    _, before = scored
+    settings = scoring_lake["settings"]
+    _score(spark, settings)
+    after = read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path))
+    assertDataFrameEqual(after.drop(*LINEAGE), before.drop(*LINEAGE))
+    assert after.select("_run_id").distinct().count() == 1
+
+
+def test_delta_rs_reads_the_scored_table(scoring_lake, scored):
+    """Another engine (delta-rs, no JVM) reads the very rows Spark wrote."""
+    from deltalake import DeltaTable, QueryBuilder
+
+    _, table_spark = scored
+    table = DeltaTable(str(scoring_lake["settings"].lake_path / "gold" / "scored_events"))
+    rows = QueryBuilder().register("scored_events", table).execute(
+        f"SELECT event_id, p_jump FROM scored_events WHERE event_date = DATE '{DAY2.isoformat()}'").read_all()
+    got = pd.DataFrame({"event_id": rows.column("event_id").to_pylist(), "p_jump": rows.column("p_jump").to_pylist()})
+    expected = table_spark.where(F.col("event_date") == F.lit(DAY2)).select("event_id", "p_jump").toPandas()
+    assert len(got) == ROWS_PER_DAY
+    pd.testing.assert_frame_equal(got.sort_values("event_id").reset_index(drop=True),
+                                  expected.sort_values("event_id").reset_index(drop=True))
+
+
+def test_changed_model_artifact_is_refused(spark, scoring_lake, scored, tmp_path):
+    settings = scoring_lake["settings"]
+    with mlflow.start_run() as run:
+        version = register_onnx_model("tracelake-tampered", scoring_lake["onnx_path"], run_id=run.info.run_id)
+    stored = mlflow.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://") + "/model/model.onnx"
+    with open(stored, "ab") as handle:
+        handle.write(b"\0")  # the artifact store's copy changes after registration
+    before = read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path)).count()
+    with pytest.raises(ModelChecksumError, match="changed after registration"):
+        _score(spark, settings, f"models:/tracelake-tampered/{version.version}")
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.lake_path / 'gold' / 'scored_events'}`")
+    assert history.where(F.col("userMetadata").contains("tracelake-tampered")).count() == 0
+    assert read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path)).count() == before
