@@ -1,0 +1,73 @@
+"""Population stability index (PSI) of columns against a reference, as pure transforms.
+
+Bins come from the reference: ``bins - 1`` interior quantiles (duplicates
+dropped, so a column with few distinct values gets fewer bins) cut the real
+line into intervals ``(-inf, e1], (e1, e2], ..., (e_k, +inf)``; null and NaN
+values form one more bin, so a column that starts arriving empty drifts too.
+
+    PSI = sum over bins of (actual - expected) * ln(actual / expected)
+
+with each share floored at ``epsilon`` so that an empty bin keeps PSI finite.
+Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 a shift worth
+acting on (config ``monitoring.warn_psi`` / ``monitoring.drift_psi``).
+
+Counting is one pass over each frame: every row becomes one (column, bin)
+pair per monitored column (``explode`` of an array of structs), then a
+``groupBy`` counts; only the counts (columns x bins x days) reach the driver.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+NULL_BIN = -1
+OK, WARN, DRIFT = "ok", "warn", "drift"
+
+
+def quantile_edges(reference: DataFrame, columns: Sequence[str], bins: int,
+                   relative_error: float) -> dict[str, list[float]]:
+    """Interior bin edges of each column: its reference quantiles at 1/bins .. (bins-1)/bins, distinct."""
+    probabilities = [i / bins for i in range(1, bins)]
+    clean = reference.select(*[F.when(F.isnan(F.col(c).cast("double")), None).otherwise(F.col(c).cast("double"))
+                               .alias(c) for c in columns])
+    quantiles = clean.approxQuantile(list(columns), probabilities, relative_error)
+    return {column: sorted(set(float(q) for q in values)) for column, values in zip(columns, quantiles)}
+
+
+def bin_index(column: Column, edges: Sequence[float]) -> Column:
+    """0-based bin of a value among ``(-inf, e1], (e1, e2], ... (e_k, inf)``; NULL_BIN for null or NaN."""
+    value = column.cast("double")
+    index = F.lit(0)
+    for edge in edges:
+        index = index + (value > F.lit(edge)).cast("int")
+    return F.when(value.isNull() | F.isnan(value), F.lit(NULL_BIN)).otherwise(index)
+
+
+def bin_counts(frame: DataFrame, edges: Mapping[str, Sequence[float]], group_by: Sequence[str] = ()) -> DataFrame:
+    """Rows per (group, column, bin): columns ``*group_by, feature, bin, count``."""
+    pairs = F.array(*[F.struct(F.lit(name).alias("feature"), bin_index(F.col(name), cuts).alias("bin"))
+                      for name, cuts in edges.items()])
+    return (frame.select(*group_by, F.explode(pairs).alias("pair"))
+            .groupBy(*group_by, F.col("pair.feature").alias("feature"), F.col("pair.bin").alias("bin"))
+            .count())
+
+
+def psi(actual: Mapping[int, int], expected: Mapping[int, int], n_bins: int, epsilon: float) -> float:
+    """PSI of two bin -> count maps over bins NULL_BIN, 0 .. n_bins-1."""
+    total_actual, total_expected = sum(actual.values()), sum(expected.values())
+    if total_actual == 0 or total_expected == 0:
+        return 0.0
+    value = 0.0
+    for b in (NULL_BIN, *range(n_bins)):
+        a = max(actual.get(b, 0) / total_actual, epsilon)
+        e = max(expected.get(b, 0) / total_expected, epsilon)
+        value += (a - e) * math.log(a / e)
+    return value
+
+
+def status(value: float, warn_psi: float, drift_psi: float) -> str:
+    return DRIFT if value >= drift_psi else WARN if value >= warn_psi else OK

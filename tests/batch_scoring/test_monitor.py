@@ -1,0 +1,60 @@
+"""Drift monitoring: PSI arithmetic, and a shifted input flagged on its day only, with a retraining marker."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from batch_scoring import drift, monitor
+from scoring_frames import DAY1, DAY2, SHIFTED
+from tracelake.runs import job_run
+from tracelake.tables import read_table, table_spec
+
+
+def test_psi_of_known_shares():
+    same = {drift.NULL_BIN: 0, 0: 50, 1: 50}
+    assert drift.psi(same, same, n_bins=2, epsilon=1e-4) == 0.0
+    # 80/20 against 50/50: (0.3 ln 1.6) + (-0.3 ln 0.4)
+    expected = 0.3 * math.log(0.8 / 0.5) + (-0.3) * math.log(0.2 / 0.5)
+    assert math.isclose(drift.psi({0: 80, 1: 20}, {0: 50, 1: 50}, n_bins=2, epsilon=1e-4), expected)
+    # a bin empty in the reference stays finite (share floored at epsilon)
+    assert math.isfinite(drift.psi({drift.NULL_BIN: 10, 0: 90}, {0: 100}, n_bins=1, epsilon=1e-4))
+    assert [drift.status(v, 0.1, 0.25) for v in (0.05, 0.1, 0.3)] == ["ok", "warn", "drift"]
+
+
+def test_bins_put_nulls_apart_and_cut_at_the_edges(spark):
+    frame = spark.createDataFrame([(float(v),) for v in (0, 1, 1.5, 2, 3)] + [(None,), (float("nan"),)], "x double")
+    got = drift.bin_counts(frame, {"x": [1.0, 2.0]})
+    expected = spark.createDataFrame([("x", -1, 2), ("x", 0, 2), ("x", 1, 2), ("x", 2, 1)],
+                                     "feature string, bin int, count bigint")
+    assertDataFrameEqual(got, expected)
+
+
+def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored):
+    settings = scoring_lake["settings"]
+    with job_run("monitor", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
+        summary = monitor.execute(run)
+        markers = {day: monitor.retrain_marker(run, day) for day in (DAY1, DAY2)}
+    table = read_table(spark, table_spec("monitoring_drift"), str(settings.lake_path))
+
+    shifted = table.where(F.col("feature") == SHIFTED).select("event_date", "kind", "status")
+    expected = spark.createDataFrame([(DAY1, "input", "ok"), (DAY2, "input", "drift")],
+                                     "event_date date, kind string, status string")
+    assertDataFrameEqual(shifted, expected)
+    # every tabular input and every score column gets one row per day
+    n_inputs = len(scoring_lake["spec"].tab_features)
+    per_day = table.groupBy("event_date", "kind").count()
+    assertDataFrameEqual(per_day, spark.createDataFrame(
+        [(DAY1, "input", n_inputs), (DAY2, "input", n_inputs), (DAY1, "score", 6), (DAY2, "score", 6)],
+        "event_date date, kind string, count bigint"))
+    # nothing else drifts on day 1 (same distribution as the reference)
+    assert table.where((F.col("event_date") == F.lit(DAY1)) & (F.col("status") == "drift")).count() == 0
+
+    assert SHIFTED in summary["retrain_days"][DAY2.isoformat()] and DAY1.isoformat() not in summary["retrain_days"]
+    assert not markers[DAY1].exists()
+    marker = json.loads(markers[DAY2].read_text())
+    assert marker["event_date"] == DAY2.isoformat() and SHIFTED in {d["feature"] for d in marker["drifted"]}
+    assert marker["reference"].startswith("training_set:ref@v")
