@@ -71,7 +71,10 @@ def to_spark(spark, frame: pd.DataFrame, spec):
 def scoring_lake(spark, test_settings, tmp_path_factory):
     """Settings of a lake with features (2 days), training set `ref`, and a registered champion model."""
     root = tmp_path_factory.mktemp("scoring")
-    settings = test_settings.model_copy(update={"lake_root": str(root / "lake")})
+    # Small Arrow batches: each task feeds its worker's one ORT session several batches.
+    settings = test_settings.model_copy(update={
+        "lake_root": str(root / "lake"),
+        "scoring": test_settings.scoring.model_copy(update={"arrow_batch_rows": 128})})
     lake = str(settings.lake_path)
     features_spec = table_spec("features_event_features")
     day1 = feature_rows(ROWS_PER_DAY, DAY1, seed=1, prefix="a")

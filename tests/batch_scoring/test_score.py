@@ -83,3 +83,21 @@ def test_changed_model_artifact_is_refused(spark, scoring_lake, scored, tmp_path
     history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.lake_path / 'gold' / 'scored_events'}`")
     assert history.where(F.col("userMetadata").contains("tracelake-tampered")).count() == 0
     assert read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path)).count() == before
+
+
+def test_one_session_per_worker_and_refused_bytes(scoring_lake):
+    """Workers build a model's session once and reuse it; bytes whose SHA-256 differs never get one."""
+    import hashlib
+
+    from batch_scoring.transforms import ScoringModelError, scoring_model, session_for
+    from training.onnx_export import read_metadata
+
+    data = scoring_lake["onnx_path"].read_bytes()
+    metadata = read_metadata(scoring_lake["onnx_path"])
+    good, _ = scoring_model(metadata, data, hashlib.sha256(data).hexdigest(),
+                            label_names=scoring_lake["spec"].label_names, default_threshold=0.5)
+    assert session_for(good) is session_for(good)
+    bad, _ = scoring_model(metadata, data + b"\0", "0" * 64,
+                           label_names=scoring_lake["spec"].label_names, default_threshold=0.5)
+    with pytest.raises(ScoringModelError, match="refusing to score"):
+        session_for(bad)
