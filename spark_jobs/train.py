@@ -128,19 +128,31 @@ def run_dir_for(run: JobRun, training_set: str, resume: bool) -> Path:
     return parent / run.run_id
 
 
-def distribute(settings: TrainingSettings, config: dict[str, Any]) -> dict[str, Any]:
+def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool) -> dict[str, Any]:
     """``TorchDistributor(...).run(train_fn, config)``: rank 0's result."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from training.train_fn import train_fn
 
-    distributor = TorchDistributor(num_processes=settings.num_processes, local_mode=settings.local_mode,
-                                   use_gpu=settings.use_gpu)
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
     result = distributor.run(train_fn, config)
     if not isinstance(result, dict):
-        raise TrainJobError(f"TorchDistributor returned {type(result).__name__}, not train_fn's result; "
-                            "see the training processes' log above")
+        # pyspark 3.5's local mode lets every process pickle its return value into the same output file, so
+        # the last rank to finish wins (None from rank > 0). Rank 0 writes its result to output_dir before
+        # returning: read it from there.
+        written = Path(config["output_dir"]) / "result.json"
+        if written.is_file():
+            result = json.loads(written.read_text())
+    if not isinstance(result, dict):
+        raise TrainJobError(f"TorchDistributor returned {type(result).__name__}, not train_fn's result, and "
+                            f"{config['output_dir']}/result.json is missing; see the training processes' log above")
     return result
+
+
+def distribute(settings: TrainingSettings, config: dict[str, Any]) -> dict[str, Any]:
+    """The train function through TorchDistributor as ``settings`` say (processes, local/cluster mode, GPU)."""
+    return run_train_fn(config, num_processes=settings.num_processes, local_mode=settings.local_mode,
+                        use_gpu=settings.use_gpu)
 
 
 def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
