@@ -42,7 +42,7 @@ def trained(spark, settings) -> dict[str, Any]:
         return train.execute(
             run, SET, models="lstm,baseline", num_processes=2, local_mode=True, use_gpu=False, epochs=2,
             batch_size=32, learning_rate=1e-2, onnx_exporter="torchscript", bootstrap_samples=50,
-            baseline_max_iter=10, hidden_size=16, tab_hidden_size=16, head_hidden_size=16)
+            baseline_max_iter=4, hidden_size=16, tab_hidden_size=16, head_hidden_size=16)
 
 
 def test_train_registers_both_models_with_metrics_and_artifacts(trained, settings, capsys):
