@@ -30,7 +30,11 @@ DOC = """
 
 For the run's **data interval** (one UTC day: the run that starts after midnight
 processes the day before), every step is one `spark-submit` of the project's
-entrypoint with `--start-date`/`--end-date` = the interval's first and last day:
+entrypoint with `--start-date`/`--end-date` = the interval's first and last day.
+Scheduled and backfill runs have the interval's first day as logical date
+(`backfill create --from-date D1 --to-date D2` processes D1..D2); a manual run
+with logical date D (`dags test`, `dags trigger --logical-date`) processes the
+full day before D (Airflow infers a manual run's interval as the last complete one).
 
 | task | entrypoint | stops the run when |
 | --- | --- | --- |
@@ -47,7 +51,7 @@ entrypoint with `--start-date`/`--end-date` = the interval's first and last day:
 A failed validation fails its task; everything after it is `upstream_failed`,
 so bad data is never scored. Every job replaces exactly the partitions of its
 dates, so a rerun (clear the run or a task) or a backfill
-(`airflow backfill create --dag-id tracelake_daily --from-date … --to-date …`)
+(`airflow backfill create --dag-id tracelake_daily --from-date D1 --to-date D2`)
 is idempotent. `flag_retraining` updates the asset `tracelake_retrain`, which
 triggers `tracelake_training`.
 

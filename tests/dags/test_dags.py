@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 VENV_BIN = Path(sys.executable).parent
 DAY = dt.date(2025, 7, 1)
-# A daily run's logical date is the end of its data interval: the run of 2025-07-02 processes 2025-07-01.
+# A manual run (dags test) with logical date D processes the last complete day before D: 2025-07-02 -> 2025-07-01.
 LOGICAL_DATE = (DAY + dt.timedelta(days=1)).isoformat()
 EPCS = 200
 DAILY_ORDER = [
