@@ -220,6 +220,10 @@ def test_airflow_dags_test_runs_the_whole_daily_dag(daily_lake, spark):
     expected = {task: "success" for task in DAILY_ORDER}
     expected["flag_retraining"] = "success" if marked else "skipped"
     assert states == expected
+    with sqlite3.connect(daily_lake["home"] / "airflow.db") as db:
+        (events,) = db.execute("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                               "WHERE a.name = 'tracelake_retrain'").fetchone()
+    assert events == (1 if marked else 0)  # what schedules tracelake_training on drift
 
     # Each job wrote the interval's day, under the run id the DAG gave it.
     silver = table_spec("silver_scan_events").location(lake)
