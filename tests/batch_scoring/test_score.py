@@ -101,3 +101,17 @@ def test_one_session_per_worker_and_refused_bytes(scoring_lake):
                            label_names=scoring_lake["spec"].label_names, default_threshold=0.5)
     with pytest.raises(ScoringModelError, match="refusing to score"):
         session_for(bad)
+
+
+def test_top_anomalies_of_a_day(spark, scoring_lake, scored):
+    """What the demo prints: the day's highest anomaly scores, with the flags that fired."""
+    _, table = scored
+    with job_run("score", settings=scoring_lake["settings"], spark=spark) as run:
+        top = score.top_anomalies(run, DAY2, limit=3).toPandas()
+    day = table.where(F.col("event_date") == F.lit(DAY2)).toPandas()
+    expected = day.sort_values(["anomaly_score", "event_id"], ascending=[False, True]).head(3)
+    assert top["epc_code"].tolist() == expected["epc_code"].tolist()
+    np.testing.assert_allclose(top["anomaly_score"], expected["anomaly_score"].round(4))
+    labels = scoring_lake["spec"].label_names
+    fired = [",".join(label for label in labels if row[f"flag_{label}"]) for _, row in expected.iterrows()]
+    assert top["flags"].tolist() == fired
