@@ -96,7 +96,8 @@ def master_info() -> dict:
 
 def executors_per_worker(state_dir: Path) -> dict[str, int]:
     """Executor folders each worker created (work-dir/<app-id>/<executor-id>): proof that the workers ran tasks."""
-    return {w.name: sum(1 for app in w.glob("app-*") for _ in app.iterdir()) for w in sorted(state_dir.glob("worker-*"))}
+    return {w.name: sum(1 for app in w.glob("app-*") for _ in app.iterdir())
+            for w in sorted(state_dir.glob("worker-*")) if w.is_dir()}
 
 
 def main(argv: list[str] | None = None) -> int:
