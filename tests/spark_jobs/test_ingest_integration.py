@@ -9,7 +9,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +26,7 @@ from pyspark.testing import assertDataFrameEqual
 from spark_jobs import generate, ingest
 from tracelake.config import GeneratorSettings
 from tracelake.runs import job_run
-from tracelake.tables import read_table, table_spec
+from tracelake.tables import latest_version, read_table, table_spec
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +185,34 @@ def test_missing_required_column_fails_naming_file_and_column(spark, lake, runs)
             _ingest(spark, lake["settings"])
     finally:
         bad.unlink()
+
+
+def test_killed_mid_write_leaves_the_last_version_readable_and_a_rerun_completes(spark, lake, runs):
+    """SIGKILL a spark-submit-equivalent ingest while it writes silver; Delta's commit is atomic."""
+    root = lake["root"]
+    committed = {name: latest_version(spark, table_spec(name), root) for name in OUTPUTS}
+    before = _contents(spark, root)
+    command = [sys.executable, "-m", "spark_jobs.ingest", "--start-date", str(START), "--end-date", str(END),
+               "--lake-root", str(root), "--master", "local[1]", "--set", "spark.driver_memory=1g"]
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("TRACELAKE_")})
+    try:
+        for line in job.stderr:  # the job's JSON log lines
+            if '"write silver_scan_events: started"' in line:
+                time.sleep(1.0)  # let the write's tasks start writing files
+                break
+        else:
+            pytest.fail(f"ingest ended (exit {job.wait()}) before writing silver")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the Python driver and its JVM
+        job.wait()
+    assert job.returncode == -signal.SIGKILL
+
+    # No half-written version: silver's last commit is the one before the kill, and it reads in full.
+    assert latest_version(spark, table_spec("silver_scan_events"), root) == committed["silver_scan_events"]
+    assertDataFrameEqual(_contents(spark, root)["silver_scan_events"], before["silver_scan_events"])
+    rerun = _ingest(spark, lake["settings"])
+    assert all(r["ok"] for r in rerun["reconciliation"].values())
+    after = _contents(spark, root)
+    for name in OUTPUTS:
+        assertDataFrameEqual(after[name], before[name])
