@@ -36,6 +36,8 @@ from training.model import ProbabilityModel, SequenceAnomalyModel
 INPUT_NAMES = ("seq", "seq_len", "tab")
 OUTPUT_NAME = "probabilities"
 METADATA_PREFIX = "tracelake."
+# ONNX Runtime and torch may differ by less than this at most; a caller may only ask for less.
+MAX_PARITY_TOLERANCE = 1e-4
 
 
 class OnnxParityError(TracelakeError, RuntimeError):
@@ -133,6 +135,9 @@ def export_onnx(
 
     if rows.n_rows == 0:
         raise ValueError("the parity check needs at least one real row")
+    if not 0 < tolerance <= MAX_PARITY_TOLERANCE:
+        raise ValueError(f"parity tolerance {tolerance:g} must lie in (0, {MAX_PARITY_TOLERANCE:g}]; "
+                         "a looser check would register models that score differently from torch")
     spec = model.feature_spec
     if thresholds is not None and set(thresholds) != set(spec.label_names):
         raise ValueError(f"thresholds {sorted(thresholds)} must name exactly the labels {list(spec.label_names)}")

@@ -67,3 +67,18 @@ def test_run_onnx_matches_rows_in_layout_order(tmp_path):
     whole, chunked = run_onnx(path, rows), run_onnx(path, rows, batch_size=7)
     np.testing.assert_array_equal(whole.shape, (30, len(LABELS)))
     assert np.abs(whole - chunked).max() < 1e-6
+
+
+def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
+    from pydantic import ValidationError
+
+    from tracelake.config import TrainingSettings
+
+    assert TrainingSettings().onnx_parity_tolerance == onnx_export.MAX_PARITY_TOLERANCE == 1e-4
+    assert TrainingSettings(onnx_parity_tolerance=1e-6).onnx_parity_tolerance == 1e-6  # tighter is fine
+    with pytest.raises(ValidationError, match="onnx_parity_tolerance"):
+        TrainingSettings(onnx_parity_tolerance=1e-3)
+    with pytest.raises(ValueError, match=r"parity tolerance 0.001 must lie in \(0, 0.0001\]"):
+        export_onnx(fitted_model("gru"), tmp_path / "m.onnx", synthetic_arrays(5, SPEC, seed=0),
+                    exporter="torchscript", tolerance=1e-3)
+    assert list(tmp_path.iterdir()) == []
