@@ -432,7 +432,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="run the training processes on the driver (default: training.local_mode)")
     mode.add_argument("--cluster-mode", dest="local_mode", action="store_false",
                       help="run the training processes as Spark tasks on the executors")
-    parser.add_argument("--use-gpu", action="store_true", default=None, help="train on GPUs (NCCL, bf16)")
+    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="train on GPUs (NCCL, bf16) or, with --no-use-gpu, on CPUs (default: training.use_gpu)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="rows per process and step")
     parser.add_argument("--learning-rate", type=float)

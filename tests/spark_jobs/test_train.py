@@ -7,6 +7,8 @@ is shared by the tests of this module; they run in file order.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,25 @@ def test_cli_errors_name_the_value(capsys):
     (0.40, float("nan"), 0.0, True), (float("nan"), 0.50, 0.0, False)])
 def test_decide_needs_more_than_the_margin(challenger, champion, margin, expected):
     assert promote.decide(challenger, champion, margin) is expected
+
+
+def test_cli_options_override_config_both_ways():
+    args = train.parse_args(["--training-set", "s", "--cluster-mode", "--no-use-gpu", "--num-processes", "4"])
+    assert (args.local_mode, args.use_gpu, args.num_processes) == (False, False, 4)
+    args = train.parse_args(["--training-set", "s", "--use-gpu"])
+    assert (args.local_mode, args.use_gpu, args.num_processes) == (None, True, None)  # None: the configured value
+
+
+def test_resume_continues_the_latest_interrupted_run(spark, settings):
+    with job_run("train", settings=settings, spark=spark) as run:
+        parent = Path(settings.lake_root) / settings.training.runs_dir / "resume-set"
+        assert train.run_dir_for(run, "resume-set", resume=True) == parent / run.run_id  # nothing to resume
+        for name, age, finished in (("old", 300, False), ("new", 100, False), ("done", 0, True)):
+            checkpoint = parent / name / "checkpoints" / "last.pt"
+            checkpoint.parent.mkdir(parents=True)
+            checkpoint.write_bytes(b"")
+            os.utime(checkpoint, (time.time() - age, time.time() - age))
+            if finished:
+                (parent / name / "result.json").write_text("{}")
+        assert train.run_dir_for(run, "resume-set", resume=True) == parent / "new"
+        assert train.run_dir_for(run, "resume-set", resume=False) == parent / run.run_id
