@@ -23,6 +23,7 @@ the lake against accidents; it is not a sandbox for untrusted users.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,10 +126,25 @@ def check_read_only(spark: SparkSession, sql: str) -> str:
     return plan.getClass().getSimpleName()
 
 
+# DESCRIBE HISTORY / DETAIL need a Delta table, not a temporary view: a view name is replaced by its path.
+_DELTA_METADATA = re.compile(r"^(\s*DESCRIBE\s+(?:HISTORY|DETAIL)\s+)(`[^`]+`|[A-Za-z_][\w]*)(?=\s|;|$)",
+                             re.IGNORECASE)
+
+
+def _delta_metadata_on_views(sql: str, views: dict[str, TableSpec], lake_root: str | Path) -> str:
+    """``DESCRIBE HISTORY <view>`` -> ``DESCRIBE HISTORY delta.`<location>` `` for a view over a lake table."""
+    match = _DELTA_METADATA.match(sql)
+    if not match or match.group(2).strip("`") not in views:
+        return sql
+    location = str(views[match.group(2).strip("`")].location(lake_root)).replace("`", "``")
+    return f"{match.group(1)}delta.`{location}`{sql[match.end():]}"
+
+
 def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame:
     """Check ``sql`` is read-only, register the lake's views, and return its (lazy) result."""
     check_read_only(spark, sql)
-    register_views(spark, lake_root)
+    views = register_views(spark, lake_root)
+    sql = _delta_metadata_on_views(sql, views, lake_root)
     try:
         return spark.sql(sql)
     except Exception as error:  # AnalysisException: unknown view or column, type errors

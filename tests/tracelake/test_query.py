@@ -84,3 +84,11 @@ def test_main_prints_a_table_and_writes_csv(spark, lake, lake_settings, tmp_path
     pd.testing.assert_frame_equal(pd.read_csv(csv), pd.DataFrame({"event_id": ["e0", "e2", "e1"],
                                                                   "anomaly_score": [0.9, 0.7, 0.2]}))
     assert spark.table("scored_events").where(F.col("event_id") == "e0").count() == 1
+
+
+def test_delta_history_and_detail_of_a_view(spark, lake):
+    """DESCRIBE HISTORY / DETAIL accept the view names (Delta itself only takes tables or paths)."""
+    history = query.run_query(spark, lake, "DESCRIBE HISTORY scored_events").select("version", "operation")
+    assertDataFrameEqual(history, spark.createDataFrame([(0, "WRITE")], "version bigint, operation string"))
+    detail = query.run_query(spark, lake, "describe detail `drift`").select("location", "partitionColumns").first()
+    assert detail["location"].endswith("monitoring/drift") and detail["partitionColumns"] == ["event_date"]
