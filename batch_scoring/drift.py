@@ -28,6 +28,31 @@ NULL_BIN = -1
 OK, WARN, DRIFT = "ok", "warn", "drift"
 
 
+SEQ_LEN_INPUT = "seq_len"
+EVENT_STEP_PREFIX = "seq_last_"
+
+
+def event_step_inputs(seq_features: Sequence[str]) -> list[str]:
+    """Monitored columns of the sequence input: its length and each step feature at the event's own step."""
+    return [SEQ_LEN_INPUT, *(f"{EVENT_STEP_PREFIX}{name}" for name in seq_features)]
+
+
+def with_event_step(frame: DataFrame, seq_features: Sequence[str], seq_column: str = "seq",
+                    seq_len_column: str = "seq_len") -> DataFrame:
+    """Add ``seq_last_<f>``: feature ``f`` of the sequence's last real step, i.e. of the event itself.
+
+    ``seq`` is time-major (element ``t * len(seq_features) + f`` is feature
+    ``f`` of step ``t``) and steps ``0 .. seq_len - 1`` are real, so the event's
+    own step starts at ``(seq_len - 1) * len(seq_features)``. The padding and
+    the EPC's older steps are left out: they repeat earlier events' values.
+    """
+    width = len(seq_features)
+    start = (F.col(seq_len_column) - 1) * F.lit(width)
+    return frame.select("*", *[
+        F.element_at(F.col(seq_column), start + F.lit(j + 1)).cast("double").alias(f"{EVENT_STEP_PREFIX}{name}")
+        for j, name in enumerate(seq_features)])
+
+
 def quantile_edges(reference: DataFrame, columns: Sequence[str], bins: int,
                    relative_error: float) -> dict[str, list[float]]:
     """Interior bin edges of each column: its reference quantiles at 1/bins .. (bins-1)/bins, distinct."""

@@ -10,7 +10,9 @@ One run, one pass over each table for the whole range:
    (checksum checked) and its reference: the training set named by the
    version's ``training_set`` tag at Delta version ``training_set_version``
    (else ``monitoring.reference_training_set``, latest version);
-2. inputs: the tabular model inputs of features_event_features of the range
+2. inputs: the tabular model inputs of features_event_features of the range,
+   and of the sequence input its length ``seq_len`` and each step feature at
+   the event's own step (``seq_last_<feature>``, drift.with_event_step),
    against the reference's ``monitoring.input_reference_split`` (the rows the
    model was fit on);
 3. scores: ``p_<label>`` and ``anomaly_score`` of the range against the same
@@ -132,17 +134,18 @@ def drift_rows(
     settings = run.settings.monitoring
     reference, reference_name = reference_frame(run, loaded)
     model = loaded.model
-    inputs = list(model.tab_features)
+    inputs = [*model.tab_features, *drift.event_step_inputs(model.seq_features)]
     score_columns = [*(probability_column(label) for label in model.label_names), SCORE_COLUMN]
     in_days = F.col("event_date").isin([F.lit(d) for d in days])
 
-    input_ref = reference.where(F.col("split") == settings.input_reference_split)
+    input_ref = drift.with_event_step(reference.where(F.col("split") == settings.input_reference_split),
+                                      model.seq_features)
     score_ref = with_anomaly_score(
         probabilities(reference.where(F.col("split") == settings.score_reference_split), model, passthrough=[]),
         model.label_names).localCheckpoint()  # scored once, read twice (quantiles, counts)
     groups = []
     for kind, columns, ref, actual in (
-        (INPUT, inputs, input_ref, features.where(in_days)),
+        (INPUT, inputs, input_ref, drift.with_event_step(features.where(in_days), model.seq_features)),
         (SCORE, score_columns, score_ref, scores.where(in_days)),
     ):
         edges = drift.quantile_edges(ref, columns, settings.psi_bins, settings.quantile_relative_error)

@@ -3,7 +3,8 @@
 The feature rows are random but in the real layout of features_event_features
 (every tabular feature, sequences of the configured length), so the model,
 the scoring job and monitoring read exactly what they read in production.
-Day 2 carries one shifted input (``SHIFTED``) for the drift test.
+Day 2 carries one shifted tabular input (``SHIFTED``) and one sequence feature
+shifted at the event's own step (``SHIFTED_STEP``) for the drift test.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ REFERENCE_ROWS = 1200
 MODEL_NAME = "tracelake-anomaly-lstm"
 REFERENCE_SET = "ref"
 SHIFTED = "hist_scans"
+SHIFTED_STEP = "gap_log"
 
 
 def feature_rows(n: int, day: dt.date, seed: int, prefix: str) -> pd.DataFrame:
@@ -80,6 +82,9 @@ def scoring_lake(spark, test_settings, tmp_path_factory):
     day1 = feature_rows(ROWS_PER_DAY, DAY1, seed=1, prefix="a")
     day2 = feature_rows(ROWS_PER_DAY, DAY2, seed=2, prefix="a")
     day2[SHIFTED] = day2[SHIFTED] + 3.0  # drifted input on day 2
+    width, step_feature = len(sequence_features()), sequence_features().index(SHIFTED_STEP)
+    for seq, n in zip(day2["seq"], day2["seq_len"]):
+        seq[(n - 1) * width + step_feature] += 3.0  # drifted sequence feature at the event's step on day 2
     features = pd.concat([day1, day2], ignore_index=True)
     write_table(to_spark(spark, features, features_spec), features_spec, lake, start=DAY1, end=DAY2)
 

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from batch_scoring import drift, monitor
-from scoring_frames import DAY1, DAY2, SHIFTED
+from scoring_frames import DAY1, DAY2, SHIFTED, SHIFTED_STEP
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
 
@@ -33,6 +33,17 @@ def test_bins_put_nulls_apart_and_cut_at_the_edges(spark):
     assertDataFrameEqual(got, expected)
 
 
+def test_event_step_picks_the_last_real_step(spark):
+    # 3 steps x 2 features, time-major; seq_len 2 -> step 1 (elements 2, 3); seq_len 3 -> step 2 (4, 5)
+    frame = spark.createDataFrame([("a", [0.0, 1.0, 2.0, 3.0, 0.0, 0.0], 2), ("b", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 3),
+                                   ("c", [7.0, 8.0, 0.0, 0.0, 0.0, 0.0], 1)], "id string, seq array<float>, seq_len int")
+    got = drift.with_event_step(frame, ["x", "y"]).drop("seq")
+    expected = spark.createDataFrame([("a", 2, 2.0, 3.0), ("b", 3, 4.0, 5.0), ("c", 1, 7.0, 8.0)],
+                                     "id string, seq_len int, seq_last_x double, seq_last_y double")
+    assertDataFrameEqual(got, expected)
+    assert drift.event_step_inputs(["x", "y"]) == ["seq_len", "seq_last_x", "seq_last_y"]
+
+
 def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored):
     settings = scoring_lake["settings"]
     with job_run("monitor", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
@@ -40,12 +51,16 @@ def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored)
         markers = {day: monitor.retrain_marker(run, day) for day in (DAY1, DAY2)}
     table = read_table(spark, table_spec("monitoring_drift"), str(settings.lake_path))
 
-    shifted = table.where(F.col("feature") == SHIFTED).select("event_date", "kind", "status")
-    expected = spark.createDataFrame([(DAY1, "input", "ok"), (DAY2, "input", "drift")],
-                                     "event_date date, kind string, status string")
+    step = f"seq_last_{SHIFTED_STEP}"
+    shifted = table.where(F.col("feature").isin(SHIFTED, step)).select("event_date", "feature", "kind", "status")
+    expected = spark.createDataFrame(
+        [(DAY1, SHIFTED, "input", "ok"), (DAY2, SHIFTED, "input", "drift"),
+         (DAY1, step, "input", "ok"), (DAY2, step, "input", "drift")],
+        "event_date date, feature string, kind string, status string")
     assertDataFrameEqual(shifted, expected)
-    # every tabular input and every score column gets one row per day
-    n_inputs = len(scoring_lake["spec"].tab_features)
+    # every tabular input, seq_len, every sequence feature at the event's step and every score column:
+    # one row per day
+    n_inputs = len(scoring_lake["spec"].tab_features) + 1 + len(scoring_lake["spec"].seq_features)
     per_day = table.groupBy("event_date", "kind").count()
     assertDataFrameEqual(per_day, spark.createDataFrame(
         [(DAY1, "input", n_inputs), (DAY2, "input", n_inputs), (DAY1, "score", 6), (DAY2, "score", 6)],
@@ -53,7 +68,8 @@ def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored)
     # nothing else drifts on day 1 (same distribution as the reference)
     assert table.where((F.col("event_date") == F.lit(DAY1)) & (F.col("status") == "drift")).count() == 0
 
-    assert SHIFTED in summary["retrain_days"][DAY2.isoformat()] and DAY1.isoformat() not in summary["retrain_days"]
+    assert {SHIFTED, step} <= set(summary["retrain_days"][DAY2.isoformat()])
+    assert DAY1.isoformat() not in summary["retrain_days"]
     assert not markers[DAY1].exists()
     marker = json.loads(markers[DAY2].read_text())
     assert marker["event_date"] == DAY2.isoformat() and SHIFTED in {d["feature"] for d in marker["drifted"]}
