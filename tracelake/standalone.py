@@ -2,7 +2,9 @@
 
 `tracelake cluster start` launches one master and N workers (default 2) as
 background processes bound to 127.0.0.1, `tracelake cluster stop` ends them.
-The jobs then run unchanged with `--master spark://127.0.0.1:7077`. Workers
+The jobs then run unchanged with `--master spark://127.0.0.1:7077`. The
+master's web UI listens on 8090 (workers 8091, 8092, ...), not Spark's 8080,
+which is the Airflow API server's port in `airflow standalone`. Workers
 are started from the same installation, so Delta's JARs (copied into
 pyspark's jars folder by `make setup`) and the project's Python environment
 reach the executors.
@@ -24,6 +26,8 @@ from pathlib import Path
 from tracelake.errors import TracelakeError
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+DEFAULT_PORT = 7077
+DEFAULT_WEBUI_PORT = 8090  # Spark's 8080 is Airflow's API server (airflow standalone)
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 
@@ -56,6 +60,23 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> None:
     raise ClusterError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s; see the logs in the state folder")
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """True when something already listens on (or holds) ``host:port``.
+
+    Checked before launching anything: otherwise a second master would fail to
+    bind while the workers register with whatever already answers there (another
+    cluster's master), or the web UI would move to the next free port while
+    start() asks the old one (e.g. Airflow's API server) for the workers.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of a stopped cluster is no owner
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _launch(args: list[str], log_file: Path, env: dict[str, str]) -> int:
     spark_class = _spark_home() / "bin" / "spark-class"
     with log_file.open("ab") as log:
@@ -73,14 +94,21 @@ def start(
     cores_per_worker: int = 1,
     memory_per_worker: str = "2g",
     host: str = "127.0.0.1",
-    port: int = 7077,
-    webui_port: int = 8080,
+    port: int = DEFAULT_PORT,
+    webui_port: int = DEFAULT_WEBUI_PORT,
     timeout_s: float = 60.0,
 ) -> ClusterState:
     """Start a master and ``workers`` workers; returns once all have registered."""
     state_file = state_dir / "cluster.json"
     if state_file.exists():
         raise ClusterError(f"a cluster is already recorded in {state_file}; run `tracelake cluster stop` first")
+    taken = [f"{what} {number}" for what, number in (("master port", port), ("web UI port", webui_port))
+             if _port_taken(host, number)]
+    if taken:
+        raise ClusterError(
+            f"{' and '.join(taken)} on {host} already in use (another Spark cluster, Airflow's API server?); "
+            "stop what holds it or choose free ports with --port / --webui-port"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("SPARK_HOME", str(_spark_home()))
@@ -122,7 +150,7 @@ def _wait_for_workers(state: ClusterState, webui_port: int, expected: int, timeo
             alive = sum(1 for w in info.get("workers", []) if w.get("state") == "ALIVE")
             if alive >= expected:
                 return
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or not a Spark master answering
             pass
         time.sleep(1)
     raise ClusterError(f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:.0f}s")
@@ -142,9 +170,7 @@ def stop(state_dir: Path) -> bool:
     for pid in [*state.worker_pids, state.master_pid]:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _exited(pid):
                 break
             time.sleep(0.2)
         else:
@@ -152,8 +178,24 @@ def stop(state_dir: Path) -> bool:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            _exited(pid)
     state_file.unlink()
     return True
+
+
+def _exited(pid: int) -> bool:
+    """True once ``pid`` is gone. When this process started the cluster (a benchmark, a test)
+    the JVMs are its children: reap them here, or they stay zombies that look alive."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:  # not our child (started by an earlier `tracelake cluster start`)
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cores-per-worker", type=int, default=1)
     parser.add_argument("--memory-per-worker", default="2g")
-    parser.add_argument("--port", type=int, default=7077)
-    parser.add_argument("--webui-port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="master port (default %(default)s)")
+    parser.add_argument("--webui-port", type=int, default=DEFAULT_WEBUI_PORT,
+                        help="master web UI port; workers use the next ones (default %(default)s)")
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir).resolve()
     if args.action == "start":
