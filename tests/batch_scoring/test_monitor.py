@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from pyspark.sql import functions as F
@@ -12,6 +13,17 @@ from batch_scoring import drift, monitor
 from scoring_frames import DAY1, DAY2, SHIFTED, SHIFTED_STEP
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
+
+
+class _Records(logging.Handler):
+    """Keeps the records of the monitor job's logger (which does not propagate to pytest's caplog)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_psi_of_known_shares():
@@ -46,9 +58,15 @@ def test_event_step_picks_the_last_real_step(spark):
 
 def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored):
     settings = scoring_lake["settings"]
-    with job_run("monitor", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
-        summary = monitor.execute(run)
-        markers = {day: monitor.retrain_marker(run, day) for day in (DAY1, DAY2)}
+    warnings = _Records(logging.WARNING)
+    logger = logging.getLogger(f"tracelake.{monitor.JOB}")
+    logger.addHandler(warnings)
+    try:
+        with job_run("monitor", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
+            summary = monitor.execute(run)
+            markers = {day: monitor.retrain_marker(run, day) for day in (DAY1, DAY2)}
+    finally:
+        logger.removeHandler(warnings)
     table = read_table(spark, table_spec("monitoring_drift"), str(settings.lake_path))
 
     step = f"seq_last_{SHIFTED_STEP}"
@@ -69,6 +87,10 @@ def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored)
     assert table.where((F.col("event_date") == F.lit(DAY1)) & (F.col("status") == "drift")).count() == 0
 
     assert {SHIFTED, step} <= set(summary["retrain_days"][DAY2.isoformat()])
+    # each drifted column of day 2 is logged as a warning, with the day, the column and its PSI
+    logged = {(r.event_date, r.feature) for r in warnings.records if "drift:" in r.getMessage()}
+    assert {(DAY2.isoformat(), SHIFTED), (DAY2.isoformat(), step)} <= logged
+    assert all(day == DAY2.isoformat() for day, _ in logged)
     assert DAY1.isoformat() not in summary["retrain_days"]
     assert not markers[DAY1].exists()
     marker = json.loads(markers[DAY2].read_text())
