@@ -97,7 +97,7 @@ def scan_steps(silver: DataFrame, settings: FeatureSettings) -> DataFrame:
     """Silver scan events plus each event's order key and its relation to its previous scan.
 
     Added columns: ``micros``, ``ord`` (order key, see the module doc),
-    ``has_prev``, ``prev_ord``, ``prev_location_id``, ``prev_tier``, ``gap_s``,
+    ``has_prev``, ``prev_ord``, ``prev_location_id``, ``prev_tier``, ``gap_s``, ``gap_us``,
     ``dist_km``, ``speed_kmh``, ``tier_change``, ``same_location`` (the
     previous-scan columns are null without a previous scan in the history),
     ``is_inbound``, ``is_outbound``, ``out_without_in``, ``event_type_idx``,
@@ -138,6 +138,7 @@ def scan_steps(silver: DataFrame, settings: FeatureSettings) -> DataFrame:
         when_prev(F.col("_prev_location_id")).alias("prev_location_id"),
         when_prev(F.col("_prev_location_tier")).alias("prev_tier"),
         when_prev(gap_s).alias("gap_s"),
+        when_prev(F.col("micros") - F.col("_prev_micros")).alias("gap_us"),
         when_prev(dist).alias("dist_km"),
         when_prev(dist / hours).alias("speed_kmh"),
         when_prev(F.col("location_tier") - F.col("_prev_location_tier")).alias("tier_change"),

@@ -10,6 +10,11 @@ scan day) first, so only those few daily rows are spread; distinct EPCs and
 transit-time percentiles are not additive, so their (deduplicated) rows are
 spread themselves -- ``snapshot_window_days`` copies each.
 
+Means and standard deviations come from exact sums (integer microseconds
+summed as decimals), never from sums of doubles: floating-point addition
+depends on the order rows meet in, and a backfill of a range in one job must
+write the same bits as one run per day.
+
 Inputs are :func:`spark_jobs.transforms.event_features.scan_steps` of silver
 (the previous-scan columns that dwell, order and transit times need), the
 silver labels and the reference locations. The steps must cover
@@ -57,6 +62,26 @@ def _ratio(numerator: str, denominator: str) -> Column:
     return F.when(F.col(denominator) > 0, F.col(numerator) / F.col(denominator))
 
 
+_EXACT = "decimal(38,0)"
+_MICROS_PER_S = 1_000_000.0
+
+
+def _exact_moments(value_us: Column, prefix: str) -> list[Column]:
+    """Count, sum and sum of squares of an integer microsecond value, all exact (order-independent)."""
+    exact = value_us.cast(_EXACT)
+    return [F.count(value_us).alias(f"{prefix}_n"), F.sum(exact).alias(f"{prefix}_sum"),
+            F.sum(exact * exact).alias(f"{prefix}_sumsq")]
+
+
+def _mean_std(prefix: str, unit_us: float) -> tuple[Column, Column]:
+    """Mean and sample standard deviation in ``unit_us`` units from :func:`_exact_moments` columns."""
+    n = F.col(f"{prefix}_n")
+    total, squares = F.col(f"{prefix}_sum").cast("double"), F.col(f"{prefix}_sumsq").cast("double")
+    mean = F.when(n > 0, total / n / F.lit(unit_us))
+    variance = (squares - total * total / n) / (n - 1) / F.lit(unit_us * unit_us)
+    return mean, F.when(n > 1, F.sqrt(F.greatest(variance, F.lit(0.0))))
+
+
 def location_snapshots(
     steps: DataFrame,
     labels: DataFrame,
@@ -69,7 +94,7 @@ def location_snapshots(
     """One row per reference location and day of [first_day, last_day] (features_location_daily layout)."""
     window, label_window = settings.snapshot_window_days, settings.label_window_days
     arrival = F.col("has_prev") & ~F.col("same_location")
-    dwell_h = F.when(F.col("has_prev") & F.col("same_location"), F.col("gap_s") / F.lit(3600.0))
+    dwell_us = F.when(F.col("has_prev") & F.col("same_location"), F.col("gap_us"))
 
     def count_if(cond: Column) -> Column:
         return F.sum(F.coalesce(cond, F.lit(False)).cast("long"))
@@ -79,9 +104,7 @@ def location_snapshots(
         count_if(F.col("is_inbound")).alias("inbound_events"),
         count_if(F.col("is_outbound")).alias("outbound_events"),
         count_if(F.col("out_without_in")).alias("out_without_in"),
-        F.count(dwell_h).alias("dwell_n"),
-        F.sum(dwell_h).alias("dwell_sum"),
-        F.sum(dwell_h * dwell_h).alias("dwell_sumsq"),
+        *_exact_moments(dwell_us, "dwell"),
         count_if(arrival).alias("arrivals"),
         count_if(arrival & (F.col("tier_change") < 0)).alias("backward"),
     )
@@ -111,8 +134,7 @@ def location_snapshots(
     keys = ["location_id", SNAPSHOT_DATE]
     grid = (days.join(in_window, keys, "left").join(label_events, keys, "left").join(epcs, keys, "left")
             .join(labelled, keys, "left").na.fill(0, [*sums, "label_window_events", "epcs", *types]))
-    dwell_var = (F.col("dwell_sumsq") - F.col("dwell_sum") * F.col("dwell_sum") / F.col("dwell_n")) / (
-        F.col("dwell_n") - 1)
+    dwell_mean_h, dwell_std_h = _mean_std("dwell", 3600 * _MICROS_PER_S)
     return grid.select(
         "location_id",
         SNAPSHOT_DATE,
@@ -122,8 +144,8 @@ def location_snapshots(
         "inbound_events",
         "outbound_events",
         _ratio("out_without_in", "outbound_events").alias("out_without_in_share"),
-        _ratio("dwell_sum", "dwell_n").alias("dwell_mean_h"),
-        F.when(F.col("dwell_n") > 1, F.sqrt(F.greatest(dwell_var, F.lit(0.0)))).alias("dwell_std_h"),
+        dwell_mean_h.alias("dwell_mean_h"),
+        dwell_std_h.alias("dwell_std_h"),
         "arrivals",
         _ratio("backward", "arrivals").alias("backward_share"),
         "label_window_events",
@@ -140,16 +162,18 @@ def route_snapshots(
         F.col("location_id").alias("to_location_id"),
         "event_date",
         F.col("gap_s").alias("transit_s"),
+        F.col("gap_us").alias("transit_us"),
     )
     spread = _spread(transits, *_window_days(F.col("event_date"), settings.snapshot_window_days),
                      first_day, last_day)
+    transit_mean_s, transit_std_s = _mean_std("transit", _MICROS_PER_S)
     return spread.groupBy("from_location_id", "to_location_id", SNAPSHOT_DATE).agg(
-        F.count(F.lit(1)).alias("transits"),
-        F.avg("transit_s").alias("transit_mean_s"),
-        F.stddev_samp("transit_s").alias("transit_std_s"),
+        *_exact_moments(F.col("transit_us"), "transit"),
+        # percentile sorts its values, so it does not depend on their order
         F.percentile("transit_s", F.lit(0.05)).alias("transit_p05_s"),
         F.percentile("transit_s", F.lit(0.5)).alias("transit_p50_s"),
     ).select(
         "from_location_id", "to_location_id", SNAPSHOT_DATE, _effective_ts(F.col(SNAPSHOT_DATE)).alias(SNAPSHOT_TS),
-        "transits", "transit_mean_s", "transit_std_s", "transit_p05_s", "transit_p50_s",
+        F.col("transit_n").alias("transits"), transit_mean_s.alias("transit_mean_s"),
+        transit_std_s.alias("transit_std_s"), "transit_p05_s", "transit_p50_s",
     )

@@ -1,5 +1,6 @@
 import datetime as dt
 import math
+import statistics
 
 import pytest
 from pyspark.sql import functions as F
@@ -200,3 +201,39 @@ def test_a_range_run_equals_single_day_runs(spark, test_settings):
     singles = [build(day(d), day(d)) for d in (2, 3, 4)]
     for i, frame in enumerate(whole):
         assertDataFrameEqual(frame, singles[0][i].union(singles[1][i]).union(singles[2][i]))
+
+
+def test_snapshot_statistics_do_not_depend_on_row_order(spark, test_settings):
+    """Means and deviations come from exact sums: any partitioning or order of the rows gives the same bits.
+
+    (Sums of doubles depend on the order rows meet in; a backfill of a range in one job would then
+    write different last bits than one run per day.)
+    """
+    settings = test_settings.features.model_copy(update={"lookback_days": 2, "snapshot_window_days": 2})
+    # Dwell times at F1 and transits F1 -> W1 with fractional seconds of very different sizes.
+    rows = []
+    for i in range(40):
+        epc, start = f"E{i}", 1 + (i % 7) * 0.123456789
+        rows += [(f"{epc}a", epc, ts(0, start), "F1", "Aggregation"),
+                 (f"{epc}b", epc, ts(0, start + 1e-3 * i + 0.5), "F1", "Factory_Outbound"),
+                 (f"{epc}c", epc, ts(1, start + (i % 11) * 1.000000777), "W1", "WMS_Inbound")]
+    events = silver(spark, rows)
+    labels = make_labels(spark, [])
+
+    def snapshots(frame):
+        steps = scan_steps(frame, settings)
+        loc = location_snapshots(steps, labels, locations(spark), first_day=day(1), last_day=day(2),
+                                 settings=settings)
+        return loc, route_snapshots(steps, first_day=day(1), last_day=day(2), settings=settings)
+
+    a = snapshots(events)
+    b = snapshots(events.orderBy(F.col("event_id").desc()).repartition(7))
+    for one, other in zip(a, b):
+        assert one.count() > 0
+        assert one.exceptAll(other).count() == 0 and other.exceptAll(one).count() == 0
+    route = a[1].where("from_location_id = 'F1' AND to_location_id = 'W1' AND snapshot_date = '2025-07-03'").first()
+    transits = [86_400 + ((i % 11) * 1.000000777 - 1e-3 * i - 0.5) * 3600 for i in range(40)]
+    assert route["transits"] == 40
+    # (timestamps carry whole microseconds)
+    assert route["transit_mean_s"] == pytest.approx(sum(transits) / 40, rel=1e-9)
+    assert route["transit_std_s"] == pytest.approx(statistics.stdev(transits), rel=1e-6)
