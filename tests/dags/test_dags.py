@@ -153,6 +153,45 @@ def test_master_comes_from_the_connection_as_the_provider_reads_it(parsed):
                                  "by_scheme": "spark://127.0.0.1:7077", "yarn": "yarn"}
 
 
+# ---------------------------------------------------------------- backfill
+
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory) -> dict:
+    """An embedded Airflow home (SQLite) with its database migrated and the DAGs serialized; no scheduler."""
+    home = tmp_path_factory.mktemp("airflow-backfill")
+    env = airflow_env(home)
+    for command in (["db", "migrate"], ["dags", "reserialize"]):
+        done = run_airflow(env, *command, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"home": home, "env": env}
+
+
+def test_backfill_create_makes_one_run_per_day_that_processes_that_day(airflow_db):
+    """`airflow backfill create --from-date D1 --to-date D3`: one run per day whose data interval is
+    that day, and each task's arguments name exactly that day (what the operator guide promises);
+    a second backfill of the DAG is refused while the first is running (no day processed twice at once)."""
+    env = airflow_db["env"]
+    backfill = ["backfill", "create", "--dag-id", "tracelake_daily", "--from-date", "2025-07-01", "--to-date", "2025-07-03"]
+    done = run_airflow(env, *backfill, "--max-active-runs", "1", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    with sqlite3.connect(airflow_db["home"] / "airflow.db") as db:
+        runs = db.execute("SELECT run_id, run_type, data_interval_start, data_interval_end FROM dag_run "
+                          "WHERE dag_id = 'tracelake_daily' ORDER BY logical_date").fetchall()
+    days = ["2025-07-01", "2025-07-02", "2025-07-03", "2025-07-04"]
+    assert [(kind, start[:10], end[:10]) for _, kind, start, end in runs] == [
+        ("backfill", days[i], days[i + 1]) for i in range(3)]
+
+    middle = runs[1][0]  # the run of 2025-07-02 (its run id names when it was due: 2025-07-03)
+    rendered = run_airflow(env, "tasks", "render", "tracelake_daily", "ingest", middle, timeout=300)
+    assert rendered.returncode == 0, rendered.stdout[-3000:] + rendered.stderr[-3000:]
+    assert "['--start-date', '2025-07-02', '--end-date', '2025-07-02', '--master', 'local[2]']" in rendered.stdout
+
+    again = run_airflow(env, *backfill, "--reprocess-behavior", "completed", timeout=300)
+    assert again.returncode != 0 and "Another backfill is running for Dag tracelake_daily" in again.stdout + again.stderr
+
+
 # ---------------------------------------------------------------- end to end
 
 
