@@ -1,9 +1,14 @@
 """`tracelake demo`: the whole pipeline on the embedded default, in one session.
 
 generate → ingest → validate bronze and silver → features → validate features
-→ training set (the days whose labels have had time to arrive) → validate it. Each step is the same `execute` its spark-submit entrypoint
-runs; a step only runs on the days the previous validation passed. It ends by
-printing where the lake is and what each table holds (rows, Delta version).
+→ training set (the days whose labels have had time to arrive) → validate it
+→ train the sequence model (TorchDistributor) and the MLlib baseline (demo-sized)
+→ promotion gate → score every validated day with the champion (validated
+before it counts) → drift monitoring → the top anomalies of the last day.
+
+Each step is the same `execute` its spark-submit entrypoint runs; a step only
+runs on the days the previous validation passed. It ends by printing where
+the lake is and what each table holds (rows, Delta version).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from tracelake.errors import TracelakeError
 from tracelake.dates import days_between, parse_date
 from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
 from tracelake.spark import build_spark
+from tracelake.tracking import tracking_target
 from tracelake.tables import TableSpec, domain, all_table_specs, latest_version, named_table_spec, read_table, table_exists
 
 DEMO_TRAINING_SET = "demo"
@@ -43,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "0.01 so that a small demo has enough positives to learn from)")
     parser.add_argument("--corrupt-rate", type=float, default=0.001,
                         help="share of landing rows made unreadable, to show quarantine (default: 0.001)")
+    parser.add_argument("--full-training", action="store_true",
+                        help="train with the configured training settings instead of the demo-sized ones")
     return parser
 
 
@@ -92,7 +100,8 @@ def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs import build_features, build_training_set, generate, ingest
+    from batch_scoring import monitor, score
+    from spark_jobs import build_features, build_training_set, generate, ingest, promote, train
 
     args = build_parser().parse_args(argv)
     settings, start, end = _demo_settings(args)
@@ -119,11 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     set_start, set_end = usable[0]
     pipeline.step("training-set", set_start, set_end,
                   lambda run: build_training_set.execute(run, as_of, DEMO_TRAINING_SET))
-    pipeline.validate(named_table_spec("training_set", name=DEMO_TRAINING_SET), set_start, set_end)
+    if not pipeline.validate(named_table_spec("training_set", name=DEMO_TRAINING_SET), set_start, set_end):
+        raise DemoError(f"training set {DEMO_TRAINING_SET!r} failed validation; see the report above")
+
+    pipeline.step("train", set_start, set_end,
+                  lambda run: train.execute(run, DEMO_TRAINING_SET, quick=not args.full_training))
+    pipeline.step("promote", set_start, set_end, lambda run: promote.execute(run))
+    # Scoring validates each scored day before the run succeeds; the last
+    # range's step also prints the top anomalies of its last day.
+    for i, (s, e) in enumerate(ranges):
+        show = score.score_and_show_top if i == len(ranges) - 1 else score.execute
+        pipeline.step("score", s, e, show)
+        pipeline.step("monitor", s, e, monitor.execute)
 
     specs = [*all_table_specs(), named_table_spec("training_set", name=DEMO_TRAINING_SET)]
     summary = table_summary(pipeline.spark, specs, str(settings.lake_path))
     print(f"\nlake: {settings.lake_path}")
+    target = tracking_target(settings)
+    print(f"MLflow: {target.tracking_uri} (experiment {target.experiment}; "
+          f"`mlflow ui --backend-store-uri {target.tracking_uri}` to browse)")
     width = max(len(path) for path, _, _ in summary)
     print(f"{'table'.ljust(width)}  {'rows':>10}  version")
     for path, count, version in summary:
