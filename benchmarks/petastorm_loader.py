@@ -5,7 +5,7 @@ features x 25 steps, 50 tabular features, 5 labels) is materialised by
 petastorm's ``make_spark_converter`` exactly as the training job does it
 (training/spark_data.py: ``model_columns`` + the configured row-group size),
 then read by the loader the train function uses
-(``training.data.PetastormSource.train_batches``: ``make_batch_reader``, rank
+(``training.data.PetastormSource.train_batches``: the converter's ``make_torch_dataloader``, rank
 sharding by row group, shuffle buffer, [B, T, F] batches) for one epoch, as
 rank 0 of a world of 1 and of 2 processes, with 1 and 2 reader workers. The
 consumption side is ``train_fn`` itself on the same rows on this CPU (one

@@ -28,8 +28,8 @@ the same number of training steps on every rank (DDP needs that):
   tests, benchmarks). Every rank loads the split and takes its share of a
   permutation that is a function of (seed, epoch) only.
 - :class:`PetastormSource`: the parquet files that petastorm's
-  ``make_spark_converter`` materialises (``converter.file_urls``), read with
-  ``petastorm.make_batch_reader`` sharded by row group.
+  ``make_spark_converter`` materialises (``converter.file_urls``), read through
+  the converter's ``make_torch_dataloader`` sharded by row group.
 """
 
 from __future__ import annotations
@@ -328,22 +328,28 @@ class InMemorySource(DataSource):
 
 
 class PetastormSource(DataSource):
-    """Parquet files materialised by petastorm's ``make_spark_converter``, read with ``make_batch_reader``.
+    """Parquet files materialised by petastorm's ``make_spark_converter``, read through ``make_torch_dataloader``.
 
     ``urls`` maps each split to its dataset URL or list of file URLs
     (``converter.file_urls`` or ``converter.cache_dir_url``; ``file://`` for
-    local folders). Training reads an endless, row-group-shuffled stream per
-    epoch (seed depends on the epoch) and stops after
+    local folders). In each training process the split's converter is rebuilt
+    from its file URLs (``SparkDatasetConverter(cache_dir_url, file_urls,
+    rows)``: plain strings, so nothing of Spark travels to the process) and read
+    with ``converter.make_torch_dataloader`` (petastorm's
+    ``BatchedDataLoader``), sharded by row group with ``cur_shard=rank,
+    shard_count=world_size``. Training reads an endless, row-group-shuffled
+    stream per epoch (seed depends on the epoch) and stops after
     ``rows // (world_size * batch_size)`` batches, so every rank takes the
     same number of steps even when row groups are uneven; rows are shuffled
     further in a buffer of ``shuffle_buffer_rows`` with a generator seeded by
     (seed, epoch, rank). With one reader worker the order is reproducible,
     which mid-epoch resume relies on.
 
-    petastorm's own ``pytorch.DataLoader``/``BatchedDataLoader`` are not used:
-    they cannot turn the flat ``seq`` column into [B, T, F] without a
-    per-batch transform anyway, and their shuffling draws on torch's global
-    RNG, which would tie the data order to the model's random state.
+    The loader's own shuffling queue stays off (``shuffling_queue_capacity=0``):
+    it draws on torch's global RNG, which would tie the data order to the
+    model's random state and make a mid-epoch resume replay another order.
+    The flat ``seq`` column arrives as a [B, T*F] tensor and is reshaped to
+    [B, T, F] by :func:`columns_to_arrays`.
     """
 
     def __init__(
@@ -361,29 +367,46 @@ class PetastormSource(DataSource):
         self.rows = dict(rows or {})
         self.workers = workers
         self.shuffle_buffer_rows = shuffle_buffer_rows
+        self._layout: dict[str, tuple[list[str], int, int]] = {}
 
     def _urls(self, split: str) -> list[str]:
         if split not in self.urls:
             raise DataError(f"no petastorm URL for split {split!r}; known: {sorted(self.urls)}")
         return self.urls[split]
 
-    def _row_groups_and_rows(self, split: str) -> tuple[int, int]:
-        """Row groups and rows of a split, from the parquet footers (any URL pyarrow.fs can open)."""
+    def _files(self, split: str) -> tuple[list[str], int, int]:
+        """A split's parquet file URLs (folders expanded), row groups and rows, from the footers."""
+        if split in self._layout:
+            return self._layout[split]
         from pyarrow import fs as pafs
 
+        urls: list[str] = []
         groups = rows = 0
         for url in self._urls(split):
             filesystem, path = pafs.FileSystem.from_uri(url if "://" in url else str(Path(url).resolve()))
             info = filesystem.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise DataError(f"petastorm data {url!r} for split {split!r} does not exist")
-            files = [info] if info.type == pafs.FileType.File else [
-                f for f in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-                if f.type == pafs.FileType.File and f.path.endswith(".parquet")]
+            if info.type == pafs.FileType.File:
+                files, base = [info], url
+            else:
+                files = sorted((f for f in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                                if f.type == pafs.FileType.File and f.path.endswith(".parquet")), key=lambda f: f.path)
+                base = None
             for file in files:
                 with filesystem.open_input_file(file.path) as handle:
                     meta = pq.ParquetFile(handle).metadata
                 groups, rows = groups + meta.num_row_groups, rows + meta.num_rows
+                urls.append(base or (f"{url.rstrip('/')}/{file.path[len(path):].lstrip('/')}" if "://" in url
+                                     else file.path))
+        if not urls:
+            raise DataError(f"petastorm data {self._urls(split)} for split {split!r} holds no parquet files")
+        self._layout[split] = (urls, groups, rows)
+        return self._layout[split]
+
+    def _row_groups_and_rows(self, split: str) -> tuple[int, int]:
+        """Row groups and rows of a split, from the parquet footers (any URL pyarrow.fs can open)."""
+        _, groups, rows = self._files(split)
         return groups, rows
 
     def steps_per_epoch(self) -> int:
@@ -392,44 +415,49 @@ class PetastormSource(DataSource):
             rows = self.rows[TRAIN] = self._row_groups_and_rows(TRAIN)[1]
         return max(1, rows // (self.world_size * self.batch_size))
 
-    def _reader(self, split: str, *, num_epochs: int | None, seed: int | None, shuffle: bool) -> tuple[Any, bool]:
-        """A petastorm reader of this rank's row groups, and whether rows must still be dealt out by position."""
-        from petastorm import make_batch_reader
+    def _loader(self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None,
+                shuffle: bool) -> tuple[Any, bool]:
+        """``make_torch_dataloader`` over this rank's row groups, and whether rows must still be dealt out by position."""
+        from petastorm.pytorch import BatchedDataLoader
+        from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
 
         # petastorm 0.12 trips over many pyarrow deprecations; they say nothing about our data.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
-        groups, _ = self._row_groups_and_rows(split)
+        # BatchedDataLoader wraps Arrow's read-only buffers in tensors; nothing writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        files, groups, rows = self._files(split)
         shard = {}
         if self.world_size > 1 and groups >= self.world_size:
             shard = {"cur_shard": self.rank, "shard_count": self.world_size}
-        urls = self._urls(split)
-        reader = make_batch_reader(
-            urls if len(urls) > 1 else urls[0],
-            schema_fields=self.spec.columns,
+        converter = SparkDatasetConverter(files[0].rsplit("/", 1)[0], files, self.rows.get(split, rows))
+        loader = converter.make_torch_dataloader(
+            batch_size=chunk_rows,
             num_epochs=num_epochs,
+            workers_count=self.workers,
+            shuffling_queue_capacity=0,
+            data_loader_fn=BatchedDataLoader,
+            schema_fields=self.spec.columns,
             seed=seed,
             shuffle_row_groups=shuffle,
-            workers_count=self.workers,
             **shard,
         )
-        return reader, self.world_size > 1 and not shard
+        return loader, self.world_size > 1 and not shard
 
-    def _stream(self, split: str, *, num_epochs: int | None, seed: int | None, shuffle: bool) -> Iterator[Arrays]:
-        """Row-group chunks of this rank's share (rows are dealt out by position when row groups are too few)."""
-        reader, manual_shard = self._reader(split, num_epochs=num_epochs, seed=seed, shuffle=shuffle)
+    def _stream(self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None,
+                shuffle: bool) -> Iterator[Arrays]:
+        """Chunks of this rank's share (rows are dealt out by position when row groups are too few)."""
+        context, manual_shard = self._loader(split, chunk_rows=chunk_rows, num_epochs=num_epochs, seed=seed,
+                                             shuffle=shuffle)
         position = 0
-        try:
-            for chunk in reader:
-                arrays = columns_to_arrays(chunk._asdict(), self.spec)
+        with context as loader:
+            for chunk in loader:
+                arrays = columns_to_arrays({name: tensor.numpy() for name, tensor in chunk.items()}, self.spec)
                 if manual_shard:
                     index = np.arange(position, position + arrays.n_rows)
                     position += arrays.n_rows
                     arrays = arrays.take(np.flatnonzero(index % self.world_size == self.rank))
                 if arrays.n_rows:
                     yield arrays
-        finally:
-            reader.stop()
-            reader.join()
 
     @staticmethod
     def _concat(parts: list[Arrays]) -> Arrays:
@@ -438,10 +466,10 @@ class PetastormSource(DataSource):
     def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         steps = self.steps_per_epoch()
         rng = np.random.default_rng([self.seed, epoch, self.rank])
-        stream = self._stream(TRAIN, num_epochs=None, seed=self.seed + epoch, shuffle=True)
+        target = max(self.shuffle_buffer_rows, self.batch_size)
+        stream = self._stream(TRAIN, chunk_rows=target, num_epochs=None, seed=self.seed + epoch, shuffle=True)
         buffer: list[Arrays] = []
         buffered = emitted = 0
-        target = max(self.shuffle_buffer_rows, self.batch_size)
         try:
             while emitted < steps:
                 while buffered < target:
@@ -463,7 +491,7 @@ class PetastormSource(DataSource):
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         pending: list[Arrays] = []
         count = 0
-        for chunk in self._stream(split, num_epochs=1, seed=None, shuffle=False):
+        for chunk in self._stream(split, chunk_rows=batch_size, num_epochs=1, seed=None, shuffle=False):
             pending.append(chunk)
             count += chunk.n_rows
             if count >= batch_size:

@@ -158,7 +158,17 @@ def test_in_memory_shards_cover_every_row_once_with_equal_steps():
 
 
 @pytest.mark.parametrize("row_group_rows", [10, 200])  # 10 row groups, or fewer row groups than ranks
-def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows):
+def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
+    from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
+
+    calls = []  # the real make_torch_dataloader, its arguments recorded
+    real = SparkDatasetConverter.make_torch_dataloader
+
+    def recorded(self, *args, **kwargs):
+        calls.append((list(self.file_urls), kwargs))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparkDatasetConverter, "make_torch_dataloader", recorded)
     arrays = synthetic_arrays(100, SPEC, seed=0)
     arrays.tab[:, 0] = np.arange(100)
     folder = tmp_path / "converted"
@@ -180,6 +190,12 @@ def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows):
         assert len(batches) == 3 and all(len(b) == 16 for b in batches)
         assert batches == [b.tab[:, 0].tolist() for b in source.train_batches(epoch=0)]
         assert batches[1:] == [b.tab[:, 0].tolist() for b in source.train_batches(epoch=0, skip=1)]
+    # Every read went through the converter's torch loader, row-group sharded by rank when there are enough
+    # row groups, with petastorm's own (global-RNG) shuffling queue off; folders are expanded to their files.
+    assert calls and all(files == [f"file://{folder}/part-0.parquet"] for files, _ in calls)
+    assert all(kwargs["shuffling_queue_capacity"] == 0 and kwargs["workers_count"] == 1 for _, kwargs in calls)
+    sharded = {(kwargs.get("cur_shard"), kwargs.get("shard_count")) for _, kwargs in calls}
+    assert sharded == ({(0, 2), (1, 2)} if row_group_rows == 10 else {(None, None)})
 
 
 def test_layout_errors_name_the_problem(tmp_path):
