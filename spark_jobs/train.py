@@ -46,7 +46,8 @@ from tracelake.tables import domain, latest_version, named_table_spec, read_tabl
 JOB = "train"
 LSTM, BASELINE = "lstm", "baseline"
 MODELS = (LSTM, BASELINE)
-COMPARISON_METRICS = ("pr_auc", "roc_auc", "f1")
+# Every metric of the evaluation, per label and macro, in the printed and logged comparison.
+COMPARISON_METRICS = ("pr_auc", "roc_auc", "precision", "recall", "f1")
 # Demo-sized settings (``execute(..., quick=True)``, ``--quick``): a few epochs of a small model, the
 # fast ONNX exporter, fewer bootstrap draws; explicit options still win.
 QUICK_TRAINING: dict[str, Any] = {

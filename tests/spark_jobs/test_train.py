@@ -72,6 +72,10 @@ def test_train_registers_both_models_with_metrics_and_artifacts(trained, setting
     parent = client.get_run(trained["mlflow_run_id"])
     assert parent.data.params["training_set_version"] == "0" and "env.torch" in parent.data.params
     assert "| macro" in trained["comparison"] and "lstm" in trained["comparison"] and "baseline" in trained["comparison"]
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2])
+            for line in trained["comparison"].splitlines()[2:]}
+    assert rows == {(label, metric) for label in [*trained["models"]["lstm"]["test_pr_auc"], "macro"]
+                    for metric in ("pr_auc", "roc_auc", "precision", "recall", "f1")}
     assert not (Path(settings.lake_root) / "_petastorm_cache").exists() or not any(
         (Path(settings.lake_root) / "_petastorm_cache").iterdir())  # the converters' cache is removed
 
