@@ -192,6 +192,16 @@ def test_backfill_create_makes_one_run_per_day_that_processes_that_day(airflow_d
     assert again.returncode != 0 and "Another backfill is running for Dag tracelake_daily" in again.stdout + again.stderr
 
 
+def test_without_the_spark_connection_a_task_fails_before_spark_submit_naming_what_to_set(airflow_db):
+    """No spark_default: the provider would fall back to `--master yarn`; the DAG's template stops first."""
+    env = {k: v for k, v in airflow_db["env"].items() if k != "AIRFLOW_CONN_SPARK_DEFAULT"}
+    done = run_airflow(env, "tasks", "render", "tracelake_daily", "ingest", "2025-07-10", timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert ("Airflow connection 'spark_default' is not defined; create it, e.g. "
+            "AIRFLOW_CONN_SPARK_DEFAULT='{\"conn_type\": \"spark\", \"host\": \"local[*]\"}'") in out
+
+
 # ---------------------------------------------------------------- end to end
 
 
