@@ -57,7 +57,7 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> None:
             if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.5)
-    raise ClusterError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s; see the logs in the state folder")
+    raise ClusterError(f"the master does not listen on {host}:{port} after {timeout_s:g}s")
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -121,6 +121,24 @@ def start(
     )
     state = ClusterState(master_url=f"spark://{host}:{port}", master_pid=master_pid, log_dir=str(state_dir))
     state_file.write_text(json.dumps(asdict(state)))
+    try:
+        _start_workers(state, state_dir, env, workers=workers, cores_per_worker=cores_per_worker,
+                       memory_per_worker=memory_per_worker, host=host, port=port, webui_port=webui_port,
+                       timeout_s=timeout_s)
+    except ClusterError as exc:
+        stop(state_dir)  # a failed start leaves no JVM behind
+        raise ClusterError(f"{exc}; stopped what had started, logs in {state_dir}") from exc
+    except BaseException:  # Ctrl-C while waiting: the same
+        stop(state_dir)
+        raise
+    return state
+
+
+def _start_workers(state: ClusterState, state_dir: Path, env: dict[str, str], *, workers: int,
+                   cores_per_worker: int, memory_per_worker: str, host: str, port: int, webui_port: int,
+                   timeout_s: float) -> None:
+    """Wait for the master, launch the workers (recorded one by one), wait until all registered."""
+    state_file = state_dir / "cluster.json"
     _wait_for_port(host, port, timeout_s)
     for index in range(workers):
         work_dir = state_dir / f"worker-{index}"
@@ -134,7 +152,6 @@ def start(
         )
         state_file.write_text(json.dumps(asdict(state)))
     _wait_for_workers(state, webui_port, workers, timeout_s)
-    return state
 
 
 def _wait_for_workers(state: ClusterState, webui_port: int, expected: int, timeout_s: float) -> None:
@@ -153,7 +170,7 @@ def _wait_for_workers(state: ClusterState, webui_port: int, expected: int, timeo
         except (OSError, ValueError):  # not up yet, or not a Spark master answering
             pass
         time.sleep(1)
-    raise ClusterError(f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:.0f}s")
+    raise ClusterError(f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:g}s")
 
 
 def stop(state_dir: Path) -> bool:

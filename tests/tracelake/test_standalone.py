@@ -66,7 +66,7 @@ def test_start_registers_a_worker_a_second_start_on_its_ports_is_refused_and_sto
     try:
         assert state.master_url == f"spark://127.0.0.1:{port}"
         assert json.loads((first / "cluster.json").read_text())["worker_pids"] == state.worker_pids
-        assert all(alive(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids) and masters_on(port) == [state.master_pid]
         # Same ports again: refused before anything starts (a second master would not bind and
         # its workers would join the first one).
         with pytest.raises(standalone.ClusterError, match=f"master port {port} and web UI port {webui}"):
@@ -76,3 +76,28 @@ def test_start_registers_a_worker_a_second_start_on_its_ports_is_refused_and_sto
         stopped = standalone.stop(first)
     assert stopped and not (first / "cluster.json").exists()
     assert [pid for pid in pids if alive(pid)] == []
+
+
+def masters_on(port: int) -> list[int]:
+    """Pids of Spark masters started with ``--port <port>`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"org.apache.spark.deploy.master.Master" in args and b"--port" in args:
+            if args[args.index(b"--port") + 1] == str(port).encode():
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_start_that_fails_stops_what_it_had_launched(tmp_path):
+    port, webui = free_port(), free_port()
+    state_dir = tmp_path / "cluster"
+    # The master cannot be listening 10 ms after its launch: start gives up, and cleans up.
+    with pytest.raises(standalone.ClusterError, match=rf"the master does not listen on 127.0.0.1:{port} after 0.01s; "
+                                                      rf"stopped what had started, logs in {state_dir}"):
+        standalone.start(state_dir, workers=1, port=port, webui_port=webui, timeout_s=0.01)
+    assert not (state_dir / "cluster.json").exists()
+    assert masters_on(port) == []
