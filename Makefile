@@ -1,29 +1,49 @@
 # tracelake: `make demo` sets everything up and runs the pipeline; `make test` runs the tests.
+#
+# Two Spark lines, each in its own environment with its own lock:
+#   SPARK=4.2 (default)  .venv             requirements.lock             Delta 4.4 (Scala 2.13)
+#   SPARK=3.5            .venv-spark3.5    requirements-spark3.5.lock    Delta 3.3 (Scala 2.12), petastorm
+# `make setup SPARK=3.5` / `make demo SPARK=3.5` use the second one.
+# `make test` runs the whole suite on 4.2 and the compatibility subset on 3.5.
 SHELL := /bin/bash
+SPARK ?= 4.2
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+ifeq ($(SPARK),4.2)
 VENV := .venv
+LOCK := requirements.lock
+EXTRA := spark42
+# Since Delta 4.1 the artifact name carries the Spark version.
+DELTA_ARTIFACTS := io.delta:delta-spark_4.2_2.13:4.4.0 io.delta:delta-storage:4.4.0
+else ifeq ($(SPARK),3.5)
+VENV := .venv-spark3.5
+LOCK := requirements-spark3.5.lock
+EXTRA := spark35
+DELTA_ARTIFACTS := io.delta:delta-spark_2.12:3.3.3 io.delta:delta-storage:3.3.3
+else
+$(error SPARK must be 4.2 or 3.5, not '$(SPARK)')
+endif
+
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tracelake-setup
-# The Delta JARs must match the delta-spark Python package pinned in pyproject.toml.
-DELTA_VERSION := $(shell sed -n 's/.*"delta-spark==\([0-9.]*\)".*/\1/p' pyproject.toml)
-SCALA_VERSION := 2.12
-JARS_DIR := .jars
-DEMO_ARGS ?=
+JARS_DIR := .jars/spark$(SPARK)
 
-.PHONY: setup demo test bench clean-lake
+.PHONY: setup setup-all demo test test-default test-spark35 lint bench clean-lake
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jdk-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Delta JARs (apt-get install maven)"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
-	# requirements.lock pins the whole resolved stack (uv pip compile of pyproject.toml).
-	$(VENV)/bin/uv pip install --python $(PY) -r requirements.lock -e '.[airflow,dev]'
+	# The lock pins the whole resolved stack of this Spark line (uv pip compile of pyproject.toml).
+	$(VENV)/bin/uv pip install --python $(PY) -r $(LOCK) -e '.[$(EXTRA),airflow,dev]'
 	# Delta Lake JARs from Maven Central, into pyspark's own jars folder so that
 	# spark-submit and standalone workers started from this install have them.
 	mkdir -p $(JARS_DIR)
-	for artifact in io.delta:delta-spark_$(SCALA_VERSION):$(DELTA_VERSION) io.delta:delta-storage:$(DELTA_VERSION); do \
+	for artifact in $(DELTA_ARTIFACTS); do \
 	  mvn -q dependency:copy -Dartifact=$$artifact -DoutputDirectory=$(JARS_DIR) || exit 1; \
 	done
 	# (pyspark's folder is looked up when this line runs: make expands a recipe before running it.)
@@ -34,11 +54,29 @@ $(STAMP): pyproject.toml requirements.lock
 	    > "$$pyspark_home/conf/spark-defaults.conf"
 	touch $(STAMP)
 
+setup-all:
+	$(MAKE) setup SPARK=4.2
+	$(MAKE) setup SPARK=3.5
+
 demo: setup
 	$(VENV)/bin/tracelake demo $(DEMO_ARGS)
 
-test: setup
-	$(PY) -m pytest
+# The README's test command: the whole suite on the default line, then the
+# compatibility subset (tests marked spark35) on the 3.5 line.
+test: setup-all
+	$(MAKE) test-default
+	$(MAKE) test-spark35
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+test-default:
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-spark35:
+	.venv-spark3.5/bin/python -m pytest -m spark35 $(PYTEST_ARGS)
 
 bench: setup
 	@echo "see benchmarks/README.md for each benchmark's command"

@@ -5,10 +5,13 @@
 
 Reads ``training/sets/<name>`` at its latest Delta version (recorded), then:
 
-- ``lstm``: the train, validation and test splits go through petastorm's
-  ``make_spark_converter`` (training/spark_data.py; cache under
-  ``<lake>/_petastorm_cache/<run id>``, removed afterwards); ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_fn, config)``
-  trains on the converter's files (thresholds chosen on validation inside
+- ``lstm``: with ``training.loader=arrow`` (the default) every training
+  process reads the Parquet files of the training set's Delta snapshot at the
+  recorded version with pyarrow; with ``petastorm`` (Spark 3.5 line) the
+  splits go through petastorm's ``make_spark_converter`` (training/spark_data.py;
+  cache under ``<lake>/_petastorm_cache/<run id>``, removed afterwards).
+  ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_fn, config)``
+  trains on them (thresholds chosen on validation inside
   train_fn); the best model is scored on the test split, exported to ONNX
   (parity with torch checked on real test rows), logged to MLflow and
   registered as ``training.lstm_model_name`` with alias ``challenger``.
@@ -41,7 +44,7 @@ import numpy as np
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, code_version, job_run, run_entrypoint
-from tracelake.tables import domain, latest_version, named_table_spec, read_table, table_exists
+from tracelake.tables import domain, latest_version, named_table_spec, read_table, snapshot_files, table_exists
 
 JOB = "train"
 LSTM, BASELINE = "lstm", "baseline"
@@ -164,30 +167,42 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     from training import metrics
     from training.model import SequenceAnomalyModel
     from training.onnx_export import export_onnx, torch_probabilities
-    from training.spark_data import cache_url, petastorm_data_config, read_converted, spark_converters
+    from training.data import read_split
+    from training.spark_data import cache_url, petastorm_data_config, read_converted, spark_converters, split_counts
     from training.train_fn import make_train_config
 
     output_dir = run_dir_for(run, context["training_set"], resume)
     if not settings.local_mode and settings.torch_threads == 0:
         # In cluster mode each Spark task is one training process: give it the task's cores, not the host's.
         settings = settings.model_copy(update={"torch_threads": int(run.spark.conf.get("spark.task.cpus", "1"))})
-    cache = cache_url(run.lake_root, run.run_id, settings.petastorm_cache_url)
-    with run.log.step("petastorm converters", cache=cache) as step, \
-            spark_converters(df, spec, cache_dir_url=cache, row_group_bytes=settings.petastorm_row_group_bytes) as converted:
-        rows = {split: item.rows for split, item in converted.items()}
-        step.update(rows=rows, files={split: len(item.file_urls) for split, item in converted.items()})
-        data = petastorm_data_config({split: converted[split] for split in ("train", "validation")})
+
+    def launch(data: dict[str, Any]) -> tuple[dict[str, Any], float]:
         config = make_train_config(settings, spec, data, output_dir, resume=resume, run_id=run.run_id)
         with run.log.step("TorchDistributor", num_processes=settings.num_processes, local_mode=settings.local_mode,
-                          use_gpu=settings.use_gpu, output_dir=str(output_dir)) as step:
+                          use_gpu=settings.use_gpu, loader=settings.loader, output_dir=str(output_dir)) as step:
             started = time.perf_counter()
             result = distribute(settings, config)
             step.update(stop_reason=result["stop_reason"], epochs=result["epochs_completed"])
-        wall_s = time.perf_counter() - started
         if not result.get("model_path") or not result.get("thresholds"):
             raise TrainJobError(f"training stopped ({result.get('stop_reason')}) before a best model was chosen; "
                                 f"rerun with --resume to continue {output_dir}")
-        test = read_converted(converted["test"], spec)
+        return result, time.perf_counter() - started
+
+    if settings.loader == "petastorm":
+        cache = cache_url(run.lake_root, run.run_id, settings.petastorm_cache_url)
+        with run.log.step("petastorm converters", cache=cache) as step, \
+                spark_converters(df, spec, cache_dir_url=cache,
+                                 row_group_bytes=settings.petastorm_row_group_bytes) as converted:
+            rows = {split: item.rows for split, item in converted.items()}
+            step.update(rows=rows, files={split: len(item.file_urls) for split, item in converted.items()})
+            result, wall_s = launch(petastorm_data_config({split: converted[split] for split in ("train", "validation")}))
+            test = read_converted(converted["test"], spec)
+    else:
+        files = context["snapshot_files"]
+        rows = split_counts(df)
+        run.log.event("arrow loader", rows=rows, files=len(files), version=context["training_set_version"])
+        result, wall_s = launch({"kind": "parquet", "files": files})
+        test = read_split(files, "test", spec)
     parity_rows = test.take(slice(0, settings.onnx_parity_rows or test.n_rows))
 
     model = SequenceAnomalyModel.load(result["model_path"])
@@ -313,6 +328,14 @@ def _log_json(obj: Any, artifact_path: str, filename: str) -> None:
         mlflow.log_artifact(str(target), artifact_path)
 
 
+def petastorm_available() -> bool:
+    try:
+        import petastorm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def matplotlib_available() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -370,6 +393,9 @@ def execute(
                                  use_gpu=use_gpu, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                  **overrides)
     chosen = parse_models(models, settings.models)
+    if LSTM in chosen and settings.loader == "petastorm" and not petastorm_available():
+        raise TrainJobError("training.loader=petastorm needs petastorm, which runs only on the Spark 3.5 line "
+                            "(make setup SPARK=3.5); use training.loader=arrow on this line")
     spec_table = named_table_spec("training_set", name=training_set)
     if not table_exists(run.spark, spec_table, run.lake_root):
         raise TrainJobError(f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}; "
@@ -380,7 +406,9 @@ def execute(
     spec = feature_spec(run.settings)
     tags = {"training_set": training_set, "training_set_version": str(version), "code_version": code_version(),
             "tracelake_run_id": run.run_id}
-    context = {"training_set": training_set, "training_set_version": version, "tags": tags,
+    files = snapshot_files(run.spark, spec_table, run.lake_root, version) if LSTM in chosen and \
+        settings.loader == "arrow" else []
+    context = {"training_set": training_set, "training_set_version": version, "tags": tags, "snapshot_files": files,
                "registry_tags": {"training_set": training_set, "training_set_version": str(version),
                                  "code_version": code_version(), "tracelake_run_id": run.run_id}}
     target = configure_mlflow(run.settings)

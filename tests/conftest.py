@@ -44,3 +44,14 @@ def spark(test_settings: Settings) -> Iterator[SparkSession]:
 def lake_settings(test_settings: Settings, tmp_path: Path) -> Settings:
     """Settings whose lake is a fresh folder for this test (same Spark session)."""
     return test_settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
+
+
+@pytest.fixture(scope="session")
+def line_loader() -> str:
+    """The training loader this Spark line is tested with: petastorm where it is installed (the 3.5
+    line), else the Arrow loader (the default of every line)."""
+    try:
+        import petastorm  # noqa: F401
+    except ImportError:
+        return "arrow"
+    return "petastorm"

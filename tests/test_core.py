@@ -6,7 +6,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from tracelake.config import ConfigError, load_settings
 from tracelake.dates import DateRangeError, days_between, parse_date
-from tracelake.tables import TableError, conform, read_range, table_spec, write_table
+from tracelake.tables import TableError, conform, read_range, snapshot_files, table_spec, write_table
 
 
 def test_settings_layering_env_then_cli(tmp_path):
@@ -67,6 +67,22 @@ def test_range_write_replaces_only_owned_partitions(spark, lake_settings):
     # Rows outside the owned range are refused, not silently written.
     with pytest.raises(Exception, match="(?i)replaceWhere|constraint|predicate"):
         write_table(frame([("e4", "x", "jump", ts, day1, "r3")]), spec, lake, start=day2, end=day2)
+
+
+def test_snapshot_files_are_the_versions_own_files(spark, lake_settings):
+    """pyarrow readers of a version read exactly its files, not the files of later versions on disk."""
+    import pyarrow.dataset as pads
+
+    spec = table_spec("silver_labels")
+    lake = lake_settings.lake_root
+    ddl = "event_id string, epc_code string, anomaly_type string, confirmed_at timestamp, label_date date, _run_id string"
+    ts, day = dt.datetime(2025, 7, 1, 10), dt.date(2025, 7, 1)
+    write_table(spark.createDataFrame([("e1", "x", "jump", ts, day, "r1")], ddl), spec, lake)
+    write_table(spark.createDataFrame([("e2", "x", "jump", ts, day, "r2")], ddl), spec, lake)
+    first, second = snapshot_files(spark, spec, lake, 0), snapshot_files(spark, spec, lake, 1)
+    assert first and second and not set(first) & set(second)
+    paths = [f.removeprefix("file:") for f in first]
+    assert pads.dataset(paths, format="parquet").to_table(columns=["event_id"]).column(0).to_pylist() == ["e1"]
 
 
 def test_conform_names_missing_columns(spark):

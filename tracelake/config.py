@@ -36,8 +36,9 @@ class _Section(BaseModel):
 class SparkSettings(_Section):
     master: str = "local[*]"
     app_name_prefix: str = "tracelake"
-    # Folder with the Delta Lake JARs (filled from Maven Central by `make setup`).
-    jars_dir: str = str(PROJECT_ROOT / ".jars")
+    # Folder with the Delta Lake JARs (filled from Maven Central by `make setup`);
+    # empty: .jars/spark<major.minor> of the installed pyspark (one folder per Spark line).
+    jars_dir: str = ""
     driver_memory: str = "4g"
     shuffle_partitions: int = 8
     # Extra `spark.*` settings passed through unchanged.
@@ -297,6 +298,11 @@ class TrainingSettings(_Section):
     # OMP_NUM_THREADS=1 to every process; 0 means "this host's usable cores /
     # processes on this host", which undoes that on CPU without oversubscribing.
     torch_threads: int = Field(0, ge=0)
+    # How the training set reaches the train function: "arrow" reads the Parquet files of the
+    # training set's Delta snapshot with pyarrow in each process (every Spark line); "petastorm"
+    # materialises the splits with petastorm's converter (Spark 3.5 line only: petastorm needs
+    # pyarrow < 16, Spark 4 needs pyarrow >= 18).
+    loader: Literal["arrow", "petastorm"] = "arrow"
     # Petastorm reader threads per process (1 keeps the in-epoch row-group order
     # reproducible, which mid-epoch resume relies on).
     loader_workers: int = Field(1, ge=1)

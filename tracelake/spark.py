@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from tracelake.config import Settings
+from tracelake.config import PROJECT_ROOT, Settings
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -32,6 +32,18 @@ def _pyspark_jars_dir() -> Path:
     return Path(pyspark.__file__).parent / "jars"
 
 
+def spark_line() -> str:
+    """``major.minor`` of the installed pyspark, e.g. ``4.2`` (the Spark line this environment runs)."""
+    from importlib.metadata import version
+
+    return ".".join(version("pyspark").split(".")[:2])
+
+
+def jars_dir(settings: Settings) -> Path:
+    """The configured Delta JAR folder, or this Spark line's folder that `make setup` fills."""
+    return Path(settings.spark.jars_dir) if settings.spark.jars_dir else PROJECT_ROOT / ".jars" / f"spark{spark_line()}"
+
+
 def delta_jars(settings: Settings) -> list[str]:
     """Delta JARs to put on the classpath, or [] when pyspark already ships them.
 
@@ -41,10 +53,11 @@ def delta_jars(settings: Settings) -> list[str]:
     """
     if any(_pyspark_jars_dir().glob("delta-spark_*.jar")):
         return []
-    jars = sorted(str(p) for p in Path(settings.spark.jars_dir).glob("delta-*.jar"))
+    folder = jars_dir(settings)
+    jars = sorted(str(p) for p in folder.glob("delta-*.jar"))
     if not jars:
         raise SparkSetupError(
-            f"no Delta Lake JARs in {settings.spark.jars_dir!r} nor in pyspark's jars folder; "
+            f"no Delta Lake JARs in {str(folder)!r} nor in pyspark's jars folder; "
             "run `make setup` (it fetches them from Maven Central) or set spark.jars_dir"
         )
     return jars

@@ -230,6 +230,23 @@ def latest_version(spark: SparkSession, spec: TableSpec, lake_root: str | Path) 
     return int(row["version"]) if row else None
 
 
+def snapshot_files(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int) -> list[str]:
+    """The data files of the table's snapshot at ``version`` (URIs), as Delta lists them.
+
+    Readers outside Spark (pyarrow) read exactly these files, so the version pin holds and files
+    of other versions still on disk are never read. Deletion vectors would hide rows that a plain
+    Parquet reader still sees: a table that has them enabled is refused.
+    """
+    location = spec.location(lake_root)
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{location}`").first()
+    properties = (detail["properties"] if detail else None) or {}
+    if str(properties.get("delta.enableDeletionVectors", "false")).lower() == "true":
+        raise TableError(f"table {spec.name!r} at {location} has deletion vectors enabled; its Parquet files "
+                         "cannot be read without Delta. Disable them (ALTER TABLE ... SET TBLPROPERTIES "
+                         "('delta.enableDeletionVectors' = false)) and rewrite the table")
+    return sorted(read_table(spark, spec, lake_root, version=version).inputFiles())
+
+
 def rows_written(spark: SparkSession, spec: TableSpec, lake_root: str | Path) -> int:
     """Rows the table's latest commit wrote, as Delta records it (no scan of the data)."""
     from delta.tables import DeltaTable

@@ -34,6 +34,8 @@ the same number of training steps on every rank (DDP needs that):
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import warnings
@@ -42,10 +44,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
@@ -231,18 +235,33 @@ def columns_to_arrays(columns: Mapping[str, Any], spec: FeatureSpec) -> Arrays:
     return Arrays(seq.reshape(n, spec.seq_len, spec.n_seq), seq_len.astype(np.int64), tab, labels)
 
 
-def read_split(path: str | os.PathLike[str], split: str, spec: FeatureSpec) -> Arrays:
-    """All rows of one split of a parquet dataset in the layout above (pyarrow, no Spark)."""
-    location = _local_path(path)
-    if not Path(location).exists():
-        raise DataError(f"training data {str(location)!r} does not exist; write the training set first")
-    table = pq.read_table(location, columns=spec.columns, filters=[(SPLIT_COLUMN, "=", split)])
+def read_split(path: str | os.PathLike[str] | Sequence[str], split: str, spec: FeatureSpec) -> Arrays:
+    """All rows of one split of a parquet dataset in the layout above (pyarrow, no Spark).
+
+    ``path`` is a folder of parquet files or the list of files to read (e.g. the data files of a
+    Delta snapshot, :func:`tracelake.tables.snapshot_files`).
+    """
+    if isinstance(path, (str, os.PathLike)):
+        location = _local_path(path)
+        if not Path(location).exists():
+            raise DataError(f"training data {str(location)!r} does not exist; write the training set first")
+        table = pq.read_table(location, columns=spec.columns, filters=[(SPLIT_COLUMN, "=", split)])
+    else:
+        files = [_local_path(f) for f in path]
+        absent = [f for f in files if not Path(f).is_file()]
+        if not files or absent:
+            raise DataError(f"training data file(s) {absent[:3] or '(none listed)'} do not exist; "
+                            "the training set's snapshot changed or was vacuumed: rebuild it")
+        dataset = pads.dataset(files, format="parquet")
+        table = dataset.to_table(columns=spec.columns, filter=pc.field(SPLIT_COLUMN) == split)
     return columns_to_arrays(table, spec)
 
 
 def _local_path(url: str | os.PathLike[str]) -> str:
     text = str(url)
-    return text[len("file://"):] if text.startswith("file://") else text
+    if text.startswith("file:"):
+        return urlparse(text).path
+    return text
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
@@ -282,9 +301,9 @@ class DataSource(ABC):
 class InMemorySource(DataSource):
     """A parquet dataset in the layout above, loaded per split with pyarrow."""
 
-    def __init__(self, path: str, spec: FeatureSpec, **kwargs: Any):
+    def __init__(self, path: str | Sequence[str], spec: FeatureSpec, **kwargs: Any):
         super().__init__(spec, **kwargs)
-        self.path = path
+        self.path = path if isinstance(path, str) else list(path)
         self._splits: dict[str, Arrays] = {}
 
     @classmethod
@@ -297,7 +316,8 @@ class InMemorySource(DataSource):
         if name not in self._splits:
             arrays = read_split(self.path, name, self.spec)
             if arrays.n_rows == 0:
-                raise DataError(f"split {name!r} of {self.path!r} has no rows; the training set needs all of {SPLITS}")
+                where = self.path if isinstance(self.path, str) else f"{len(self.path)} file(s) from {self.path[0]!r}"
+                raise DataError(f"split {name!r} of {where} has no rows; the training set needs all of {SPLITS}")
             self._splits[name] = arrays
         return self._splits[name]
 
@@ -337,8 +357,8 @@ class PetastormSource(DataSource):
     rows)``: plain strings, so nothing of Spark travels to the process) and read
     with ``converter.make_torch_dataloader`` (petastorm's
     ``BatchedDataLoader``), sharded by row group with ``cur_shard=rank,
-    shard_count=world_size``. Training reads an endless, row-group-shuffled
-    stream per epoch (seed depends on the epoch) and stops after
+    shard_count=world_size``. Training reads row-group-shuffled passes, one
+    reader per pass seeded by (seed, epoch, pass), and stops after
     ``rows // (world_size * batch_size)`` batches, so every rank takes the
     same number of steps even when row groups are uneven; rows are shuffled
     further in a buffer of ``shuffle_buffer_rows`` with a generator seeded by
@@ -459,6 +479,25 @@ class PetastormSource(DataSource):
                 if arrays.n_rows:
                     yield arrays
 
+    def _passes(self, epoch: int, *, chunk_rows: int) -> Iterator[Arrays]:
+        """This rank's training rows of ``epoch``: one shuffled pass over its row groups after another.
+
+        Each pass is its own reader of one pass (``num_epochs=1``) seeded by (seed, epoch, pass): an endless
+        petastorm reader re-shuffles at its pass boundary in an order that varies from read to read, which
+        broke exact resume when an epoch's batches crossed that boundary.
+        """
+        for number in itertools.count():
+            seed = int(np.random.default_rng([self.seed, epoch, number]).integers(2**31 - 1))
+            passed = 0
+            with contextlib.closing(self._stream(TRAIN, chunk_rows=chunk_rows, num_epochs=1, seed=seed,
+                                                 shuffle=True)) as stream:
+                for chunk in stream:
+                    passed += chunk.n_rows
+                    yield chunk
+            if not passed:
+                raise DataError(f"this rank's share of the training split is empty (rank {self.rank} of "
+                                f"{self.world_size}); write the training set with more rows or row groups")
+
     @staticmethod
     def _concat(parts: list[Arrays]) -> Arrays:
         return Arrays(*(np.concatenate(column) for column in zip(*parts)))
@@ -467,7 +506,7 @@ class PetastormSource(DataSource):
         steps = self.steps_per_epoch()
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         target = max(self.shuffle_buffer_rows, self.batch_size)
-        stream = self._stream(TRAIN, chunk_rows=target, num_epochs=None, seed=self.seed + epoch, shuffle=True)
+        stream = self._passes(epoch, chunk_rows=target)
         buffer: list[Arrays] = []
         buffered = emitted = 0
         try:
@@ -518,7 +557,8 @@ def make_source(
 ) -> DataSource:
     """The source a ``data`` config names.
 
-    - ``{"kind": "parquet", "path": "/lake/training/sets/x"}``: :class:`InMemorySource`.
+    - ``{"kind": "parquet", "path": "/data/folder"}`` or ``{"kind": "parquet", "files": [...]}`` (the
+      training set's Delta snapshot files): :class:`InMemorySource`.
     - ``{"kind": "petastorm", "urls": {"train": [...], "validation": [...], "test": [...]},
       "rows": {"train": n, ...}}``: :class:`PetastormSource` (``rows`` optional, else read
       from the parquet footers).
@@ -526,8 +566,11 @@ def make_source(
     common = {"rank": rank, "world_size": world_size, "batch_size": batch_size, "seed": seed}
     kind = data.get("kind")
     if kind == "parquet":
+        if data.get("files"):
+            return InMemorySource(list(data["files"]), spec, **common)
         if not data.get("path"):
-            raise DataError(f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of training/data.py)")
+            raise DataError(f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of "
+                            "training/data.py) or 'files' (its parquet files)")
         return InMemorySource(str(data["path"]), spec, **common)
     if kind == "petastorm":
         if not data.get("urls"):

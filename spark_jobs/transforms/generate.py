@@ -686,7 +686,10 @@ def render_block(plan: SimulationPlan, block: int) -> Iterator[pd.DataFrame]:
                           "value": [json.dumps(rows.stats, sort_keys=True).encode()]})
     columns = simulated_schema(plan).fieldNames()
     for frame in (scans, labels, stats):
-        frame = frame.reindex(columns=columns)
+        # Columns a frame lacks are null objects: reindex would add float NaN, which Spark 4's
+        # Arrow conversion refuses for a string column.
+        frame = frame.assign(**{c: np.full(len(frame), None, dtype=object) for c in columns if c not in frame})
+        frame = frame[columns]
         for offset in range(0, max(len(frame), 1), ROWS_PER_BATCH):
             part = frame.iloc[offset: offset + ROWS_PER_BATCH]
             if len(part):

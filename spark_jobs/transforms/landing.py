@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from tracelake.compat import utf8_with_replacement
 from tracelake.tables import TableSpec
 
 # File name endings -> landing format; ``.gz`` text files are read the same way.
@@ -53,7 +54,7 @@ def _clean(value: Column) -> Column:
 def _utf8_checked(value: Column) -> Column:
     """The line decoded as UTF-8. Spark's text reader keeps invalid bytes as they are;
     decoding turns each into U+FFFD, which is what ``non_utf8`` looks for."""
-    return F.decode(value.cast("binary"), "UTF-8")
+    return utf8_with_replacement(value)
 
 
 def _case(branches: Sequence[tuple[Column, Column]]) -> Column:

@@ -38,8 +38,12 @@ def enrich_with_locations(events: DataFrame, locations: DataFrame) -> DataFrame:
 
 def _manufacture_date(text: Column) -> Column:
     """``yyyyMMdd`` -> date; null when it is not a real calendar day (never raises, ANSI or not)."""
-    year, month, day = (text.substr(1, 4).cast("int"), text.substr(5, 2).cast("int"), text.substr(7, 2).cast("int"))
-    in_range = text.rlike(r"^[0-9]{8}$") & (year >= 1) & month.between(1, 12) & day.between(1, 31)
+    # Only eight-digit text is cast: under ANSI (Spark 4's default) casting "0A" raises, and
+    # Spark does not promise to skip the right side of an AND whose left side is false.
+    digits = F.when(text.rlike(r"^[0-9]{8}$"), text)
+    year, month, day = (digits.substr(1, 4).cast("int"), digits.substr(5, 2).cast("int"),
+                        digits.substr(7, 2).cast("int"))
+    in_range = digits.isNotNull() & (year >= 1) & month.between(1, 12) & day.between(1, 31)
     candidate = F.date_add(F.make_date(year, month, F.lit(1)), day - 1)
     # Day 31 of a 30-day month rolls into the next month: not a real day.
     return F.when(in_range, F.when(F.month(candidate) == month, candidate))

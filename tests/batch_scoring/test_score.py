@@ -17,6 +17,8 @@ from tracelake.tables import read_table, table_spec
 from training.onnx_export import run_onnx
 from training.data import columns_to_arrays
 
+pytestmark = pytest.mark.spark35
+
 LINEAGE = ["scored_at", "_run_id"]
 
 

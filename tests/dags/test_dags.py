@@ -309,6 +309,40 @@ def test_a_failing_validation_stops_the_run_before_scoring(daily_lake, spark):
         assert DeltaTable.forPath(spark, features).history(1).first().version == features_version
 
 
+@pytest.fixture(scope="module")
+def landing_lake(spark, test_settings, tmp_path_factory):
+    """One generated landing day (200 EPCs) and a migrated Airflow home; nothing ingested yet."""
+    from spark_jobs import generate
+    from tracelake.runs import job_run
+
+    root = tmp_path_factory.mktemp("one-task")
+    settings = test_settings.model_copy(update={
+        "lake_root": str(root / "lake"),
+        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
+    })
+    with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
+        generate.execute(run)
+    home = root / "airflow"
+    home.mkdir()
+    env = airflow_env(home, settings.lake_path)
+    migrated = run_airflow(env, "db", "migrate", timeout=300)
+    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    return {"settings": settings, "env": env}
+
+
+@pytest.mark.slow
+@pytest.mark.spark35
+def test_a_task_runs_its_entrypoint_through_the_spark_provider(landing_lake, spark):
+    """``airflow tasks test tracelake_daily ingest``: the installed Spark provider (6.x with Spark 4,
+    5.x on the 3.5 line) spark-submits the ingest entrypoint, which writes the interval's day to silver."""
+    done = run_airflow(landing_lake["env"], "tasks", "test", "tracelake_daily", "ingest", LOGICAL_DATE)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    silver = table_spec("silver_scan_events").location(str(landing_lake["settings"].lake_path))
+    days = spark.read.format("delta").load(silver).groupBy("event_date").count().collect()
+    assert [(r["event_date"], r["count"] > 0) for r in days] == [(DAY, True)]
+    assert commit_run_ids(spark, silver)[0].startswith("tracelake_daily.ingest.")
+
+
 @pytest.mark.slow
 def test_training_dag_renders_its_cut_off_window_and_set_name(daily_lake):
     """The weekly run due 2025-07-14 03:00 trains as of 2025-07-07 03:00 (its interval's end) on 28 days

@@ -11,6 +11,8 @@ from pyspark.testing import assertDataFrameEqual
 from spark_jobs.transforms import bronze, landing
 from tracelake.tables import domain, table_spec
 
+pytestmark = pytest.mark.spark35
+
 SCANS = table_spec("landing_scans")
 LABELS = table_spec("landing_labels")
 DAY = dt.date(2025, 7, 1)

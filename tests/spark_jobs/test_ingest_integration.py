@@ -28,7 +28,7 @@ from tracelake.config import GeneratorSettings
 from tracelake.runs import job_run
 from tracelake.tables import latest_version, read_table, table_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark35]
 
 START, END = dt.date(2025, 7, 1), dt.date(2025, 7, 2)
 OUTPUTS = ("reference_locations", "reference_products", "bronze_scan_events", "bronze_quarantine",

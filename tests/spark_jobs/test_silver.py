@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import datetime as dt
 
 from pyspark.testing import assertDataFrameEqual
 
 from spark_jobs.transforms import silver
 from tracelake.tables import domain, table_spec
+
+pytestmark = pytest.mark.spark35
 
 BRONZE = table_spec("bronze_scan_events")
 DAY = dt.date(2025, 7, 1)

@@ -27,6 +27,8 @@ from training.data import columns_to_arrays
 from training.model import SequenceAnomalyModel
 from training.onnx_export import export_onnx
 
+pytestmark = pytest.mark.spark35
+
 SET = "tiny"
 LSTM_NAME, BASELINE_NAME = "tracelake-anomaly-lstm", "tracelake-anomaly-baseline"
 
@@ -38,13 +40,13 @@ def settings(test_settings, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(spark, settings) -> dict[str, Any]:
+def trained(spark, settings, line_loader) -> dict[str, Any]:
     write_training_set(spark, settings, SET, n_rows=600, seed=1)
     with job_run("train", settings=settings, spark=spark) as run:
         return train.execute(
             run, SET, models="lstm,baseline", num_processes=2, local_mode=True, use_gpu=False, epochs=2,
             batch_size=32, learning_rate=1e-2, onnx_exporter="torchscript", bootstrap_samples=50,
-            baseline_max_iter=4, hidden_size=16, tab_hidden_size=16, head_hidden_size=16)
+            baseline_max_iter=4, hidden_size=16, tab_hidden_size=16, head_hidden_size=16, loader=line_loader)
 
 
 def test_train_registers_both_models_with_metrics_and_artifacts(trained, settings, capsys):

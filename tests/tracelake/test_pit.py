@@ -12,6 +12,8 @@ from pyspark.testing import assertDataFrameEqual
 from tracelake.errors import TracelakeError
 from tracelake.pit import AsOfJoinError, AsOfSpec, as_of_join, as_of_join_many
 
+pytestmark = pytest.mark.spark35
+
 BASE = dt.datetime(2025, 7, 1, 8)
 TTL = dt.timedelta(minutes=3)
 MICRO = dt.timedelta(microseconds=1)

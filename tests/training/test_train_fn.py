@@ -78,6 +78,7 @@ def test_train_fn_learns_the_synthetic_task(dataset, tmp_path):
         train_fn(config)
 
 
+@pytest.mark.spark35
 def test_train_fn_under_torchrun_two_processes(dataset, tmp_path):
     config = make_train_config(tiny_settings(epochs=2), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run")
     config_file, result_file = tmp_path / "config.json", tmp_path / "result.json"
@@ -157,8 +158,10 @@ def test_in_memory_shards_cover_every_row_once_with_equal_steps():
     assert first[2:] == [b.tab[:, 0].tolist() for b in sources[1].train_batches(epoch=0, skip=2)]
 
 
+@pytest.mark.spark35
 @pytest.mark.parametrize("row_group_rows", [10, 200])  # 10 row groups, or fewer row groups than ranks
 def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
+    pytest.importorskip("petastorm", reason="petastorm is the loader of the Spark 3.5 line only")
     from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
 
     calls = []  # the real make_torch_dataloader, its arguments recorded
