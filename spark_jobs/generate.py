@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pyspark.sql import functions as F
 
 from tracelake.config import ConfigError, GeneratorSettings, Settings
 from tracelake.dates import parse_date
@@ -46,10 +47,11 @@ from spark_jobs.transforms.generate import (
     simulate,
     text_files,
 )
+from spark_jobs.transforms import epcis_writer
 from spark_jobs.transforms.network import build_network
 
 JOB = "generate"
-FORMATS = ("csv", "json", "parquet")
+FORMATS = ("csv", "json", "parquet", epcis_writer.FORMAT)
 EXTENSIONS = {"csv": "csv", "json": "json", "parquet": "parquet"}
 
 
@@ -88,9 +90,13 @@ def apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
         if value is not None:
             generator["rates"][anomaly] = value
     try:
-        return settings.model_copy(update={"generator": GeneratorSettings.model_validate(generator)})
+        settings = settings.model_copy(update={"generator": GeneratorSettings.model_validate(generator)})
     except ValidationError as exc:
         raise ConfigError(f"invalid generator option: {exc}") from exc
+    if settings.generator.format == epcis_writer.FORMAT and settings.generator.corrupt_rate > 0:
+        raise ConfigError(f"--corrupt-rate {settings.generator.corrupt_rate} cannot be used with --format epcis: "
+                          "EPCIS documents are written valid against GS1's schema; use csv, json or parquet")
+    return settings
 
 
 def make_plan(generator: GeneratorSettings, start: dt.date, days: int) -> SimulationPlan:
@@ -101,7 +107,8 @@ def make_plan(generator: GeneratorSettings, start: dt.date, days: int) -> Simula
         network=build_network(generator, dom),
         start=start,
         days=days,
-        format=generator.format,
+        # An EPCIS delivery is rendered from the same simulated columns as Parquet.
+        format=epcis_writer.SIMULATION_FORMAT if generator.format == epcis_writer.FORMAT else generator.format,
         anomaly_types=tuple(dom["anomaly_types"]),
         event_types=tuple(dom["event_types"]),
         scan_columns=tuple(scans.column_names),
@@ -201,11 +208,13 @@ def execute(run: JobRun) -> dict[str, Any]:
     started = time.perf_counter()
     run.log.event(
         "simulating", epcs=generator.epcs, blocks=plan.n_blocks, days=days, seed=generator.seed,
-        format=plan.format, rates=generator.rates.model_dump(), corrupt_rate=generator.corrupt_rate,
+        format=generator.format, rates=generator.rates.model_dump(), corrupt_rate=generator.corrupt_rate,
     )
     try:
         network = plan.network
-        _write_reference(network.locations_frame(), Path(table_spec("landing_locations").location(lake)), tmp / "ref")
+        locations = epcis_writer.with_location_keys(network.locations_frame(),
+                                                    run.settings.epcis.location_company_prefix)
+        _write_reference(locations, Path(table_spec("landing_locations").location(lake)), tmp / "ref")
         _write_reference(network.products_frame(), Path(table_spec("landing_products").location(lake)), tmp / "ref")
 
         staged = tmp / "spark"
@@ -221,8 +230,18 @@ def execute(run: JobRun) -> dict[str, Any]:
             try:
                 with run.log.step("write parquet files", path=str(staged)):
                     for kind, columns in ((SCANS, plan.scan_columns), (LABELS, plan.label_columns)):
+                        if kind == SCANS and generator.format == epcis_writer.FORMAT:
+                            continue
                         column_files(simulated, kind, columns, plan.file_keys).write.partitionBy("date").parquet(
                             str(staged / f"kind={kind}"))
+                if generator.format == epcis_writer.FORMAT:
+                    with run.log.step("write EPCIS documents", path=str(tmp / "epcis")):
+                        scans = simulated.where(F.col("kind") == SCANS).select("date", "k1", "k2", *plan.scan_columns)
+                        sgln = dict(zip(locations["location_id"], locations["sgln"]))
+                        lines = epcis_writer.document_lines(
+                            scans, sgln, epcis_writer.zone_offset(generator.region_center_lon),
+                            run.settings.epcis.events_per_document)
+                        epcis_writer.write_documents(lines, tmp / "epcis", plan.file_keys)
                 stats_lines = [bytes(r.value).decode() for r in simulated.where(f"kind = '{STATS}'").select("value").collect()]
             finally:
                 simulated.unpersist()
@@ -230,6 +249,11 @@ def execute(run: JobRun) -> dict[str, Any]:
         if stats["epcs"] != generator.epcs:
             raise RuntimeError(f"simulated {stats['epcs']} EPCs instead of {generator.epcs}: some blocks are missing")
         published = _publish(plan, staged, tmp, lake)
+        epcis_root = Path(table_spec("landing_epcis").location(lake))
+        if generator.format == epcis_writer.FORMAT:
+            published[SCANS] = epcis_writer.publish(tmp / "epcis", epcis_root, plan.window_days, tmp)
+        else:  # this format now delivers the window's scans
+            epcis_writer.remove(epcis_root, plan.window_days, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -237,7 +261,7 @@ def execute(run: JobRun) -> dict[str, Any]:
     events = sum(stats["events"].values())
     summary = {
         "landing": str(landing),
-        "format": plan.format,
+        "format": generator.format,
         "start_date": run.start.isoformat(),
         "end_date": run.end.isoformat(),
         "days": days,

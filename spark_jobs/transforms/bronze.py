@@ -185,6 +185,9 @@ def typed_reference(raw: DataFrame, spec: TableSpec, key: Sequence[str]) -> Data
     ``_problem`` is null for a good row, else says what is wrong with it: an
     empty or untyped required value, or a key that occurs more than once.
     """
+    # An optional column a file predates (e.g. gln) is null; a missing required one fails check_header first.
+    raw = raw.select("*", *[F.lit(None).cast("string").alias(c.name) for c in spec.columns
+                            if c.nullable and c.name not in raw.columns])
     typed = raw.select(
         *[F.col(f"`{c.name}`").alias(f"_raw_{c.name}") for c in spec.columns],
         *[F.expr(f"try_cast(nullif(trim(`{c.name}`), '') AS {c.type})").alias(c.name) for c in spec.columns],
