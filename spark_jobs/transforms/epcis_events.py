@@ -186,6 +186,8 @@ def _digital_link(key: str, value: str, rest: list[str], length: int) -> Epc:
         return Epc(scheme, "digital_link", value[:length], value[length:12], serial)
     if key == "8003" and len(value) >= 14 and value[:14].isdigit():  # 0 + company + asset type + check + serial
         return Epc(scheme, "digital_link", value[1:1 + length], value[1 + length:13], value[14:] or None)
+    if key in ("01", "00", "414", "417", "8003"):  # a numeric key of the wrong shape: not a Digital Link
+        return Epc(None, "other")
     return Epc(scheme, "digital_link", value[:length], None, value[length:] or None)
 
 
