@@ -120,7 +120,7 @@ def _big_document(small: Path, target: Path, megabytes: int) -> int:
         first = True
         while written < limit:
             for line in events:
-                line = _EVENT_ID.sub(lambda m: f'"eventID":"{m.group(1)}-c{copy}"', line)
+                line = _EVENT_ID.sub(lambda m, suffix=f"-c{copy}": f'"eventID":"{m.group(1)}{suffix}"', line)
                 out.write(("" if first else ",") + line + "\n")
                 first = False
                 written += len(line) + 2

@@ -311,22 +311,24 @@ def execute(run: JobRun) -> dict[str, Any]:
         landing_files = {s: len(f) for s, f in files.items()}
         bronze_rows = bronze.bronze_scan_events(scans, run.run_id, ingested_at)
         _write(run, bronze_rows, "bronze_scan_events", tables, landing_files=landing_files)
-        # EPCIS documents: bronze/epcis_events is written when there is something to own.
-        epcis_bronze = epcis.bronze_rows(delivery.flat, run.run_id, ingested_at)
-        epcis_days = ingest_epcis.event_dates_owned(run)
-        epcis_quarantined = epcis.quarantine_rows(delivery.flat, run.run_id, ingested_at).unionByName(
-            ingest_epcis.kept_out_of_silver(run, epcis_bronze, references["reference_locations"], ingested_at)
-        ).persist(level)
+        quarantined = bronze.quarantine_rows(scans, run.run_id, ingested_at).unionByName(
+            bronze.quarantine_rows(labels, run.run_id, ingested_at))
+        # EPCIS documents: bronze/epcis_events is written when the range delivers some, or did before.
+        epcis_days, epcis_quarantined, epcis_quarantine_rows = ingest_epcis.event_dates_owned(run), None, 0
         if delivery.files or epcis_days:
+            epcis_bronze = epcis.bronze_rows(delivery.flat, run.run_id, ingested_at)
+            epcis_quarantined = epcis.quarantine_rows(delivery.flat, run.run_id, ingested_at).unionByName(
+                ingest_epcis.kept_out_of_silver(run, epcis_bronze, references["reference_locations"], ingested_at)
+            ).persist(level)
             landing_files[epcis.SOURCE] = len(delivery.files)
             _write(run, epcis_bronze, "bronze_epcis_events", tables, landing_files=landing_files)
             epcis_days |= ingest_epcis.event_dates(epcis_bronze)
-        quarantined = bronze.quarantine_rows(scans, run.run_id, ingested_at).unionByName(
-            bronze.quarantine_rows(labels, run.run_id, ingested_at)).unionByName(epcis_quarantined)
+            quarantined = quarantined.unionByName(epcis_quarantined)
         _write(run, quarantined, "bronze_quarantine", tables, landing_files=landing_files)
+        if epcis_quarantined is not None:
+            epcis_quarantine_rows = epcis_quarantined.count()
+            epcis_quarantined.unpersist()
 
-        epcis_quarantine_rows = epcis_quarantined.count()
-        epcis_quarantined.unpersist()
         written = {n: tables[n]["rows"] for n in ("bronze_scan_events", "bronze_quarantine")}
         written["bronze_quarantine"] -= epcis_quarantine_rows
         reconciliation = bronze.reconcile(outcomes, written, settings.reconciliation_tolerance)
@@ -360,7 +362,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         "end_date": run.end.isoformat(),
         "landing_files": landing_files,
         "tables": tables,
-        "quarantine": _quarantine_counts(outcomes),
+        "quarantine": {**_quarantine_counts(outcomes), **ingest_epcis.quarantine_counts(delivery.outcomes)},
         "reconciliation": reconciliation,
         "duplicates_dropped": {
             # With EPCIS deliveries silver spans more days and sources than bronze/scan_events.

@@ -126,6 +126,15 @@ def _log_examples(run: JobRun, outcomes: Sequence[dict[str, Any]]) -> None:
             "example_reason": row["example"]})
 
 
+def quarantine_counts(outcomes: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Quarantined events (a whole file counts once) per reason code, as the run summary shows them."""
+    counts: dict[str, int] = {}
+    for row in outcomes:
+        if row["reason_code"] is not None:
+            counts[row["reason_code"]] = counts.get(row["reason_code"], 0) + row["events"] + row["whole_file"]
+    return {epcis.SOURCE: dict(sorted(counts.items()))} if counts else {}
+
+
 def event_dates_owned(run: JobRun) -> set[dt.date]:
     """Event days of the EPCIS rows this run's landing days delivered before (what a rerun may change)."""
     spec = table_spec(BRONZE)

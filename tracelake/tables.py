@@ -12,11 +12,11 @@ from tracelake.errors import TracelakeError
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import yaml

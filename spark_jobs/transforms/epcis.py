@@ -104,7 +104,7 @@ def _objects(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     its nullable extension types do not convert through Spark's Arrow path on every line."""
     for column in columns:
         values = frame[column].tolist()
-        frame[column] = pd.Series([None if v is None or v != v else v for v in values], dtype=object,
+        frame[column] = pd.Series([None if v is None or pd.isna(v) else v for v in values], dtype=object,
                                   index=frame.index)
     return frame
 

@@ -383,13 +383,13 @@ def event_records(
     """The bronze records of a schema-valid event (one per EPC), or none and a reason."""
     event_time = utc_time(event.get("eventTime"), event.get("eventTimeZoneOffset"))
     if event_time is None:
-        return [], f"{BAD_TYPE}: eventTime={event.get('eventTime')!r} has no time zone and eventTimeZoneOffset=" \
-                   f"{event.get('eventTimeZoneOffset')!r} gives none"
+        return [], (f"{BAD_TYPE}: eventTime={event.get('eventTime')!r} has no time zone and eventTimeZoneOffset="
+                    f"{event.get('eventTimeZoneOffset')!r} gives none")
     record_time = utc_time(event.get("recordTime"), event.get("eventTimeZoneOffset"))
     given_id = event.get("eventID")
     try:
         event_id = given_id if isinstance(given_id, str) and given_id else event_hash(event, context)
-    except Exception as exc:  # the reference implementation raises many kinds of errors
+    except Exception as exc:  # noqa: BLE001 - the reference implementation raises many kinds; the event is quarantined
         return [], f"{BAD_TYPE}: no eventID and the event hash cannot be computed ({type(exc).__name__}: {exc})"
     prefixes = context_prefixes(context)
     quantities = {f: event[f] for f in QUANTITY_FIELDS if f in event}

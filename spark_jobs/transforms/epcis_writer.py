@@ -81,7 +81,7 @@ def with_location_keys(locations: pd.DataFrame, company_prefix: str) -> pd.DataF
 
 def zone_offset(longitude: float) -> str:
     """The whole-hour UTC offset of a longitude, as ``+09:00``."""
-    hours = int(round(longitude / DEGREES_PER_HOUR))
+    hours = round(longitude / DEGREES_PER_HOUR)
     return f"{'+' if hours >= 0 else '-'}{abs(hours):02d}:00"
 
 
@@ -125,7 +125,7 @@ def context() -> list[Any]:
 def _local_times(iso_utc: np.ndarray, offset: str) -> np.ndarray:
     sign = -1 if offset.startswith("-") else 1
     seconds = sign * (int(offset[1:3]) * SECONDS_PER_HOUR + int(offset[4:6]) * 60)
-    utc = np.array([t[:-1] if t.endswith("Z") else t for t in iso_utc], dtype="datetime64[s]")
+    utc = np.array([t.removesuffix("Z") for t in iso_utc], dtype="datetime64[s]")
     return np.char.add(np.datetime_as_string(utc + np.timedelta64(seconds, "s"), unit="s").astype(str), offset)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spark_jobs.transforms import epcis, epcis_events as ev
-from spark_jobs.transforms import epcis_writer
+from spark_jobs.transforms import epcis, epcis_writer
+from spark_jobs.transforms import epcis_events as ev
 from tests.spark_jobs import epcis_documents as docs
 from tracelake.config import PROJECT_ROOT, EpcisSettings
 

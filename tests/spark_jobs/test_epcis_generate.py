@@ -74,7 +74,7 @@ def test_driver_memory_does_not_grow_with_document_size(tmp_path):
     megabytes = int(__import__("os").environ.get("TRACELAKE_EPCIS_DOCUMENT_MB", "300"))
     command = [sys.executable, str(PROJECT_ROOT / "benchmarks" / "epcis_ingest_throughput.py"), "memory",
                "--document-mb", str(megabytes), "--epcs", "2000", "--work", str(tmp_path), "--driver-memory", "2g"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=7200)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=7200, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(result)
