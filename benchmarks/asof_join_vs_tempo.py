@@ -26,7 +26,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,19 +43,7 @@ STEPS = ["Factory", "WMS", "LGS_HUB", "W_STOCK", "R_STOCK", "POS"]
 
 
 def import_tempo():
-    """tempo 0.1.30 imports IPython for notebook display only, without declaring it: stub it if absent."""
-    try:
-        import IPython  # noqa: F401
-    except ImportError:
-        ipython = types.ModuleType("IPython")
-        ipython.get_ipython = lambda: None  # type: ignore[attr-defined]
-        core = types.ModuleType("IPython.core")
-        core_display = types.ModuleType("IPython.core.display")
-        core_display.HTML = str  # type: ignore[attr-defined]
-        display = types.ModuleType("IPython.display")
-        display.display = print  # type: ignore[attr-defined]
-        sys.modules.update({"IPython": ipython, "IPython.core": core,
-                            "IPython.core.display": core_display, "IPython.display": display})
+    """tempo's TSDF (tempo imports IPython for notebook display; the dev extra installs it)."""
     from tempo import TSDF
 
     return TSDF

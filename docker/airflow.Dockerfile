@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # tracelake Airflow image: the jobs image (Java 17, pyspark + Delta JARs, the project)
-# plus Airflow's runtime layout. Airflow 3.3.2 and the Spark provider 5.6.0 are already
-# in requirements.lock; SparkSubmitOperator runs spark-submit from this image in client
+# plus Airflow's runtime layout. Airflow 3.3.2 and the Spark provider (6.3.4 on the Spark 4.2
+# line, 5.6.0 on the 3.5 line) are already in the jobs image's lock; SparkSubmitOperator runs spark-submit from this image in client
 # mode, so the driver of every job runs here and its executors on the Spark workers.
 #
 #   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0 .

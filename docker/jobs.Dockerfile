@@ -1,13 +1,19 @@
 # syntax=docker/dockerfile:1
-# tracelake jobs image: Java 17 + Python 3.11 + the locked stack (requirements.lock)
+# tracelake jobs image: Java 17 + Python 3.11 + the locked stack of one Spark line
 # + the Delta Lake JARs inside pyspark's jars folder, so spark-submit, the
 # standalone master/workers and TorchDistributor all run from this one image.
 #
-#   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0 .
+#   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0 .           # Spark 4.2 (default)
+#   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0-spark3.5 \
+#     --build-arg LOCK=requirements-spark3.5.lock \
+#     --build-arg DELTA_VERSION=3.3.3 --build-arg DELTA_ARTIFACT=delta-spark_2.12 .
 FROM python:3.11-slim-bookworm
 
-ARG DELTA_VERSION=3.3.3
-ARG SCALA_VERSION=2.12
+# The Spark line: its lock and the matching Delta artifact (since Delta 4.1 the artifact
+# name carries the Spark version: delta-spark_4.2_2.13; Delta 3.3.x: delta-spark_2.12).
+ARG LOCK=requirements.lock
+ARG DELTA_VERSION=4.4.0
+ARG DELTA_ARTIFACT=delta-spark_4.2_2.13
 ARG MAVEN_CENTRAL=https://repo1.maven.org/maven2
 # The public index serves torch's CUDA build (GPU hosts); pass
 # --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only image.
@@ -25,7 +31,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Java 17 (Spark 3.5's newest supported LTS), tini as PID 1, procps for Spark's scripts.
+# Java 17 (supported by both Spark 3.5 and 4.2), tini as PID 1, procps for Spark's scripts.
 # Debian's security updates replace these package versions, so they are not pinned
 # (the base image tag and requirements.lock pin everything else).
 # hadolint ignore=DL3008
@@ -40,19 +46,19 @@ RUN groupadd --system --gid 1000 tracelake \
 WORKDIR /opt/tracelake
 
 # The locked stack first (its own layer: rebuilt only when the lock changes).
-COPY requirements.lock pyproject.toml ./
+COPY ${LOCK} pyproject.toml ./
 RUN pip install --no-cache-dir uv==0.8.* \
     && if [ -n "${TORCH_INDEX_URL}" ]; then \
          uv pip install --system --no-cache --index-strategy unsafe-best-match \
-           --extra-index-url "${TORCH_INDEX_URL}" -r requirements.lock; \
+           --extra-index-url "${TORCH_INDEX_URL}" -r "${LOCK}"; \
        else \
-         uv pip install --system --no-cache -r requirements.lock; \
+         uv pip install --system --no-cache -r "${LOCK}"; \
        fi
 
 # Delta Lake JARs from Maven Central, checked against Maven's SHA-1, into pyspark's jars
 # folder: every Spark process of this image (driver, master, workers, executors) has them.
 RUN jars="$(python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" \
-    && for artifact in "delta-spark_${SCALA_VERSION}" "delta-storage"; do \
+    && for artifact in "${DELTA_ARTIFACT}" "delta-storage"; do \
          url="${MAVEN_CENTRAL}/io/delta/${artifact}/${DELTA_VERSION}/${artifact}-${DELTA_VERSION}.jar"; \
          curl -fsSL -o "${jars}/${artifact}-${DELTA_VERSION}.jar" "${url}"; \
          echo "$(curl -fsSL "${url}.sha1" | cut -c1-40)  ${jars}/${artifact}-${DELTA_VERSION}.jar" | sha1sum -c -; \
