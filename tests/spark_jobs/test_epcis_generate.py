@@ -46,7 +46,7 @@ def worlds(spark, test_settings, tmp_path_factory):
 def test_same_seed_same_silver_scan_events(spark, worlds):
     silver = {fmt: read_table(spark, table_spec("silver_scan_events"), str(root)).drop(*LINEAGE)
               for fmt, (root, _, _) in worlds.items()}
-    assert silver["csv"].count() > 1000
+    assert silver["csv"].count() > 300
     assertDataFrameEqual(silver["epcis"], silver["csv"])
 
 
@@ -55,9 +55,11 @@ def test_documents_are_valid_and_split_per_n_events(spark, worlds):
     documents = sorted((root / "landing" / "epcis").rglob("*.jsonld"))
     assert len(documents) > 2 and not list((root / "landing" / "scans").rglob("*.*"))
     assert {p.parent.name for p in documents} == {"date=2025-07-01", "date=2025-07-02"}
-    first = json.loads(documents[0].read_text())
-    assert first["type"] == "EPCISDocument" and len(first["epcisBody"]["eventList"]) == 250
-    assert first["epcisBody"]["eventList"][0]["readPoint"]["id"].startswith("urn:epc:id:sgln:")
+    loaded = [json.loads(p.read_text()) for p in documents]
+    assert {d["type"] for d in loaded} == {"EPCISDocument"}
+    assert max(len(d["epcisBody"]["eventList"]) for d in loaded) == 250  # split per 250 events
+    assert sum(len(d["epcisBody"]["eventList"]) for d in loaded) == generated["events"]
+    assert loaded[0]["epcisBody"]["eventList"][0]["readPoint"]["id"].startswith("urn:epc:id:sgln:")
     # every event passed GS1's schema and the mapping: nothing quarantined, every event in silver
     assert ingested["quarantine"] == {}
     assert ingested["tables"]["silver_scan_events"]["rows"] == generated["events"]
