@@ -46,6 +46,7 @@ CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 SCHEMA_VERSION = "2.0"
 SECONDS_PER_HOUR = 3_600
 DEGREES_PER_HOUR = 15.0  # of longitude: the region's local time zone
+_DAY_MARK = "@DAY@"
 _FOOTER_KEY = 2**62  # sorts after every event (k1 = event time in seconds)
 _PROJECT_EPC = re.compile(r"^([0-9]{3})\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]{8})\.([0-9]+)$")
 
@@ -195,10 +196,10 @@ def document_lines(scans: DataFrame, sgln: Mapping[str, str], offset: str, event
         "date", doc.alias("doc"), "k1", "k2",
         F.when(first, F.col("value")).otherwise(F.concat(F.lit(","), F.col("value"))).alias("value"),
     )
-    header = F.udf(document_header, "string")
+    before, _, after = document_header(_DAY_MARK).partition(_DAY_MARK)  # the header is the same but for the day
     bounds = lines.select("date", "doc").distinct()
     heads = bounds.select("date", "doc", F.lit(-1).cast("long").alias("k1"), F.lit("").alias("k2"),
-                          header(F.col("date")).alias("value"))
+                          F.concat(F.lit(before), F.col("date"), F.lit(after)).alias("value"))
     feet = bounds.select("date", "doc", F.lit(_FOOTER_KEY).cast("long").alias("k1"), F.lit("").alias("k2"),
                          F.lit(DOCUMENT_FOOTER).alias("value"))
     return lines.unionByName(heads).unionByName(feet)
