@@ -27,7 +27,7 @@ def _bronze(event_id="e1", epc=EPC, time=T8, location="L1", file="a.csv", operat
 
 def _locations(spark):
     return spark.createDataFrame(
-        [("L1", "Factory 01", "Factory", 0, 37.5, 127.0), ("L2", "Shop 01", "POS", 5, 36.0, 128.0)],
+        [("L1", "Factory 01", "Factory", 0, 37.5, 127.0, None, None), ("L2", "Shop 01", "POS", 5, 36.0, 128.0, None, None)],
         table_spec("reference_locations").ddl,
     )
 
