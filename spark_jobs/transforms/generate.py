@@ -564,6 +564,9 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
         locs[rows, rescan_slot] = locs[rows, src_slot]
         types[rows, rescan_slot] = types[rows, src_slot]
         conf[rows, rescan_slot] = CONFOUNDERS.index(RESCAN)
+        # The same operator scans again with the same device (so its clock offset is the same too).
+        u_operator[rows, rescan_slot] = u_operator[rows, src_slot]
+        u_device[rows, rescan_slot] = u_device[rows, src_slot]
 
     # missed read: the Inbound of a middle stage is never scanned, or (missed_stage_share) both of its scans;
     # the event that follows the gap shows it.
