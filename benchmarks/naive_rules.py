@@ -123,14 +123,14 @@ def score(scans: pd.DataFrame, flags: dict[str, pd.Series], truth: pd.DataFrame)
         mine = truth[truth["anomaly_type"] == anomaly]
         positive = scans["event_id"].isin(set(mine["event_id"]))
         hit = flagged & positive
-        flagged_ids = set(scans.loc[flagged, "event_id"])
-        incidents = mine.groupby("incident_id")["event_id"].apply(lambda ids: bool(flagged_ids & set(ids)))
+        mine_flagged = mine["event_id"].isin(set(scans.loc[flagged, "event_id"]))
+        incidents = mine_flagged.groupby(mine["incident_id"]).any()
         precision = hit.sum() / flagged.sum() if flagged.sum() else float("nan")
         event_recall = hit.sum() / positive.sum() if positive.sum() else float("nan")
         incident_recall = incidents.mean() if len(incidents) else float("nan")
         rows.append({
             "type": anomaly, "flagged": int(flagged.sum()), "true_events": int(positive.sum()),
-            "incidents": int(len(incidents)), "precision": precision, "event_recall": event_recall,
+            "incidents": len(incidents), "precision": precision, "event_recall": event_recall,
             "incident_recall": incident_recall,
             "ok": bool(precision <= BOUND or max(event_recall, incident_recall) <= BOUND),
         })

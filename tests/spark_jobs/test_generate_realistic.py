@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spark_jobs.generate import apply_options, build_parser, execute, make_plan, with_profile_option
+from spark_jobs.generate import (
+    apply_options,
+    build_parser,
+    execute,
+    make_plan,
+    with_profile_option,
+)
 from spark_jobs.transforms.generate import simulate_block
 from spark_jobs.transforms.network import haversine_km
 from tracelake.config import CONFOUNDERS, GeneratorSettings, Settings
