@@ -18,21 +18,31 @@ events after its end are not written (the products are still in transit).
 
 Anomalies (each anomalous EPC carries exactly one; the rates are shares of EPCs):
 
-- ``epc_fake``: the EPC is malformed, names an unknown company or product, or
-  has an impossible or future manufacture date; every event of it is labelled.
-- ``epc_dup``: a clone scan of the EPC, minutes after a genuine scan, at a place
-  of the same step at least ``dup_min_km`` away; the clone is labelled.
+- ``epc_fake``: the EPC is malformed, names an unknown company or product, has
+  an impossible or future manufacture date, or (``fake_serial_share``) is well
+  formed with a serial outside its product's issued ranges.
+- ``epc_dup``: a clone scan of the EPC after a genuine scan (``dup_delay_minutes_*``),
+  at a place of the same step at least ``dup_min_km`` away, or
+  (``dup_near_share``) ``dup_near_km_*`` away.
 - ``loc_err``: after one stage the journey skips at least one tier or goes
-  back, then carries on normally; the arrival of the bad transition is labelled.
+  back, then carries on normally.
 - ``evt_order_err``: at one place the Outbound is scanned before the Inbound
-  (event types swapped); both events are labelled.
+  (the event types of two consecutive scans swapped).
 - ``jump``: one arrival at a place at least ``jump_min_km`` away comes at an
-  impossible speed (``jump_speed_kmh_*``); the arrival is labelled.
+  impossible speed (``jump_speed_kmh_*``).
 
-An anomaly is only placed where its evidence lies inside the window; an EPC
-whose journey leaves no room for it (it started just before the window's end)
-stays genuine. Data-quality corruption (``corrupt_rate``) only touches rows of
-genuine EPCs and is never labelled.
+Each incident gets one label row naming its anchor event, confirmed after one
+delay; the ground truth lists its whole scope (``schemas/domain.yaml``
+``label_scope``). Confounders (``confounder_rates``; docs/anomalies.md) are
+legitimate and never labelled: air freight on the air lanes, returns, recalls,
+missed reads and re-scans (each a share of EPCs, exclusive with the anomalies),
+and device clock skew (a share of devices, applied to the scans of EPCs without
+an anomaly; ``record_time`` keeps the system's time).
+
+An anomaly or confounder is only placed where its evidence lies inside the
+window; an EPC whose journey leaves no room for it (it started just before the
+window's end) is not chosen for it. Data-quality corruption (``corrupt_rate``)
+only touches rows of plain genuine EPCs and is never labelled.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def lake(spark, test_settings, tmp_path_factory):
     """Two generated days with corrupt rows, plus re-delivered files: a CSV copy, JSON and Parquet with extras."""
     root = tmp_path_factory.mktemp("ingest_lake")
     generator = GeneratorSettings.model_validate({
-        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 11, "format": "csv",
+        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 13, "format": "csv",
         "corrupt_rate": 0.06, "rates": {"epc_fake": 0.05, "epc_dup": 0.05, "loc_err": 0.05, "evt_order_err": 0.05,
                                         "jump": 0.05},
         # Labels confirmed a day after the event, so that day 1's labels land in the range.
