@@ -40,7 +40,7 @@ import pandas as pd
 
 from spark_jobs import generate
 from spark_jobs.transforms.network import haversine_km
-from tracelake.config import GeneratorSettings, load_settings
+from tracelake.config import load_settings
 from tracelake.runs import job_run
 from tracelake.spark import build_spark
 from tracelake.tables import domain
@@ -53,12 +53,16 @@ BOUND = 0.7
 
 def generate_world(lake: Path, days: int, epcs: int, seed: int, profile: str, overrides: list[str]) -> dict:
     shutil.rmtree(lake, ignore_errors=True)
+    # The profile is chosen while the settings are built, so that it fills what is not given.
+    generator = {"profile": profile, "days": days, "epcs": epcs, "seed": seed,
+                 "format": "csv"}
     settings = load_settings(overrides=["spark.master=local[2]", "spark.driver_memory=2g",
-                                        "spark.shuffle_partitions=4", f"lake_root={lake}", *overrides])
+                                        "spark.shuffle_partitions=4", f"lake_root={lake}",
+                                        *(f"generator.{k}={v}" for k, v in generator.items()), *overrides])
     settings.spark.conf.update({"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
-    options = {**settings.generator.model_dump(exclude_unset=True), "profile": profile, "start_date": START.isoformat(),
-               "days": days, "epcs": epcs, "seed": seed, "format": "csv"}
-    settings = settings.model_copy(update={"generator": GeneratorSettings.model_validate(options)})
+    # (start_date is not a --set value: YAML would read it as a date.)
+    settings = settings.model_copy(update={"generator": settings.generator.model_copy(
+        update={"start_date": START.isoformat()})})
     spark = build_spark(settings, "naive-rules")
     try:
         with job_run("generate", settings=settings, spark=spark, start=START,

@@ -104,6 +104,7 @@ def test_realistic_is_the_default_and_profiles_fill_only_what_is_not_given(tmp_p
         ["--profile", "easy", "--set", "generator.region_km=900", "--lake-root", str(tmp_path)]))
     settings = apply_options(settings_from_args(args), args)
     assert (settings.generator.profile, settings.generator.region_km) == ("easy", 900.0)
+    assert set(settings.generator.confounder_rates.values()) == {0.0}
     args = build_parser().parse_args(["--set", "generator.confounder_rates.rescan=0.2", "--lake-root", str(tmp_path)])
     settings = apply_options(settings_from_args(with_profile_option(args)), args)
     assert settings.generator.confounder_rates["rescan"] == 0.2
