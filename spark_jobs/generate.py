@@ -1,7 +1,7 @@
 """Simulate the supply network and write the landing files (same code as `tracelake generate`).
 
     spark-submit spark_jobs/generate.py --start-date 2025-07-01 --days 7 --epcs 20000 \\
-        --seed 42 --format csv [--rate-epc-fake 0.01 ...] [--corrupt-rate 0.001]
+        --seed 42 --format csv [--profile realistic|easy] [--rate-epc-fake 0.01 ...] [--corrupt-rate 0.001]
 
 Writes, under the lake root (paths from ``schemas/tables/landing_*.yaml``):
 
@@ -11,7 +11,15 @@ Writes, under the lake root (paths from ``schemas/tables/landing_*.yaml``):
 - ``landing/labels/date=C/part-w<START>-00000.<ext>``, C = the day the label was
   confirmed. A run owns the label files tagged with its window's start, so a
   rerun replaces them while the labels of other windows stay.
-- ``landing/reference/locations.csv`` and ``products.csv``: the network.
+- ``landing/reference/locations.csv``, ``products.csv``, ``air_lanes.csv`` and
+  ``serial_ranges.csv``: the network, its air lanes, the serials each product issued.
+- ``landing/_truth/labels/part-w<START>.parquet`` and
+  ``landing/_truth/confounders/part-w<START>.parquet``: the ground truth of the
+  window (every event of every incident, every event showing a confounder);
+  not ingested (docs/anomalies.md).
+
+The profile (``realistic``, the default, or ``easy``) fills every generator
+setting not given explicitly (``schemas/domain.yaml``, ``generator.profiles``).
 
 The same options give byte-identical files. Options default from the
 ``generator`` section of the configuration.
@@ -31,7 +39,7 @@ from typing import Any
 from pydantic import ValidationError
 from pyspark.sql import functions as F
 
-from tracelake.config import ConfigError, GeneratorSettings, Settings
+from tracelake.config import GENERATOR_PROFILES, ConfigError, GeneratorSettings, Settings
 from tracelake.dates import parse_date
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint, settings_from_args
 from tracelake.tables import domain, table_spec
@@ -41,11 +49,15 @@ from spark_jobs.transforms.generate import (
     SCANS,
     STATS,
     TEXT_FORMATS,
+    TRUTH_CONFOUNDERS,
+    TRUTH_LABELS,
     SimulationPlan,
     column_files,
     merge_stats,
     simulate,
+    simulate_truth,
     text_files,
+    truth_files,
 )
 from spark_jobs.transforms import epcis_writer
 from spark_jobs.transforms.network import build_network
@@ -53,6 +65,9 @@ from spark_jobs.transforms.network import build_network
 JOB = "generate"
 FORMATS = ("csv", "json", "parquet", epcis_writer.FORMAT)
 EXTENSIONS = {"csv": "csv", "json": "json", "parquet": "parquet"}
+# Ground truth folder under landing/ (the leading underscore keeps readers of landing/ out).
+TRUTH_FOLDER = "_truth"
+TRUTH_NAMES = {TRUTH_LABELS: "labels", TRUTH_CONFOUNDERS: "confounders"}
 
 
 def _rate_option(anomaly: str) -> str:
@@ -70,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epcs", type=int, help="EPCs whose journeys start in the window")
     parser.add_argument("--seed", type=int, help="random seed: the same options give identical files")
     parser.add_argument("--format", choices=FORMATS, help="landing file format")
+    parser.add_argument("--profile", choices=GENERATOR_PROFILES,
+                        help="realistic (default: legitimate confounders, harder anomalies) or easy (none, for quick "
+                             "tests); fills the generator settings not given explicitly")
     for anomaly in domain()["anomaly_types"]:
         parser.add_argument(_rate_option(anomaly), type=float, dest=f"rate_{anomaly}", metavar="SHARE",
                             help=f"share of EPCs with a {anomaly} anomaly")
@@ -97,6 +115,13 @@ def apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
         raise ConfigError(f"--corrupt-rate {settings.generator.corrupt_rate} cannot be used with --format epcis: "
                           "EPCIS documents are written valid against GS1's schema; use csv, json or parquet")
     return settings
+
+
+def with_profile_option(args: argparse.Namespace) -> argparse.Namespace:
+    """``--profile`` as the override ``generator.profile``, so that explicit settings still win over it."""
+    if getattr(args, "profile", None):
+        args.overrides = [*(getattr(args, "overrides", None) or []), f"generator.profile={args.profile}"]
+    return args
 
 
 def make_plan(generator: GeneratorSettings, start: dt.date, days: int) -> SimulationPlan:
@@ -192,6 +217,18 @@ def _publish(plan: SimulationPlan, staged: Path, tmp: Path, lake: str) -> dict[s
     return published
 
 
+def _publish_truth(plan: SimulationPlan, staged: Path, root: Path) -> None:
+    """One Parquet file per truth table and window: ``<root>/<table>/part-w<START>.parquet``."""
+    for kind, name in TRUTH_NAMES.items():
+        target = root / name / f"part-w{plan.start:%Y%m%d}.parquet"
+        files = _data_files(staged / kind, None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if files:
+            os.replace(files[0], target)
+        elif target.exists():
+            target.unlink()
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -216,6 +253,9 @@ def execute(run: JobRun) -> dict[str, Any]:
                                                     run.settings.epcis.location_company_prefix)
         _write_reference(locations, Path(table_spec("landing_locations").location(lake)), tmp / "ref")
         _write_reference(network.products_frame(), Path(table_spec("landing_products").location(lake)), tmp / "ref")
+        _write_reference(network.air_lanes_frame(), Path(table_spec("landing_air_lanes").location(lake)), tmp / "ref")
+        _write_reference(network.serial_ranges_frame(generator.epcs),
+                         Path(table_spec("landing_serial_ranges").location(lake)), tmp / "ref")
 
         staged = tmp / "spark"
         blocks = run.spark.range(plan.n_blocks, numPartitions=plan.n_blocks)
@@ -248,7 +288,12 @@ def execute(run: JobRun) -> dict[str, Any]:
         stats = merge_stats(stats_lines)
         if stats["epcs"] != generator.epcs:
             raise RuntimeError(f"simulated {stats['epcs']} EPCs instead of {generator.epcs}: some blocks are missing")
+        with run.log.step("write ground truth", path=str(landing / TRUTH_FOLDER)):
+            truth = simulate_truth(run.spark.range(plan.n_blocks, numPartitions=plan.n_blocks), plan)
+            for kind in TRUTH_NAMES:
+                truth_files(truth, kind).write.parquet(str(tmp / "truth" / kind))
         published = _publish(plan, staged, tmp, lake)
+        _publish_truth(plan, tmp / "truth", landing / TRUTH_FOLDER)
         epcis_root = Path(table_spec("landing_epcis").location(lake))
         if generator.format == epcis_writer.FORMAT:
             published[SCANS] = epcis_writer.publish(tmp / "epcis", epcis_root, plan.window_days, tmp)
@@ -267,11 +312,14 @@ def execute(run: JobRun) -> dict[str, Any]:
         "days": days,
         "epcs": generator.epcs,
         "seed": generator.seed,
-        "files": len(published[SCANS]) + len(published[LABELS]) + 2,
+        "files": len(published[SCANS]) + len(published[LABELS]) + 4,
         "events": events,
         "events_per_day": stats["events"],
         "labels": stats["labels"],
         "anomalous_epcs": stats["anomalous_epcs"],
+        "profile": generator.profile,
+        "confounded_epcs": stats["confounded_epcs"],
+        "skewed_events": stats["skewed_events"].get("clock_skew", 0),
         "corrupted_rows": stats["corrupted"],
         "locations": network.n_locations,
         "products": len(network.product_code),
@@ -282,12 +330,13 @@ def execute(run: JobRun) -> dict[str, Any]:
                       corrupted_rows=sum(stats["corrupted"].values()))
     run.record_output("landing_labels", rows=sum(stats["labels"].values()), files=len(published[LABELS]),
                       per_type=stats["labels"])
-    run.record_output("landing_reference", locations=network.n_locations, products=len(network.product_code))
+    run.record_output("landing_reference", locations=network.n_locations, products=len(network.product_code),
+                      air_lanes=int(network.air_lanes.sum()))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = with_profile_option(build_parser().parse_args(argv))
     settings = apply_options(settings_from_args(args), args)
     generator = settings.generator
     start = parse_date(generator.start_date, "--start-date")
@@ -297,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         run.log.event("summary", **summary)
     labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items()) or "none"
     print(
-        f"generate: {summary['events']} scan events of {summary['epcs']} EPCs, {summary['start_date']}.."
+        f"generate ({summary['profile']}): {summary['events']} scan events of {summary['epcs']} EPCs, "
+        f"{summary['start_date']}.."
         f"{summary['end_date']} ({summary['format']}), labels: {labels}; "
         f"corrupted rows: {sum(summary['corrupted_rows'].values())}; {summary['files']} files under {summary['landing']}"
     )

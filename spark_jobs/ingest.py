@@ -9,6 +9,7 @@ JSON lines or Parquet, told apart by file extension) and the reference files,
 then writes, each in one Delta commit that replaces exactly the range:
 
 - reference/locations, reference/products (whole tables, from landing/reference);
+  reference/air_lanes, reference/serial_ranges likewise where their files exist;
 - bronze/scan_events: typed rows with ``_source_file``, ``_ingested_at``, ``_run_id``;
 - bronze/quarantine: every landing row that could not be typed, with its raw
   payload and reason (see :mod:`spark_jobs.transforms.bronze`);
@@ -50,6 +51,11 @@ JOB = "ingest"
 REFERENCES = (
     ("landing_locations", "reference_locations", ("location_id",)),
     ("landing_products", "reference_products", ("company_code", "product_code")),
+)
+# Reference files a producer may not deliver (landing folders older than them): loaded when present.
+OPTIONAL_REFERENCES = (
+    ("landing_air_lanes", "reference_air_lanes", ("origin_location_id", "destination_location_id")),
+    ("landing_serial_ranges", "reference_serial_ranges", ("company_prefix", "item_reference", "serial_from")),
 )
 # Landing table of each source.
 SOURCES = {bronze.SCANS: "landing_scans", bronze.LABELS: "landing_labels"}
@@ -283,6 +289,11 @@ def execute(run: JobRun) -> dict[str, Any]:
     files, extra_columns, missing_days = _inventory(run, days, frozenset(f.landing_date for f in epcis_files))
     references = {table: load_reference(run, landing_name, table, key, tables)
                   for landing_name, table, key in REFERENCES}
+    for landing_name, table, key in OPTIONAL_REFERENCES:
+        if _exists(spark, table_spec(landing_name).location(run.lake_root)):
+            load_reference(run, landing_name, table, key, tables)
+        else:
+            run.log.event("optional reference file not delivered; its table is left as it is", table=table)
 
     scans_spec, labels_spec = table_spec(SOURCES[bronze.SCANS]), table_spec(SOURCES[bronze.LABELS])
     level = getattr(StorageLevel, settings.storage_level)

@@ -86,7 +86,33 @@ DEFAULT_DWELL_HOURS: dict[str, tuple[float, float]] = {
 }
 
 
+# Confounders the generator can simulate: legitimate events that look anomalous to a naive
+# rule. Each rate is a share of EPCs, except clock_skew: a share of scanning devices.
+CONFOUNDERS = ("air_freight", "return", "recall", "missed_read", "rescan", "clock_skew")
+GENERATOR_PROFILES = ("realistic", "easy")
+DOMAIN_FILE = PROJECT_ROOT / "schemas" / "domain.yaml"
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def generator_profile(name: str) -> dict[str, Any]:
+    """The settings of a generator profile (``generator.profiles`` of ``schemas/domain.yaml``)."""
+    profiles = (yaml.safe_load(DOMAIN_FILE.read_text()) or {}).get("generator", {}).get("profiles", {})
+    if name not in profiles:
+        raise ValueError(f"generator profile {name!r} is not one of {sorted(profiles)} (schemas/domain.yaml)")
+    return profiles[name] or {}
+
+
 class GeneratorSettings(_Section):
+    # A profile fills every setting not given explicitly: `realistic` (legitimate
+    # confounders, harder anomalies, a larger region) or `easy` (the plain defaults
+    # below: no confounders, for quick tests). Profiles live in schemas/domain.yaml.
+    profile: Literal["realistic", "easy"] = "realistic"
     start_date: str = "2025-07-01"
     days: int = Field(7, ge=1)
     epcs: int = Field(20_000, ge=1)
@@ -145,11 +171,63 @@ class GeneratorSettings(_Section):
     # epc_fake with a future manufacture date: this many days after the window's end.
     fake_future_days_min: int = Field(30, ge=1)
     fake_future_days_max: int = Field(400, ge=1)
+    # Share of epc_fake EPCs that are well formed, of a known company and product, with a
+    # serial outside the product's issued ranges (the rest: malformed, unknown, bad date).
+    fake_serial_share: float = Field(0.0, ge=0, le=1)
+    # Issued serials: product k's range starts at k * serial_stride + 1 and holds
+    # serial_issued serials; 0 = serials are the EPC's number (one range 1..epcs per product).
+    serial_stride: int = Field(0, ge=0)
+    serial_issued: int = Field(0, ge=0)
+    # Share of epc_dup clones at a near place (dup_near_km_min..dup_near_km_max away) instead of >= dup_min_km.
+    dup_near_share: float = Field(0.0, ge=0, le=1)
+    dup_near_km_min: float = Field(20.0, ge=0)
+    dup_near_km_max: float = Field(100.0, ge=0)
+    # Confounders (see CONFOUNDERS): legitimate events, never labelled.
+    confounder_rates: dict[str, float] = Field(default_factory=lambda: {c: 0.0 for c in CONFOUNDERS})
+    # air_freight: hub -> hub flights on the air lanes (hub pairs at least air_lane_min_km apart).
+    air_lane_min_km: float = Field(500.0, ge=0)
+    air_speed_kmh_min: float = Field(600.0, gt=0)
+    air_speed_kmh_max: float = Field(900.0, gt=0)
+    # missed_read: share of missed reads that lose a whole stage (both scans), else one Inbound.
+    missed_stage_share: float = Field(0.3, ge=0, le=1)
+    # rescan: the same scan repeated at the same place this many minutes later.
+    rescan_minutes_min: float = Field(1.0, gt=0)
+    rescan_minutes_max: float = Field(15.0, gt=0)
+    # clock_skew: a skewed device's clock is off by +-(min..max) seconds; record_time (when the
+    # system recorded a scan) is the true time plus 0..record_latency_seconds_max.
+    clock_skew_seconds_min: float = Field(5.0, ge=0)
+    clock_skew_seconds_max: float = Field(600.0, ge=0)
+    record_latency_seconds_max: float = Field(30.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, value: Any) -> Any:
+        """Explicit settings over the profile's over the defaults below."""
+        if not isinstance(value, dict):
+            return value
+        profile = value.get("profile", "realistic")
+        if profile not in GENERATOR_PROFILES:
+            return value  # the Literal field reports it
+        return _deep_merge(generator_profile(profile), value)
 
     @field_validator("dwell_hours", mode="before")
     @classmethod
     def _dwell_defaults(cls, value: Any) -> Any:
         return {**DEFAULT_DWELL_HOURS, **value} if isinstance(value, dict) else value
+
+    @field_validator("confounder_rates", mode="before")
+    @classmethod
+    def _confounder_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(CONFOUNDERS))
+        if unknown:
+            raise ValueError(f"unknown confounder(s) {unknown}; known: {list(CONFOUNDERS)}")
+        rates = {c: 0.0 for c in CONFOUNDERS} | value
+        bad = {c: r for c, r in rates.items() if not 0 <= float(r) <= 1}
+        if bad:
+            raise ValueError(f"confounder rates must lie in [0, 1]: {bad}")
+        return rates
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> GeneratorSettings:
@@ -160,16 +238,22 @@ class GeneratorSettings(_Section):
             ("jump_speed_kmh", self.jump_speed_kmh_min, self.jump_speed_kmh_max),
             ("dup_delay_minutes", self.dup_delay_minutes_min, self.dup_delay_minutes_max),
             ("fake_future_days", self.fake_future_days_min, self.fake_future_days_max),
+            ("dup_near_km", self.dup_near_km_min, self.dup_near_km_max),
+            ("air_speed_kmh", self.air_speed_kmh_min, self.air_speed_kmh_max),
+            ("rescan_minutes", self.rescan_minutes_min, self.rescan_minutes_max),
+            ("clock_skew_seconds", self.clock_skew_seconds_min, self.clock_skew_seconds_max),
             *((f"dwell_hours.{step}", lo, hi) for step, (lo, hi) in self.dwell_hours.items()),
         ]
         for name, low, high in pairs:
             if low > high:
                 raise ValueError(f"generator {name}: minimum {low} is above maximum {high}; swap them")
-        if self.dup_delay_minutes_max >= 60 * min(self.handling_hours_min, *(lo for lo, _ in self.dwell_hours.values())):
-            raise ValueError(
-                "generator dup_delay_minutes_max must stay below the shortest handling and dwell time, "
-                "so that a clone scan falls between two genuine scans"
-            )
+        per_epc = sum(r for c, r in self.confounder_rates.items() if c != "clock_skew")
+        if per_epc + sum(self.rates.model_dump().values()) > 1:
+            raise ValueError(f"anomaly and per-EPC confounder rates add up to more than 1 (confounders {per_epc:g}); "
+                             "each EPC carries at most one of them")
+        if self.serial_stride and self.serial_issued > self.serial_stride // 2:
+            raise ValueError(f"generator serial_issued {self.serial_issued} must be at most half of serial_stride "
+                             f"{self.serial_stride}, to leave room for serials that were never issued")
         return self
 
 

@@ -140,7 +140,11 @@ def _lineage(run_id: str, ingested_at: dt.datetime) -> list[Column]:
 def bronze_scan_events(classified: DataFrame, run_id: str, ingested_at: dt.datetime) -> DataFrame:
     """Accepted scan rows, typed, with lineage columns (columns of bronze_scan_events)."""
     return classified.where(F.col("reason_code").isNull()).select(
-        "event_id", "epc_code", F.col("event_ts").alias("event_time"), "location_id", "business_step",
+        "event_id", "epc_code", F.col("event_ts").alias("event_time"),
+        # Optional: null where a file predates the column or the value does not parse.
+        (parse_timestamp(F.col("record_time")) if "record_time" in classified.columns
+         else F.lit(None).cast("timestamp")).alias("record_time"),
+        "location_id", "business_step",
         "event_type", "operator_id", "device_id", "product_name",
         F.to_date("event_ts").alias("event_date"), "_source_file", *_lineage(run_id, ingested_at),
     )

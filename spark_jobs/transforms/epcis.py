@@ -341,7 +341,7 @@ def scan_rows(bronze: DataFrame, locations: DataFrame, mapping: DataFrame, run_i
     classified = rows.withColumn("reason", reason)
     scans = classified.where(F.col("reason").isNull()).select(
         F.when(F.col("_epcs") > 1, F.concat(event_id, F.lit("#"), F.col("epc"))).otherwise(event_id).alias("event_id"),
-        epc_code.alias("epc_code"), "event_time", "location_id", F.col("_step").alias("business_step"),
+        epc_code.alias("epc_code"), "event_time", "record_time", "location_id", F.col("_step").alias("business_step"),
         F.col("_mapped_type").alias("event_type"), _extension("operator_id").alias("operator_id"),
         _extension("device_id").alias("device_id"), _extension("product_name").alias("product_name"),
         "event_date", "_source_file", "_ingested_at", F.lit(run_id).alias("_run_id"),

@@ -148,6 +148,7 @@ def render_events(scans: pd.DataFrame, sgln: Mapping[str, str], offset: str) -> 
             "eventID": encode_event_id(row.event_id),
             "eventTime": str(local[i]),
             "eventTimeZoneOffset": offset,
+            **({"recordTime": row.record_time} if getattr(row, "record_time", None) else {}),
             ("childEPCs" if shape["epcis_type"] == "AggregationEvent" else "epcList"): epcs,
             "action": shape["action"],
             "bizStep": shape["biz_step"],

@@ -18,21 +18,31 @@ events after its end are not written (the products are still in transit).
 
 Anomalies (each anomalous EPC carries exactly one; the rates are shares of EPCs):
 
-- ``epc_fake``: the EPC is malformed, names an unknown company or product, or
-  has an impossible or future manufacture date; every event of it is labelled.
-- ``epc_dup``: a clone scan of the EPC, minutes after a genuine scan, at a place
-  of the same step at least ``dup_min_km`` away; the clone is labelled.
+- ``epc_fake``: the EPC is malformed, names an unknown company or product, has
+  an impossible or future manufacture date, or (``fake_serial_share``) is well
+  formed with a serial outside its product's issued ranges.
+- ``epc_dup``: a clone scan of the EPC after a genuine scan (``dup_delay_minutes_*``),
+  at a place of the same step at least ``dup_min_km`` away, or
+  (``dup_near_share``) ``dup_near_km_*`` away.
 - ``loc_err``: after one stage the journey skips at least one tier or goes
-  back, then carries on normally; the arrival of the bad transition is labelled.
+  back, then carries on normally.
 - ``evt_order_err``: at one place the Outbound is scanned before the Inbound
-  (event types swapped); both events are labelled.
+  (the event types of two consecutive scans swapped).
 - ``jump``: one arrival at a place at least ``jump_min_km`` away comes at an
-  impossible speed (``jump_speed_kmh_*``); the arrival is labelled.
+  impossible speed (``jump_speed_kmh_*``).
 
-An anomaly is only placed where its evidence lies inside the window; an EPC
-whose journey leaves no room for it (it started just before the window's end)
-stays genuine. Data-quality corruption (``corrupt_rate``) only touches rows of
-genuine EPCs and is never labelled.
+Each incident gets one label row naming its anchor event, confirmed after one
+delay; the ground truth lists its whole scope (``schemas/domain.yaml``
+``label_scope``). Confounders (``confounder_rates``; docs/anomalies.md) are
+legitimate and never labelled: air freight on the air lanes, returns, recalls,
+missed reads and re-scans (each a share of EPCs, exclusive with the anomalies),
+and device clock skew (a share of devices, applied to the scans of EPCs without
+an anomaly; ``record_time`` keeps the system's time).
+
+An anomaly or confounder is only placed where its evidence lies inside the
+window; an EPC whose journey leaves no room for it (it started just before the
+window's end) is not chosen for it. Data-quality corruption (``corrupt_rate``)
+only touches rows of plain genuine EPCs and is never labelled.
 """
 
 from __future__ import annotations
@@ -49,19 +59,23 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
-from tracelake.config import GeneratorSettings
-from spark_jobs.transforms.network import LOCATION_ID_FORMAT, Network
+from tracelake.config import CONFOUNDERS, GeneratorSettings
+from spark_jobs.transforms.network import LOCATION_ID_FORMAT, Network, serial_digits
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SECONDS_PER_DAY = 86_400
 SECONDS_PER_HOUR = 3_600
 EPC_HEADER = "001"
-SERIAL_DIGITS = 9
 EVENT_ID_PREFIX = "EVT-"
+INCIDENT_ID_PREFIX = "INC-"
 # Shortest transit of a jump, so that its implied speed stays finite at one-second resolution.
 JUMP_MIN_TRANSIT_S = 30.0
 # Event slots per EPC are encoded in 5 bits of the event id.
 SLOT_BITS = 5
+# The slot code no event uses: it names the EPC's incident.
+INCIDENT_SLOT = 2**SLOT_BITS - 1
+# How a leg is travelled.
+MODE_TRUCK, MODE_JUMP, MODE_AIR = 0, 1, 2
 ROWS_PER_BATCH = 50_000
 
 # Kinds of output rows (the first partition column of the simulated frame).
@@ -71,6 +85,13 @@ TEXT_FORMATS = ("csv", "json")
 # Anomaly types the simulation knows how to inject (schemas/domain.yaml lists them).
 EPC_FAKE, EPC_DUP, LOC_ERR, EVT_ORDER_ERR, JUMP = "epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump"
 SIMULATED_ANOMALIES = (EPC_FAKE, EPC_DUP, LOC_ERR, EVT_ORDER_ERR, JUMP)
+FAKE_SERIAL = "serial_out_of_range"
+
+# Confounders (tracelake.config.CONFOUNDERS): all but clock_skew are a property of one EPC.
+AIR_FREIGHT, RETURN, RECALL, MISSED_READ, RESCAN, CLOCK_SKEW = CONFOUNDERS
+EPC_CONFOUNDERS = (AIR_FREIGHT, RETURN, RECALL, MISSED_READ, RESCAN)
+# Ground truth (landing/_truth, not ingested).
+TRUTH_LABELS, TRUTH_CONFOUNDERS = "truth_labels", "truth_confounders"
 
 # Ways a landing row is made bad (data-quality errors ingest must quarantine).
 UNPARSEABLE = "unparseable"
@@ -153,20 +174,27 @@ class SimulationPlan:
 
 @dataclass
 class BlockEvents:
-    """The events of one block, one entry per written scan (flat arrays)."""
+    """The events of one block, one entry per written scan (flat arrays), and its incidents."""
 
     event_id: np.ndarray  # str
     epc_code: np.ndarray  # str
-    time_s: np.ndarray  # int64 epoch seconds
+    time_s: np.ndarray  # int64 epoch seconds, as the scanning device's clock says
+    record_s: np.ndarray  # int64 epoch seconds the system recorded the scan (true time + latency)
     location: np.ndarray  # location index
     event_type: np.ndarray  # index into plan.event_types
     operator_id: np.ndarray  # str
     device_id: np.ndarray  # str
     product_name: np.ndarray  # str
-    label: np.ndarray  # anomaly index into plan.anomaly_types, -1 for none
+    label: np.ndarray  # anomaly index into plan.anomaly_types, -1 for none (the truth's scope)
+    incident_id: np.ndarray  # str, "" for none
+    variant: np.ndarray  # str: how the anomaly was made ("" for none)
+    confounder: np.ndarray  # index into CONFOUNDERS of a per-EPC confounder shown by the event, -1 for none
+    skewed: np.ndarray  # bool: the event's time carries its device's clock offset
     genuine_epc: np.ndarray  # bool: the EPC carries no anomaly at all
+    incidents: dict[str, np.ndarray]  # one entry per incident: its label feed row
     epcs: int
     anomalous_epcs: dict[str, int]
+    confounded_epcs: dict[str, int]
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -193,11 +221,20 @@ def _prefixed_hex(prefix: str, values: np.ndarray) -> np.ndarray:
     return out.view(f"S{width}").ravel().astype(str).astype(object)
 
 
-def event_ids(plan: SimulationPlan, epc_index: np.ndarray, slot: np.ndarray) -> np.ndarray:
-    """Unique, deterministic event ids: a keyed bijection of (global EPC index, event slot)."""
+def _id_codes(plan: SimulationPlan, epc_index: np.ndarray, slot: np.ndarray) -> np.ndarray:
     key = np.random.SeedSequence(plan.entropy).generate_state(1, np.uint64)[0]
     code = (epc_index.astype(np.uint64) << np.uint64(SLOT_BITS)) | slot.astype(np.uint64)
-    return _prefixed_hex(EVENT_ID_PREFIX, _mix64(code ^ key))
+    return _mix64(code ^ key)
+
+
+def event_ids(plan: SimulationPlan, epc_index: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Unique, deterministic event ids: a keyed bijection of (global EPC index, event slot)."""
+    return _prefixed_hex(EVENT_ID_PREFIX, _id_codes(plan, epc_index, slot))
+
+
+def incident_ids(plan: SimulationPlan, epc_index: np.ndarray) -> np.ndarray:
+    """One id per anomalous EPC (an EPC carries at most one incident): the code of a slot no event uses."""
+    return _prefixed_hex(INCIDENT_ID_PREFIX, _id_codes(plan, epc_index, np.full(len(epc_index), INCIDENT_SLOT)))
 
 
 def _pick_where(mask: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -225,10 +262,27 @@ class _Draws:
     jump_speed: np.ndarray
 
 
+def _truck_transit_s(plan: SimulationPlan, dist: np.ndarray, draws: _Draws, j: int) -> np.ndarray:
+    s = plan.settings
+    speed = s.truck_speed_kmh_min + draws.speed[:, j] * (s.truck_speed_kmh_max - s.truck_speed_kmh_min)
+    handling = s.handling_hours_min + draws.handling[:, j] * (s.handling_hours_max - s.handling_hours_min)
+    return (dist / speed + handling) * SECONDS_PER_HOUR
+
+
+def _air_kmh(plan: SimulationPlan, draws: _Draws) -> np.ndarray:
+    s = plan.settings
+    return s.air_speed_kmh_min + draws.jump_speed * (s.air_speed_kmh_max - s.air_speed_kmh_min)
+
+
 def _timeline(
-    plan: SimulationPlan, path: np.ndarray, t0: np.ndarray, factory: np.ndarray, draws: _Draws, jump_leg: np.ndarray
+    plan: SimulationPlan, path: np.ndarray, t0: np.ndarray, factory: np.ndarray, draws: _Draws,
+    mode: np.ndarray, fixed: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Locations and first/second event times of each leg of each journey (NaN where none)."""
+    """Locations and first/second event times of each leg of each journey (NaN where none).
+
+    ``mode[i, j]``: how leg j is travelled (truck, jump or air); ``fixed[i, j]``: the
+    location of leg j where set (a return to a place already visited), else -1.
+    """
     s, net = plan.settings, plan.network
     n, legs = path.shape
     last = len(net.stages) - 1
@@ -246,7 +300,7 @@ def _timeline(
             cur, arrive = factory.copy(), t0.copy()
         else:
             cur = np.full(n, -1)
-            jumping = jump_leg == j
+            jumping, flying = mode[:, j] == MODE_JUMP, mode[:, j] == MODE_AIR
             for tier in range(len(net.stages)):
                 rows = np.flatnonzero(active & (stage == tier))
                 if rows.size == 0:
@@ -255,17 +309,20 @@ def _timeline(
                 far = jumping[rows]
                 if far.any():
                     pick[far] = _choose(net.jump_cum[tier], prev_loc[rows[far]], draws.loc[rows[far], j])
+                fly = flying[rows]
+                if fly.any():  # air legs are hub -> hub: air_cum chooses among the hubs
+                    pick[fly] = _choose(net.air_cum, prev_loc[rows[fly]], draws.loc[rows[fly], j])
                 cur[rows] = net.members[tier][pick]
                 if tier == last:  # a retailer's products go to its own point of sale
                     own = net.pos_of[prev_loc[rows]]
                     cur[rows] = np.where(own >= 0, own, cur[rows])
+            cur = np.where(fixed[:, j] >= 0, fixed[:, j], cur)
             safe = np.where(active, cur, 0)
             dist = net.distance_km[prev_loc, safe]
-            speed = s.truck_speed_kmh_min + draws.speed[:, j] * (s.truck_speed_kmh_max - s.truck_speed_kmh_min)
-            handling = s.handling_hours_min + draws.handling[:, j] * (s.handling_hours_max - s.handling_hours_min)
-            transit_s = (dist / speed + handling) * SECONDS_PER_HOUR
+            transit_s = _truck_transit_s(plan, dist, draws, j)
             jump_kmh = s.jump_speed_kmh_min + draws.jump_speed * (s.jump_speed_kmh_max - s.jump_speed_kmh_min)
             transit_s = np.where(jumping, np.maximum(dist / jump_kmh * SECONDS_PER_HOUR, JUMP_MIN_TRANSIT_S), transit_s)
+            transit_s = np.where(flying, dist / _air_kmh(plan, draws) * SECONDS_PER_HOUR, transit_s)
             arrive = prev_t + transit_s
         st = np.where(active, stage, 0)
         dwell_s = np.exp(dwell_lo[st] + draws.dwell[:, j] * (dwell_hi[st] - dwell_lo[st])) * SECONDS_PER_HOUR
@@ -280,19 +337,28 @@ def _timeline(
     return loc, t1, t2
 
 
-def _fake_epcs(plan: SimulationPlan, rng: np.random.Generator, parts: list[np.ndarray]) -> np.ndarray:
-    """EPC strings that are fake in one of four ways, built from genuine-looking parts."""
-    header, company, product, lot, made, serial = parts
+def _fake_epcs(
+    plan: SimulationPlan, rng: np.random.Generator, parts: list[np.ndarray], product: np.ndarray,
+    u_serial: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """EPC strings that are fake in one of five ways, built from genuine-looking parts, and the way."""
+    header, company, product_code, lot, made, serial = parts
     s, net = plan.settings, plan.network
     n = len(company)
     how = rng.integers(4, size=n)
     sub = rng.integers(4, size=n)
+    by_serial = u_serial < s.fake_serial_share
+    unissued = net.unissued_serials(product, (u_serial / max(s.fake_serial_share, 1e-12)) % 1.0)
     known = set(net.company_code)
     low, high = 10 ** (len(net.company_code[0]) - 1), 10 ** len(net.company_code[0]) - 1
     end = plan.start + dt.timedelta(days=plan.days)
-    out = []
+    out, variant = [], []
     for i in range(n):
-        h, c, p, lt, m, sr = header[i], company[i], product[i], lot[i], made[i], serial[i]
+        h, c, p, lt, m, sr = header[i], company[i], product_code[i], lot[i], made[i], serial[i]
+        if by_serial[i]:  # well formed, known company and product, a serial never issued
+            out.append(f"{h}.{c}.{p}.{lt}.{m}.{int(unissued[i]):0{len(sr)}d}")
+            variant.append(FAKE_SERIAL)
+            continue
         if how[i] == 0:  # malformed: fails the EPC regex
             variants = (
                 f"{h[1:]}.{c}.{p}.{lt}.{m}.{sr}",
@@ -301,33 +367,38 @@ def _fake_epcs(plan: SimulationPlan, rng: np.random.Generator, parts: list[np.nd
                 f"{h}-{c}-{p}-{lt}-{m}-{sr}",
             )
             out.append(variants[sub[i]])
+            variant.append("malformed")
             continue
         if how[i] == 1:  # unknown company
             c = f"{int(rng.integers(low, high + 1)):0{len(c)}d}"
             while c in known:
                 c = f"{int(rng.integers(low, high + 1)):0{len(c)}d}"
+            variant.append("unknown_company")
         elif how[i] == 2:  # unknown product of a known company
             limit = 10 ** len(p) - 1
             p = f"{int(rng.integers(s.products_per_company + 1, limit + 1)):0{len(p)}d}"
+            variant.append("unknown_product")
         elif sub[i] < 3:  # manufacture date that is no date
             year = m[:4]
             m = (f"{year}13{m[6:]}", f"{year}0230", "00000000")[sub[i]]
+            variant.append("invalid_date")
         else:  # manufactured after every scan of the window
             future = end + dt.timedelta(days=int(rng.integers(s.fake_future_days_min, s.fake_future_days_max + 1)))
             m = future.strftime("%Y%m%d")
+            variant.append("future_date")
         out.append(f"{h}.{c}.{p}.{lt}.{m}.{sr}")
-    return np.array(out, dtype=object)
+    return np.array(out, dtype=object), np.array(variant, dtype=object)
 
 
-def _assign_anomalies(plan: SimulationPlan, room: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Anomaly index per EPC (``len(anomaly_types)``: genuine), at most one each.
+def _assign_kinds(rates: np.ndarray, room: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Kind index per EPC (``len(rates)``: plain genuine), at most one each.
 
-    ``room[i, k]``: EPC i can show anomaly k inside the window. An EPC gets k
-    with probability rate_k / (share of the block's EPCs with room for k), so
-    that the share of EPCs *showing* each anomaly matches its rate, even in a
-    short window where late journeys have no room for some anomalies.
+    ``room[i, k]``: EPC i can show kind k (an anomaly or a per-EPC confounder)
+    inside the window. An EPC gets k with probability rate_k / (share of the
+    block's EPCs with room for k), so that the share of EPCs *showing* each
+    kind matches its rate, even in a short window where late journeys have no
+    room for some of them.
     """
-    rates = np.array([getattr(plan.settings.rates, a) for a in plan.anomaly_types])
     share = room.mean(axis=0)
     chance = np.where(share > 0, np.minimum(1.0, rates / np.where(share > 0, share, 1)), 0.0)
     prob = room * chance[None, :]
@@ -341,12 +412,13 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     s, net = plan.settings, plan.network
     first = block * s.epcs_per_block
     n = min(s.epcs_per_block, s.epcs - first)
-    streams = np.random.SeedSequence([*plan.entropy, block]).spawn(2)
-    rng, rng_fake = (np.random.default_rng(x) for x in streams)
+    seeds = np.random.SeedSequence([*plan.entropy, block]).spawn(5)
+    rng, rng_fake, rng_label, rng_conf = (np.random.default_rng(seeds[i]) for i in (0, 1, 2, 4))
     n_stages = len(net.stages)
     legs = 2 * n_stages - 2  # longest journey: back from the last two-event stage to tier 1
-    slots = 2 * legs + 1  # two events per leg, plus a clone scan
-    if slots > 2**SLOT_BITS:
+    clone_slot, rescan_slot = 2 * legs, 2 * legs + 1
+    slots = 2 * legs + 2  # two events per leg, plus a clone scan and a re-scan
+    if slots >= INCIDENT_SLOT:
         raise ValueError(f"{slots} event slots per EPC do not fit {SLOT_BITS} bits of the event id")
     epc_index = first + np.arange(n)
 
@@ -358,43 +430,64 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
         speed=rng.random((n, legs)), jump_speed=rng.random(n),
     )
     u_place = rng.random((n, 3))
-    u_operator = rng.random((n, slots))
-    u_device = rng.random((n, slots))
+    u_operator = rng.random((n, slots - 1))
+    u_device = rng.random((n, slots - 1))
     u_dup = rng.random((n, 2))
     made_days_before = rng.integers(0, s.manufacture_days_before_max + 1, size=n)
     shift = rng.integers(1, 4, size=n)
+    # Draws of the realistic profile, from a stream of their own (the ones above stay as they were).
+    u_conf = rng_conf.random((n, 6))
+    u_operator = np.column_stack([u_operator, rng_conf.random(n)])
+    u_device = np.column_stack([u_device, rng_conf.random(n)])
+    u_latency = rng_conf.random((n, slots))
 
     factory = net.product_factory[product]
     legs_idx = np.arange(legs)
     base_path = np.where(legs_idx < n_stages, legs_idx, -1)[None, :].repeat(n, axis=0)
-    no_jump = np.full(n, -1)
-    _, b1, b2 = _timeline(plan, base_path, t0, factory, draws, no_jump)
+    truck = np.full((n, legs), MODE_TRUCK)
+    free = np.full((n, legs), -1)
+    base_loc, b1, b2 = _timeline(plan, base_path, t0, factory, draws, truck, free)
     end = plan.end_s
-    code = {a: i for i, a in enumerate(plan.anomaly_types)}
+    kinds = (*plan.anomaly_types, *EPC_CONFOUNDERS)
+    code = {a: i for i, a in enumerate(kinds)}
     middle = (legs_idx >= 1) & (legs_idx <= n_stages - 2)  # stages with Inbound and Outbound
+    hub_leg, wholesale_leg, retail_leg, warehouse_leg = 2, 3, 4, 1
 
     # Where each anomaly can go so that its evidence lies inside the window (on the genuine timeline):
     # jump: a middle stage whose arrival is inside; evt_order_err: a middle stage whose Outbound is;
     # loc_err: a stage (not the last) whose next arrival is; epc_dup: a scan from tier 1 on,
-    # early enough for its clone to be inside.
+    # early enough for its clone to be inside. The confounders likewise.
     next_arrival = np.concatenate([b1[:, 1:], np.full((n, 1), np.nan)], axis=1)
     base_times = np.stack([b1, b2], axis=2).reshape(n, 2 * legs)
     slot_leg = np.arange(2 * legs) // 2
+    hub = base_loc[:, hub_leg]
+    partner = net.members[2][_choose(net.air_cum, np.maximum(hub, 0), draws.loc[:, hub_leg + 1])]
+    flight_end = b2[:, hub_leg] + net.distance_km[np.maximum(hub, 0), partner] / _air_kmh(plan, draws) * SECONDS_PER_HOUR
+    retailer = np.maximum(base_loc[:, retail_leg], 0)
+    back_to = {RETURN: np.maximum(base_loc[:, wholesale_leg], 0), RECALL: np.maximum(base_loc[:, warehouse_leg], 0)}
+    back_arrival = {k: b2[:, retail_leg] + _truck_transit_s(plan, net.distance_km[retailer, v], draws, retail_leg + 1)
+                    for k, v in back_to.items()}
     where = {
         EPC_FAKE: np.ones((n, 1), dtype=bool),
         JUMP: middle[None, :] & (b1 < end),
         EVT_ORDER_ERR: middle[None, :] & (b2 < end),
         LOC_ERR: (legs_idx < n_stages - 1)[None, :] & (next_arrival < end),
         EPC_DUP: (slot_leg >= 1)[None, :] & (base_times < end - s.dup_delay_minutes_max * 60),
+        AIR_FREIGHT: (net.has_air_lane[np.maximum(hub, 0)] & (flight_end < end))[:, None],
+        RETURN: (back_arrival[RETURN] < end)[:, None],
+        RECALL: (back_arrival[RECALL] < end)[:, None],
+        MISSED_READ: middle[None, :] & (b2 < end),
+        RESCAN: base_times < end - s.rescan_minutes_max * 60,
     }
-    kind = _assign_anomalies(plan, np.column_stack([where[a].any(axis=1) for a in plan.anomaly_types]), u_kind)
-    genuine = len(plan.anomaly_types)
+    rates = np.array([getattr(s.rates, a) for a in plan.anomaly_types] + [s.confounder_rates[c] for c in EPC_CONFOUNDERS])
+    kind = _assign_kinds(rates, np.column_stack([where[k].any(axis=1) for k in kinds]), u_kind)
+    genuine = kind >= len(plan.anomaly_types)  # no anomaly (maybe a confounder)
 
-    def place(anomaly: str) -> np.ndarray:
-        rows = kind == code[anomaly]
-        return np.where(rows, _pick_where(where[anomaly], u_place[:, 0]), -1)
+    def place(what: str, u: np.ndarray) -> np.ndarray:
+        return np.where(kind == code[what], _pick_where(where[what], u), -1)
 
-    jump_leg, order_leg, bad_from, dup_slot = (place(a) for a in (JUMP, EVT_ORDER_ERR, LOC_ERR, EPC_DUP))
+    jump_leg, order_leg, bad_from, dup_slot = (place(a, u_place[:, 0]) for a in (JUMP, EVT_ORDER_ERR, LOC_ERR, EPC_DUP))
+    missed_leg, rescanned = place(MISSED_READ, u_conf[:, 0]), place(RESCAN, u_conf[:, 1])
 
     # loc_err paths: stages 0..a, then b, b+1, .. last, with b in {1..a-1} or {a+2..last}.
     path = base_path.copy()
@@ -409,10 +502,26 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
         shifted = b[:, None] + legs_idx[None, :] - a[:, None] - 1
         new = np.where(legs_idx[None, :] <= a[:, None], legs_idx[None, :], shifted)
         path[lr] = np.where(new < n_stages, new, -1)
+    mode, fixed = truck.copy(), free.copy()
+    rows = np.flatnonzero(jump_leg >= 0)
+    mode[rows, jump_leg[rows]] = MODE_JUMP
+    # air freight: a second hub, flown to on an air lane, then on as usual.
+    flown = np.flatnonzero(kind == code[AIR_FREIGHT])
+    path[flown] = np.where(legs_idx <= hub_leg, legs_idx, legs_idx - 1)[None, :]
+    path[flown] = np.where(path[flown] < n_stages, path[flown], -1)
+    mode[flown, hub_leg + 1] = MODE_AIR
+    # returns and recalls: from the retailer back to the wholesaler (warehouse) it came from; the journey ends.
+    backward = {k: np.flatnonzero(kind == code[k]) for k in (RETURN, RECALL)}
+    for k, rows in backward.items():
+        path[rows, retail_leg + 1] = net.tier[back_to[k][rows]]
+        path[rows, retail_leg + 2:] = -1
+        fixed[rows, retail_leg + 1] = back_to[k][rows]
 
-    loc, t1, t2 = _timeline(plan, path, t0, factory, draws, jump_leg)
+    loc, t1, t2 = _timeline(plan, path, t0, factory, draws, mode, fixed)
+    for rows in backward.values():
+        t2[rows, retail_leg + 1] = np.nan  # the return is received: one scan
 
-    # Event slots: (leg, first|second) plus the clone slot at the end.
+    # Event slots: (leg, first|second) plus the clone and re-scan slots at the end.
     stage = np.where(path >= 0, path, 0)
     first_type = np.array([plan.event_types.index(st.event_types[0]) for st in net.stages])
     second_type = np.array([plan.event_types.index(st.event_types[-1]) if len(st.event_types) == 2 else -1
@@ -423,38 +532,80 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     locs[:, : 2 * legs] = np.repeat(loc, 2, axis=1)
     types = np.full((n, slots), -1)
     types[:, : 2 * legs] = np.stack([first_type[stage], second_type[stage]], axis=2).reshape(n, 2 * legs)
+    conf = np.full((n, slots), -1)
+    returned = {RETURN: "W_Stock_Return", RECALL: "WMS_Return"}
+    for k, rows in backward.items():
+        types[rows, 2 * retail_leg + 1] = plan.event_types.index("R_Stock_Return")
+        types[rows, 2 * (retail_leg + 1)] = plan.event_types.index(returned[k])
+        conf[rows, 2 * retail_leg + 1] = conf[rows, 2 * (retail_leg + 1)] = CONFOUNDERS.index(k)
+    conf[flown, 2 * (hub_leg + 1)] = CONFOUNDERS.index(AIR_FREIGHT)
 
     rows = np.flatnonzero(order_leg >= 0)
     j = order_leg[rows]
     types[rows, 2 * j], types[rows, 2 * j + 1] = types[rows, 2 * j + 1], types[rows, 2 * j].copy()
 
+    variant = np.full(n, "", dtype=object)
     rows = np.flatnonzero(dup_slot >= 0)
     if rows.size:
         source_slot = dup_slot[rows]
         src = locs[rows, source_slot]
         tier = net.tier[src]
+        near = u_conf[rows, 2] < s.dup_near_share
         clone = np.empty_like(src)
         for t in np.unique(tier):
             sel = tier == t
-            clone[sel] = net.members[t][_choose(net.dup_cum[t], src[sel], u_dup[rows[sel], 0])]
+            far_cum = np.where(near[sel][:, None], net.dup_near_cum[t][src[sel]], net.dup_cum[t][src[sel]])
+            clone[sel] = net.members[t][np.minimum((far_cum < u_dup[rows[sel], 0][:, None]).sum(axis=1),
+                                                   far_cum.shape[1] - 1)]
         delay = s.dup_delay_minutes_min + u_dup[rows, 1] * (s.dup_delay_minutes_max - s.dup_delay_minutes_min)
-        times[rows, -1] = times[rows, source_slot] + delay * 60
-        locs[rows, -1] = clone
-        types[rows, -1] = types[rows, source_slot]
+        times[rows, clone_slot] = times[rows, source_slot] + delay * 60
+        locs[rows, clone_slot] = clone
+        types[rows, clone_slot] = types[rows, source_slot]
+        variant[rows] = np.where(near, "near", "far")
+
+    # rescan: the same scan again at the same place, before the EPC's next scan.
+    rows = np.flatnonzero(rescanned >= 0)
+    if rows.size:
+        src_slot = rescanned[rows]
+        t = times[rows, src_slot]
+        later = np.where(times[rows, : 2 * legs] > t[:, None], times[rows, : 2 * legs], np.inf).min(axis=1)
+        delay = (s.rescan_minutes_min + u_conf[rows, 3] * (s.rescan_minutes_max - s.rescan_minutes_min)) * 60
+        times[rows, rescan_slot] = t + np.minimum(delay, (later - t) / 2)
+        locs[rows, rescan_slot] = locs[rows, src_slot]
+        types[rows, rescan_slot] = types[rows, src_slot]
+        conf[rows, rescan_slot] = CONFOUNDERS.index(RESCAN)
+        # The same operator scans again with the same device (so its clock offset is the same too).
+        u_operator[rows, rescan_slot] = u_operator[rows, src_slot]
+        u_device[rows, rescan_slot] = u_device[rows, src_slot]
+
+    # missed read: the Inbound of a middle stage is never scanned, or (missed_stage_share) both of its scans;
+    # the event that follows the gap shows it.
+    rows = np.flatnonzero(missed_leg >= 0)
+    if rows.size:
+        j = missed_leg[rows]
+        whole = (u_conf[rows, 4] < s.missed_stage_share) & (t1[rows, np.minimum(j + 1, legs - 1)] < end)
+        times[rows, 2 * j] = np.nan
+        times[rows[whole], 2 * j[whole] + 1] = np.nan
+        after = np.where(whole, 2 * j + 2, 2 * j + 1)
+        conf[rows, after] = CONFOUNDERS.index(MISSED_READ)
+        variant[rows] = np.where(whole, "stage", "inbound")
 
     valid = (types >= 0) & (locs >= 0) & (times < end)  # NaN compares False
     labels = np.full((n, slots), -1)
     labels[kind == code[EPC_FAKE]] = code[EPC_FAKE]
+    anchor = np.full(n, -1)
     for anomaly, at_slot in (
-        (EPC_DUP, np.where(dup_slot >= 0, slots - 1, -1)),
+        (EPC_DUP, np.where(dup_slot >= 0, clone_slot, -1)),
         (LOC_ERR, np.where(bad_from >= 0, 2 * (bad_from + 1), -1)),
         (JUMP, np.where(jump_leg >= 0, 2 * jump_leg, -1)),
         (EVT_ORDER_ERR, np.where(order_leg >= 0, 2 * order_leg, -1)),
-        (EVT_ORDER_ERR, np.where(order_leg >= 0, 2 * order_leg + 1, -1)),
+        (EVT_ORDER_ERR, np.where(order_leg >= 0, 2 * order_leg + 1, -1)),  # the later of the pair: the anchor
     ):
         rows = np.flatnonzero(at_slot >= 0)
         labels[rows, at_slot[rows]] = code[anomaly]
+        anchor[rows] = at_slot[rows]
     labels = np.where(valid, labels, -1)
+    conf = np.where(valid, conf, -1)
 
     # EPC strings.
     first_day = (t0 // SECONDS_PER_DAY).astype("int64")
@@ -463,35 +614,72 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     day_of_year = (made - made.astype("datetime64[Y]")).astype(int) + 1
     year = made.astype("datetime64[Y]").astype(int) % 100
     lot = [f"{y:02d}{d:03d}{k}" for y, d, k in zip(year, day_of_year, shift)]
-    serial = [f"{g + 1:0{SERIAL_DIGITS}d}" for g in epc_index]
+    digits = serial_digits(s.serial_stride, s.epcs, len(net.product_code))
+    serial = [f"{v:0{digits}d}" for v in net.serials(product, epc_index)]
     company = net.company_code[net.product_company[product]]
     parts = [np.full(n, EPC_HEADER, dtype=object), company, net.product_code[product],
              np.array(lot, dtype=object), made_text.astype(object), np.array(serial, dtype=object)]
     epc = np.array([".".join(p) for p in zip(*parts)], dtype=object)
     fake = np.flatnonzero(kind == code[EPC_FAKE])
     if fake.size:
-        epc[fake] = _fake_epcs(plan, rng_fake, [p[fake] for p in parts])
+        epc[fake], variant[fake] = _fake_epcs(plan, rng_fake, [p[fake] for p in parts], product[fake], u_conf[fake, 5])
 
+    # Incidents: one per anomalous EPC whose evidence is in the window, confirmed all at once after one delay.
+    fake_epc = kind == code[EPC_FAKE]
+    visible = valid.any(axis=1)
+    first_time = np.where(valid, times, np.inf).min(axis=1)
+    has_anchor = np.where(anchor >= 0, valid[np.arange(n), np.maximum(anchor, 0)], False)
+    inc = np.flatnonzero((fake_epc & visible) | (~fake_epc & ~genuine & has_anchor))
+    low, high = s.label_delay_days_min, s.label_delay_days_max
+    delay_s = np.floor((low + rng_label.random(inc.size) * (high - low)) * SECONDS_PER_DAY)
+    happened = np.where(fake_epc[inc], first_time[inc], times[inc, np.maximum(anchor[inc], 0)])
+    confirmed = np.floor(happened) + delay_s
+    known = valid[inc] & (times[inc] <= confirmed[:, None])
+    latest = np.argmax(np.where(known, times[inc], -np.inf), axis=1)
+    anchor_slot = np.where(fake_epc[inc], latest, anchor[inc])
+    incident_of = np.full(n, "", dtype=object)
+    incident_of[inc] = incident_ids(plan, epc_index[inc])
+    labels[~np.isin(np.arange(n), inc)] = -1
+    incidents = {
+        "event_id": event_ids(plan, epc_index[inc], anchor_slot),
+        "epc_code": epc[inc],
+        "anomaly_type": np.array(plan.anomaly_types, dtype=object)[kind[inc]],
+        "confirmed_s": confirmed.astype(np.int64),
+        "incident_id": incident_of[inc],
+    }
+
+    # Device clock skew (scans of EPCs without an anomaly, so that every label's scope stays exact).
     r, c = np.nonzero(valid)
     order = np.lexsort((c, times[r, c], r))  # per EPC in time order (stable for equal times)
     r, c = r[order], c[order]
     ev_loc = locs[r, c]
     ops = (u_operator[r, c] * s.operators_per_location).astype(int)
     devs = (u_device[r, c] * s.devices_per_location).astype(int)
-    anomalous = Counter(plan.anomaly_types[k] for k in kind[kind < genuine])
+    skew = np.where(genuine[r], net.device_skew_s[ev_loc, devs], 0.0)
+    true_s = times[r, c]
+    latency = u_latency[r, c] * s.record_latency_seconds_max
+    anomalous = Counter(plan.anomaly_types[k] for k in kind[~genuine])
+    shown = Counter(kinds[k] for k in kind[np.unique(np.nonzero(conf >= 0)[0])])
     return BlockEvents(
         event_id=event_ids(plan, epc_index[r], c),
         epc_code=epc[r],
-        time_s=np.floor(times[r, c]).astype(np.int64),
+        time_s=np.floor(true_s + skew).astype(np.int64),
+        record_s=np.floor(true_s + latency).astype(np.int64),
         location=ev_loc,
         event_type=types[r, c],
         operator_id=net.operators[ev_loc, ops],
         device_id=net.devices[ev_loc, devs],
         product_name=net.product_name[product[r]],
         label=labels[r, c],
-        genuine_epc=kind[r] == genuine,
+        incident_id=np.where(labels[r, c] >= 0, incident_of[r], ""),
+        variant=np.where(labels[r, c] >= 0, variant[r], ""),
+        confounder=conf[r, c],
+        skewed=skew != 0,
+        genuine_epc=kind[r] == len(kinds),
+        incidents=incidents,
         epcs=n,
         anomalous_epcs={a: int(anomalous.get(a, 0)) for a in plan.anomaly_types},
+        confounded_epcs={c: int(shown.get(c, 0)) for c in EPC_CONFOUNDERS},
     )
 
 
@@ -531,6 +719,7 @@ def block_rows(plan: SimulationPlan, block: int) -> BlockRows:
         "event_id": ev.event_id,
         "epc_code": ev.epc_code,
         "event_time": _iso(ev.time_s),
+        "record_time": _iso(ev.record_s),
         "location_id": net.location_id[ev.location],
         "business_step": np.array([st.business_step for st in net.stages], dtype=object)[net.tier[ev.location]],
         "event_type": np.array(plan.event_types, dtype=object)[ev.event_type],
@@ -544,16 +733,12 @@ def block_rows(plan: SimulationPlan, block: int) -> BlockRows:
     scans = {c: values[c].copy() for c in plan.scan_columns}  # corrupted in place below
     scan_day = _day(ev.time_s)
 
-    streams = np.random.SeedSequence([*plan.entropy, block]).spawn(4)[2:]
-    rng_label, rng_corrupt = (np.random.default_rng(x) for x in streams)
-    labelled = np.flatnonzero(ev.label >= 0)
-    low, high = s.label_delay_days_min, s.label_delay_days_max
-    delay_s = np.floor((low + rng_label.random(labelled.size) * (high - low)) * SECONDS_PER_DAY).astype(np.int64)
-    confirmed = ev.time_s[labelled] + delay_s
+    rng_corrupt = np.random.default_rng(np.random.SeedSequence([*plan.entropy, block]).spawn(4)[3])
+    confirmed = ev.incidents["confirmed_s"]
     labels = {
-        "event_id": ev.event_id[labelled],
-        "epc_code": ev.epc_code[labelled],
-        "anomaly_type": np.array(plan.anomaly_types, dtype=object)[ev.label[labelled]],
+        "event_id": ev.incidents["event_id"],
+        "epc_code": ev.incidents["epc_code"],
+        "anomaly_type": ev.incidents["anomaly_type"],
         "confirmed_at": _iso(confirmed),
     }
     labels = {c: labels[c] for c in plan.label_columns}
@@ -568,6 +753,8 @@ def block_rows(plan: SimulationPlan, block: int) -> BlockRows:
     stats = {
         "epcs": ev.epcs,
         "anomalous_epcs": ev.anomalous_epcs,
+        "confounded_epcs": ev.confounded_epcs,
+        "skewed_events": {CLOCK_SKEW: int(ev.skewed.sum())},
         "events": dict(Counter(scan_day.tolist())),
         "labels": dict(Counter(labels["anomaly_type"].tolist())),
         "corrupted": dict(Counter(corruption[hit].tolist())),
@@ -709,6 +896,56 @@ def _headers(plan: SimulationPlan) -> pd.DataFrame:
     })
 
 
+TRUTH_COLUMNS = ("event_id", "epc_code", "anomaly_type", "incident_id", "variant", "confounder")
+TRUTH_TABLES = {
+    TRUTH_LABELS: ("event_id", "epc_code", "anomaly_type", "incident_id", "variant"),
+    TRUTH_CONFOUNDERS: ("event_id", "epc_code", "confounder"),
+}
+
+
+def truth_rows(plan: SimulationPlan, block: int) -> pd.DataFrame:
+    """The ground truth of one block: every labelled event (the label's whole scope) and every
+    event that shows a confounder (``kind`` tells the two tables apart)."""
+    ev = simulate_block(plan, block)
+    labelled = ev.label >= 0
+    labels = pd.DataFrame({
+        "kind": TRUTH_LABELS, "event_id": ev.event_id[labelled], "epc_code": ev.epc_code[labelled],
+        "anomaly_type": np.array(plan.anomaly_types, dtype=object)[ev.label[labelled]],
+        "incident_id": ev.incident_id[labelled], "variant": ev.variant[labelled], "confounder": None,
+    })
+    per_epc = ev.confounder >= 0
+    confounders = pd.DataFrame({
+        "kind": TRUTH_CONFOUNDERS,
+        "event_id": np.concatenate([ev.event_id[per_epc], ev.event_id[ev.skewed]]),
+        "epc_code": np.concatenate([ev.epc_code[per_epc], ev.epc_code[ev.skewed]]),
+        "anomaly_type": None, "incident_id": None, "variant": None,
+        "confounder": np.concatenate([np.array(CONFOUNDERS, dtype=object)[ev.confounder[per_epc]],
+                                      np.full(int(ev.skewed.sum()), CLOCK_SKEW, dtype=object)]),
+    })
+    return pd.concat([labels, confounders], ignore_index=True).astype(object)
+
+
+def simulate_truth(blocks: DataFrame, plan: SimulationPlan) -> DataFrame:
+    """Block ids (column ``id``) -> the ground-truth rows of those blocks (see :func:`truth_rows`)."""
+    schema = StructType([StructField("kind", StringType(), False),
+                         *[StructField(c, StringType(), True) for c in TRUTH_COLUMNS]])
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for block in batch["id"].tolist():
+                frame = truth_rows(plan, int(block))
+                for offset in range(0, len(frame), ROWS_PER_BATCH):
+                    yield frame.iloc[offset: offset + ROWS_PER_BATCH]
+
+    return blocks.mapInPandas(run, schema)
+
+
+def truth_files(truth: DataFrame, kind: str) -> DataFrame:
+    """One sorted file's rows of a truth table (it is small beside the scans: one task writes it)."""
+    return (truth.where(F.col("kind") == kind).repartition(1)
+            .sortWithinPartitions(*TRUTH_TABLES[kind]).select(*TRUTH_TABLES[kind]))
+
+
 def simulate(blocks: DataFrame, plan: SimulationPlan) -> DataFrame:
     """Block ids (column ``id``) -> every landing row of those blocks (see :func:`simulated_schema`)."""
     schema = simulated_schema(plan)
@@ -742,11 +979,11 @@ def column_files(simulated: DataFrame, kind: str, columns: tuple[str, ...], part
 
 def merge_stats(lines: list[str]) -> dict:
     """Sum the per-block statistics rows."""
-    total: dict = {"epcs": 0, "anomalous_epcs": Counter(), "events": Counter(), "labels": Counter(),
-                   "corrupted": Counter()}
+    keys = ("anomalous_epcs", "confounded_epcs", "skewed_events", "events", "labels", "corrupted")
+    total: dict = {"epcs": 0, **{key: Counter() for key in keys}}
     for line in lines:
         part = json.loads(line)
         total["epcs"] += part["epcs"]
-        for key in ("anomalous_epcs", "events", "labels", "corrupted"):
+        for key in keys:
             total[key].update(part[key])
     return {k: (dict(sorted(v.items())) if isinstance(v, Counter) else v) for k, v in total.items()}

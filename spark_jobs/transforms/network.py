@@ -6,7 +6,12 @@ simulate journeys receive it whole.
 
 The journey follows ``schemas/domain.yaml``: business steps in tier order, and
 the event types in journey order, one group per step, each group ending at its
-``*_Outbound`` (the last, the point of sale, has only ``POS_Sell``).
+``*_Outbound`` (the last, the point of sale, has only ``POS_Sell``); the
+``return_event_types`` are backward moves outside the journey.
+
+Reference data beside the locations and products: the air lanes (hub pairs at
+least ``air_lane_min_km`` apart, listed in both directions) and the serial
+ranges each product issued.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ def journey_stages(domain: dict[str, Any]) -> tuple[Stage, ...]:
     """Stages in tier order, with their event types, from ``schemas/domain.yaml``."""
     steps = sorted(domain["business_steps"].items(), key=lambda kv: kv[1])
     groups: list[list[str]] = [[]]
-    for event_type in domain["event_types"]:
+    backward = set(domain.get("return_event_types", ()))
+    for event_type in (t for t in domain["event_types"] if t not in backward):
         groups[-1].append(event_type)
         if event_type.endswith("_Outbound"):
             groups.append([])
@@ -105,14 +111,21 @@ class Network:
     near_cum: tuple[np.ndarray, ...]
     jump_cum: tuple[np.ndarray, ...]
     dup_cum: tuple[np.ndarray, ...]
+    dup_near_cum: tuple[np.ndarray, ...]  # clone places dup_near_km_min..dup_near_km_max away
+    air_cum: np.ndarray  # (n_locations, n_hubs): cumulative choice of an air-lane partner among the hubs
+    has_air_lane: np.ndarray  # bool per location: a hub with at least one air lane
+    air_lanes: np.ndarray  # (n_hubs, n_hubs) bool, symmetric: the designated air lanes
     pos_of: np.ndarray  # location index -> its point of sale (retailers), else -1
     operators: np.ndarray  # (n_locations, operators_per_location) str
     devices: np.ndarray  # (n_locations, devices_per_location) str
+    device_skew_s: np.ndarray  # (n_locations, devices_per_location): clock offset in seconds (0: correct clock)
     company_code: np.ndarray  # str, per company
     product_company: np.ndarray  # company index per product
     product_code: np.ndarray  # str, per product
     product_name: np.ndarray  # str, per product
     product_factory: np.ndarray  # location index of the factory making each product
+    serial_stride: int  # 0: serials are EPC numbers, else product k issues from k * stride + 1
+    serial_issued: int  # serials per product range (serial_stride > 0)
 
     @property
     def n_locations(self) -> int:
@@ -128,6 +141,42 @@ class Network:
             "latitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.latitude],
             "longitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.longitude],
         })
+
+    def air_lanes_frame(self) -> pd.DataFrame:
+        """Designated air lanes (landing_air_lanes columns): both directions of each hub pair."""
+        hubs = self.members[2]
+        origin, dest = np.nonzero(self.air_lanes)
+        return pd.DataFrame({
+            "origin_location_id": self.location_id[hubs[origin]].astype(object),
+            "destination_location_id": self.location_id[hubs[dest]].astype(object),
+        })
+
+    def serial_ranges_frame(self, epcs: int) -> pd.DataFrame:
+        """The serials each product issued (landing_serial_ranges columns), as silver's EPC parts."""
+        k = np.arange(len(self.product_code))
+        if self.serial_stride:
+            low, high = k * self.serial_stride + 1, k * self.serial_stride + self.serial_issued
+        else:
+            low, high = np.ones_like(k), np.full_like(k, max(epcs, 1))
+        width = serial_digits(self.serial_stride, epcs, len(k))
+        return pd.DataFrame({
+            "company_prefix": self.company_code[self.product_company],
+            "item_reference": self.product_code,
+            "serial_from": [f"{v:0{width}d}" for v in low],
+            "serial_to": [f"{v:0{width}d}" for v in high],
+        })
+
+    def serials(self, product: np.ndarray, number: np.ndarray) -> np.ndarray:
+        """Issued serial (as an integer) of the EPC with global ``number`` of each ``product``."""
+        if self.serial_stride:
+            return product.astype(np.int64) * self.serial_stride + 1 + number.astype(np.int64)
+        return number.astype(np.int64) + 1
+
+    def unissued_serials(self, product: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """A serial in the product's own block that lies outside its issued range."""
+        stride = self.serial_stride or 2 * max(int(self.serial_issued), 1)
+        room = stride - self.serial_issued
+        return product.astype(np.int64) * stride + 1 + self.serial_issued + (u * room).astype(np.int64) % room
 
     def products_frame(self) -> pd.DataFrame:
         """The genuine company/product pairs (landing_products columns)."""
@@ -151,6 +200,26 @@ def _far_weights(distance: np.ndarray, min_km: float) -> np.ndarray:
     none = far.sum(axis=1) == 0
     far[none, distance[none].argmax(axis=1)] = 1.0
     return far
+
+
+SERIAL_DIGITS = 9
+
+
+def serial_digits(stride: int, epcs: int, products: int) -> int:
+    """Width of the zero-padded serial: 9 digits, more where the largest serial needs them."""
+    largest = stride * products if stride else epcs
+    return max(SERIAL_DIGITS, len(str(largest)))
+
+
+def _band_weights(distance: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Uniform over candidates low..high km away; the nearest one at least low away where none is."""
+    band = ((distance >= low) & (distance <= high)).astype(float)
+    none = band.sum(axis=1) == 0
+    if none.any():
+        beyond = np.where(distance[none] >= low, distance[none], np.inf)
+        pick = np.where(np.isfinite(beyond).any(axis=1), beyond.argmin(axis=1), distance[none].argmax(axis=1))
+        band[np.flatnonzero(none), pick] = 1.0
+    return band
 
 
 def _in_region(rng: np.random.Generator, n: int, half: float) -> np.ndarray:
@@ -207,6 +276,16 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     near_cum = tuple(_cumulative(np.exp(-distance[:, m] / settings.nearby_scale_km) + 1e-12) for m in members)
     jump_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.jump_min_km)) for m in members)
     dup_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.dup_min_km)) for m in members)
+    dup_near_cum = tuple(
+        _cumulative(_band_weights(distance[:, m], settings.dup_near_km_min, settings.dup_near_km_max)) for m in members)
+    hubs = members[2]
+    lanes = distance[np.ix_(hubs, hubs)] >= settings.air_lane_min_km
+    np.fill_diagonal(lanes, False)
+    air_weights = np.zeros((n, len(hubs)))
+    air_weights[hubs] = lanes
+    has_air_lane = air_weights.sum(axis=1) > 0
+    air_weights[~has_air_lane, 0] = 1.0  # never used: only hubs with a lane fly
+    air_cum = _cumulative(air_weights)
     pos_of = np.full(n, -1)
     pos_of[members[4]] = members[5]
 
@@ -216,6 +295,13 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     devices = np.array(
         [[f"DEV-{i + 1:05d}-{k + 1:02d}" for k in range(settings.devices_per_location)] for i in range(n)], dtype=object
     )
+
+    # Clock skew from a stream of its own, so that the rest of the network does not depend on it.
+    rng_skew = np.random.default_rng([seed, 0x736B6577])  # "skew"
+    skewed = rng_skew.random(devices.shape) < settings.confounder_rates.get("clock_skew", 0.0)
+    magnitude = rng_skew.uniform(settings.clock_skew_seconds_min, settings.clock_skew_seconds_max, size=devices.shape)
+    sign = np.where(rng_skew.random(devices.shape) < 0.5, -1.0, 1.0)
+    device_skew_s = np.where(skewed, np.round(sign * magnitude), 0.0)
 
     low, high = COMPANY_CODE_RANGE
     company_code = np.array(
@@ -249,12 +335,19 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
         near_cum=near_cum,
         jump_cum=jump_cum,
         dup_cum=dup_cum,
+        dup_near_cum=dup_near_cum,
+        air_cum=air_cum,
+        has_air_lane=has_air_lane,
+        air_lanes=lanes,
         pos_of=pos_of,
         operators=operators,
         devices=devices,
+        device_skew_s=device_skew_s,
         company_code=company_code,
         product_company=product_company,
         product_code=product_code,
         product_name=np.array(names, dtype=object),
         product_factory=product_factory,
+        serial_stride=settings.serial_stride,
+        serial_issued=settings.serial_issued,
     )

@@ -15,7 +15,7 @@ EPC_PARTS = ("epc_header", "epc_company", "epc_product", "epc_lot", "epc_manufac
 # name, then every other column, so that the surviving row never depends on
 # the order Spark happens to read files in.
 _DEDUP_ORDER = ("event_time", "_source_file", "epc_code", "location_id", "business_step", "event_type",
-                "operator_id", "device_id", "product_name")
+                "operator_id", "device_id", "product_name", "record_time")
 
 
 def _first_per(df: DataFrame, keys: list[str], order: list[str]) -> DataFrame:

@@ -30,7 +30,7 @@ ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 def _generator(**options) -> GeneratorSettings:
     base = {
-        "start_date": START.isoformat(), "days": 4, "epcs": 3000, "seed": 7, "epcs_per_block": 1000,
+        "profile": "easy", "start_date": START.isoformat(), "days": 4, "epcs": 3000, "seed": 7, "epcs_per_block": 1000,
         "rates": {a: RATE for a in domain()["anomaly_types"]},
     }
     return GeneratorSettings.model_validate({**base, **options})
@@ -72,7 +72,9 @@ def clean(spark, test_settings, tmp_path_factory):
     scans["tier"] = loc.loc[scans["location_id"], "tier"].astype(int).to_numpy()
     scans["lat"] = loc.loc[scans["location_id"], "latitude"].astype(float).to_numpy()
     scans["lon"] = loc.loc[scans["location_id"], "longitude"].astype(float).to_numpy()
-    label_of = labels.set_index("event_id")["anomaly_type"]
+    # The label feed names one anchor event per incident; the ground truth lists the incident's whole scope.
+    truth = pd.read_parquet(lake / "landing" / "_truth" / "labels")
+    label_of = truth.set_index("event_id")["anomaly_type"]
     scans["label"] = scans["event_id"].map(label_of).fillna("")
     # Consecutive scans of one EPC (in time order): the step from the previous scan to this one.
     scans = scans.sort_values(["epc_code", "t", "event_id"], ignore_index=True)
@@ -85,7 +87,7 @@ def clean(spark, test_settings, tmp_path_factory):
     scans["d_hours"] = (scans["t"] - prev["t"]).dt.total_seconds() / 3600
     scans["d_km"] = haversine_km(prev["lat"], prev["lon"], scans["lat"], scans["lon"])
     scans["kmh"] = scans["d_km"] / scans["d_hours"].clip(lower=1 / 3600)
-    return {"lake": lake, "summary": summary, "scans": scans, "labels": labels,
+    return {"lake": lake, "summary": summary, "scans": scans, "labels": labels, "truth": truth,
             "locations": locations, "products": products, "settings": _generator()}
 
 
@@ -171,11 +173,25 @@ def test_every_anomaly_present_at_its_rate_and_labelled_once(clean):
 
 
 def test_labels_arrive_late_in_their_confirmation_day(clean):
-    labels = clean["labels"].merge(clean["scans"][["event_id", "t"]], on="event_id")
+    scans, truth = clean["scans"], clean["truth"]
+    events = truth.merge(scans[["event_id", "t"]], on="event_id")
+    # An incident happens at its anomalous event (the later one of a swapped pair); a fake EPC at its first scan.
+    happened = events.groupby(["incident_id", "epc_code", "anomaly_type"])["t"].agg(["min", "max"]).reset_index()
+    happened["at"] = happened["min"].where(happened["anomaly_type"] == "epc_fake", happened["max"])
+    labels = clean["labels"].merge(scans[["event_id", "t"]], on="event_id").merge(
+        happened[["epc_code", "anomaly_type", "at"]], on=["epc_code", "anomaly_type"])
+    assert len(labels) == len(clean["labels"]) == len(happened)  # one label row per incident
     confirmed = pd.to_datetime(labels["confirmed_at"], format=ISO, utc=True)
-    delay_days = (confirmed - labels["t"]).dt.total_seconds() / 86400
+    delay_days = (confirmed - labels["at"]).dt.total_seconds() / 86400
     assert delay_days.between(1, 14).all() and delay_days.max() > 7
     assert (confirmed.dt.strftime("%Y-%m-%d") == labels["file_date"]).all()
+    # The anchor: the anomalous event itself, or a fake EPC's latest scan known at confirmation.
+    assert (labels["t"] <= confirmed).all()
+    fake = labels["anomaly_type"] == "epc_fake"
+    assert (labels.loc[~fake, "t"] == labels.loc[~fake, "at"]).all()
+    for _, row in labels[fake].iterrows():
+        mine = scans.loc[scans["epc_code"] == row["epc_code"], "t"]
+        assert row["t"] == mine[mine <= pd.Timestamp(row["confirmed_at"])].max()
 
 
 def test_jump_is_impossibly_fast(clean):

@@ -31,8 +31,8 @@ from tracelake.tables import latest_version, read_table, table_spec
 pytestmark = [pytest.mark.slow, pytest.mark.spark35]
 
 START, END = dt.date(2025, 7, 1), dt.date(2025, 7, 2)
-OUTPUTS = ("reference_locations", "reference_products", "bronze_scan_events", "bronze_quarantine",
-           "silver_scan_events", "silver_labels")
+OUTPUTS = ("reference_locations", "reference_products", "reference_air_lanes", "reference_serial_ranges",
+           "bronze_scan_events", "bronze_quarantine", "silver_scan_events", "silver_labels")
 LINEAGE = ["_run_id", "_ingested_at"]
 # Generator corruption -> the quarantine reason it must end in.
 REASON_OF = {"unparseable": "unparseable", "missing_field": "missing_required", "bad_timestamp": "bad_type",
@@ -73,7 +73,7 @@ def lake(spark, test_settings, tmp_path_factory):
     """Two generated days with corrupt rows, plus re-delivered files: a CSV copy, JSON and Parquet with extras."""
     root = tmp_path_factory.mktemp("ingest_lake")
     generator = GeneratorSettings.model_validate({
-        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 11, "format": "csv",
+        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 13, "format": "csv",
         "corrupt_rate": 0.06, "rates": {"epc_fake": 0.05, "epc_dup": 0.05, "loc_err": 0.05, "evt_order_err": 0.05,
                                         "jump": 0.05},
         # Labels confirmed a day after the event, so that day 1's labels land in the range.
@@ -136,6 +136,21 @@ def test_reconciles_and_quarantines_every_bad_input_class(spark, lake, runs):
         day1.where(F.col("_source_file").endswith("part-00000.csv")).select("raw_payload", "reason"),
     )
     assert first["quarantine"]["labels"] == {"bad_type": 1, "unknown_anomaly_type": 1}
+
+
+def test_air_lanes_serial_ranges_and_record_time_reach_the_lake(spark, lake, runs):
+    root = lake["root"]
+    landing = root / "landing" / "reference"
+    for name, file in (("reference_air_lanes", "air_lanes.csv"), ("reference_serial_ranges", "serial_ranges.csv")):
+        table = read_table(spark, table_spec(name), root)
+        assert table.columns == table_spec(name).column_names
+        assert table.count() == len((landing / file).read_text().splitlines()) - 1 > 0
+    # record_time travels from landing to silver; event_time - record_time shows a device's clock offset.
+    silver = read_table(spark, table_spec("silver_scan_events"), root)
+    offsets = silver.select((F.unix_timestamp("event_time") - F.unix_timestamp("record_time")).alias("offset"))
+    assert offsets.where(F.col("offset").isNull()).count() == 0
+    assert offsets.where(F.abs("offset") > 60).count() > 0  # skewed devices
+    assert offsets.where(F.col("offset").between(-60, 0)).count() > 0  # correct clocks: a small recording latency
 
 
 def test_extra_columns_are_reported_and_left_out(lake, runs):

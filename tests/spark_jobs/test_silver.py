@@ -21,7 +21,7 @@ EPC = "001.8804823.0000001.000001.20250701.000000001"
 
 
 def _bronze(event_id="e1", epc=EPC, time=T8, location="L1", file="a.csv", operator="op"):
-    return (event_id, epc, time, location, "Factory", "Aggregation", operator, "dev", "Tea", time.date(), file,
+    return (event_id, epc, time, None, location, "Factory", "Aggregation", operator, "dev", "Tea", time.date(), file,
             INGESTED, "bronze-run")
 
 
@@ -115,9 +115,9 @@ def test_silver_scan_events_matches_the_table_schema(spark):
     assertDataFrameEqual(
         actual.select(*spec.column_names),
         spark.createDataFrame([
-            ("e1", EPC, T8, d, "L1", "Factory", "Aggregation", "op", "dev", "Tea", "Factory 01", 0, 37.5, 127.0,
+            ("e1", EPC, T8, None, d, "L1", "Factory", "Aggregation", "op", "dev", "Tea", "Factory 01", 0, 37.5, 127.0,
              "001", "8804823", "0000001", "000001", d, "000000001", True, True, True, True, "a.csv", "run-9"),
-            ("e2", "FAKE", T8, d, "L2", "Factory", "Aggregation", "op", "dev", "Tea", "Shop 01", 5, 36.0, 128.0,
+            ("e2", "FAKE", T8, None, d, "L2", "Factory", "Aggregation", "op", "dev", "Tea", "Shop 01", 5, 36.0, 128.0,
              None, None, None, None, None, None, False, False, False, False, "a.csv", "run-9"),
         ], spec.ddl),
     )

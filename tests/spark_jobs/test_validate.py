@@ -53,6 +53,7 @@ def silver_rows(day: dt.date, n: int = PER_DAY) -> list[dict]:
             "event_id": f"ev-{day:%m%d}-{i:03d}",
             "epc_code": f"001.8804823.0000001.000001.20250601.{serial}",
             "event_time": dt.datetime.combine(day, dt.time(6 + i % 12, i % 60)),
+            "record_time": dt.datetime.combine(day, dt.time(6 + i % 12, i % 60, 7)),
             "event_date": day,
             "location_id": f"LOC-{tier:05d}",
             "business_step": step,
@@ -109,7 +110,8 @@ def write_landing(lake: Path, day: dt.date, rows: list[dict], extra_lines: int =
         writer = csv.writer(handle)
         writer.writerow(LANDING.column_names)
         for r in rows:
-            writer.writerow([r[c] if c != "event_time" else f"{r[c]:%Y-%m-%dT%H:%M:%SZ}" for c in LANDING.column_names])
+            writer.writerow([f"{r[c]:%Y-%m-%dT%H:%M:%SZ}" if c in ("event_time", "record_time") else r[c]
+                     for c in LANDING.column_names])
         for i in range(extra_lines):
             writer.writerow(["broken", "line", str(i)])
 
