@@ -621,7 +621,7 @@ class Trainer:
         if self.env.is_main:
             try:
                 outcome = ("ok", bool(self.on_epoch_end(epoch, dict(record))))
-            except Exception as exc:  # re-raised on every rank, so none waits forever
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank, so none waits forever
                 outcome = ("error", exc)
         status, value = self.comm.broadcast(outcome)
         if status == "error":
