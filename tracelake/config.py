@@ -344,6 +344,10 @@ class TrainingSettings(_Section):
     host_memory_fraction: float = Field(0.5, gt=0, le=1)
     # Parquet row groups read at once per process (staging and streaming).
     stream_reader_threads: int = Field(2, ge=1)
+    # One process on CUDA: capture the whole training step (forward, backward, clipping, fused
+    # AdamW, running sums) as one CUDA graph and replay it (less launch overhead at small batches).
+    # Not with lr_schedule onecycle, which also changes the optimizer's betas every step.
+    cuda_graph: bool = True
     # Width of the embedding of each categorical sequence feature (event type, business step).
     categorical_embedding_dim: int = Field(8, ge=1)
     # Evaluation.

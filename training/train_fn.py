@@ -89,10 +89,13 @@ from training.checkpoint import (
 from training.data import VALIDATION, DataSource, FeatureSpec
 from training.model import ModelConfig, PreprocessingStats, SequenceAnomalyModel
 
+# Eager steps before a step is captured as a CUDA graph (cuDNN workspaces and optimizer state settle).
+GRAPH_WARMUP_STEPS = 3
+
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = {
     "log_every_steps", "checkpoint_every_steps", "torch_threads", "loader_workers", "eval_batch_size",
-    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads",
+    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads", "cuda_graph",
     "num_processes", "local_mode", "max_nonfinite_steps", "bootstrap_samples", "ci_level",
     "onnx_parity_tolerance", "onnx_opset", "onnx_exporter", "threshold_rule",
 }
@@ -321,12 +324,22 @@ class Trainer:
             self.model.load_state_dict(checkpoint["model"]["state_dict"])
         self.model.to(self.device)
         # Fused on CUDA: one kernel for all parameters, and a skipped step (found_inf) without a host sync.
-        variant = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay, **variant)
+        # A captured step reads the learning rate from a device tensor the scheduler fills in place.
+        self.use_graph = (settings.cuda_graph and self.device.type == "cuda" and env.world_size == 1
+                          and settings.lr_schedule != "onecycle")  # onecycle also moves betas: not capturable
+        variant: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        lr: Any = settings.learning_rate
+        if self.use_graph:
+            variant["capturable"] = True
+            lr = torch.tensor(settings.learning_rate, dtype=torch.float32, device=self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=settings.weight_decay,
+                                           **variant)
         self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps)
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.use_graph:  # a checkpoint written without graphs holds plain floats
+                for group in self.optimizer.param_groups:
+                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.state = TrainState.from_dict(checkpoint["state"])
             self.resumed_from = self.state.global_step
@@ -345,16 +358,26 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.loss_fn = self.model.loss_fn()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_warmup_left = GRAPH_WARMUP_STEPS
+        self.static_batch: data_module.Batch | None = None
+        self.static_loss: torch.Tensor | None = None
+        self.acc_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.acc_ok_steps, self.acc_bad_total, self.acc_in_row, self.acc_max_in_row = (
+            torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(4))
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:
-        """Device-side running sums of the epoch in progress, started from the loop state (exact on resume)."""
-        state, device = self.state, self.device
-        self.acc_loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
-        self.acc_ok_steps = torch.tensor(state.epoch_loss_steps, dtype=torch.int64, device=device)
-        self.acc_bad_total = torch.tensor(state.nonfinite_total, dtype=torch.int64, device=device)
-        self.acc_in_row = torch.tensor(state.nonfinite_in_row, dtype=torch.int64, device=device)
-        self.acc_max_in_row = self.acc_in_row.clone()
+        """Device-side running sums of the epoch in progress, set from the loop state (exact on resume).
+
+        Filled in place: a captured step holds their addresses.
+        """
+        state = self.state
+        self.acc_loss_sum.fill_(state.epoch_loss_sum)
+        self.acc_ok_steps.fill_(state.epoch_loss_steps)
+        self.acc_bad_total.fill_(state.nonfinite_total)
+        self.acc_in_row.fill_(state.nonfinite_in_row)
+        self.acc_max_in_row.fill_(state.nonfinite_in_row)
         self._reported_bad = state.nonfinite_total
 
     def _fold(self) -> None:
@@ -448,10 +471,27 @@ class Trainer:
         """One optimizer step; returns the loss (a device tensor). Non-finite loss or gradient skips the update.
 
         Nothing here waits for the device on CUDA: the skip flag goes to the fused optimizer as
-        ``found_inf`` and the running sums stay on the device (read by :meth:`_fold`).
+        ``found_inf`` and the running sums stay on the device (read by :meth:`_fold`). With
+        ``cuda_graph`` (one process on CUDA), full batches run as one captured graph after
+        ``GRAPH_WARMUP_STEPS`` eager steps; a short last batch runs eagerly.
         """
         batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        if self.use_graph and batch.n_rows == self.settings.batch_size:
+            loss = self._graphed_step(batch)
+        else:
+            loss = self._step(batch)
+        if self.device.type == "cpu" and bool(self.skipped):
+            with warnings.catch_warnings():  # the schedule advances by batch, stepped or not
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
+        return loss
+
+    def _step(self, batch: data_module.Batch) -> torch.Tensor:
+        """Forward, backward, clip, optimizer step and the running sums (what a graph captures)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.use_graph):
             logits = self.net(batch.seq, batch.seq_len, batch.tab)
         loss = self.loss_fn(logits.float(), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -463,22 +503,46 @@ class Trainer:
         if self.device.type == "cuda":
             self.optimizer.found_inf = bad.float()  # fused AdamW leaves parameters and state alone when set
             self.optimizer.step()
-            self.scheduler.step()
         elif bool(bad):
             self.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # the schedule advances by batch, stepped or not
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-                self.scheduler.step()
         else:
             self.optimizer.step()
-            self.scheduler.step()
+        self.skipped = bad
         ok = ~bad
-        self.acc_loss_sum += torch.where(ok, loss.double(), 0.0)
-        self.acc_ok_steps += ok
-        self.acc_bad_total += bad
+        self.acc_loss_sum.add_(torch.where(ok, loss.double(), 0.0))
+        self.acc_ok_steps.add_(ok)
+        self.acc_bad_total.add_(bad)
         self.acc_in_row.copy_(torch.where(bad, self.acc_in_row + 1, 0))
         torch.maximum(self.acc_max_in_row, self.acc_in_row, out=self.acc_max_in_row)
         return loss
+
+    def _graphed_step(self, batch: data_module.Batch) -> torch.Tensor:
+        """The step through static input buffers: eager warm-up steps on a side stream, then capture and replays."""
+        if self.static_batch is None:
+            self.static_batch = data_module.Batch(*(torch.empty_like(t) for t in batch))
+        for static, value in zip(self.static_batch, batch):
+            static.copy_(value)
+        if self.graph is not None:
+            self.graph.replay()
+            return self.static_loss
+        current = torch.cuda.current_stream(self.device)
+        if self.graph_warmup_left > 0:  # real steps: cuDNN, autocast and the optimizer state settle
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                loss = self._step(self.static_batch)
+            current.wait_stream(side)
+            self.graph_warmup_left -= 1
+            return loss
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_loss = self._step(self.static_batch)
+        self.graph = graph
+        graph.replay()  # capturing ran nothing: this is the step
+        self.log.event("training step captured as a CUDA graph", global_step=self.state.global_step,
+                       batch_size=self.settings.batch_size)
+        return self.static_loss
 
     def evaluate(self, split: str) -> tuple[float, np.ndarray, np.ndarray]:
         """Mean loss over all ranks, and every rank's probabilities and labels (gathered).
@@ -549,7 +613,7 @@ class Trainer:
                     done = state.global_step / max(1, self.total_steps)
                     self.log.event(
                         "train step", epoch=epoch, step=state.global_step, batch=state.batches_done,
-                        loss=round(float(loss), 6), lr=self.scheduler.get_last_lr()[0],
+                        loss=round(float(loss), 6), lr=float(self.scheduler.get_last_lr()[0]),
                         samples_per_s=round(window_samples * env.world_size / max(elapsed, 1e-9), 1),
                         progress=round(done, 4),
                         eta_s=round((time.perf_counter() - started) * (1 - done) / max(done, 1e-9), 1),
@@ -579,7 +643,7 @@ class Trainer:
                 "val_loss": val_loss,
                 "val_macro_pr_auc": metrics.macro(per_label),
                 **{f"val_pr_auc_{name}": value for name, value in per_label.items()},
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": float(self.scheduler.get_last_lr()[0]),
                 "steps": state.global_step,
                 "samples": int(samples),
                 "train_s": train_s,
