@@ -341,6 +341,10 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
             self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if self.use_graph:  # as a fresh run has them: float32 on the device (the lr is computed from them)
+                self.scheduler.base_lrs = [torch.tensor(float(v), dtype=torch.float32, device=self.device)
+                                           if not isinstance(v, torch.Tensor) else v.to(self.device)
+                                           for v in self.scheduler.base_lrs]
             self.state = TrainState.from_dict(checkpoint["state"])
             self.resumed_from = self.state.global_step
             if checkpoint["world_size"] == env.world_size:
@@ -536,8 +540,15 @@ class Trainer:
             return loss
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.static_loss = self._step(self.static_batch)
+        try:
+            with torch.cuda.graph(graph):
+                self.static_loss = self._step(self.static_batch)
+        except RuntimeError as exc:  # an op that cannot be captured: nothing ran, so train on eagerly
+            self.log.warning("the training step cannot be captured as a CUDA graph; training on without one",
+                             extra={"error": str(exc)[:500], "global_step": self.state.global_step})
+            self.use_graph = False
+            torch.cuda.synchronize(self.device)
+            return self._step(self.static_batch)
         self.graph = graph
         graph.replay()  # capturing ran nothing: this is the step
         self.log.event("training step captured as a CUDA graph", global_step=self.state.global_step,
@@ -733,6 +744,8 @@ class Trainer:
             "world_size": self.env.world_size,
             "device": str(self.device),
             "device_type": self.device.type,
+            "data_placement": getattr(self.source, "placement", None),
+            "cuda_graph_captured": self.graph is not None,
             "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s,
                        "preprocessing_s": getattr(self, "stats_s", 0.0),
                        "per_epoch_train_s": [h["train_s"] for h in state.history]},
