@@ -140,7 +140,7 @@ def project_cell(path: str, spec: Any, hidden: int, layers: int, batch: int, gra
     settings = TrainingSettings(hidden_size=hidden, num_layers=layers, batch_size=batch, epochs=epochs,
                                 use_gpu=True, cuda_graph=graph, log_every_steps=10_000,
                                 checkpoint_every_steps=10**9, early_stopping_patience=epochs + 1,
-                                eval_batch_size=16384, torch_threads=8, **extra)
+                                eval_batch_size=16384, torch_threads=8, stream_reader_threads=8, **extra)
     torch.cuda.reset_peak_memory_stats()
     out = work / f"run-{hidden}x{layers}-{batch}-{'graph' if graph else 'eager'}-{time.monotonic_ns()}"
     with Utilisation() as busy:
