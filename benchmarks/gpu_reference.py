@@ -35,9 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
 LABELS = ("epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
 MODELS = {"64x1": (64, 1), "128x2": (128, 2)}
@@ -72,7 +72,7 @@ class Utilisation:
             self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
             time.sleep(self.period_s)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._nvml is not None:
             self._thread.join()
@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_reference: needs a CUDA device", file=sys.stderr)
         return 2
     from tracelake.config import TrainingSettings
-    from training.data import TRAIN, read_split, synthetic_feature_spec, write_synthetic_dataset
+    from training.data import (
+        TRAIN,
+        read_split,
+        synthetic_feature_spec,
+        write_synthetic_dataset,
+    )
 
     began = time.perf_counter()
     out = Path(args.out)

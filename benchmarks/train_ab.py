@@ -52,7 +52,7 @@ def run_once(checkout: Path, data: str, work: Path, name: str) -> dict[str, floa
     code = RUN.format(labels=LABELS, settings=SETTINGS, data=data, out=str(work / name), result=str(result))
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     return {**json.loads(result.read_text()), "wall_s": time.perf_counter() - started}
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {side: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for side, rs in runs.items()}
         record = {
             "base_rev": rev, "rows": args.rows, "rounds": args.rounds, "settings": SETTINGS,
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
             "runs": runs, "median": summary,
             "head_over_base_samples_per_s": summary["head"]["samples_per_s"] / summary["base"]["samples_per_s"],
             "head_over_base_wall": summary["head"]["wall_s"] / summary["base"]["wall_s"],
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(record, indent=2))
         print(json.dumps({k: record[k] for k in ("uptime", "head_over_base_samples_per_s", "head_over_base_wall")}))
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True, check=False)
     return 0
 
 

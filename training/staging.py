@@ -155,11 +155,12 @@ class RowGroup:
     split_rows: dict[str, int]
 
 
-def _row_group_split_counts(parquet: pq.ParquetFile, index: int) -> dict[str, int]:
+def _row_group_split_counts(parquet: pq.ParquetFile, index: int, file: str) -> dict[str, int]:
     meta = parquet.metadata.row_group(index)
     column = parquet.schema_arrow.get_field_index(SPLIT_COLUMN)
     if column < 0:
-        raise DataError(f"training data {parquet.metadata!r} lacks the {SPLIT_COLUMN!r} column")
+        raise DataError(f"training data file {file!r} lacks the {SPLIT_COLUMN!r} column; it is not a training set "
+                        "in the layout of training/data.py (a table partitioned by split is not either)")
     stats = meta.column(column).statistics
     if stats is not None and stats.has_min_max and stats.null_count == 0 and stats.min == stats.max:
         value = stats.min.decode() if isinstance(stats.min, bytes) else str(stats.min)
@@ -174,7 +175,7 @@ def row_groups(files: Sequence[str], threads: int = 2) -> list[RowGroup]:
 
     def one_file(file: str) -> list[RowGroup]:
         parquet = pq.ParquetFile(file)
-        return [RowGroup(file, i, parquet.metadata.row_group(i).num_rows, _row_group_split_counts(parquet, i))
+        return [RowGroup(file, i, parquet.metadata.row_group(i).num_rows, _row_group_split_counts(parquet, i, file))
                 for i in range(parquet.metadata.num_row_groups)]
 
     with ThreadPoolExecutor(max_workers=threads) as pool:

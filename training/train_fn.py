@@ -232,13 +232,6 @@ class _Collective:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
-    def any(self, flag: torch.Tensor) -> bool:
-        """True when ``flag`` (a 0-dim bool tensor) is true on any rank; one host sync."""
-        flag = flag.float().reshape(1)
-        if self.active:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
     def any_tensor(self, flag: torch.Tensor) -> torch.Tensor:
         """``flag`` (0-dim bool) OR-ed over ranks, as a device tensor (no host sync on NCCL)."""
         if not self.active:

@@ -10,7 +10,7 @@ import torch
 
 from tracelake.config import TrainingSettings
 from training import data as data_module
-from training.data import TRAIN, synthetic_feature_spec, write_synthetic_dataset
+from training.data import synthetic_feature_spec, write_synthetic_dataset
 from training.staging import StagedSource, epoch_permutation
 from training.train_fn import make_train_config, train_fn
 
