@@ -349,6 +349,9 @@ class TrainingSettings(_Section):
     # Not with lr_schedule onecycle, which also changes the optimizer's betas every step. Off until
     # tests/training/test_gpu_step.py and benchmarks/gpu_reference.py have run on a GPU.
     cuda_graph: bool = False
+    # torch.compile the training forward (not with cuda_graph). Off: on this model it measured
+    # slower than eager on an H200 before, and compiling costs tens of seconds per process.
+    compile: bool = False
     # Width of the embedding of each categorical sequence feature (event type, business step).
     categorical_embedding_dim: int = Field(8, ge=1)
     # Evaluation.

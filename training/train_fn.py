@@ -95,7 +95,7 @@ GRAPH_WARMUP_STEPS = 3
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = {
     "log_every_steps", "checkpoint_every_steps", "torch_threads", "loader_workers", "eval_batch_size",
-    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads", "cuda_graph",
+    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads", "cuda_graph", "compile",
     "num_processes", "local_mode", "max_nonfinite_steps", "bootstrap_samples", "ci_level",
     "onnx_parity_tolerance", "onnx_opset", "onnx_exporter", "threshold_rule",
 }
@@ -319,7 +319,8 @@ class Trainer:
         # Fused on CUDA: one kernel for all parameters, and a skipped step (found_inf) without a host sync.
         # A captured step reads the learning rate from a device tensor the scheduler fills in place.
         self.use_graph = (settings.cuda_graph and self.device.type == "cuda" and env.world_size == 1
-                          and settings.lr_schedule != "onecycle")  # onecycle also moves betas: not capturable
+                          and settings.lr_schedule != "onecycle"  # onecycle also moves betas: not capturable
+                          and not settings.compile)
         variant: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         lr: Any = settings.learning_rate
         if self.use_graph:
@@ -354,6 +355,8 @@ class Trainer:
         if env.world_size > 1:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if settings.compile:  # evaluation keeps the eager model: its batch sizes vary
+            self.net = torch.compile(self.net)
         self.loss_fn = self.model.loss_fn()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_warmup_left = GRAPH_WARMUP_STEPS

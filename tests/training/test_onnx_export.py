@@ -84,7 +84,8 @@ def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_onnx_parity_with_categorical_embeddings(tmp_path):
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_onnx_parity_with_categorical_embeddings(tmp_path, exporter):
     from training.data import FeatureSpec
 
     spec = FeatureSpec(("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1", "t2"), 8, LABELS)
@@ -100,6 +101,6 @@ def test_onnx_parity_with_categorical_embeddings(tmp_path):
     stats = PreprocessingStats(spec)
     stats.update(rows.to_batch())
     model.set_preprocessing(stats, pos_weight_cap=50.0)
-    metadata = export_onnx(model.eval(), tmp_path / "model.onnx", rows, thresholds=THRESHOLDS, exporter="dynamo",
+    metadata = export_onnx(model.eval(), tmp_path / "model.onnx", rows, thresholds=THRESHOLDS, exporter=exporter,
                            tolerance=1e-4, parity_batch_sizes=(1, 37))
     assert metadata["max_abs_diff"] < 1e-4

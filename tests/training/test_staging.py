@@ -195,3 +195,25 @@ def test_delta_snapshots_refuse_deletion_vectors_and_respect_the_version(request
     first = data_module.make_source({"kind": "delta", "path": plain, "version": 0}, SPEC, rank=0, world_size=1,
                                     batch_size=8, seed=0)
     assert sorted(int(i) for b in first.eval_batches(TRAIN, 16) for i in b.tab[:, 0].tolist()) == list(range(40))
+
+
+def test_auto_placement_follows_the_memory_there_is(mixed, monkeypatch):
+    from training import staging
+
+    path, _ = mixed
+    assert sources(path, 1, placement="auto")[0].placement == "device"  # on the CPU: device == host
+    monkeypatch.setattr(staging, "available_host_bytes", lambda: 10_000)  # far less than the split needs
+    source = sources(path, 1, placement="auto", host_memory_fraction=0.5)[0]
+    assert source.placement == "stream"
+    assert sum(b.n_rows for b in source.train_batches(0)) == source.split_rows(TRAIN)
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_matches_eager(mixed, tmp_path):
+    path, _ = mixed
+    data = {"kind": "parquet", "path": path}
+    eager = train_fn(make_train_config(_settings(epochs=1, batch_size=128), SPEC, data, tmp_path / "eager"))
+    compiled = train_fn(make_train_config(_settings(epochs=1, batch_size=128, compile=True), SPEC, data,
+                                          tmp_path / "compiled"))
+    assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-3)
+    assert compiled["history"][0]["val_loss"] == pytest.approx(eager["history"][0]["val_loss"], rel=1e-3)
