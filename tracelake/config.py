@@ -403,7 +403,7 @@ class TrainingSettings(_Section):
     # A step whose loss or gradient is not finite is skipped; this many in a row abort the run.
     max_nonfinite_steps: int = Field(20, ge=1)
     # Early stopping: epochs without improvement of the metric by more than min_delta.
-    early_stopping_metric: Literal["val_loss", "val_macro_pr_auc"] = "val_loss"
+    early_stopping_metric: Literal["val_loss", "val_macro_pr_auc"] = "val_macro_pr_auc"
     early_stopping_patience: int = Field(3, ge=1)
     early_stopping_min_delta: float = Field(0.0, ge=0)
     # Checkpoint (full state, atomically replaced) every this many optimizer steps.
@@ -428,8 +428,31 @@ class TrainingSettings(_Section):
     # Petastorm reader threads per process (1 keeps the in-epoch row-group order
     # reproducible, which mid-epoch resume relies on).
     loader_workers: int = Field(1, ge=1)
-    # Rows shuffled together on the petastorm path (the in-memory path shuffles fully).
+    # Rows shuffled together on the petastorm path and by the arrow loader's "stream" placement
+    # (the "device" and "host" placements shuffle the whole split).
     shuffle_buffer_rows: int = Field(50_000, ge=0)
+    # Where the arrow loader (training/staging.py) keeps this process's share of the training set:
+    # "device": contiguous tensors on the training device, shuffled and batched there; "host":
+    # (pinned, on CUDA) host memory, batches gathered into pinned buffers and copied without
+    # blocking; "stream": row groups read in order by reader threads, shuffled within
+    # shuffle_buffer_rows; "auto": device if the share fits device_memory_fraction of the free
+    # device memory, else host if it fits host_memory_fraction of the available host memory,
+    # else stream. On the CPU, device and host are the same (no pinning).
+    data_placement: Literal["auto", "device", "host", "stream"] = "auto"
+    device_memory_fraction: float = Field(0.5, gt=0, le=1)
+    host_memory_fraction: float = Field(0.5, gt=0, le=1)
+    # Parquet row groups read at once per process (staging and streaming).
+    stream_reader_threads: int = Field(2, ge=1)
+    # One process on CUDA: capture the whole training step (forward, backward, clipping, fused
+    # AdamW, running sums) as one CUDA graph and replay it (less launch overhead at small batches).
+    # Not with lr_schedule onecycle, which also changes the optimizer's betas every step. Off until
+    # tests/training/test_gpu_step.py and benchmarks/gpu_reference.py have run on a GPU.
+    cuda_graph: bool = False
+    # torch.compile the training forward (not with cuda_graph). Off: on this model it measured
+    # slower than eager on an H200 before, and compiling costs tens of seconds per process.
+    compile: bool = False
+    # Width of the embedding of each categorical sequence feature (event type, business step).
+    categorical_embedding_dim: int = Field(8, ge=1)
     # Evaluation.
     threshold_rule: Literal["max_f1"] = "max_f1"
     bootstrap_samples: int = Field(1000, ge=0)

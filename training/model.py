@@ -4,12 +4,19 @@ Preprocessing (per-feature mean/std, fit on the training split only, and the
 per-label ``pos_weight``) lives in buffers of the model, so a saved model and
 its ONNX export take raw features. Missing values (NaN) become the training
 mean; standardised values are clipped to +-``feature_clip`` (infinities too).
+
+Categorical sequence features (event type and business step, stored as
+``1 + position`` in a domain.yaml list, 0 unknown; see
+:data:`CATEGORICAL_SEQUENCE_FEATURES`) enter the RNN through ``nn.Embedding``
+instead of as scaled numbers; a value outside the vocabulary the model was
+trained with (or NaN) reads as 0, "unknown". The input layout (``seq`` [B, T,
+F] float) is unchanged, so the ONNX export and scoring take the same inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,21 @@ from torch import nn
 from training.checkpoint import atomic_torch_save, load_payload
 from training.data import Batch, FeatureSpec
 
-MODEL_FORMAT = "tracelake-sequence-model/1"
+# /2: categorical sequence features through embeddings (ModelConfig.categorical_features).
+# /1 payloads (every sequence feature standardised) still load: they have no categorical features.
+MODEL_FORMAT = "tracelake-sequence-model/2"
+READABLE_FORMATS = ("tracelake-sequence-model/1", MODEL_FORMAT)
+
+# Sequence features that hold 1 + a position in a list of schemas/domain.yaml (0 = unknown).
+CATEGORICAL_SEQUENCE_FEATURES = {"event_type_idx": "event_types", "business_step_idx": "business_steps"}
+
+
+def domain_vocabulary_sizes() -> dict[str, int]:
+    """Embedding rows of each categorical sequence feature: the domain list's length + 1 (unknown)."""
+    import yaml
+
+    domain = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" / "domain.yaml").read_text())
+    return {name: len(domain[key]) + 1 for name, key in CATEGORICAL_SEQUENCE_FEATURES.items()}
 
 
 @dataclass(frozen=True)
@@ -33,16 +54,31 @@ class ModelConfig:
     head_hidden_size: int = 64
     dropout: float = 0.1
     feature_clip: float = 10.0
+    # Sequence feature name -> vocabulary size (index 0 = unknown); these go through embeddings.
+    categorical_features: dict[str, int] = field(default_factory=dict)
+    embedding_dim: int = 8
 
     def __post_init__(self) -> None:
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
+        unknown = sorted(set(self.categorical_features) - set(self.feature_spec.seq_features))
+        if unknown:
+            raise ValueError(f"categorical features {unknown} are not sequence features of {self.feature_spec}")
 
     @classmethod
     def from_settings(cls, spec: FeatureSpec, settings: Any) -> ModelConfig:
-        """From ``tracelake.config.TrainingSettings`` (or anything with the same attributes)."""
+        """From ``tracelake.config.TrainingSettings`` (or anything with the same attributes).
+
+        The sequence features named in :data:`CATEGORICAL_SEQUENCE_FEATURES` get embeddings sized
+        from schemas/domain.yaml.
+        """
         fields = ("cell", "hidden_size", "num_layers", "tab_hidden_size", "head_hidden_size", "dropout", "feature_clip")
-        return cls(spec, **{name: getattr(settings, name) for name in fields})
+        categorical = {}
+        if any(name in CATEGORICAL_SEQUENCE_FEATURES for name in spec.seq_features):
+            sizes = domain_vocabulary_sizes()
+            categorical = {name: sizes[name] for name in spec.seq_features if name in sizes}
+        return cls(spec, **{name: getattr(settings, name) for name in fields}, categorical_features=categorical,
+                   embedding_dim=getattr(settings, "categorical_embedding_dim", 8))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,25 +102,29 @@ class PreprocessingStats:
         # Layout of the one vector that is all-reduced: counts, sums, sums of squares
         # (sequence, then tabular), label positives, rows.
         self._sizes = [f, f, f, k, k, k, n_labels, 1]
-        self.vector = torch.zeros(sum(self._sizes), dtype=torch.float64)
+        self.vector = torch.zeros(sum(self._sizes), dtype=torch.float64)  # moves to the batches' device
 
     def _parts(self) -> list[torch.Tensor]:
         return list(torch.split(self.vector, self._sizes))
 
     def update(self, batch: Batch) -> None:
         seq, tab, labels = batch.seq.double(), batch.tab.double(), batch.labels.double()
-        steps = torch.arange(seq.shape[1])[None, :, None] < batch.seq_len.clamp(1, seq.shape[1])[:, None, None]
+        if self.vector.device != seq.device:
+            self.vector = self.vector.to(seq.device)
+        steps = (torch.arange(seq.shape[1], device=seq.device)[None, :, None]
+                 < batch.seq_len.clamp(1, seq.shape[1])[:, None, None])
         seq_ok = torch.isfinite(seq) & steps
         tab_ok = torch.isfinite(tab)
         seq0, tab0 = torch.where(seq_ok, seq, 0.0), torch.where(tab_ok, tab, 0.0)
         delta = torch.cat([
             seq_ok.sum((0, 1)), seq0.sum((0, 1)), (seq0 * seq0).sum((0, 1)),
             tab_ok.sum(0), tab0.sum(0), (tab0 * tab0).sum(0),
-            labels.sum(0), torch.tensor([float(batch.n_rows)], dtype=torch.float64),
+            labels.sum(0), torch.tensor([float(batch.n_rows)], dtype=torch.float64, device=seq.device),
         ])
         self.vector += delta
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.vector = self.vector.cpu()
         s_n, s_sum, s_sq, t_n, t_sum, t_sq, _, _ = self._parts()
 
         def finish(n: torch.Tensor, total: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +137,7 @@ class PreprocessingStats:
         return (*finish(s_n, s_sum, s_sq), *finish(t_n, t_sum, t_sq))
 
     def pos_weight(self, cap: float) -> torch.Tensor:
+        self.vector = self.vector.cpu()
         positives, rows = self._parts()[6], self._parts()[7]
         negatives = rows - positives
         weight = torch.where(positives > 0, negatives / positives.clamp(min=1), torch.full_like(positives, cap))
@@ -115,8 +156,17 @@ class SequenceAnomalyModel(nn.Module):
         self.config = config
         spec = config.feature_spec
         rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
+        positions = {name: i for i, name in enumerate(spec.seq_features)}
+        categorical = [positions[name] for name in spec.seq_features if name in config.categorical_features]
+        continuous = [i for i in range(spec.n_seq) if i not in categorical]
+        # Buffers, not constants: they travel with the state dict and the ONNX graph.
+        self.register_buffer("continuous_index", torch.tensor(continuous, dtype=torch.long), persistent=False)
+        self.categorical_positions = categorical
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(config.categorical_features[spec.seq_features[i]], config.embedding_dim) for i in categorical)
+        rnn_inputs = len(continuous) + len(categorical) * config.embedding_dim
         self.rnn = rnn_cls(
-            spec.n_seq, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            rnn_inputs, config.hidden_size, num_layers=config.num_layers, batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.tab_mlp = nn.Sequential(
@@ -151,9 +201,24 @@ class SequenceAnomalyModel(nn.Module):
         clip = self.config.feature_clip
         return x.clamp(-clip, clip)
 
+    def _sequence_inputs(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, T, F] raw -> [B, T, inputs]: continuous features standardised, categorical ones embedded."""
+        if not len(self.embeddings):
+            return self._standardise(seq, self.seq_mean, self.seq_std)
+        continuous = self._standardise(seq.index_select(2, self.continuous_index),
+                                       self.seq_mean.index_select(0, self.continuous_index),
+                                       self.seq_std.index_select(0, self.continuous_index))
+        parts = [continuous]
+        for j, embedding in enumerate(self.embeddings):
+            raw = torch.nan_to_num(seq[:, :, self.categorical_positions[j]].float(), nan=0.0).round()
+            index = raw.long()
+            index = torch.where((index >= 0) & (index < embedding.num_embeddings), index, torch.zeros_like(index))
+            parts.append(embedding(index))
+        return torch.cat(parts, dim=2)
+
     def forward(self, seq: torch.Tensor, seq_len: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
         steps = seq.shape[1]
-        x = self._standardise(seq, self.seq_mean, self.seq_std)
+        x = self._sequence_inputs(seq)
         out, _ = self.rnn(x)
         # Right padding: the output at step seq_len-1 has seen only real events.
         last_index = (seq_len.long().clamp(1, steps) - 1).view(-1, 1, 1).expand(-1, 1, out.shape[2])
@@ -175,7 +240,7 @@ class SequenceAnomalyModel(nn.Module):
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> SequenceAnomalyModel:
-        if payload.get("format") != MODEL_FORMAT:
+        if payload.get("format") not in READABLE_FORMATS:
             raise ValueError(f"not a {MODEL_FORMAT} payload (format {payload.get('format')!r})")
         model = cls(ModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])

@@ -21,6 +21,30 @@ at the exact batch where it stopped: the data order of an epoch is a function
 of (seed, epoch) only, the batches done in the epoch are skipped, and every
 rank's RNG states are restored, so the result equals an uninterrupted run.
 Steps after the last checkpoint are trained again.
+
+Data: ``{"kind": "parquet", "files": [...]}`` (the training set's Delta snapshot files) or
+``{"kind": "delta", "path": ..., "version": n}`` is read by the arrow loader
+(training/staging.py): each rank stages its contiguous block of the split on the
+device, in pinned host memory or streams it (``training.data_placement``). No
+Spark is imported on this path.
+
+The step has no per-step host sync on CUDA: losses, step counts and
+non-finite flags are summed into device tensors and read at log intervals,
+checkpoints and epoch ends; a non-finite loss or gradient skips the update
+inside the fused AdamW kernel (its ``found_inf``), and the abort after
+``max_nonfinite_steps`` skipped steps in a row is raised at the next read.
+On the CPU the optimizer is AdamW's foreach variant and a skipped step is
+decided on the host (a CPU has nothing to overlap). Evaluation runs on the
+device and copies probabilities to the host once per split.
+
+Epoch hook: ``train_fn(config, on_epoch_end=callable)`` calls
+``on_epoch_end(epoch, metrics)`` on rank 0 after each epoch's validation and
+checkpoint, with the epoch's history record (``train_loss``, ``val_loss``,
+``val_macro_pr_auc``, ``val_pr_auc_<label>``, ...). Returning True stops the run
+on every rank (``stop_reason`` "stopped_by_callback"; the best model so far is
+saved with its thresholds, as after early stopping) — e.g. a hyper-parameter
+search reporting intermediate values and pruning a trial. The callable runs in
+the training process: under TorchDistributor in cluster mode it must pickle.
 """
 
 from __future__ import annotations
@@ -34,6 +58,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +89,19 @@ from training.checkpoint import (
 from training.data import VALIDATION, DataSource, FeatureSpec
 from training.model import ModelConfig, PreprocessingStats, SequenceAnomalyModel
 
+# Eager steps before a step is captured as a CUDA graph (cuDNN workspaces and optimizer state settle).
+GRAPH_WARMUP_STEPS = 3
+
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = {
     "log_every_steps", "checkpoint_every_steps", "torch_threads", "loader_workers", "eval_batch_size",
+    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads", "cuda_graph", "compile",
     "num_processes", "local_mode", "max_nonfinite_steps", "bootstrap_samples", "ci_level",
     "onnx_parity_tolerance", "onnx_opset", "onnx_exporter", "threshold_rule",
 }
+
+
+EpochCallback = Callable[[int, dict[str, Any]], bool]
 
 
 class TrainingError(TracelakeError, RuntimeError):
@@ -200,12 +232,13 @@ class _Collective:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
-    def any(self, flag: torch.Tensor) -> bool:
-        """True when ``flag`` (a 0-dim bool tensor) is true on any rank; one host sync."""
-        flag = flag.float().reshape(1)
-        if self.active:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+    def any_tensor(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` (0-dim bool) OR-ed over ranks, as a device tensor (no host sync on NCCL)."""
+        if not self.active:
+            return flag
+        value = flag.to(torch.int32).reshape(1)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value.reshape(()) > 0
 
     def gather(self, obj: Any) -> list[Any]:
         if not self.active:
@@ -246,8 +279,10 @@ def _check_resumable(saved: dict[str, Any], job: TrainJob) -> None:
 class Trainer:
     """One process's share of a training run. Use through :func:`train_fn`."""
 
-    def __init__(self, job: TrainJob, env: DistEnv, device: torch.device, log: JobLogger):
+    def __init__(self, job: TrainJob, env: DistEnv, device: torch.device, log: JobLogger,
+                 on_epoch_end: EpochCallback | None = None):
         self.job, self.env, self.device, self.log = job, env, device, log
+        self.on_epoch_end = on_epoch_end
         self.settings = job.training
         self.spec = FeatureSpec.from_dict(job.feature_spec)
         self.comm = _Collective(env, device)
@@ -267,6 +302,9 @@ class Trainer:
             self.job.data, self.spec, rank=env.rank, world_size=env.world_size,
             batch_size=settings.batch_size, seed=settings.seed,
             loader_workers=settings.loader_workers, shuffle_buffer_rows=settings.shuffle_buffer_rows,
+            placement=settings.data_placement, device=self.device,
+            device_memory_fraction=settings.device_memory_fraction,
+            host_memory_fraction=settings.host_memory_fraction, reader_threads=settings.stream_reader_threads,
         )
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.total_steps = settings.epochs * self.steps_per_epoch
@@ -278,12 +316,29 @@ class Trainer:
         else:
             self.model.load_state_dict(checkpoint["model"]["state_dict"])
         self.model.to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay)
+        # Fused on CUDA: one kernel for all parameters, and a skipped step (found_inf) without a host sync.
+        # A captured step reads the learning rate from a device tensor the scheduler fills in place.
+        self.use_graph = (settings.cuda_graph and self.device.type == "cuda" and env.world_size == 1
+                          and settings.lr_schedule != "onecycle"  # onecycle also moves betas: not capturable
+                          and not settings.compile)
+        variant: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        lr: Any = settings.learning_rate
+        if self.use_graph:
+            variant["capturable"] = True
+            lr = torch.tensor(settings.learning_rate, dtype=torch.float32, device=self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=settings.weight_decay,
+                                           **variant)
         self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps)
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.use_graph:  # a checkpoint written without graphs holds plain floats
+                for group in self.optimizer.param_groups:
+                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
             self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if self.use_graph:  # as a fresh run has them: float32 on the device (the lr is computed from them)
+                self.scheduler.base_lrs = [torch.tensor(float(v), dtype=torch.float32, device=self.device)
+                                           if not isinstance(v, torch.Tensor) else v.to(self.device)
+                                           for v in self.scheduler.base_lrs]
             self.state = TrainState.from_dict(checkpoint["state"])
             self.resumed_from = self.state.global_step
             if checkpoint["world_size"] == env.world_size:
@@ -300,7 +355,51 @@ class Trainer:
         if env.world_size > 1:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if settings.compile:  # evaluation keeps the eager model: its batch sizes vary
+            self.net = torch.compile(self.net)
         self.loss_fn = self.model.loss_fn()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_warmup_left = GRAPH_WARMUP_STEPS
+        self.static_batch: data_module.Batch | None = None
+        self.static_loss: torch.Tensor | None = None
+        self.acc_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.acc_ok_steps, self.acc_bad_total, self.acc_in_row, self.acc_max_in_row = (
+            torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(4))
+        self._reset_accumulators()
+
+    def _reset_accumulators(self) -> None:
+        """Device-side running sums of the epoch in progress, set from the loop state (exact on resume).
+
+        Filled in place: a captured step holds their addresses.
+        """
+        state = self.state
+        self.acc_loss_sum.fill_(state.epoch_loss_sum)
+        self.acc_ok_steps.fill_(state.epoch_loss_steps)
+        self.acc_bad_total.fill_(state.nonfinite_total)
+        self.acc_in_row.fill_(state.nonfinite_in_row)
+        self.acc_max_in_row.fill_(state.nonfinite_in_row)
+        self._reported_bad = state.nonfinite_total
+
+    def _fold(self) -> None:
+        """Read the device-side sums into the loop state (one host sync); abort after too many bad steps."""
+        state = self.state
+        values = torch.stack([self.acc_loss_sum, self.acc_ok_steps.double(), self.acc_bad_total.double(),
+                              self.acc_in_row.double(), self.acc_max_in_row.double()]).tolist()
+        state.epoch_loss_sum, state.epoch_loss_steps = values[0], int(values[1])
+        state.nonfinite_total, state.nonfinite_in_row, max_in_row = int(values[2]), int(values[3]), int(values[4])
+        self.acc_max_in_row.copy_(self.acc_in_row)
+        if state.nonfinite_total > self._reported_bad:
+            self.log.warning("non-finite loss or gradient: steps skipped", extra={
+                "global_step": state.global_step, "epoch": state.epoch,
+                "skipped_since_last_report": state.nonfinite_total - self._reported_bad,
+                "in_a_row": state.nonfinite_in_row, "total": state.nonfinite_total})
+            self._reported_bad = state.nonfinite_total
+        if max_in_row >= self.settings.max_nonfinite_steps:
+            raise TrainingError(
+                f"at least {self.settings.max_nonfinite_steps} steps in a row had a non-finite loss or gradient "
+                f"(by global step {state.global_step}); lower learning_rate or grad_clip_norm, or check the "
+                "training data for extreme values"
+            )
 
     def _resume_checkpoint(self) -> dict[str, Any] | None:
         """Rank 0 reads the checkpoint to resume from (or finds the reason not to); every rank gets it."""
@@ -340,6 +439,7 @@ class Trainer:
         stats = PreprocessingStats(self.spec)
         for batch in self.source.stats_batches(self.settings.eval_batch_size):
             stats.update(batch)
+        stats.vector = stats.vector.cpu()
         stats.vector = self.comm.sum_tensor(stats.vector)
         if stats.n_rows == 0:
             raise TrainingError("the training split has no rows; build a training set with a train split first")
@@ -353,6 +453,7 @@ class Trainer:
 
     def save_checkpoint(self, *paths: Path) -> None:
         """Collective: every rank hands its RNG states to rank 0, which writes ``paths``."""
+        self._fold()
         rng = self.comm.gather(capture_rng(self.device))
         if not self.env.is_main:
             return
@@ -366,64 +467,119 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------------------
 
-    def train_step(self, batch: data_module.Batch) -> tuple[float, bool]:
-        """One optimizer step; returns (loss, skipped). Non-finite loss or gradient skips the update."""
+    def train_step(self, batch: data_module.Batch) -> torch.Tensor:
+        """One optimizer step; returns the loss (a device tensor). Non-finite loss or gradient skips the update.
+
+        Nothing here waits for the device on CUDA: the skip flag goes to the fused optimizer as
+        ``found_inf`` and the running sums stay on the device (read by :meth:`_fold`). With
+        ``cuda_graph`` (one process on CUDA), full batches run as one captured graph after
+        ``GRAPH_WARMUP_STEPS`` eager steps; a short last batch runs eagerly.
+        """
         batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        if self.use_graph and batch.n_rows == self.settings.batch_size:
+            loss = self._graphed_step(batch)
+        else:
+            loss = self._step(batch)
+        if self.device.type == "cpu" and bool(self.skipped):
+            with warnings.catch_warnings():  # the schedule advances by batch, stepped or not
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
+        return loss
+
+    def _step(self, batch: data_module.Batch) -> torch.Tensor:
+        """Forward, backward, clip, optimizer step and the running sums (what a graph captures)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.use_graph):
             logits = self.net(batch.seq, batch.seq_len, batch.tab)
         loss = self.loss_fn(logits.float(), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always: DDP's gradient all-reduce needs every rank to take part
         max_norm = self.settings.grad_clip_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        bad = self.comm.any(~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)))
-        if bad:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        loss = loss.detach()
+        bad = self.comm.any_tensor(~(torch.isfinite(loss) & torch.isfinite(grad_norm)))
+        if self.device.type == "cuda":
+            self.optimizer.found_inf = bad.float()  # fused AdamW leaves parameters and state alone when set
+            self.optimizer.step()
+        elif bool(bad):
             self.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # the schedule advances by batch, stepped or not
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-                self.scheduler.step()
         else:
             self.optimizer.step()
-            self.scheduler.step()
-        return float(loss.detach()), bad
+        self.skipped = bad
+        ok = ~bad
+        self.acc_loss_sum.add_(torch.where(ok, loss.double(), 0.0))
+        self.acc_ok_steps.add_(ok)
+        self.acc_bad_total.add_(bad)
+        self.acc_in_row.copy_(torch.where(bad, self.acc_in_row + 1, 0))
+        torch.maximum(self.acc_max_in_row, self.acc_in_row, out=self.acc_max_in_row)
+        return loss
 
-    def _on_nonfinite(self, loss: float) -> None:
-        state = self.state
-        state.nonfinite_in_row += 1
-        state.nonfinite_total += 1
-        self.log.warning("non-finite loss or gradient: step skipped", extra={
-            "global_step": state.global_step, "epoch": state.epoch, "loss": loss,
-            "in_a_row": state.nonfinite_in_row, "total": state.nonfinite_total})
-        if state.nonfinite_in_row >= self.settings.max_nonfinite_steps:
-            raise TrainingError(
-                f"{state.nonfinite_in_row} steps in a row had a non-finite loss or gradient (last loss {loss}) "
-                f"at global step {state.global_step}; lower learning_rate or grad_clip_norm, or check the "
-                "training data for extreme values"
-            )
+    def _graphed_step(self, batch: data_module.Batch) -> torch.Tensor:
+        """The step through static input buffers: eager warm-up steps on a side stream, then capture and replays."""
+        if self.static_batch is None:
+            self.static_batch = data_module.Batch(*(torch.empty_like(t) for t in batch))
+        for static, value in zip(self.static_batch, batch):
+            static.copy_(value)
+        if self.graph is not None:
+            self.graph.replay()
+            return self.static_loss
+        current = torch.cuda.current_stream(self.device)
+        if self.graph_warmup_left > 0:  # real steps: cuDNN, autocast and the optimizer state settle
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                loss = self._step(self.static_batch)
+            current.wait_stream(side)
+            self.graph_warmup_left -= 1
+            return loss
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_loss = self._step(self.static_batch)
+        except RuntimeError as exc:  # an op that cannot be captured: nothing ran, so train on eagerly
+            self.log.warning("the training step cannot be captured as a CUDA graph; training on without one",
+                             extra={"error": str(exc)[:500], "global_step": self.state.global_step})
+            self.use_graph = False
+            torch.cuda.synchronize(self.device)
+            return self._step(self.static_batch)
+        self.graph = graph
+        graph.replay()  # capturing ran nothing: this is the step
+        self.log.event("training step captured as a CUDA graph", global_step=self.state.global_step,
+                       batch_size=self.settings.batch_size)
+        return self.static_loss
 
     def evaluate(self, split: str) -> tuple[float, np.ndarray, np.ndarray]:
-        """Mean loss over all ranks, and every rank's probabilities and labels (gathered)."""
+        """Mean loss over all ranks, and every rank's probabilities and labels (gathered).
+
+        Batches are scored on the device; probabilities and labels reach the host once.
+        """
         self.model.eval()
-        loss_sum, elements, probs, labels = 0.0, 0, [], []
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        elements, probs, labels = 0, [], []
         loss_fn = self.model.loss_fn(reduction="sum")
         with torch.no_grad():
             for batch in self.source.eval_batches(split, self.settings.eval_batch_size):
                 batch = batch.to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     logits = self.model(batch.seq, batch.seq_len, batch.tab).float()
-                loss_sum += float(loss_fn(logits, batch.labels))
+                loss_sum += loss_fn(logits, batch.labels).double()
                 elements += batch.labels.numel()
-                probs.append(torch.sigmoid(logits).cpu().numpy())
-                labels.append(batch.labels.cpu().numpy())
+                probs.append(torch.sigmoid(logits))
+                labels.append(batch.labels)
         self.model.train()
-        loss_sum, elements = self.comm.sum([loss_sum, float(elements)])
         empty = np.zeros((0, self.spec.n_labels), np.float32)
-        parts = self.comm.gather((np.concatenate(probs) if probs else empty, np.concatenate(labels) if labels else empty))
+        mine_probs = torch.cat(probs).cpu().numpy() if probs else empty
+        mine_labels = torch.cat(labels).float().cpu().numpy() if labels else empty
+        loss_total, elements = self.comm.sum([float(loss_sum), float(elements)])
+        parts = self.comm.gather((mine_probs, mine_labels))
         all_probs = np.concatenate([p for p, _ in parts])
         all_labels = np.concatenate([y for _, y in parts])
         if elements == 0:
             raise TrainingError(f"the {split} split has no rows; the training set needs one")
-        return loss_sum / elements, all_probs, all_labels
+        return loss_total / elements, all_probs, all_labels
 
     def _improved(self, value: float) -> bool:
         best = self.state.best_metric
@@ -451,24 +607,20 @@ class Trainer:
             window_t, window_samples = time.perf_counter(), 0
             mark = time.perf_counter()  # train time counts data loading, not checkpoints or logging
             for batch in self.source.train_batches(epoch, skip=state.batches_done):
-                loss, skipped = self.train_step(batch)
+                loss = self.train_step(batch)
                 state.global_step += 1
                 state.batches_done += 1
                 state.epoch_samples += batch.n_rows
                 window_samples += batch.n_rows
-                if skipped:
-                    self._on_nonfinite(loss)
-                else:
-                    state.nonfinite_in_row = 0
-                    state.epoch_loss_sum += loss
-                    state.epoch_loss_steps += 1
+                if state.global_step % settings.log_every_steps == 0:
+                    self._fold()  # every rank: the abort on non-finite steps must happen everywhere
                 state.epoch_train_s += time.perf_counter() - mark
                 if env.is_main and state.global_step % settings.log_every_steps == 0:
                     elapsed = time.perf_counter() - window_t
                     done = state.global_step / max(1, self.total_steps)
                     self.log.event(
                         "train step", epoch=epoch, step=state.global_step, batch=state.batches_done,
-                        loss=round(loss, 6), lr=self.scheduler.get_last_lr()[0],
+                        loss=round(float(loss), 6), lr=float(self.scheduler.get_last_lr()[0]),
                         samples_per_s=round(window_samples * env.world_size / max(elapsed, 1e-9), 1),
                         progress=round(done, 4),
                         eta_s=round((time.perf_counter() - started) * (1 - done) / max(done, 1e-9), 1),
@@ -480,6 +632,9 @@ class Trainer:
                     stop_reason = "max_steps"
                     break
                 mark = time.perf_counter()
+            mark = time.perf_counter()
+            self._fold()  # waits for the epoch's last steps: their time counts as training
+            state.epoch_train_s += time.perf_counter() - mark
             if stop_reason == "max_steps":
                 break
             eval_started = time.perf_counter()
@@ -495,7 +650,7 @@ class Trainer:
                 "val_loss": val_loss,
                 "val_macro_pr_auc": metrics.macro(per_label),
                 **{f"val_pr_auc_{name}": value for name, value in per_label.items()},
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": float(self.scheduler.get_last_lr()[0]),
                 "steps": state.global_step,
                 "samples": int(samples),
                 "train_s": train_s,
@@ -511,18 +666,38 @@ class Trainer:
                 state.bad_epochs += 1
             state.epoch, state.batches_done = epoch + 1, 0
             state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_samples, state.epoch_train_s = 0.0, 0, 0, 0.0
+            self._reset_accumulators()
             if env.is_main:
                 self.log.event("epoch done", **{k: (round(v, 6) if isinstance(v, float) else v)
                                                 for k, v in record.items()},
                                improved=improved, bad_epochs=state.bad_epochs,
                                progress=round(state.global_step / max(1, self.total_steps), 4))
             self.save_checkpoint(self.last_path, *([self.best_path] if improved else []))
+            if self._callback_says_stop(epoch, record):
+                stop_reason = "stopped_by_callback"
+                self.log.event("stopped by the epoch callback", epoch=epoch, best_epoch=state.best_epoch)
+                break
             if state.bad_epochs >= settings.early_stopping_patience:
                 stop_reason = "early_stopping"
                 self.log.event("early stopping", epoch=epoch, best_epoch=state.best_epoch,
                                metric=settings.early_stopping_metric, best=state.best_metric)
                 break
         return self._finish(stop_reason, time.perf_counter() - started, eval_s)
+
+    def _callback_says_stop(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Rank 0 asks ``on_epoch_end``; every rank gets its answer (or its exception)."""
+        if self.on_epoch_end is None:
+            return False
+        outcome: tuple[str, Any] = ("ok", False)
+        if self.env.is_main:
+            try:
+                outcome = ("ok", bool(self.on_epoch_end(epoch, dict(record))))
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank, so none waits forever
+                outcome = ("error", exc)
+        status, value = self.comm.broadcast(outcome)
+        if status == "error":
+            raise value
+        return value
 
     def _finish(self, stop_reason: str, total_s: float, eval_s: float) -> dict[str, Any]:
         """Choose thresholds with the best model on validation; rank 0 writes the model file."""
@@ -565,6 +740,8 @@ class Trainer:
             "world_size": self.env.world_size,
             "device": str(self.device),
             "device_type": self.device.type,
+            "data_placement": getattr(self.source, "placement", None),
+            "cuda_graph_captured": self.graph is not None,
             "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s,
                        "preprocessing_s": getattr(self, "stats_s", 0.0),
                        "per_epoch_train_s": [h["train_s"] for h in state.history]},
@@ -574,10 +751,13 @@ class Trainer:
         return result
 
 
-def train_fn(config: dict[str, Any]) -> dict[str, Any] | None:
+def train_fn(config: dict[str, Any], on_epoch_end: EpochCallback | None = None) -> dict[str, Any] | None:
     """Train the sequence model; returns the run's result on rank 0 (None on other ranks).
 
     See :class:`TrainJob` for the config keys and :meth:`Trainer._finish` for the result.
+    ``on_epoch_end(epoch: int, metrics: dict) -> bool``, optional, is called on rank 0 after every
+    epoch (validation done, checkpoint written) with that epoch's history record; returning True
+    stops the run on all ranks (stop_reason "stopped_by_callback"), e.g. to prune a search trial.
     """
     job = TrainJob.model_validate(config)
     env = DistEnv.from_environ()
@@ -594,7 +774,7 @@ def train_fn(config: dict[str, Any]) -> dict[str, Any] | None:
             dist.init_process_group(backend="gloo", rank=env.rank, world_size=env.world_size)
     log.event("train_fn started", local_rank=env.local_rank, world_size=env.world_size, device=str(device),
               threads=threads, output_dir=job.output_dir, resume=job.resume)
-    trainer = Trainer(job, env, device, log)
+    trainer = Trainer(job, env, device, log, on_epoch_end)
     try:
         trainer.build()
         result = trainer.run()

@@ -94,3 +94,57 @@ def test_save_and_load_round_trip(spec, tmp_path):
     expected, _ = predict(model, [arrays.to_batch()])
     np.testing.assert_array_equal(probs, expected)
     np.testing.assert_array_equal(labels, arrays.labels)
+
+
+def _categorical_spec():
+    from training.data import FeatureSpec
+
+    return FeatureSpec(("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1"), 6, LABELS)
+
+
+def _categorical_rows(spec, n=40, seed=2):
+    arrays = synthetic_arrays(n, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=6, label_names=LABELS), seed=seed)
+    rng = np.random.default_rng(seed)
+    seq = arrays.seq.copy()
+    seq[:, :, 1] = rng.integers(0, 12, size=seq.shape[:2])  # 1 + position in domain.yaml event_types
+    seq[:, :, 3] = rng.integers(0, 7, size=seq.shape[:2])
+    return arrays._replace(seq=seq, tab=arrays.tab[:, :2].copy())
+
+
+def test_event_type_and_business_step_enter_through_embeddings(tmp_path):
+    from tracelake.config import TrainingSettings
+    from training.model import MODEL_FORMAT, domain_vocabulary_sizes
+
+    spec = _categorical_spec()
+    config = ModelConfig.from_settings(spec, TrainingSettings(hidden_size=8, tab_hidden_size=4, head_hidden_size=4,
+                                                              categorical_embedding_dim=3))
+    sizes = domain_vocabulary_sizes()
+    assert config.categorical_features == {"event_type_idx": sizes["event_type_idx"],
+                                           "business_step_idx": sizes["business_step_idx"]}
+    torch.manual_seed(0)
+    model = SequenceAnomalyModel(config).eval()
+    assert [e.embedding_dim for e in model.embeddings] == [3, 3] and model.rnn.input_size == 2 + 2 * 3
+    batch = _categorical_rows(spec).to_batch()
+    base = model(batch.seq, batch.seq_len, batch.tab)
+    # An index the vocabulary does not know (e.g. a type added later) or NaN reads as 0 ("unknown").
+    unknown = batch.seq.clone()
+    unknown[:, :, 1] = 0
+    odd = batch.seq.clone()
+    odd[:, :, 1] = torch.where(torch.arange(odd.shape[1]) % 2 == 0, 999.0, float("nan"))
+    assert torch.allclose(model(odd, batch.seq_len, batch.tab), model(unknown, batch.seq_len, batch.tab))
+    assert not torch.allclose(base, model(unknown, batch.seq_len, batch.tab))
+    payload = model.payload()
+    assert payload["format"] == MODEL_FORMAT
+    loaded = SequenceAnomalyModel.load(model.save(tmp_path / "m.pt")).eval()
+    assert torch.equal(loaded(batch.seq, batch.seq_len, batch.tab), base)
+
+
+def test_format_1_model_files_still_load(spec, tmp_path):
+    model = _model(spec)
+    payload = model.payload()
+    payload["format"] = "tracelake-sequence-model/1"
+    del payload["config"]["categorical_features"], payload["config"]["embedding_dim"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = SequenceAnomalyModel.load(tmp_path / "old.pt").eval()
+    batch = synthetic_arrays(5, spec, seed=3).to_batch()
+    assert torch.equal(loaded(batch.seq, batch.seq_len, batch.tab), model(batch.seq, batch.seq_len, batch.tab))

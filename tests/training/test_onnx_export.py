@@ -82,3 +82,25 @@ def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
         export_onnx(fitted_model("gru"), tmp_path / "m.onnx", synthetic_arrays(5, SPEC, seed=0),
                     exporter="torchscript", tolerance=1e-3)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_onnx_parity_with_categorical_embeddings(tmp_path, exporter):
+    from training.data import FeatureSpec
+
+    spec = FeatureSpec(("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1", "t2"), 8, LABELS)
+    torch.manual_seed(4)
+    model = SequenceAnomalyModel(ModelConfig(spec, hidden_size=12, tab_hidden_size=8, head_hidden_size=8,
+                                             categorical_features={"event_type_idx": 12, "business_step_idx": 7},
+                                             embedding_dim=4))
+    rows = synthetic_arrays(64, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=8, label_names=LABELS), seed=5)
+    rng = np.random.default_rng(0)
+    rows.seq[:, :, 1] = rng.integers(0, 14, size=rows.seq.shape[:2])  # 12, 13: outside the vocabulary
+    rows.seq[:, :, 3] = rng.integers(0, 7, size=rows.seq.shape[:2])
+    rows.seq[0, 0, 1] = np.nan
+    stats = PreprocessingStats(spec)
+    stats.update(rows.to_batch())
+    model.set_preprocessing(stats, pos_weight_cap=50.0)
+    metadata = export_onnx(model.eval(), tmp_path / "model.onnx", rows, thresholds=THRESHOLDS, exporter=exporter,
+                           tolerance=1e-4, parity_batch_sizes=(1, 37))
+    assert metadata["max_abs_diff"] < 1e-4
