@@ -394,6 +394,13 @@ class TrainingSettings(_Section):
     batch_size: int = Field(512, ge=1)
     eval_batch_size: int = Field(4096, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
+    # How the learning rate follows the global batch (batch_size x processes) when more processes
+    # train: "sqrt" multiplies it by sqrt(global batch / lr_reference_batch) -- the square-root rule
+    # for adaptive optimizers such as AdamW (a larger batch has less gradient noise; a linear
+    # increase over-steps Adam's normalised updates) -- "linear" by the ratio itself, "none" keeps it.
+    # lr_reference_batch: the global batch learning_rate was tuned for (None: batch_size, one process).
+    lr_scaling: Literal["none", "linear", "sqrt"] = "sqrt"
+    lr_reference_batch: int | None = Field(None, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
     lr_schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     # Share of all steps spent warming the learning rate up linearly (cosine, onecycle).

@@ -48,8 +48,17 @@ def _col(name: str) -> Column:
     return F.coalesce(F.col(name).cast("double"), F.lit(0.0))
 
 
+def _is(name: str) -> Column:
+    """A 0/1 flag feature as exactly 0.0 or 1.0 (null: 0), whatever else the column holds."""
+    return F.when(F.col(name).cast("double") > 0.5, F.lit(1.0)).otherwise(F.lit(0.0))
+
+
 def _speed_kmh(log_column: str) -> Column:
     return F.expm1(_col(log_column))
+
+
+def _unit(score: Column) -> Column:
+    return F.least(F.greatest(score, F.lit(0.0)), F.lit(1.0))
 
 
 def _squash(ratio: Column) -> Column:
@@ -60,16 +69,16 @@ def _squash(ratio: Column) -> Column:
 
 def _jump(limit_kmh: float, air_kmh: float | None) -> _Rule:
     def rule() -> Column:
-        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_col("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
-        moved = 1.0 - _col("same_location")
+        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        moved = 1.0 - _is("same_location")
         return _squash(_speed_kmh("speed_log") * moved / limit)
     return rule
 
 
 def _dup(limit_kmh: float, same_tier_only: bool, air_kmh: float | None) -> _Rule:
     def rule() -> Column:
-        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_col("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
-        moved = (1.0 - _col("same_location")) * _col("has_prev")
+        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        moved = (1.0 - _is("same_location")) * _is("has_prev")
         if same_tier_only:
             moved = moved * F.when(_col("tier_change") == 0, F.lit(1.0)).otherwise(F.lit(0.0))
         return _squash(_speed_kmh("speed_log") * moved / limit)
@@ -78,23 +87,23 @@ def _dup(limit_kmh: float, same_tier_only: bool, air_kmh: float | None) -> _Rule
 
 def _loc(skip_allowed: int, returns_exempt: bool) -> _Rule:
     def rule() -> Column:
-        change = _col("tier_change") * _col("has_prev")
+        change = _col("tier_change") * _is("has_prev")
         backward = F.greatest(-change, F.lit(0.0))
         skipped = F.greatest(change - F.lit(float(skip_allowed)), F.lit(0.0))
         score = _squash(backward + skipped)
-        return score * (1.0 - _col("is_return")) if returns_exempt else score
+        return score * (1.0 - _is("is_return")) if returns_exempt else score
     return rule
 
 
 def _order(use_inbound_after_outbound: bool, use_prev_inbound: bool) -> _Rule:
     def rule() -> Column:
-        outbound_alone = _col("out_without_in")
+        outbound_alone = _is("out_without_in")
         if use_prev_inbound:
-            outbound_alone = outbound_alone * (1.0 - _col("prev_inbound_here"))
+            outbound_alone = outbound_alone * (1.0 - _is("prev_inbound_here"))
         score = outbound_alone
         if use_inbound_after_outbound:
             # prev scan at this place was its Outbound, and this is the Inbound: the pair is swapped.
-            swapped = _col("is_inbound") * _col("same_location") * F.when(
+            swapped = _is("is_inbound") * _is("same_location") * F.when(
                 _col("prev_event_type_idx").isin(*_outbound_indexes()), F.lit(1.0)).otherwise(F.lit(0.0))
             score = F.greatest(score, swapped)
         return score
@@ -103,9 +112,9 @@ def _order(use_inbound_after_outbound: bool, use_prev_inbound: bool) -> _Rule:
 
 def _fake(use_serial: bool, use_manufacture: bool) -> _Rule:
     def rule() -> Column:
-        checks = [1.0 - _col("epc_format_valid"), 1.0 - _col("epc_company_known"), 1.0 - _col("epc_product_known")]
+        checks = [1.0 - _is("epc_format_valid"), 1.0 - _is("epc_company_known"), 1.0 - _is("epc_product_known")]
         if use_manufacture:
-            checks.append(1.0 - _col("epc_manufacture_date_valid"))
+            checks.append(1.0 - _is("epc_manufacture_date_valid"))
         if use_serial:
             checks.append(F.when(F.col("serial_issued") == 0, F.lit(1.0)).otherwise(F.lit(0.0)))
         return F.greatest(*checks)
@@ -154,7 +163,7 @@ def variant_column(label: str, variant: str) -> str:
 
 def all_variant_scores(features: DataFrame, labels: Sequence[str]) -> DataFrame:
     """``features`` plus one score column per (label, variant) (:func:`variant_column`)."""
-    return features.select("*", *[rule().alias(variant_column(label, name))
+    return features.select("*", *[_unit(rule()).alias(variant_column(label, name))
                                   for label in labels for name, rule in VARIANTS[label].items()])
 
 
@@ -171,8 +180,8 @@ class RulesDetector:
         return list(self.variants)
 
     def scores(self, features: DataFrame, prefix: str = "p_") -> DataFrame:
-        """``features`` plus one ``<prefix><label>`` score column per label."""
-        return features.select("*", *[VARIANTS[label][variant]().alias(f"{prefix}{label}")
+        """``features`` plus one ``<prefix><label>`` score column per label, in [0, 1]."""
+        return features.select("*", *[_unit(VARIANTS[label][variant]()).alias(f"{prefix}{label}")
                                       for label, variant in self.variants.items()])
 
     def to_json(self) -> str:

@@ -199,11 +199,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings, total_steps: int) -> Any:
+def scaled_learning_rate(settings: TrainingSettings, world_size: int) -> float:
+    """The learning rate for ``world_size`` processes of ``batch_size`` rows (``training.lr_scaling``)."""
+    reference = settings.lr_reference_batch or settings.batch_size
+    ratio = settings.batch_size * max(1, world_size) / reference
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[settings.lr_scaling]
+    return settings.learning_rate * factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings, total_steps: int,
+                   max_lr: float | None = None) -> Any:
     warmup = int(settings.warmup_fraction * total_steps)
     if settings.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=settings.learning_rate, total_steps=max(total_steps, 2),
+            optimizer, max_lr=max_lr or settings.learning_rate, total_steps=max(total_steps, 2),
             pct_start=max(settings.warmup_fraction, 1.0 / max(total_steps, 2)),
         )
 
@@ -322,13 +331,14 @@ class Trainer:
                           and settings.lr_schedule != "onecycle"  # onecycle also moves betas: not capturable
                           and not settings.compile)
         variant: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        lr: Any = settings.learning_rate
+        self.learning_rate = scaled_learning_rate(settings, env.world_size)
+        lr: Any = self.learning_rate
         if self.use_graph:
             variant["capturable"] = True
-            lr = torch.tensor(settings.learning_rate, dtype=torch.float32, device=self.device)
+            lr = torch.tensor(self.learning_rate, dtype=torch.float32, device=self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=settings.weight_decay,
                                            **variant)
-        self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps)
+        self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps, self.learning_rate)
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             if self.use_graph:  # a checkpoint written without graphs holds plain floats
@@ -738,6 +748,7 @@ class Trainer:
             "nonfinite_steps_skipped": state.nonfinite_total,
             "resumed_from_step": self.resumed_from,
             "world_size": self.env.world_size,
+            "learning_rate": self.learning_rate,
             "device": str(self.device),
             "device_type": self.device.type,
             "data_placement": getattr(self.source, "placement", None),

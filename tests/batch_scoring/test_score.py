@@ -117,3 +117,34 @@ def test_top_anomalies_of_a_day(spark, scoring_lake, scored):
     labels = scoring_lake["spec"].label_names
     fired = [",".join(label for label in labels if row[f"flag_{label}"]) for _, row in expected.iterrows()]
     assert top["flags"].tolist() == fired
+
+
+def test_the_rules_detector_scores_gold_like_a_model(spark, scoring_lake, scored, tmp_path):
+    """A registered rules detector (training/rules.py) scores the range: its expressions, its thresholds, its name."""
+    from tracelake.model_registry import CHECKSUM_TAG, FORMAT_TAG, register_artifacts, sha256_of
+    from training.rules import FORMAT, VARIANTS, RulesDetector
+
+    settings = scoring_lake["settings"]
+    labels = list(scoring_lake["spec"].label_names)
+    detector = RulesDetector({label: next(iter(VARIANTS[label])) for label in labels},
+                             {label: 0.5 for label in labels})
+    document = tmp_path / "rules" / "rules.json"
+    document.parent.mkdir()
+    document.write_text(detector.to_json())
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(document.parent), "model")
+        version = register_artifacts("tracelake-rules-test", run.info.run_id, "model",
+                                     tags={FORMAT_TAG: FORMAT, CHECKSUM_TAG: sha256_of(document)})
+    try:
+        summary = _score(spark, settings, f"models:/tracelake-rules-test/{version.version}")
+        assert summary["validation"]["passed"] and summary["model_name"] == "tracelake-rules-test"
+        gold = read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path))
+        features = read_table(spark, table_spec("features_event_features"), str(settings.lake_path))
+        expected = detector.scores(features).select("event_id", *[f"p_{label}" for label in labels]).toPandas()
+        got = gold.toPandas().set_index("event_id").loc[expected["event_id"]]
+        np.testing.assert_allclose(got[[f"p_{label}" for label in labels]].to_numpy(),
+                                   expected[[f"p_{label}" for label in labels]].to_numpy(), rtol=0, atol=0)
+        assert (got["flag_jump"] == (got["p_jump"] >= 0.5)).all()
+        assert set(got["model_name"]) == {"tracelake-rules-test"} and len(got) == 2 * ROWS_PER_DAY
+    finally:
+        _score(spark, settings)  # the module's other tests read the champion's scores

@@ -93,6 +93,9 @@ def test_train_fn_under_torchrun_two_processes(dataset, tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(result_file.read_text())
     assert result["world_size"] == 2 and result["device"] == "cpu"
+    # Twice the global batch of one process: the square-root rule raises the learning rate by sqrt(2).
+    settings = tiny_settings(epochs=2)
+    assert result["learning_rate"] == pytest.approx(settings.learning_rate * math.sqrt(2))
     # Each rank takes half of the 1200 training rows per epoch.
     assert result["steps_per_epoch"] == math.ceil(600 / 64)
     assert [h["samples"] for h in result["history"]] == [1200, 1200]
@@ -215,3 +218,16 @@ def test_layout_errors_name_the_problem(tmp_path):
         data_module.columns_to_arrays(bad_label, SPEC)
     with pytest.raises(DataError, match="does not exist"):
         read_split(tmp_path / "nowhere", TRAIN, SPEC)
+
+
+@pytest.mark.parametrize(("rule", "world_size", "reference", "factor"), [
+    ("sqrt", 1, None, 1.0), ("sqrt", 4, None, 2.0), ("linear", 4, None, 4.0), ("none", 8, None, 1.0),
+    ("sqrt", 2, 256, 2.0),   # tuned for a global batch of 256; 2 x 512 = 4x that
+    ("linear", 1, 1024, 0.5),
+])
+def test_learning_rate_follows_the_global_batch(rule, world_size, reference, factor):
+    from training.train_fn import scaled_learning_rate
+
+    settings = tiny_settings().model_copy(update={"lr_scaling": rule, "lr_reference_batch": reference,
+                                                  "batch_size": 512, "learning_rate": 1e-3})
+    assert scaled_learning_rate(settings, world_size) == pytest.approx(1e-3 * factor)
