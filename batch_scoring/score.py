@@ -34,17 +34,32 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from batch_scoring.transforms import ScoringModel, check_features, scoring_model, score_events
+from batch_scoring.transforms import (
+    KEY_COLUMNS,
+    check_features,
+    flags_and_score,
+    probability_column,
+    score_events,
+    scoring_model,
+)
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import domain, read_table, rows_written, table_exists, table_spec, write_table
+from tracelake.tables import (
+    domain,
+    read_table,
+    rows_written,
+    table_exists,
+    table_spec,
+    write_table,
+)
 
 JOB = "score"
 FEATURES, SCORED = "features_event_features", "gold_scored_events"
@@ -94,6 +109,72 @@ class LoadedModel:
             self._broadcast = None
 
 
+class LoadedRules:
+    """A registered rules detector (training/rules.py): scored by Spark expressions, no model file to ship."""
+
+    def __init__(self, run: JobRun, uri: str) -> None:
+        import mlflow
+
+        from tracelake.model_registry import (
+            CHECKSUM_TAG,
+            ModelChecksumError,
+            get_version,
+            parse_model_uri,
+            sha256_of,
+        )
+        from tracelake.tracking import configure_mlflow
+        from training.rules import RulesDetector
+
+        configure_mlflow(run.settings)
+        name, alias, number = parse_model_uri(uri)
+        version = get_version(name, alias=alias, version=number)
+        with tempfile.TemporaryDirectory(prefix="tracelake-rules-") as folder:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=folder))
+            document = local / "rules.json"
+            expected, actual = (version.tags or {}).get(CHECKSUM_TAG), sha256_of(document)
+            if expected != actual:
+                raise ModelChecksumError(f"{name} version {version.version}: rules.json has SHA-256 {actual}, "
+                                         f"the registry recorded {expected}; it was changed after registration")
+            self.detector = RulesDetector.from_json(document.read_text())
+        labels = list(domain()["anomaly_types"])
+        if sorted(self.detector.labels) != sorted(labels):
+            raise ScoringInputError(f"rules detector {name} v{version.version} covers {self.detector.labels}, "
+                                    f"the scored table needs {labels}")
+        self.uri, self.name, self.version = uri, name, str(version.version)
+        self.run_id, self.sha256, self.tags = version.run_id, actual, dict(version.tags or {})
+        self.model = RulesFlags(tuple(labels), tuple(self.detector.thresholds[label] for label in labels))
+        run.log.event("model resolved", model_uri=uri, model=name, model_version=self.version, kind="rules",
+                      variants=dict(self.detector.variants))
+
+    def lineage(self) -> dict[str, str]:
+        return {"model_uri": self.uri, "model_name": self.name, "model_version": self.version,
+                "model_run_id": self.run_id, "model_sha256": self.sha256}
+
+    def release(self) -> None:
+        """Nothing is broadcast."""
+
+
+@dataclass(frozen=True)
+class RulesFlags:
+    """What :func:`batch_scoring.transforms.flags_and_score` needs of a model: labels and thresholds."""
+
+    label_names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+
+
+def load_model(run: JobRun, uri: str) -> LoadedModel | LoadedRules:
+    """The registered version behind ``uri``: ONNX (the sequence model) or a rules detector."""
+    from tracelake.model_registry import FORMAT_TAG, get_version, parse_model_uri
+    from tracelake.tracking import configure_mlflow
+    from training.rules import FORMAT as RULES_FORMAT
+
+    configure_mlflow(run.settings)
+    name, alias, number = parse_model_uri(uri)
+    if (get_version(name, alias=alias, version=number).tags or {}).get(FORMAT_TAG) == RULES_FORMAT:
+        return LoadedRules(run, uri)
+    return LoadedModel(run, uri)
+
+
 def read_features(run: JobRun) -> DataFrame:
     """The range's event features (version recorded); every day of the range must have rows."""
     spec = table_spec(FEATURES)
@@ -113,9 +194,17 @@ def read_features(run: JobRun) -> DataFrame:
     return frame
 
 
-def scored_frame(features: DataFrame, loaded: LoadedModel, run_id: str, scored_at: dt.datetime) -> DataFrame:
+def scored_frame(features: DataFrame, loaded: LoadedModel | LoadedRules, run_id: str,
+                 scored_at: dt.datetime) -> DataFrame:
     """Scores plus the lineage columns of gold_scored_events."""
-    return score_events(features, loaded.model).select(
+    if isinstance(loaded, LoadedRules):
+        labels = loaded.model.label_names
+        probabilities = loaded.detector.scores(features).select(
+            *KEY_COLUMNS, *[F.col(f"p_{label}").alias(probability_column(label)) for label in labels])
+        scored = flags_and_score(probabilities, loaded.model)
+    else:
+        scored = score_events(features, loaded.model)
+    return scored.select(
         "*",
         F.lit(loaded.name).alias("model_name"),
         F.lit(loaded.version).alias("model_version"),
@@ -134,16 +223,17 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
     from spark_jobs.transforms.event_features import sequence_features
 
     uri = model_uri or run.settings.scoring.model_uri
-    scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     features = read_features(run)
-    loaded = LoadedModel(run, uri)
+    loaded = load_model(run, uri)
     spec = table_spec(SCORED)
     conf = run.spark.conf
     previous_batch = conf.get(ARROW_BATCH_CONF, None)
     conf.set(ARROW_BATCH_CONF, str(run.settings.scoring.arrow_batch_rows))
     try:
-        check_features(loaded.model, features.columns, sequence_features(),
-                       run.settings.features.sequence_length)
+        if isinstance(loaded, LoadedModel):
+            check_features(loaded.model, features.columns, sequence_features(),
+                           run.settings.features.sequence_length)
         frame = scored_frame(features, loaded, run.run_id, scored_at)
         with run.log.step(f"write {SCORED}", model=loaded.name, model_version=loaded.version) as result:
             version = write_table(frame, spec, run.lake_root, start=run.start, end=run.end,

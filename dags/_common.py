@@ -46,7 +46,7 @@ VALIDATION_RETRIES = int(os.environ.get("TRACELAKE_DAG_VALIDATION_RETRIES", "0")
 MAX_RETRY_DELAY = dt.timedelta(minutes=float(os.environ.get("TRACELAKE_DAG_MAX_RETRY_DELAY_MINUTES", "60")))
 
 # First day the DAGs know about: the generator's default window starts here.
-START_DATE = dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc)
+START_DATE = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
 
 # Drift found by monitoring: `flag_retraining` of the daily DAG emits an event
 # on this asset when `<lake>/<monitoring.retrain_dir>/` marks a day of its interval,
@@ -129,12 +129,21 @@ def last_day(data_interval_start: dt.datetime, data_interval_end: dt.datetime) -
 def as_of(dag_run: Any) -> dt.datetime:
     """The training cut-off: the data interval's end, else (asset-triggered runs) when the run was due."""
     when = getattr(dag_run, "data_interval_end", None) or dag_run.run_after
-    return when.astimezone(dt.timezone.utc)
+    return when.astimezone(dt.UTC)
 
 
 def day_before(when: dt.datetime, days: int) -> str:
     """The day (YYYY-MM-DD) ``days`` days before ``when``'s day: 1 = the last full day before it."""
-    return (when.astimezone(dt.timezone.utc).date() - dt.timedelta(days=int(days))).isoformat()
+    return (when.astimezone(dt.UTC).date() - dt.timedelta(days=int(days))).isoformat()
+
+
+def label_max_delay_days(configured: Any = None) -> int:
+    """``configured`` when given, else the project's ``labels.max_delay_days`` (read at render time, not parse time)."""
+    if configured not in (None, ""):
+        return int(configured)
+    from tracelake.config import load_settings
+
+    return load_settings().label_max_delay_days
 
 
 def set_name(dag_run: Any) -> str:
@@ -153,6 +162,7 @@ MACROS = {
     "tl_as_of": as_of,
     "tl_day_before": day_before,
     "tl_set_name": set_name,
+    "tl_label_max_delay_days": label_max_delay_days,
     "tl_run_id": run_id_for,
 }
 
@@ -192,7 +202,9 @@ def spark_task(
     **kwargs: Any,
 ):
     """One task = one ``spark-submit <entrypoint> <args> --master <connection's master>``."""
-    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from airflow.providers.apache.spark.operators.spark_submit import (
+        SparkSubmitOperator,
+    )
 
     python = python_executable()
     return SparkSubmitOperator(

@@ -9,8 +9,6 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, chain, task
-
 from _common import (
     DATE_ARGS,
     MACROS,
@@ -22,6 +20,7 @@ from _common import (
     retrain_marks,
     spark_task,
 )
+from airflow.sdk import DAG, CronDataIntervalTimetable, chain, task
 
 RETRAIN = retrain_asset()
 

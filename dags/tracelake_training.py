@@ -9,9 +9,21 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, chain
-
-from _common import MACROS, START_DATE, VALIDATION_RETRIES, default_args, retrain_asset, spark_task
+from _common import (
+    MACROS,
+    START_DATE,
+    VALIDATION_RETRIES,
+    default_args,
+    retrain_asset,
+    spark_task,
+)
+from airflow.sdk import (
+    DAG,
+    AssetOrTimeSchedule,
+    CronDataIntervalTimetable,
+    Param,
+    chain,
+)
 
 DOC = """
 ### tracelake_training
@@ -23,15 +35,16 @@ when monitoring marks a day for retraining: PSI above `monitoring.drift_psi`).
 The cut-off **as of** is the data interval's end (weekly runs) or the time the
 run was due (drift-triggered runs). Labels arrive late, so the training set
 covers the `window_days` days before the cut-off minus the last
-`label_maturity_days` days (their labels are mostly still unknown); labels are
-those confirmed at or before the cut-off (point-in-time correct).
+`label_maturity_days` days (default: the setting `labels.max_delay_days`: the
+days whose labels may still be on their way); labels are those confirmed at or
+before the cut-off (point-in-time correct) and spread over their incidents.
 
 | task | entrypoint | what it does |
 | --- | --- | --- |
 | `build_training_set` | `spark_jobs/build_training_set.py --as-of … --name set-YYYYMMDDTHHMM` | event features + labels known as of the cut-off, temporal split |
 | `validate_training_set` | `spark_jobs/validate.py --table training_set --name …` | suite `training_set` (temporal split, 0/1 labels) |
-| `train` | `spark_jobs/train.py --training-set … --models lstm,baseline` | both models trained, evaluated on the test split, logged to MLflow, registered as `challenger` |
-| `promote` | `spark_jobs/promote.py` | moves `champion` to the challenger only if it beats the champion on the same test data |
+| `train` | `spark_jobs/train.py --training-set … --models lstm,baseline,rules` | the three detectors trained (rules: tuned), evaluated on the mature test days, logged to MLflow, registered as `challenger` |
+| `promote` | `spark_jobs/promote.py` | moves `champion` to the challenger only if it beats the champion on the test days rebuilt with the labels known at gate time |
 
 Roll a bad promotion back with `tracelake rollback` (see the README's operator section).
 Params (set them when triggering by hand): `window_days`, `label_maturity_days`, `models`.
@@ -50,10 +63,11 @@ with DAG(
     default_args=default_args(),
     user_defined_macros=MACROS,
     params={
-        "window_days": Param(28, type="integer", minimum=1, description="days of events before the cut-off"),
-        "label_maturity_days": Param(7, type="integer", minimum=0,
-                                     description="most recent days left out: their labels have not arrived yet"),
-        "models": Param("lstm,baseline", type="string", description="comma list of models to train"),
+        "window_days": Param(42, type="integer", minimum=1, description="days of events before the cut-off"),
+        "label_maturity_days": Param(None, type=["null", "integer"], minimum=0,
+                                     description="most recent days left out, their labels still on their way "
+                                                 "(default: labels.max_delay_days)"),
+        "models": Param("lstm,baseline,rules", type="string", description="comma list of models to train"),
     },
     doc_md=DOC,
     tags=["tracelake", "training"],
@@ -62,7 +76,8 @@ with DAG(
     SET_NAME = "{{ tl_set_name(dag_run) }}"
     SET_DATES = [
         "--start-date", "{{ tl_day_before(tl_as_of(dag_run), params.window_days) }}",
-        "--end-date", "{{ tl_day_before(tl_as_of(dag_run), params.label_maturity_days + 1) }}",
+        "--end-date",
+        "{{ tl_day_before(tl_as_of(dag_run), tl_label_max_delay_days(params.label_maturity_days) + 1) }}",
     ]
 
     build_training_set = spark_task(

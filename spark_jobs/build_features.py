@@ -32,16 +32,32 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_jobs.transforms.event_features import event_features, scan_steps, snapshot_ttl
-from spark_jobs.transforms.snapshots import location_snapshots, route_snapshots, steps_needed_from
+from spark_jobs.transforms.event_features import (
+    event_features,
+    scan_steps,
+    snapshot_ttl,
+)
+from spark_jobs.transforms.snapshots import (
+    location_snapshots,
+    route_snapshots,
+    steps_needed_from,
+)
 from tracelake.config import FeatureSettings
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import TableSpec, read_table, rows_written, table_spec, write_table
+from tracelake.tables import (
+    TableSpec,
+    read_table,
+    rows_written,
+    table_exists,
+    table_spec,
+    write_table,
+)
 
 JOB = "features"
 SILVER, LABELS, LOCATIONS = "silver_scan_events", "silver_labels", "reference_locations"
+AIR_LANES, SERIAL_RANGES = "reference_air_lanes", "reference_serial_ranges"
 OUTPUTS = ("features_location_daily", "features_route_daily", "features_event_features")
 
 
@@ -64,6 +80,15 @@ def _read(run: JobRun, name: str) -> DataFrame:
     spec = table_spec(name)
     run.record_input(spec)
     return read_table(run.spark, spec, run.lake_root, version=run.inputs[name])
+
+
+def _read_reference(run: JobRun, name: str) -> DataFrame | None:
+    """A reference table the features use when the lake has it (air lanes, issued serial ranges)."""
+    spec = table_spec(name)
+    if not table_exists(run.spark, spec, run.lake_root):
+        run.log.warning(f"{spec.path} does not exist: its features stay at their defaults", extra={"table": name})
+        return None
+    return _read(run, name)
 
 
 def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) -> list[dt.date]:
@@ -103,7 +128,8 @@ def execute(run: JobRun) -> dict[str, Any]:
     labels, locations = _read(run, LABELS), _read(run, LOCATIONS)
     missing = _check_days(run, silver, start, end)
 
-    steps = scan_steps(silver, settings).persist(level)
+    steps = scan_steps(silver, settings, air_lanes=_read_reference(run, AIR_LANES),
+                       serial_ranges=_read_reference(run, SERIAL_RANGES)).persist(level)
     locations_daily = location_snapshots(steps, labels, locations, first_day=first_day, last_day=end,
                                          settings=settings).persist(level)
     routes_daily = route_snapshots(steps, first_day=first_day, last_day=end, settings=settings).persist(level)

@@ -14,6 +14,12 @@ features/event_features of the range and silver/labels:
   the log says so.
 - ``split``: train < validation < test by event day, boundaries from
   ``training_set`` settings (fractions of the days, or explicit dates).
+- Labels must be mature: a set whose validation or test window ends less
+  than ``labels.max_delay_days`` before T is refused, because its unconfirmed
+  anomalies would count as normal events. ``--allow-immature-labels``
+  overrides it; the set is then marked (``immature_labels`` in the commit
+  info, a tag on every model trained on it) and the promotion gate refuses it.
+- A label spreads over its incident (``label_scope`` in schemas/domain.yaml).
 - The commit info records T, the split boundaries, the name, and the Delta
   versions of features_event_features and silver_labels that were read, so
   the set can be rebuilt exactly (``versionAsOf``).
@@ -30,11 +36,24 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from spark_jobs.transforms.training_set import SPLIT_COLUMN, split_boundaries, training_set
+from spark_jobs.transforms.training_set import (
+    SPLIT_COLUMN,
+    ImmatureLabelsError,
+    check_mature,
+    split_boundaries,
+    training_set,
+)
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import domain, named_table_spec, read_table, rows_written, table_spec, write_table
+from tracelake.tables import (
+    domain,
+    named_table_spec,
+    read_table,
+    rows_written,
+    table_spec,
+    write_table,
+)
 
 JOB = "training-set"
 FEATURES, LABELS = "features_event_features", "silver_labels"
@@ -53,11 +72,11 @@ def parse_as_of(value: str) -> dt.datetime:
             f"--as-of {value!r} is not a date or time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[+HH:MM] (UTC if no offset)"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
 
 
-def execute(run: JobRun, as_of: dt.datetime, name: str) -> dict[str, Any]:
+def execute(run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels: bool = False) -> dict[str, Any]:
     if run.start is None or run.end is None:
         raise TrainingSetError("training-set needs --start-date (and optionally --end-date)")
     start, end = run.start, run.end
@@ -71,6 +90,16 @@ def execute(run: JobRun, as_of: dt.datetime, name: str) -> dict[str, Any]:
         run.log.warning("the range ends after --as-of: events after it are left out",
                         extra={"as_of": as_of.isoformat(), "last_day": last_day.isoformat()})
     validation_start, test_start = split_boundaries(start, last_day, run.settings.training_set)
+    max_delay = run.settings.label_max_delay_days
+    immature = False
+    try:
+        check_mature(last_day, as_of, max_delay)
+    except ImmatureLabelsError as exc:
+        if not allow_immature_labels:
+            raise
+        immature = True
+        run.log.warning("immature labels allowed: the set is marked and cannot be promoted from",
+                        extra={"reason": str(exc)})
     spec = named_table_spec("training_set", name=name)
 
     for input_name in (FEATURES, LABELS):
@@ -90,7 +119,8 @@ def execute(run: JobRun, as_of: dt.datetime, name: str) -> dict[str, Any]:
     boundaries = {"validation_start": validation_start.isoformat(), "test_start": test_start.isoformat()}
     with run.log.step(f"write {spec.path}") as result:
         version = write_table(df, spec, run.lake_root, metadata=run.commit_metadata(
-            name=name, as_of=as_of.isoformat(), last_day=last_day.isoformat(), split=boundaries))
+            name=name, as_of=as_of.isoformat(), last_day=last_day.isoformat(), split=boundaries,
+            immature_labels=immature, label_max_delay_days=max_delay))
         result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
     types = list(domain()["anomaly_types"])
     counts = {r[SPLIT_COLUMN]: r.asDict() for r in
@@ -107,6 +137,8 @@ def execute(run: JobRun, as_of: dt.datetime, name: str) -> dict[str, Any]:
         "start_date": start.isoformat(),
         "last_day": last_day.isoformat(),
         "split": boundaries,
+        "immature_labels": immature,
+        "label_max_delay_days": max_delay,
         "input_versions": dict(run.inputs),
         "splits": counts,
     }
@@ -122,6 +154,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--as-of", required=True,
                         help="cut-off time T (UTC): labels confirmed after it and events after it are left out")
     parser.add_argument("--name", required=True, help="set name: written to training/sets/<name>")
+    parser.add_argument("--allow-immature-labels", action="store_true",
+                        help="build a set whose last days have labels still to come (marked; never promoted)")
     return parser.parse_args(argv)
 
 
@@ -130,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_of = parse_as_of(args.as_of)
     named_table_spec("training_set", name=args.name)  # a bad name fails before Spark starts
     with job_run(JOB, args) as run:
-        summary = execute(run, as_of, args.name)
+        summary = execute(run, as_of, args.name, allow_immature_labels=args.allow_immature_labels)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

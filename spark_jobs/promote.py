@@ -6,9 +6,14 @@
 For each model (``tracelake-anomaly-lstm``, ``tracelake-anomaly-baseline``):
 
 - no ``champion`` yet: the challenger becomes champion (the first model);
-- else both versions are scored on the same rows: the test split of the
-  training set the challenger was trained on (its ``training_set`` and
-  ``training_set_version`` tags, read at that Delta version). The LSTM
+- a challenger trained on a set built with ``--allow-immature-labels`` is
+  never promoted;
+- else both versions are scored on the same rows: the test window (days) of
+  the training set the challenger was trained on, rebuilt *now* from the
+  current event features and the current ``silver/labels`` -- the labels
+  known at gate time, spread over their incidents as for a training set --
+  and only once that window's labels are mature (``labels.max_delay_days``
+  after its last day). The LSTM
   versions run their registered ONNX files in ONNX Runtime (the bytes scoring
   will use, checksum verified); the baseline versions their Spark ML
   pipelines. Thresholds are each version's own (chosen on its validation split).
@@ -39,7 +44,9 @@ from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 
 JOB = "promote"
-MODELS = ("lstm", "baseline")
+MODELS = ("lstm", "baseline", "rules")
+DEFAULT_MODELS = ("lstm", "baseline")
+IMMATURE_TAG = "tracelake.immature_labels"
 METRIC_KEYS = {"macro_pr_auc": "pr_auc", "macro_roc_auc": "roc_auc", "macro_f1": "f1"}
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 DECISION_TAG = "promotion_decision"
@@ -52,11 +59,12 @@ class PromotionError(TracelakeError, RuntimeError):
 
 def model_names(run: JobRun, models: Sequence[str] | None) -> dict[str, str]:
     """kind -> registered model name for ``models`` (default: both)."""
-    chosen = list(models or MODELS)
+    chosen = list(models or DEFAULT_MODELS)
     unknown = [m for m in chosen if m not in MODELS]
     if unknown or not chosen:
         raise PromotionError(f"--models {','.join(chosen)!r}: choose from {', '.join(MODELS)}")
-    names = {"lstm": run.settings.training.lstm_model_name, "baseline": run.settings.training.baseline_model_name}
+    names = {"lstm": run.settings.training.lstm_model_name, "baseline": run.settings.training.baseline_model_name,
+             "rules": run.settings.training.rules_model_name}
     return {kind: names[kind] for kind in chosen}
 
 
@@ -71,25 +79,44 @@ def _alias_version(name: str, alias: str) -> Any | None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # --- scoring a registered version on a training set's test split ----------------------------------
 
 
-def test_split(run: JobRun, training_set: str, version: int | None) -> Any:
+def gate_window(run: JobRun, training_set: str, version: int | None, now: dt.datetime) -> tuple[Any, dict[str, str]]:
+    """The challenger's test window rebuilt at gate time: (rows with labels known ``now``, window info).
+
+    The days are the training set's test days (its commit info); the features are the current
+    ones of those days; the labels are every label of silver/labels confirmed by ``now``.
+    Raises :class:`ImmatureLabelsError` when the window's labels are not all in yet.
+    """
     from pyspark.sql import functions as F
 
-    from tracelake.tables import named_table_spec, read_table
+    from spark_jobs.transforms.training_set import check_mature
+    from spark_jobs.transforms.training_set import training_set as build_set
+    from tracelake.tables import (
+        commit_metadata,
+        named_table_spec,
+        read_table,
+        table_spec,
+    )
 
     spec = named_table_spec("training_set", name=training_set)
     try:
-        df = read_table(run.spark, spec, run.lake_root, version=version)
-    except Exception as exc:  # noqa: BLE001 - a missing table or a vacuumed version
-        raise PromotionError(f"cannot read training set {training_set!r} version {version} at "
-                             f"{spec.location(run.lake_root)} to compare the models on ({exc.__class__.__name__}: "
+        meta = commit_metadata(run.spark, spec, run.lake_root, version if version is not None else 0)
+        first, last = dt.date.fromisoformat(meta["split"]["test_start"]), dt.date.fromisoformat(meta["last_day"])
+    except Exception as exc:  # noqa: BLE001 - a missing table, a vacuumed version, an old commit without split info
+        raise PromotionError(f"cannot read the test window of training set {training_set!r} version {version} at "
+                             f"{spec.location(run.lake_root)} ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0][:200]}); rebuild it or promote by retraining") from None
-    return df.where(F.col("split") == "test")
+    check_mature(last, now, run.settings.label_max_delay_days, what=f"gate ({training_set} test)")
+    features = read_table(run.spark, table_spec("features_event_features"), run.lake_root).where(
+        F.col("event_date").between(F.lit(first), F.lit(last)))
+    labels = read_table(run.spark, table_spec("silver_labels"), run.lake_root)
+    window = build_set(features, labels, as_of=now, validation_start=first, test_start=first)
+    return window, {"first_day": first.isoformat(), "last_day": last.isoformat(), "labels_as_of": now.isoformat()}
 
 
 def score_lstm(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -123,20 +150,36 @@ def score_baseline(run: JobRun, name: str, version: Any, test_df: Any, workdir: 
                              "it was not registered by tracelake train")
     info = json.loads(info_file.read_text())
     model = PipelineModel.load(str(local / "sparkml"))
-    y, p = baseline.predict_split(model, test_df, "test", info["features"], info["labels"])
+    y, p, _ = baseline.predict_split(model, test_df, "test", info["features"], info["labels"])
     return y, p, dict(info["thresholds"])
+
+
+def score_rules(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(labels, scores, thresholds) of a registered rules detector on the test rows."""
+    import mlflow
+
+    from training.rules import RulesDetector
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
+                                                     dst_path=str(workdir / f"{name}-{version.version}")))
+    detector = RulesDetector.from_json((local / "rules.json").read_text())
+    labels = detector.labels
+    local_rows = detector.scores(test_df).select(*labels, *[f"p_{label}" for label in labels]).toPandas()
+    y = local_rows[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    p = local_rows[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    return y, p, dict(detector.thresholds)
 
 
 def score_version(run: JobRun, kind: str, name: str, version: Any, test_df: Any, metric: str,
                   workdir: Path) -> dict[str, Any]:
     from training import metrics
 
-    scorer = score_lstm if kind == "lstm" else score_baseline
+    scorer = {"lstm": score_lstm, "baseline": score_baseline, "rules": score_rules}[kind]
     y, p, thresholds = scorer(run, name, version, test_df, workdir)
     labels = list(thresholds)
     report = metrics.evaluate(y, p, thresholds, labels, n_bootstrap=0)
     key = METRIC_KEYS[metric]
-    return {"version": str(version.version), "rows": int(len(y)), metric: report["macro"][key]["value"],
+    return {"version": str(version.version), "rows": len(y), metric: report["macro"][key]["value"],
             "per_label": {label: v[key]["value"] for label, v in report["labels"].items()}}
 
 
@@ -169,6 +212,12 @@ def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float
                        reason=f"version {challenger.version} was rolled back ({tags[ROLLED_BACK_TAG]}); "
                               "pass --force to promote it again")
         return outcome
+    if str(tags.get(IMMATURE_TAG, "false")).lower() == "true":
+        outcome.update(promoted=False, champion=str(champion.version) if champion else None,
+                       reason=f"version {challenger.version} was trained on a set built with --allow-immature-labels; "
+                              "its test figures undercount anomalies: retrain on a set with mature labels")
+        client.set_model_version_tag(name, challenger.version, DECISION_TAG, f"{_now()} refused: {outcome['reason']}")
+        return outcome
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         reason = f"no champion yet: version {challenger.version} becomes the first champion"
@@ -180,15 +229,26 @@ def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float
         raise PromotionError(f"{name} version {challenger.version} has no training_set tag; "
                              "register models with tracelake train")
     set_version = tags.get("training_set_version")
-    test_df = test_split(run, training_set, int(set_version) if set_version not in (None, "", "None") else None)
+    from spark_jobs.transforms.training_set import ImmatureLabelsError
+
+    gate_time = dt.datetime.now(dt.UTC)
+    try:
+        test_df, window = gate_window(run, training_set, int(set_version) if set_version not in (None, "", "None")
+                                      else None, gate_time)
+    except ImmatureLabelsError as exc:
+        outcome.update(promoted=False, champion=str(champion.version), reason=f"cannot judge yet: {exc}")
+        return outcome
+    test_df = test_df.cache()
     with tempfile.TemporaryDirectory(prefix="tracelake-promote-") as tmp:
         scores = {role: score_version(run, kind, name, version, test_df, metric, Path(tmp))
                   for role, version in (("challenger", challenger), ("champion", champion))}
     new, old = scores["challenger"][metric], scores["champion"][metric]
     promoted = decide(new, old, margin)
     verdict = "better" if promoted else "not better"
-    reason = (f"on the test split of training set {training_set} (version {set_version}, "
-              f"{scores['challenger']['rows']} rows) {metric} of challenger v{challenger.version} = {new:.4f}, "
+    test_df.unpersist()
+    reason = (f"on the test days {window['first_day']}..{window['last_day']} of training set {training_set} "
+              f"(version {set_version}, {scores['challenger']['rows']} rows, labels as of {window['labels_as_of']}) "
+              f"{metric} of challenger v{challenger.version} = {new:.4f}, "
               f"champion v{champion.version} = {old:.4f}: difference {new - old:+.4f} is {verdict} than the "
               f"margin {margin:g}")
     if promoted:
@@ -197,7 +257,8 @@ def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float
     client.set_model_version_tag(name, challenger.version, DECISION_TAG,
                                  f"{_now()} {'promoted' if promoted else 'refused'}: {reason}")
     outcome.update(promoted=promoted, champion=str(challenger.version if promoted else champion.version),
-                   reason=reason, scores=scores, training_set=training_set, training_set_version=set_version)
+                   reason=reason, scores=scores, training_set=training_set, training_set_version=set_version,
+                   window=window)
     return outcome
 
 
@@ -225,7 +286,7 @@ def execute(run: JobRun, *, models: Sequence[str] | None = None, metric: str | N
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tracelake promote", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: both)")
+    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--metric", choices=sorted(METRIC_KEYS), help="default: training.promotion_metric")
     parser.add_argument("--margin", type=float, help="required improvement (default: training.promotion_margin)")
     parser.add_argument("--force", action="store_true", help="also promote a version that was rolled back")

@@ -15,9 +15,18 @@ Reads ``training/sets/<name>`` at its latest Delta version (recorded), then:
   train_fn); the best model is scored on the test split, exported to ONNX
   (parity with torch checked on real test rows), logged to MLflow and
   registered as ``training.lstm_model_name`` with alias ``challenger``.
-- ``baseline``: :mod:`training.baseline` (Spark MLlib), thresholds chosen on
+- ``baseline``: :mod:`training.baseline` (Spark MLlib, GBT by default), thresholds chosen on
   validation, scored on the same test split, the fitted pipeline logged as an
   artifact and registered as ``training.baseline_model_name`` (``challenger``).
+- ``rules``: :mod:`training.rules`, the hand-written domain rules tuned on
+  train + validation, scored on the same test split and registered as
+  ``training.rules_model_name``; batch scoring can run it like the others.
+
+Every detector's nested run carries the tag ``tracelake.detector``, the
+training set's name and version, whether its labels were mature, and the
+metrics ``test_pr_auc_<label>``, ``test_macro_pr_auc`` and
+``test_positives_<label>``. Confidence intervals come from a bootstrap that
+resamples whole EPCs (the events of one EPC are not independent).
 
 One MLflow parent run per invocation with a nested run per model; the parent
 holds the comparison table (printed too). ``--resume`` continues the latest
@@ -43,12 +52,28 @@ import numpy as np
 
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
-from tracelake.runs import JobRun, add_common_args, code_version, job_run, run_entrypoint
-from tracelake.tables import domain, latest_version, named_table_spec, read_table, snapshot_files, table_exists
+from tracelake.runs import (
+    JobRun,
+    add_common_args,
+    code_version,
+    job_run,
+    run_entrypoint,
+)
+from tracelake.tables import (
+    commit_metadata,
+    domain,
+    latest_version,
+    named_table_spec,
+    read_table,
+    snapshot_files,
+    table_exists,
+)
 
 JOB = "train"
-LSTM, BASELINE = "lstm", "baseline"
-MODELS = (LSTM, BASELINE)
+LSTM, BASELINE, RULES = "lstm", "baseline", "rules"
+MODELS = (LSTM, BASELINE, RULES)
+# Every evaluation run carries which detector it is and whether its labels were mature.
+DETECTOR_TAG, IMMATURE_TAG = "tracelake.detector", "tracelake.immature_labels"
 # Every metric of the evaluation, per label and macro, in the printed and logged comparison.
 COMPARISON_METRICS = ("pr_auc", "roc_auc", "precision", "recall", "f1")
 # Demo-sized settings (``execute(..., quick=True)``, ``--quick``): a few epochs of a small model, the
@@ -132,14 +157,15 @@ def run_dir_for(run: JobRun, training_set: str, resume: bool) -> Path:
     return parent / run.run_id
 
 
-def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool) -> dict[str, Any]:
-    """``TorchDistributor(...).run(train_fn, config)``: rank 0's result."""
+def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool,
+                 on_epoch_end: Any = None) -> dict[str, Any]:
+    """``TorchDistributor(...).run(train_fn, config[, on_epoch_end])``: rank 0's result."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from training.train_fn import train_fn
 
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
-    result = distributor.run(train_fn, config)
+    result = distributor.run(train_fn, config, *([on_epoch_end] if on_epoch_end is not None else []))
     if not isinstance(result, dict):
         # pyspark 3.5's local mode lets every process pickle its return value into the same output file, so
         # the last rank to finish wins (None from rank > 0). Rank 0 writes its result to output_dir before
@@ -153,10 +179,10 @@ def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool
     return result
 
 
-def distribute(settings: TrainingSettings, config: dict[str, Any]) -> dict[str, Any]:
+def distribute(settings: TrainingSettings, config: dict[str, Any], on_epoch_end: Any = None) -> dict[str, Any]:
     """The train function through TorchDistributor as ``settings`` say (processes, local/cluster mode, GPU)."""
     return run_train_fn(config, num_processes=settings.num_processes, local_mode=settings.local_mode,
-                        use_gpu=settings.use_gpu)
+                        use_gpu=settings.use_gpu, on_epoch_end=on_epoch_end)
 
 
 def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
@@ -165,13 +191,19 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
 
     from tracelake.model_registry import register_onnx_model
     from training import metrics
+    from training.data import read_split
     from training.model import SequenceAnomalyModel
     from training.onnx_export import export_onnx, torch_probabilities
-    from training.data import read_split
-    from training.spark_data import cache_url, petastorm_data_config, read_converted, spark_converters, split_counts
+    from training.spark_data import (
+        cache_url,
+        petastorm_data_config,
+        spark_converters,
+        split_counts,
+    )
     from training.train_fn import make_train_config
 
     output_dir = run_dir_for(run, context["training_set"], resume)
+    files = context["snapshot_files"]
     if not settings.local_mode and settings.torch_threads == 0:
         # In cluster mode each Spark task is one training process: give it the task's cores, not the host's.
         settings = settings.model_copy(update={"torch_threads": int(run.spark.conf.get("spark.task.cpus", "1"))})
@@ -196,13 +228,13 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
             rows = {split: item.rows for split, item in converted.items()}
             step.update(rows=rows, files={split: len(item.file_urls) for split, item in converted.items()})
             result, wall_s = launch(petastorm_data_config({split: converted[split] for split in ("train", "validation")}))
-            test = read_converted(converted["test"], spec)
     else:
-        files = context["snapshot_files"]
         rows = split_counts(df)
         run.log.event("arrow loader", rows=rows, files=len(files), version=context["training_set_version"])
         result, wall_s = launch({"kind": "parquet", "files": files})
-        test = read_split(files, "test", spec)
+    # The test split straight from the snapshot's files, with each row's EPC for the grouped bootstrap.
+    test = read_split(files, "test", spec)
+    test_epcs = split_column_values(files, "test", "epc_code")
     parity_rows = test.take(slice(0, settings.onnx_parity_rows or test.n_rows))
 
     model = SequenceAnomalyModel.load(result["model_path"])
@@ -210,7 +242,7 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     labels = list(spec.label_names)
     probs = torch_probabilities(model, test, settings.eval_batch_size)
     report = metrics.evaluate(test.labels, probs, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
-                              ci_level=settings.ci_level, seed=settings.seed)
+                              ci_level=settings.ci_level, seed=settings.seed, groups=test_epcs)
     onnx_path = workdir / "lstm" / "model.onnx"
     with run.log.step("export ONNX", exporter=settings.onnx_exporter, rows=parity_rows.n_rows) as step:
         onnx_meta = export_onnx(
@@ -225,7 +257,7 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     report_file = workdir / "lstm" / "evaluation.json"
     _write(report_file, {"thresholds": thresholds, "test_report": report, "feature_spec": spec.to_dict()})
     with mlflow.start_run(run_name=f"lstm {context['training_set']}", nested=True) as ml_run:
-        mlflow.set_tags({**context["tags"], "model": LSTM})
+        mlflow.set_tags({**context["tags"], "model": LSTM, DETECTOR_TAG: LSTM})
         mlflow.log_params({**_flat_params(settings), "feature_spec.n_seq": spec.n_seq, "feature_spec.n_tab": spec.n_tab,
                            "feature_spec.seq_len": spec.seq_len, "world_size": result["world_size"],
                            "device": result["device"], "output_dir": str(output_dir)})
@@ -270,18 +302,19 @@ def train_baseline(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, 
         fitted = baseline.fit(df, features, labels, settings)
         wall_s = time.perf_counter() - started
         step.update(train_rows=fitted.train_rows, class_weights=fitted.class_weights)
-    y_val, p_val = baseline.predict_split(fitted.model, df, "validation", features, labels)
+    y_val, p_val, _ = baseline.predict_split(fitted.model, df, "validation", features, labels)
     thresholds = metrics.choose_thresholds(y_val, p_val, labels, settings.threshold_rule)
-    y_test, p_test = baseline.predict_split(fitted.model, df, "test", features, labels)
+    y_test, p_test, test_epcs = baseline.predict_split(fitted.model, df, "test", features, labels,
+                                                       group_column="epc_code")
     report = metrics.evaluate(y_test, p_test, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
-                              ci_level=settings.ci_level, seed=settings.seed)
+                              ci_level=settings.ci_level, seed=settings.seed, groups=test_epcs)
     macro_pr_auc = report["macro"]["pr_auc"]["value"]
     model_dir = workdir / "baseline_model"
     baseline.save(fitted.model, model_dir / "sparkml")
     _write(model_dir / "baseline.json", {"features": features, "labels": labels, "thresholds": thresholds,
                                          "class_weights": fitted.class_weights, "test_report": report})
     with mlflow.start_run(run_name=f"baseline {context['training_set']}", nested=True) as ml_run:
-        mlflow.set_tags({**context["tags"], "model": BASELINE})
+        mlflow.set_tags({**context["tags"], "model": BASELINE, DETECTOR_TAG: BASELINE})
         mlflow.log_params({"classifier": settings.baseline_classifier, "max_iter": settings.baseline_max_iter,
                            "reg_param": settings.baseline_reg_param,
                            "elastic_net": settings.baseline_elastic_net,
@@ -304,6 +337,77 @@ def train_baseline(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, 
     return {"model_name": settings.baseline_model_name, "version": str(version.version),
             "mlflow_run_id": ml_run.info.run_id, "report": report, "thresholds": thresholds,
             "class_weights": fitted.class_weights, "train_wall_s": wall_s}
+
+
+# --- the rules detector --------------------------------------------------------------------------
+
+
+def train_rules(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
+                *, workdir: Path) -> dict[str, Any]:
+    """Tune the rules on train + validation, score the test split, log and register them."""
+    import mlflow
+    from pyspark.sql import functions as F
+
+    from tracelake.model_registry import (
+        CHECKSUM_TAG,
+        FORMAT_TAG,
+        register_artifacts,
+        sha256_of,
+    )
+    from training import metrics, rules
+
+    labels = list(spec.label_names)
+
+    def one_threshold(y: np.ndarray, score: np.ndarray) -> float:
+        return metrics.choose_thresholds(y[:, None], score[:, None], ["_"], settings.threshold_rule)["_"]
+
+    with run.log.step("tune rules") as step:
+        started = time.perf_counter()
+        detector = rules.tune(df.where(F.col("split").isin("train", "validation")), labels,
+                              pr_auc=metrics.pr_auc, choose_threshold=one_threshold)
+        wall_s = time.perf_counter() - started
+        step.update(variants=dict(detector.variants))
+    test = detector.scores(df.where(F.col("split") == "test")).select(
+        "epc_code", *labels, *[f"p_{label}" for label in labels]).toPandas()
+    y_test = test[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    p_test = test[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    report = metrics.evaluate(y_test, p_test, dict(detector.thresholds), labels,
+                              n_bootstrap=settings.bootstrap_samples, ci_level=settings.ci_level, seed=settings.seed,
+                              groups=test["epc_code"].to_numpy())
+    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    model_dir = workdir / "rules_model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "rules.json").write_text(detector.to_json())
+    with mlflow.start_run(run_name=f"rules {context['training_set']}", nested=True) as ml_run:
+        mlflow.set_tags({**context["tags"], "model": RULES, DETECTOR_TAG: RULES})
+        mlflow.log_params({f"variant_{label}": variant for label, variant in detector.variants.items()})
+        mlflow.log_metrics({**{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
+                            "train_wall_s": wall_s,
+                            **{f"val_threshold_{k}": v for k, v in detector.thresholds.items()}})
+        _log_plots(workdir / "rules_plots", None, y_test, p_test, dict(detector.thresholds), labels, "rules")
+        mlflow.log_artifacts(str(model_dir), "model")
+        version = register_artifacts(
+            settings.rules_model_name, ml_run.info.run_id, "model",
+            tags={**context["registry_tags"], FORMAT_TAG: rules.FORMAT, CHECKSUM_TAG: sha256_of(model_dir / "rules.json"),
+                  "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                  "thresholds": json.dumps(dict(detector.thresholds))},
+            description="Hand-written domain rules, one per anomaly type, tuned on train + validation")
+    run.log.event("registered", model=settings.rules_model_name, version=version.version,
+                  test_macro_pr_auc=macro_pr_auc)
+    return {"model_name": settings.rules_model_name, "version": str(version.version),
+            "mlflow_run_id": ml_run.info.run_id, "report": report, "thresholds": dict(detector.thresholds),
+            "variants": dict(detector.variants), "train_wall_s": wall_s}
+
+
+def split_column_values(files: Sequence[str], split: str, column: str) -> np.ndarray:
+    """One column of a split's rows, in the order :func:`training.data.read_split` reads them."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from training.data import SPLIT_COLUMN, _local_path
+
+    dataset = pads.dataset([_local_path(f) for f in files], format="parquet")
+    return dataset.to_table(columns=[column], filter=pc.field(SPLIT_COLUMN) == split).column(column).to_numpy()
 
 
 # --- MLflow helpers ------------------------------------------------------------------------------
@@ -404,13 +508,17 @@ def execute(
     run.inputs[spec_table.name + f"[{training_set}]"] = version
     df = read_table(run.spark, spec_table, run.lake_root, version=version)
     spec = feature_spec(run.settings)
+    immature = bool(commit_metadata(run.spark, spec_table, run.lake_root, version).get("immature_labels"))
+    if immature:
+        run.log.warning("the training set was built with --allow-immature-labels: its test figures undercount "
+                        "anomalies and its models cannot be promoted", extra={"training_set": training_set})
     tags = {"training_set": training_set, "training_set_version": str(version), "code_version": code_version(),
-            "tracelake_run_id": run.run_id}
-    files = snapshot_files(run.spark, spec_table, run.lake_root, version) if LSTM in chosen and \
-        settings.loader == "arrow" else []
+            "tracelake_run_id": run.run_id, IMMATURE_TAG: str(immature).lower()}
+    files = snapshot_files(run.spark, spec_table, run.lake_root, version) if LSTM in chosen else []
     context = {"training_set": training_set, "training_set_version": version, "tags": tags, "snapshot_files": files,
                "registry_tags": {"training_set": training_set, "training_set_version": str(version),
-                                 "code_version": code_version(), "tracelake_run_id": run.run_id}}
+                                 "code_version": code_version(), "tracelake_run_id": run.run_id,
+                                 IMMATURE_TAG: str(immature).lower()}}
     target = configure_mlflow(run.settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp, \
@@ -424,14 +532,19 @@ def execute(
             results[LSTM] = train_lstm(run, settings, df, spec, context, resume=resume, workdir=workdir)
         if BASELINE in chosen:
             results[BASELINE] = train_baseline(run, settings, df, spec, context, workdir=workdir)
-        reports = {name: r["report"] for name, r in results.items()}
+        if RULES in chosen:
+            results[RULES] = train_rules(run, settings, df, spec, context, workdir=workdir)
+        # The practical reference first, the learned detectors after it.
+        reports = {name: results[name]["report"] for name in (RULES, BASELINE, LSTM) if name in results}
         table = metrics.comparison_table(reports, COMPARISON_METRICS)
+        positives = {label: v["positives"] for label, v in next(iter(reports.values()))["labels"].items()}
         mlflow.log_text(table + "\n", "comparison/test_metrics.md")
         for name, r in results.items():
             mlflow.log_metric(f"{name}_test_macro_pr_auc", r["report"]["macro"]["pr_auc"]["value"])
         parent_id = parent.info.run_id
-    print(f"\nTest split of training set {training_set!r} (version {version}); value [{int(settings.ci_level * 100)}% "
-          f"bootstrap CI]:\n{table}\n")
+    print(f"\nTest split of training set {training_set!r} (version {version}"
+          f"{', IMMATURE labels' if immature else ''}); value [{int(settings.ci_level * 100)}% "
+          f"bootstrap CI, EPCs resampled]; test positives {positives}:\n{table}\n")
     summary = {
         "training_set": training_set,
         "training_set_version": version,
@@ -442,6 +555,8 @@ def execute(
             "test_pr_auc": {label: v["pr_auc"]["value"] for label, v in r["report"]["labels"].items()}}
             for name, r in results.items()},
         "comparison": table,
+        "test_positives": positives,
+        "immature_labels": immature,
     }
     run.record_output("models", **{name: {"name": r["model_name"], "version": r["version"]} for name, r in results.items()})
     return summary

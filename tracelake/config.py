@@ -12,14 +12,21 @@ CLI: ``--set spark.master=local[2] --set generator.epcs=1000``.
 
 from __future__ import annotations
 
-from tracelake.errors import TracelakeError
-
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tracelake.errors import TracelakeError
 
 ENV_PREFIX = "TRACELAKE_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +69,7 @@ class AnomalyRates(_Section):
     jump: float = Field(0.01, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _at_most_one_per_epc(self) -> "AnomalyRates":
+    def _at_most_one_per_epc(self) -> AnomalyRates:
         total = sum(self.model_dump().values())
         if total > 1:
             raise ValueError(f"anomaly rates add up to {total:g}; each EPC carries at most one anomaly, so keep the sum <= 1")
@@ -223,7 +230,7 @@ class GeneratorSettings(_Section):
         return rates
 
     @model_validator(mode="after")
-    def _bounds_ordered(self) -> "GeneratorSettings":
+    def _bounds_ordered(self) -> GeneratorSettings:
         pairs = [
             ("label_delay_days", self.label_delay_days_min, self.label_delay_days_max),
             ("truck_speed_kmh", self.truck_speed_kmh_min, self.truck_speed_kmh_max),
@@ -320,6 +327,14 @@ class FeatureSettings(_Section):
     storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
 
 
+class LabelSettings(_Section):
+    """The label feed (silver/labels)."""
+
+    # A label arrives at most this many days after its event; a window is judged only once
+    # this long has passed after its last day. None: the generator's label_delay_days_max.
+    max_delay_days: int | None = Field(None, ge=0)
+
+
 class TrainingSetSettings(_Section):
     # Temporal split: share of the range's days in train and validation; the rest is test.
     train_fraction: float = Field(0.6, gt=0, lt=1)
@@ -344,7 +359,7 @@ class TrainingSetSettings(_Section):
         return value
 
     @model_validator(mode="after")
-    def _split_consistent(self) -> "TrainingSetSettings":
+    def _split_consistent(self) -> TrainingSetSettings:
         if self.train_fraction + self.validation_fraction >= 1:
             raise ValueError(
                 f"training_set train_fraction {self.train_fraction} + validation_fraction "
@@ -427,14 +442,17 @@ class TrainingSettings(_Section):
     # Test rows (the first this many of the test split) the ONNX parity check runs on; 0 = all.
     onnx_parity_rows: int = Field(4096, ge=0)
     # Training job (spark_jobs/train.py): which models `tracelake train` trains by default.
-    models: list[Literal["lstm", "baseline"]] = Field(default_factory=lambda: ["lstm", "baseline"])
+    models: list[Literal["lstm", "baseline", "rules"]] = Field(default_factory=lambda: ["lstm", "baseline", "rules"])
     # Registered model names.
     lstm_model_name: str = "tracelake-anomaly-lstm"
     baseline_model_name: str = "tracelake-anomaly-baseline"
+    rules_model_name: str = "tracelake-anomaly-rules"
     # Baseline (Spark MLlib, one classifier per label on the tabular features; nulls and
     # non-finite values imputed with the training split's mean; positives weighted by
     # negatives/positives, at most pos_weight_cap).
-    baseline_classifier: Literal["logistic", "gbt"] = "logistic"
+    # GBT: the tabular features hold thresholds and interactions (speed x air lane, tier change x
+    # return) that a linear model cannot express.
+    baseline_classifier: Literal["logistic", "gbt"] = "gbt"
     baseline_max_iter: int = Field(100, ge=1)
     baseline_reg_param: float = Field(0.01, ge=0)
     baseline_elastic_net: float = Field(0.0, ge=0, le=1)
@@ -493,7 +511,7 @@ class MonitoringSettings(_Section):
     retrain_dir: str = "monitoring/_retrain"
 
     @model_validator(mode="after")
-    def _thresholds_ordered(self) -> "MonitoringSettings":
+    def _thresholds_ordered(self) -> MonitoringSettings:
         if self.warn_psi > self.drift_psi:
             raise ValueError(f"monitoring warn_psi {self.warn_psi} is above drift_psi {self.drift_psi}; swap them")
         return self
@@ -517,11 +535,18 @@ class Settings(_Section):
     epcis: EpcisSettings = Field(default_factory=EpcisSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+
+    @property
+    def label_max_delay_days(self) -> int:
+        """labels.max_delay_days, or the generator's longest label delay when it is not set."""
+        configured = self.labels.max_delay_days
+        return self.generator.label_delay_days_max if configured is None else configured
 
     @property
     def lake_path(self) -> Path:

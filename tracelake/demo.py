@@ -2,7 +2,8 @@
 
 generate → ingest → validate bronze and silver → features → validate features
 → training set (the days whose labels have had time to arrive) → validate it
-→ train the sequence model (TorchDistributor) and the MLlib baseline (demo-sized)
+→ train the sequence model (TorchDistributor), the MLlib baseline and the rules
+(demo-sized) and print the three-way comparison on the mature test days
 → promotion gate → score every validated day with the champion (validated
 before it counts) → drift monitoring → the top anomalies of the last day.
 
@@ -20,12 +21,20 @@ from collections.abc import Callable
 from typing import Any
 
 from tracelake.config import Settings
-from tracelake.errors import TracelakeError
 from tracelake.dates import days_between, parse_date
+from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
 from tracelake.spark import build_spark
+from tracelake.tables import (
+    TableSpec,
+    all_table_specs,
+    domain,
+    latest_version,
+    named_table_spec,
+    read_table,
+    table_exists,
+)
 from tracelake.tracking import tracking_target
-from tracelake.tables import TableSpec, domain, all_table_specs, latest_version, named_table_spec, read_table, table_exists
 
 DEMO_TRAINING_SET = "demo"
 
@@ -38,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracelake demo", description=__doc__)
     add_common_args(parser, dates=False)
     parser.add_argument("--start-date", help="first simulated day (default: generator.start_date)")
-    parser.add_argument("--days", type=int, default=21, help="simulated days (default: 21)")
-    parser.add_argument("--label-maturity-days", type=int, default=7,
-                        help="the training set leaves out the last N days, whose labels are mostly not "
-                             "confirmed yet (default: 7)")
+    parser.add_argument("--days", type=int, default=35,
+                        help="simulated days (default: 35: labels.max_delay_days of them wait for their labels, "
+                             "the rest make the training set)")
+    parser.add_argument("--label-maturity-days", type=int, default=None,
+                        help="the training set leaves out the last N days, whose labels may still be on their "
+                             "way (default: labels.max_delay_days)")
     parser.add_argument("--epcs", type=int, default=10_000, help="EPCs to simulate (default: 10000)")
     parser.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
     parser.add_argument("--anomaly-rate", type=float, default=0.02,
@@ -101,7 +112,14 @@ def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tu
 
 def main(argv: list[str] | None = None) -> int:
     from batch_scoring import monitor, score
-    from spark_jobs import build_features, build_training_set, generate, ingest, promote, train
+    from spark_jobs import (
+        build_features,
+        build_training_set,
+        generate,
+        ingest,
+        promote,
+        train,
+    )
 
     args = build_parser().parse_args(argv)
     settings, start, end = _demo_settings(args)
@@ -117,17 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.step("features", s, e, build_features.execute)
     ranges = [r for s, e in ranges for r in pipeline.validate("features_event_features", s, e)]
 
-    # Labels arrive 1-14 days after the event: a training set cut at the end of
-    # the data only knows most labels of the events at least a week older.
-    as_of = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.timezone.utc)
-    set_end = end - dt.timedelta(days=args.label_maturity_days)
+    # Labels arrive up to labels.max_delay_days after the event: a training set cut at the end
+    # of the data is judged only on the days whose labels have all arrived by then.
+    as_of = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    maturity = settings.label_max_delay_days if args.label_maturity_days is None else args.label_maturity_days
+    set_end = end - dt.timedelta(days=maturity)
     usable = [(s, min(e, set_end)) for s, e in ranges if s <= set_end]
     if len(usable) != 1:
         raise DemoError(f"the training set needs one unbroken run of validated days up to {set_end}; "
                         f"validated ranges: {ranges}")
     set_start, set_end = usable[0]
     pipeline.step("training-set", set_start, set_end,
-                  lambda run: build_training_set.execute(run, as_of, DEMO_TRAINING_SET))
+                  lambda run: build_training_set.execute(run, as_of, DEMO_TRAINING_SET,
+                                                         allow_immature_labels=maturity < settings.label_max_delay_days))
     if not pipeline.validate(named_table_spec("training_set", name=DEMO_TRAINING_SET), set_start, set_end):
         raise DemoError(f"training set {DEMO_TRAINING_SET!r} failed validation; see the report above")
 

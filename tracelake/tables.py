@@ -8,14 +8,12 @@ and records lineage in the commit's user metadata.
 
 from __future__ import annotations
 
-from tracelake.errors import TracelakeError
-
 import datetime as dt
 import json
-from collections.abc import Sequence
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from pyspark.sql.types import (
 )
 
 from tracelake.config import PROJECT_ROOT
+from tracelake.errors import TracelakeError
 
 SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 
@@ -140,7 +139,7 @@ def _spec_from_yaml(data: dict[str, Any]) -> TableSpec:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def table_spec(name: str) -> TableSpec:
     """The spec of table ``name`` (file ``schemas/tables/<name>.yaml``)."""
     file = SCHEMAS_DIR / "tables" / f"{name}.yaml"
@@ -174,7 +173,7 @@ def all_table_specs() -> list[TableSpec]:
     return [table_spec(p.stem) for p in sorted((SCHEMAS_DIR / "tables").glob("*.yaml"))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def domain() -> dict[str, Any]:
     """Domain enumerations (anomaly types, business steps and tiers, event types, EPC regex)."""
     return yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
@@ -229,6 +228,16 @@ def latest_version(spark: SparkSession, spec: TableSpec, lake_root: str | Path) 
         return None
     row = DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("version").first()
     return int(row["version"]) if row else None
+
+
+def commit_metadata(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int) -> dict[str, Any]:
+    """The ``userMetadata`` the writer recorded in the commit of ``version`` ({} when none)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    row = (DeltaTable.forPath(spark, spec.location(lake_root)).history()
+           .where(F.col("version") == version).select("userMetadata").first())
+    return json.loads(row["userMetadata"]) if row and row["userMetadata"] else {}
 
 
 def snapshot_files(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int) -> list[str]:

@@ -78,21 +78,24 @@ def build_pipeline(features: Sequence[str], labels: Sequence[str], settings: Tra
         StandardScaler(inputCol=FEATURES_COLUMN, outputCol=SCALED_COLUMN, withMean=True, withStd=True),
     ]
     for label in labels:
-        common = {"featuresCol": SCALED_COLUMN, "labelCol": label, "predictionCol": f"_pred_{label}",
-                  "probabilityCol": probability_column(label), "rawPredictionCol": f"_raw_{label}"}
+        common = {"featuresCol": SCALED_COLUMN, "labelCol": label, "predictionCol": f"_pred_{label}"}
+        outputs = {"probabilityCol": probability_column(label), "rawPredictionCol": f"_raw_{label}"}
         if settings.baseline_classifier == "gbt":
+            # GBTClassifier's constructor does not take the output columns: set them after.
             stages.append(GBTClassifier(weightCol=weight_column(label), maxIter=settings.baseline_max_iter,
-                                        maxDepth=settings.baseline_gbt_max_depth, seed=settings.seed, **common))
+                                        maxDepth=settings.baseline_gbt_max_depth, seed=settings.seed, **common)
+                          .setProbabilityCol(outputs["probabilityCol"])
+                          .setRawPredictionCol(outputs["rawPredictionCol"]))
         else:
             stages.append(LogisticRegression(weightCol=weight_column(label), maxIter=settings.baseline_max_iter,
                                              regParam=settings.baseline_reg_param,
-                                             elasticNetParam=settings.baseline_elastic_net, **common))
+                                             elasticNetParam=settings.baseline_elastic_net, **common, **outputs))
     return Pipeline(stages=stages)
 
 
-def prepare(df: DataFrame, features: Sequence[str], labels: Sequence[str]) -> DataFrame:
-    """The columns the baseline reads: features (cleaned), labels as double, split."""
-    selected = df.select(*features, *[F.col(l).cast("double").alias(l) for l in labels], SPLIT_COLUMN)
+def prepare(df: DataFrame, features: Sequence[str], labels: Sequence[str], keep: Sequence[str] = ()) -> DataFrame:
+    """The columns the baseline reads: features (cleaned), labels as double, split (and ``keep``)."""
+    selected = df.select(*keep, *features, *[F.col(l).cast("double").alias(l) for l in labels], SPLIT_COLUMN)
     return clean_features(selected, features)
 
 
@@ -116,16 +119,19 @@ def fit(df: DataFrame, features: Sequence[str], labels: Sequence[str], settings:
 
 
 def predict_split(model: PipelineModel, df: DataFrame, split: str, features: Sequence[str],
-                  labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(labels [N, L], probabilities [N, L]) of one split, collected to the driver."""
-    rows = prepare(df, features, labels).where(F.col(SPLIT_COLUMN) == split)
+                  labels: Sequence[str], group_column: str | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(labels [N, L], probabilities [N, L], ``group_column``'s values or None) of one split, on the driver."""
+    rows = prepare(df, features, labels, keep=[group_column] if group_column else []).where(
+        F.col(SPLIT_COLUMN) == split)
     scored = model.transform(rows).select(
+        *([F.col(group_column).alias("_group")] if group_column else []),
         *[F.col(l).alias(f"y_{i}") for i, l in enumerate(labels)],
         *[vector_to_array(probability_column(l))[1].alias(f"p_{i}") for i, l in enumerate(labels)],
     ).toPandas()
     y = scored[[f"y_{i}" for i in range(len(labels))]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
     p = scored[[f"p_{i}" for i in range(len(labels))]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
-    return y, p
+    return y, p, (scored["_group"].to_numpy() if group_column else None)
 
 
 def save(model: PipelineModel, folder: str | Path) -> str:

@@ -138,15 +138,27 @@ def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray, label_names: Seque
     return thresholds
 
 
-def _bootstrap_weights(n_rows: int, n_samples: int, rng: np.random.Generator) -> Any:
-    """Yields [b, n_rows] row-count matrices of multinomial resamples, in chunks."""
-    chunk = max(1, _BOOTSTRAP_CELLS // max(n_rows, 1))
+def _bootstrap_weights(n_rows: int, n_samples: int, rng: np.random.Generator,
+                       groups: np.ndarray | None = None) -> Any:
+    """Yields [b, n_rows] row-count matrices of multinomial resamples, in chunks.
+
+    With ``groups`` (one key per row, e.g. the EPC), whole groups are resampled: a row's
+    weight is how often its group was drawn. Events of one EPC are not independent (one
+    fake EPC is many positive rows), so a row bootstrap would give too narrow intervals.
+    """
+    if groups is None:
+        units, unit_of_row = n_rows, None
+    else:
+        _, unit_of_row = np.unique(np.asarray(groups), return_inverse=True)
+        units = int(unit_of_row.max()) + 1 if n_rows else 0
+    chunk = max(1, _BOOTSTRAP_CELLS // max(n_rows, units, 1))
     done = 0
     while done < n_samples:
         b = min(chunk, n_samples - done)
-        index = rng.integers(0, n_rows, size=(b, n_rows)) + (np.arange(b) * n_rows)[:, None]
+        index = rng.integers(0, units, size=(b, units)) + (np.arange(b) * units)[:, None]
         # float32 counts: exact below 2**24 rows, and half the memory traffic of float64.
-        yield np.bincount(index.ravel(), minlength=b * n_rows).reshape(b, n_rows).astype(np.float32)
+        counts = np.bincount(index.ravel(), minlength=b * units).reshape(b, units).astype(np.float32)
+        yield counts if unit_of_row is None else counts[:, unit_of_row]
         done += b
 
 
@@ -159,8 +171,11 @@ def evaluate(
     n_bootstrap: int = 1000,
     ci_level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Per-label and macro ROC-AUC, PR-AUC, precision, recall, F1 (at ``thresholds``) with bootstrap CIs.
+
+    ``groups``: one key per row (the EPC); the bootstrap then resamples whole groups.
 
     Returns ``{"n_rows", "n_bootstrap", "ci_level", "labels": {label: {"threshold", "positives",
     metric: {"value", "ci_low", "ci_high"}}}, "macro": {metric: {...}}}``. The same resampled rows
@@ -177,7 +192,7 @@ def evaluate(
     samples: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in METRICS} for name in label_names}
     if n_bootstrap > 0 and n_rows > 0:
         ranked = [_Ranked(y_true[:, j], y_prob[:, j]) for j in range(len(label_names))]
-        for weights in _bootstrap_weights(n_rows, n_bootstrap, np.random.default_rng(seed)):
+        for weights in _bootstrap_weights(n_rows, n_bootstrap, np.random.default_rng(seed), groups):
             for j, name in enumerate(label_names):
                 roc, ap = _auc_ap(*ranked[j].curves(weights))
                 values = {"roc_auc": roc, "pr_auc": ap,
@@ -212,16 +227,18 @@ def evaluate(
                 draws = np.nanmean(matrix, axis=0)
         macro_summary[metric] = summary(value, draws)
     return {"n_rows": n_rows, "n_bootstrap": n_bootstrap, "ci_level": ci_level, "labels": labels,
-            "macro": macro_summary}
+            "macro": macro_summary, "bootstrap_unit": "row" if groups is None else "group"}
 
 
 def flat_metrics(report: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
-    """``{"test_pr_auc_jump": 0.8, "test_macro_pr_auc": 0.7, ...}`` for a tracker."""
+    """``{"test_pr_auc_jump": 0.8, "test_macro_pr_auc": 0.7, "test_positives_jump": 120, ...}`` for a tracker."""
     flat: dict[str, float] = {}
     for metric in METRICS:
         flat[f"{prefix}_macro_{metric}"] = report["macro"][metric]["value"]
         for name, values in report["labels"].items():
             flat[f"{prefix}_{metric}_{name}"] = values[metric]["value"]
+    for name, values in report["labels"].items():
+        flat[f"{prefix}_positives_{name}"] = float(values["positives"])
     return flat
 
 

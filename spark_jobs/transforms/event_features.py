@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from functools import lru_cache
+from functools import cache
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -57,7 +57,7 @@ class FeatureDefinitionError(TracelakeError, RuntimeError):
     """The feature table's schema names a feature that the code does not compute (or the reverse)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sequence_features() -> tuple[str, ...]:
     return tuple(f["name"] for f in table_spec(TABLE).extra["sequence_features"])
 
@@ -93,30 +93,79 @@ def _index_of(column: str, values: list[str]) -> Column:
     return F.coalesce(positions[F.col(column)], F.lit(0)).cast("int")
 
 
-def scan_steps(silver: DataFrame, settings: FeatureSettings) -> DataFrame:
+def _serial_issued(silver: DataFrame, serial_ranges: DataFrame | None) -> DataFrame:
+    """``serial_issued``: 1 when the EPC's serial lies in a range the product master issued for its
+    company and product, 0 when the product has ranges and none holds it, null otherwise."""
+    if serial_ranges is None:
+        return silver.withColumn("serial_issued", F.lit(None).cast("int"))
+    number = "decimal(38,0)"
+    ranges = serial_ranges.select(
+        F.col("company_prefix").alias("_r_company"), F.col("item_reference").alias("_r_product"),
+        F.col("serial_from").cast(number).alias("_r_from"), F.col("serial_to").cast(number).alias("_r_to"))
+    serials = silver.select("event_id", "epc_company", "epc_product",
+                            F.expr(f"try_cast(epc_serial AS {number})").alias("_serial"))
+    matched = (serials.join(ranges, (F.col("epc_company") == F.col("_r_company"))
+                            & (F.col("epc_product") == F.col("_r_product")))
+               .groupBy("event_id")
+               .agg(F.max(F.coalesce(F.col("_serial").between(F.col("_r_from"), F.col("_r_to")), F.lit(False))
+                          .cast("int")).alias("serial_issued")))
+    return silver.join(matched, "event_id", "left")
+
+
+def _undirected(air_lanes: DataFrame) -> DataFrame:
+    """(from, to) of every air lane in both directions."""
+    lanes = air_lanes.select(F.col("origin_location_id").alias("_lane_from"),
+                             F.col("destination_location_id").alias("_lane_to"))
+    swapped = lanes.select(F.col("_lane_to").alias("_lane_from"), F.col("_lane_from").alias("_lane_to"))
+    return lanes.unionByName(swapped).distinct().withColumn("_on_lane", F.lit(True))
+
+
+def scan_steps(
+    silver: DataFrame,
+    settings: FeatureSettings,
+    *,
+    air_lanes: DataFrame | None = None,
+    serial_ranges: DataFrame | None = None,
+) -> DataFrame:
     """Silver scan events plus each event's order key and its relation to its previous scan.
 
     Added columns: ``micros``, ``ord`` (order key, see the module doc),
     ``has_prev``, ``prev_ord``, ``prev_location_id``, ``prev_tier``, ``gap_s``, ``gap_us``,
-    ``dist_km``, ``speed_kmh``, ``tier_change``, ``same_location`` (the
-    previous-scan columns are null without a previous scan in the history),
-    ``is_inbound``, ``is_outbound``, ``out_without_in``, ``event_type_idx``,
-    ``business_step_idx``, ``hour_sin``, ``hour_cos``. Both the snapshots and
-    the event features start from this frame.
+    ``dist_km``, ``speed_kmh``, ``tier_change``, ``same_location``,
+    ``prev_event_type_idx``, ``air_lane`` (the hop from the previous scan is a
+    designated air lane of ``air_lanes``) (the previous-scan columns are null
+    without a previous scan in the history), the previous hop's
+    ``prev_speed_kmh``, ``prev_tier_change``, ``prev_same_location`` (null
+    unless both earlier scans lie in the history), ``is_inbound``, ``is_outbound``,
+    ``out_without_in``, ``is_return``, ``event_type_idx``, ``business_step_idx``,
+    ``hour_sin``, ``hour_cos``, ``serial_issued`` (against ``serial_ranges``;
+    null without them) and ``device_offset_s`` (mean event_time - record_time of
+    the device's scans in the day up to this one: its clock's recent offset;
+    null without record times). Both the snapshots and the event features start
+    from this frame.
     """
     doms = domain()
     by_epc = Window.partitionBy("epc_code")
     micros = F.unix_micros("event_time")
     tie = F.row_number().over(by_epc.orderBy("event_time", "event_id")) - F.rank().over(by_epc.orderBy("event_time"))
+    silver = _serial_issued(silver, serial_ranges)
+    offset = ((F.unix_micros("event_time") - F.unix_micros("record_time")) / F.lit(float(_MICROS))
+              if "record_time" in silver.columns else F.lit(None).cast("double"))
     steps = silver.withColumn("micros", micros).withColumn(
         "ord", F.col("micros") * TIE_SLOTS + F.least(tie, F.lit(TIE_SLOTS - 1))
-    )
+    ).withColumn("_record_offset_s", offset)
     in_order = by_epc.orderBy("ord")
     steps = steps.select(
         "*",
         *[F.lag(c).over(in_order).alias(f"_prev_{c}")
-          for c in ("ord", "micros", "location_id", "location_tier", "latitude", "longitude")],
+          for c in ("ord", "micros", "location_id", "location_tier", "latitude", "longitude", "event_type")],
     )
+    if air_lanes is not None:
+        lanes = _undirected(air_lanes)
+        steps = steps.join(F.broadcast(lanes), (F.col("_prev_location_id") == F.col("_lane_from"))
+                           & (F.col("location_id") == F.col("_lane_to")), "left").drop("_lane_from", "_lane_to")
+    else:
+        steps = steps.withColumn("_on_lane", F.lit(None).cast("boolean"))
     prev_ord = F.col("_prev_ord")
     steps = steps.withColumn(
         "has_prev", prev_ord.isNotNull() & (prev_ord >= F.col("ord") - F.lit(history_span(settings))))
@@ -132,7 +181,9 @@ def scan_steps(silver: DataFrame, settings: FeatureSettings) -> DataFrame:
     same_location = F.col("location_id") == F.col("_prev_location_id")
     hour = (F.col("micros") % F.lit(86_400 * _MICROS)) / F.lit(3600.0 * _MICROS)
     angle = hour * F.lit(2 * math.pi / 24)
-    return steps.select(
+    event_types = list(doms["event_types"])
+    returns = list(doms.get("return_event_types") or [])
+    steps = steps.select(
         *[c for c in steps.columns if not c.startswith("_")],
         when_prev(F.col("_prev_ord")).alias("prev_ord"),
         when_prev(F.col("_prev_location_id")).alias("prev_location_id"),
@@ -143,13 +194,27 @@ def scan_steps(silver: DataFrame, settings: FeatureSettings) -> DataFrame:
         when_prev(dist / hours).alias("speed_kmh"),
         when_prev(F.col("location_tier") - F.col("_prev_location_tier")).alias("tier_change"),
         when_prev(same_location).alias("same_location"),
+        when_prev(F.coalesce(_index_of("_prev_event_type", event_types), F.lit(0))).alias("prev_event_type_idx"),
+        when_prev(F.coalesce(F.col("_on_lane"), F.lit(False))).alias("air_lane"),
         event_type.endswith("_Inbound").alias("is_inbound"),
         is_outbound.alias("is_outbound"),
         (is_outbound & ~F.coalesce(F.col("has_prev") & same_location, F.lit(False))).alias("out_without_in"),
-        _index_of("event_type", list(doms["event_types"])).alias("event_type_idx"),
+        event_type.isin(returns).alias("is_return") if returns else F.lit(False).alias("is_return"),
+        _index_of("event_type", event_types).alias("event_type_idx"),
         _index_of("business_step", list(doms["business_steps"])).alias("business_step_idx"),
         F.sin(angle).alias("hour_sin"),
         F.cos(angle).alias("hour_cos"),
+        F.col("_record_offset_s"),
+    )
+    # The hop before the previous scan, when both of its scans lie in this event's history.
+    linked_before = F.col("has_prev") & (F.lag("prev_ord").over(in_order) >= F.col("ord") - F.lit(history_span(settings)))
+    device_day = (Window.partitionBy("device_id").orderBy("micros")
+                  .rangeBetween(-86_400 * _MICROS, Window.currentRow))
+    return steps.select(
+        *[c for c in steps.columns if not c.startswith("_")],
+        *[F.when(linked_before, F.lag(c).over(in_order)).alias(f"prev_{c}")
+          for c in ("speed_kmh", "tier_change", "same_location")],
+        F.when(F.col("device_id").isNotNull(), F.avg("_record_offset_s").over(device_day)).alias("device_offset_s"),
     )
 
 
@@ -169,7 +234,8 @@ def _step_struct() -> Column:
     """One sequence step as collected by the window: its order keys and raw values."""
     return F.struct(*[F.col(c) for c in (
         "ord", "prev_ord", "gap_s", "location_tier", "tier_change", "dist_km", "speed_kmh", "event_type_idx",
-        "business_step_idx", "hour_sin", "hour_cos", "same_location", "is_inbound", "is_outbound")])
+        "business_step_idx", "hour_sin", "hour_cos", "same_location", "is_inbound", "is_outbound", "is_return",
+        "air_lane")])
 
 
 def _step_values(step: Column, bound: Column) -> dict[str, Column]:
@@ -194,6 +260,8 @@ def _step_values(step: Column, bound: Column) -> dict[str, Column]:
         "is_inbound": _flag(step["is_inbound"]),
         "is_outbound": _flag(step["is_outbound"]),
         "out_without_in": _flag(step["is_outbound"] & ~(linked & F.coalesce(step["same_location"], F.lit(False)))),
+        "is_return": _flag(step["is_return"]),
+        "air_lane": if_linked(_flag(step["air_lane"])),
     }
 
 
@@ -292,9 +360,33 @@ def _current(settings: FeatureSettings) -> dict[str, Column]:
         "route_gap_z": F.when(F.col("route_transit_std_s") > 0,
                               (gap - F.col("route_transit_mean_s")) / F.col("route_transit_std_s")),
     }
-    for flag in ("epc_format_valid", "epc_company_known", "epc_product_known", "epc_manufacture_date_valid"):
+    validity = ("epc_format_valid", "epc_company_known", "epc_product_known", "epc_manufacture_date_valid")
+    for flag in validity:
         values[flag] = _flag(F.col(flag))
+    tier_change = F.col("tier_change")
+    values.update({
+        "tier_change_unusual": _flag(~tier_change.isin(0, 1)),
+        "prev_event_type_idx": _flag(F.col("prev_event_type_idx")),
+        "same_event_type_as_prev": _flag(F.col("has_prev") & (F.col("prev_event_type_idx") == F.col("event_type_idx"))),
+        # An Inbound here right before this scan: what an Outbound should follow.
+        "prev_inbound_here": _flag(F.col("same_location") & F.col("prev_event_type_idx").isin(_inbound_indexes())),
+        "prev_speed_log": _log1p(F.col("prev_speed_kmh")),
+        "prev_tier_change": F.col("prev_tier_change").cast("double"),
+        "prev_same_location": F.col("prev_same_location").cast("double"),
+        "serial_issued": F.col("serial_issued").cast("double"),
+        "epc_any_invalid": _flag(~(F.col("epc_format_valid") & F.col("epc_company_known") & F.col("epc_product_known")
+                                   & F.col("epc_manufacture_date_valid")
+                                   & F.coalesce(F.col("serial_issued") == 1, F.lit(True)))),
+        "air_lane": _flag(F.col("air_lane")),
+        "is_return": _flag(F.col("is_return")),
+        "device_offset_s": F.col("device_offset_s"),
+    })
     return values
+
+
+def _inbound_indexes() -> list[int]:
+    """event_type_idx values of the *_Inbound event types."""
+    return [i + 1 for i, name in enumerate(domain()["event_types"]) if str(name).endswith("_Inbound")]
 
 
 def snapshot_ttl(settings: FeatureSettings) -> dt.timedelta:

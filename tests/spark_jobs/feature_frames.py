@@ -20,6 +20,10 @@ LOCATIONS = {
     "P1": ("POS", 5, 35.85, 128.56),
 }
 EPOCH_DAY = dt.date(2025, 7, 1)
+DEVICE_OFFSET_S = {"H1": 90.0, "S1": -30.0}
+# A designated air lane (both directions) and the serials issued for the one test product.
+AIR_LANES = [("H1", "H2")]
+SERIAL_RANGES = [("8804823", "0000001", "1", "500"), ("8804823", "0000001", "900", "999")]
 
 
 def ts(day: int, hour: float = 0.0) -> dt.datetime:
@@ -42,29 +46,40 @@ def silver(spark: SparkSession, rows: Iterable[tuple]) -> DataFrame:
         values = {
             "event_id": event_id, "epc_code": epc, "event_time": time, "event_date": time.date(),
             "location_id": location, "business_step": step, "event_type": event_type,
-            "operator_id": "op", "device_id": "dev", "product_name": "p", "location_name": location,
+            "operator_id": "op", "device_id": f"dev-{location}", "product_name": "p", "location_name": location,
             "location_tier": tier, "latitude": lat, "longitude": lon,
             "epc_header": "001", "epc_company": "8804823", "epc_product": "0000001", "epc_lot": "000001",
-            "epc_manufacture_date": flags.get("manufacture_date", dt.date(2025, 6, 1)), "epc_serial": "1",
+            "epc_manufacture_date": flags.get("manufacture_date", dt.date(2025, 6, 1)), "epc_serial": flags.get("serial", "1"),
             "epc_format_valid": flags.get("format_valid", True), "epc_company_known": True,
             "epc_product_known": True, "epc_manufacture_date_valid": True,
             "_source_file": "test", "_run_id": "test",
+            # The device's clock runs ahead of the system's by a per-location number of seconds.
+            "record_time": time - dt.timedelta(seconds=DEVICE_OFFSET_S.get(location, 0.0)),
         }
         out.append(tuple(values[c] for c in spec.column_names))
     return spark.createDataFrame(out, spec.schema)
 
 
-def labels(spark: SparkSession, rows: Iterable[tuple[str, str, dt.datetime]]) -> DataFrame:
-    """Silver labels from (event_id, anomaly_type, confirmed_at)."""
+def labels(spark: SparkSession, rows: Iterable[tuple[str, str, dt.datetime]],
+           epcs: dict[str, str] | None = None) -> DataFrame:
+    """Silver labels from (event_id, anomaly_type, confirmed_at); ``epcs`` maps event -> EPC (default "epc")."""
     spec = table_spec("silver_labels")
     return spark.createDataFrame(
-        [(e, "epc", t, c, c.date(), "test") for e, t, c in rows], spec.schema)
+        [(e, (epcs or {}).get(e, "epc"), t, c, c.date(), "test") for e, t, c in rows], spec.schema)
 
 
 def locations(spark: SparkSession) -> DataFrame:
     spec = table_spec("reference_locations")
     return spark.createDataFrame(
-        [(k, k, s, t, la, lo) for k, (s, t, la, lo) in LOCATIONS.items()], spec.schema)
+        [(k, k, s, t, la, lo, None, None) for k, (s, t, la, lo) in LOCATIONS.items()], spec.schema)
+
+
+def air_lanes(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame(AIR_LANES, table_spec("reference_air_lanes").schema)
+
+
+def serial_ranges(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame(SERIAL_RANGES, table_spec("reference_serial_ranges").schema)
 
 
 def empty(spark: SparkSession, table: str) -> DataFrame:

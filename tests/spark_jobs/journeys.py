@@ -8,7 +8,7 @@ import random
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from feature_frames import labels as make_labels, locations, silver, ts
+from feature_frames import air_lanes, labels as make_labels, locations, serial_ranges, silver, ts
 from spark_jobs.build_features import first_snapshot_day, read_from
 from spark_jobs.transforms.event_features import event_features, scan_steps
 from spark_jobs.transforms.snapshots import location_snapshots, route_snapshots
@@ -60,7 +60,7 @@ def featurise(spark: SparkSession, rows: list[tuple], labels: list[tuple], setti
     """The feature outputs of the days [first, last], chained as spark_jobs/build_features.py does
     (snapshot frames include the earlier days the as-of join may use, as that job computes them)."""
     steps = scan_steps(silver(spark, rows).where(F.col("event_date").between(read_from(first, settings), last)),
-                       settings)
+                       settings, air_lanes=air_lanes(spark), serial_ranges=serial_ranges(spark))
     first_snapshot = first_snapshot_day(first, settings)
     loc = location_snapshots(steps, make_labels(spark, labels), locations(spark), first_day=first_snapshot,
                              last_day=last, settings=settings)

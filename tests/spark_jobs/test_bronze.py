@@ -250,9 +250,9 @@ def test_typed_reference_reports_bad_rows(spark):
     assertDataFrameEqual(
         bronze.typed_reference(raw, spec, ["location_id"]),
         spark.createDataFrame([
-            ("L1", "Factory 01", "Factory", 0, 37.5, 127.0, None),
-            ("L2", "Hub", "LGS_HUB", None, 36.0, 128.0, "tier='two' is not a int"),
-            ("L3", "Shop", "POS", 5, None, 128.0, "latitude='' is not a double; location_id occurs 2 times"),
-            ("L3", "Shop again", "POS", 5, 36.0, 128.0, "location_id occurs 2 times"),
+            ("L1", "Factory 01", "Factory", 0, 37.5, 127.0, None, None, None),
+            ("L2", "Hub", "LGS_HUB", None, 36.0, 128.0, None, None, "tier='two' is not a int"),
+            ("L3", "Shop", "POS", 5, None, 128.0, None, None, "latitude='' is not a double; location_id occurs 2 times"),
+            ("L3", "Shop again", "POS", 5, 36.0, 128.0, None, None, "location_id occurs 2 times"),
         ], spec.ddl + ", _problem string"),
     )

@@ -13,12 +13,21 @@ import json
 
 import pytest
 from delta.tables import DeltaTable
+from feature_frames import day, ts
+from feature_frames import labels as make_labels
+from journeys import featurise
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from feature_frames import day, labels as make_labels, ts
-from journeys import featurise
-from spark_jobs.transforms.training_set import SplitError, split_boundaries, training_set
+from spark_jobs.transforms.training_set import (
+    ImmatureLabelsError,
+    SplitError,
+    check_mature,
+    labels_as_of,
+    mature_last_day,
+    split_boundaries,
+    training_set,
+)
 from tracelake.cli import main as cli_main
 from tracelake.config import TrainingSetSettings
 from tracelake.tables import named_table_spec, read_table, table_spec, write_table
@@ -46,7 +55,7 @@ LATER_LABELS = [
 
 
 def write_labels(spark, root, rows):
-    labels = make_labels(spark, rows)
+    labels = make_labels(spark, rows, {event: epc for event, epc, *_ in EVENTS})
     days = [c.date() for _, _, c in rows]
     return write_table(labels, LABELS, root, start=min(days), end=max(days))
 
@@ -65,18 +74,21 @@ def test_labels_known_at_as_of_and_a_temporal_split_from_config(spark, lake, cap
     code = cli_main(["training-set", "--start-date", "2025-07-01", "--end-date", "2025-07-06",
                      "--as-of", "2025-07-05T12:00:00", "--name", "cut", "--lake-root", str(lake),
                      "--set", "training_set.validation_start=2025-07-03",
-                     "--set", "training_set.test_start=2025-07-05"])
+                     "--set", "training_set.test_start=2025-07-05", "--allow-immature-labels"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert summary["split"] == {"validation_start": "2025-07-03", "test_start": "2025-07-05"}
     assert summary["last_day"] == "2025-07-05"
+    assert summary["immature_labels"] is True
 
     written = read_table(spark, SET, lake)
     got = written.select("event_id", "split", "epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
     expected = spark.createDataFrame([
         ("e0", "train", 1, 0, 0, 0, 1),
-        ("e1", "train", 0, 0, 0, 0, 0),         # its loc_err label came 1 µs after T
-        ("e2", "validation", 0, 1, 0, 1, 0),
+        # EPC A is known fake: all its events are; e1 is the other half of e2's order error;
+        # its own loc_err label came 1 µs after T.
+        ("e1", "train", 1, 0, 0, 1, 0),
+        ("e2", "validation", 1, 1, 0, 1, 0),
         ("e3", "validation", 0, 0, 0, 0, 0),
         ("e4", "test", 0, 0, 0, 0, 1),
     ], "event_id string, split string, epc_fake int, epc_dup int, loc_err int, evt_order_err int, jump int")
@@ -96,6 +108,7 @@ def test_commit_info_records_the_versions_read_and_rebuilds_exactly(spark, lake)
     assert meta["input_versions"] == {"features_event_features": 0, "silver_labels": 1}
     assert (meta["job"], meta["name"], meta["as_of"]) == ("training-set", "cut", "2025-07-05T12:00:00+00:00")
     assert meta["split"] == {"validation_start": "2025-07-03", "test_start": "2025-07-05"}
+    assert (meta["immature_labels"], meta["label_max_delay_days"]) == (True, 14)
 
     # A label for an old event arrives later, confirmed (backdated) before T: silver moves on, ...
     write_labels(spark, lake, [("e3", "loc_err", ts(3, 6))])
@@ -124,3 +137,44 @@ def test_split_boundaries_from_fractions_and_explicit_dates():
         split_boundaries(dt.date(2025, 7, 1), dt.date(2025, 7, 2), TrainingSetSettings())
     with pytest.raises(SplitError, match="validation_start=2025-07-08 and test_start=2025-07-12 must satisfy"):
         split_boundaries(*days10, TrainingSetSettings(validation_start="2025-07-08", test_start="2025-07-12"))
+
+
+def test_a_set_whose_labels_are_not_mature_is_refused_naming_the_dates(lake, capsys):
+    code = cli_main(["training-set", "--start-date", "2025-07-01", "--end-date", "2025-07-04",
+                     "--as-of", "2025-07-10", "--name", "young", "--lake-root", str(lake)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the job's one-line error
+    assert code == 2
+    assert "the test window ends 2025-07-04" in err and "labels.max_delay_days=14" in err
+    assert "complete only from 2025-07-19" in err and "--allow-immature-labels" in err
+    assert "end the range by 2025-06-25" in err
+
+
+def test_the_window_is_mature_exactly_max_delay_days_after_its_last_day():
+    last_day = dt.date(2025, 7, 4)
+    check_mature(last_day, dt.datetime(2025, 7, 8, tzinfo=dt.UTC), 3)
+    with pytest.raises(ImmatureLabelsError):
+        check_mature(last_day, dt.datetime(2025, 7, 7, 23, 59, tzinfo=dt.UTC), 3)
+    assert mature_last_day(dt.datetime(2025, 7, 8, tzinfo=dt.UTC), 3) == last_day
+
+
+def test_labels_spread_over_their_incident_only_with_what_is_known_at_the_cut(spark):
+    events = spark.createDataFrame([
+        ("a1", "A", ts(0, 1)), ("a2", "A", ts(1, 1)), ("a3", "A", ts(3, 1)),
+        ("b1", "B", ts(0, 2)), ("b2", "B", ts(1, 2)), ("b3", "B", ts(2, 2)),
+        ("c1", "C", ts(0, 3)), ("c2", "C", ts(1, 3)),
+    ], "event_id string, epc_code string, event_time timestamp")
+    labels = make_labels(spark, [
+        ("a2", "epc_fake", ts(2)),          # A known fake at day 2: a1, a2 and the later a3 are fake
+        ("b3", "evt_order_err", ts(3)),     # b2 and b3 swapped
+        ("c2", "epc_fake", ts(5)),          # confirmed after the cut: nothing of C is known
+        ("b1", "jump", ts(2)),              # event scope: b1 only
+    ], {"a2": "A", "b3": "B", "c2": "C", "b1": "B"})
+    got = labels_as_of(labels, ts(4), events)
+    types = ["epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump"]
+    expected = spark.createDataFrame([
+        ("a1", 1, 0, 0, 0, 0), ("a2", 1, 0, 0, 0, 0), ("a3", 1, 0, 0, 0, 0),
+        ("b1", 0, 0, 0, 0, 1), ("b2", 0, 0, 0, 1, 0), ("b3", 0, 0, 0, 1, 0),
+    ], "event_id string, " + ", ".join(f"{t} int" for t in types))
+    assertDataFrameEqual(got.select("event_id", *types), expected)
+    # Everything confirmed after the cut stays unknown however it would spread.
+    assert labels_as_of(labels, ts(1), events).count() == 0

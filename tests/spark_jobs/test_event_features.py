@@ -1,12 +1,12 @@
-import datetime as dt
 import math
 import statistics
 
 import pytest
+from feature_frames import day, empty, haversine_km, locations, silver, ts
+from feature_frames import labels as make_labels
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from feature_frames import day, empty, haversine_km, labels as make_labels, locations, silver, ts
 from spark_jobs.build_features import first_snapshot_day, read_from
 from spark_jobs.transforms.event_features import (
     FeatureDefinitionError,
@@ -17,7 +17,7 @@ from spark_jobs.transforms.event_features import (
     tabular_features,
 )
 from spark_jobs.transforms.snapshots import location_snapshots, route_snapshots
-from tracelake.tables import conform, table_spec
+from tracelake.tables import conform, domain, table_spec
 
 TABLE = "features_event_features"
 
@@ -169,7 +169,7 @@ def test_output_matches_the_table_and_the_feature_lists(spark, test_settings):
     assert out.columns == spec.column_names
     conform(out, spec).collect()  # casts cleanly
     assert out.columns[10:] == tabular_features()
-    assert len(sequence_features()) == 14 and sequence_features()[0] == "gap_log"
+    assert len(sequence_features()) == 16 and sequence_features()[0] == "gap_log"
     with pytest.raises(FeatureDefinitionError, match="'bogus'"):
         _in_order(["bogus"], {}, "tabular")
 
@@ -237,3 +237,36 @@ def test_snapshot_statistics_do_not_depend_on_row_order(spark, test_settings):
     # (timestamps carry whole microseconds)
     assert route["transit_mean_s"] == pytest.approx(sum(transits) / 40, rel=1e-9)
     assert route["transit_std_s"] == pytest.approx(statistics.stdev(transits), rel=1e-6)
+
+
+def test_context_features_air_lanes_serials_returns_and_the_previous_hop(spark, test_settings):
+    from feature_frames import air_lanes, serial_ranges
+
+    settings = test_settings.features.model_copy(update={"lookback_days": 3, "sequence_length": 4})
+    rows = [
+        ("d1", "D", ts(0, 1), "W1", "WMS_Inbound", {"serial": "950"}),     # serial in the second issued range
+        ("d2", "D", ts(0, 2), "W1", "WMS_Outbound", {"serial": "950"}),
+        ("d3", "D", ts(0, 6), "H1", "HUB_Inbound", {"serial": "950"}),
+        ("d4", "D", ts(0, 8), "H2", "HUB_Inbound", {"serial": "950"}),     # H1 -> H2: the air lane
+        ("d5", "D", ts(0, 20), "W1", "WMS_Return", {"serial": "950"}),     # back one tier... as a return
+        ("x1", "X", ts(0, 3), "H1", "HUB_Inbound", {"serial": "700"}),     # never issued
+    ]
+    steps = scan_steps(silver(spark, rows), settings, air_lanes=air_lanes(spark), serial_ranges=serial_ranges(spark))
+    out = event_features(steps, empty(spark, "features_location_daily"), empty(spark, "features_route_daily"),
+                         start=day(0), end=day(0), settings=settings)
+    columns = ["event_id", "tier_change_unusual", "prev_event_type_idx", "same_event_type_as_prev",
+               "prev_inbound_here", "prev_tier_change", "prev_same_location", "air_lane", "serial_issued",
+               "epc_any_invalid"]
+    idx = {name: i + 1 for i, name in enumerate(domain()["event_types"])}
+    expected = spark.createDataFrame([
+        ("d1", 0.0, 0.0, 0.0, 0.0, None, None, 0.0, 1.0, 0.0),
+        ("d2", 0.0, float(idx["WMS_Inbound"]), 0.0, 1.0, None, None, 0.0, 1.0, 0.0),
+        ("d3", 0.0, float(idx["WMS_Outbound"]), 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0),
+        ("d4", 0.0, float(idx["HUB_Inbound"]), 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0),
+        ("d5", 1.0, float(idx["HUB_Inbound"]), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        ("x1", 0.0, 0.0, 0.0, 0.0, None, None, 0.0, 0.0, 1.0),
+    ], ", ".join(f"{c} {'string' if c == 'event_id' else 'double'}" for c in columns))
+    assertDataFrameEqual(out.select(*columns), expected)
+    # Without the reference tables the serial check is unknown and no hop is an air lane.
+    plain = features(spark, rows, settings, day(0), day(0)).select("event_id", "serial_issued", "air_lane")
+    assert {(r[1], r[2]) for r in plain.collect()} == {(None, 0.0)}

@@ -195,7 +195,7 @@ def test_label_feed_has_one_row_per_incident_and_the_truth_its_scope(world):
         mine = truth[truth["anomaly_type"] == anomaly]
         assert len(mine), anomaly
         sizes = mine.groupby("incident_id").size()
-        if rule == "epc_until_confirmed":  # the truth holds every event of the fake EPC
+        if rule in ("epc", "epc_until_confirmed"):  # the truth holds every event of the fake EPC
             events = scans[scans["epc_code"].isin(mine["epc_code"])]
             assert set(events["event_id"]) == set(mine["event_id"])
         elif rule == "swapped_pair":  # the anchor and the EPC's previous event

@@ -30,7 +30,7 @@ from training.onnx_export import export_onnx
 pytestmark = pytest.mark.spark35
 
 SET = "tiny"
-LSTM_NAME, BASELINE_NAME = "tracelake-anomaly-lstm", "tracelake-anomaly-baseline"
+LSTM_NAME, BASELINE_NAME, RULES_NAME = "tracelake-anomaly-lstm", "tracelake-anomaly-baseline", "tracelake-anomaly-rules"
 
 
 @pytest.fixture(scope="module")
@@ -41,26 +41,32 @@ def settings(test_settings, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(spark, settings, line_loader) -> dict[str, Any]:
-    write_training_set(spark, settings, SET, n_rows=600, seed=1)
+    write_training_set(spark, settings, SET, n_rows=600, seed=1, with_sources=True)
     with job_run("train", settings=settings, spark=spark) as run:
         return train.execute(
-            run, SET, models="lstm,baseline", num_processes=2, local_mode=True, use_gpu=False, epochs=2,
+            run, SET, models="lstm,baseline,rules", num_processes=2, local_mode=True, use_gpu=False, epochs=2,
             batch_size=32, learning_rate=1e-2, onnx_exporter="torchscript", bootstrap_samples=50,
             baseline_max_iter=4, hidden_size=16, tab_hidden_size=16, head_hidden_size=16, loader=line_loader)
 
 
-def test_train_registers_both_models_with_metrics_and_artifacts(trained, settings, capsys):
+def test_train_registers_the_three_detectors_with_metrics_and_artifacts(trained, settings, capsys):
     configure_mlflow(settings)
     client = MlflowClient()
-    assert trained["training_set_version"] == 0
-    for name, key in ((LSTM_NAME, "lstm"), (BASELINE_NAME, "baseline")):
+    assert trained["training_set_version"] == 0 and trained["immature_labels"] is False
+    labels = list(trained["models"]["lstm"]["test_pr_auc"])
+    assert trained["test_positives"] == {label: trained["test_positives"][label] for label in labels}
+    assert all(n > 0 for n in trained["test_positives"].values())
+    for name, key in ((LSTM_NAME, "lstm"), (BASELINE_NAME, "baseline"), (RULES_NAME, "rules")):
         version = get_version(name, alias=CHALLENGER)
         assert str(version.version) == trained["models"][key]["version"] == "1"
         assert version.tags["training_set"] == SET and version.tags["training_set_version"] == "0"
+        assert version.tags[train.IMMATURE_TAG] == "false"
         assert float(version.tags["test_macro_pr_auc"]) == pytest.approx(trained["models"][key]["test_macro"]["pr_auc"], abs=1e-6)
         run = client.get_run(version.run_id)
-        assert run.data.tags["training_set"] == SET
-        assert set(run.data.metrics) >= {"test_macro_pr_auc", *(f"test_pr_auc_{l}" for l in trained["models"][key]["test_pr_auc"])}
+        assert run.data.tags["training_set"] == SET and run.data.tags[train.DETECTOR_TAG] == key
+        assert set(run.data.metrics) >= {"test_macro_pr_auc", *(f"test_pr_auc_{l}" for l in labels),
+                                         *(f"test_positives_{l}" for l in labels)}
+        assert run.data.metrics["test_positives_jump"] == trained["test_positives"]["jump"]
         artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
         assert {"plots/pr_curves_test.png", "plots/confusion_matrices_test.png"} <= artifacts
     lstm = trained["models"]["lstm"]
@@ -73,7 +79,10 @@ def test_train_registers_both_models_with_metrics_and_artifacts(trained, setting
         "model/sparkml", "model/baseline.json"}
     parent = client.get_run(trained["mlflow_run_id"])
     assert parent.data.params["training_set_version"] == "0" and "env.torch" in parent.data.params
-    assert "| macro" in trained["comparison"] and "lstm" in trained["comparison"] and "baseline" in trained["comparison"]
+    header = trained["comparison"].splitlines()[0]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["label", "metric", "rules", "baseline", "lstm"]
+    assert client.get_model_version(RULES_NAME, "1").tags["format"] == "rules-json"
+    assert set(trained["models"]["rules"]["variants"]) == set(labels)
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2])
             for line in trained["comparison"].splitlines()[2:]}
     assert rows == {(label, metric) for label in [*trained["models"]["lstm"]["test_pr_auc"], "macro"]
@@ -115,7 +124,12 @@ def test_promote_then_refuse_worse_then_rollback(spark, settings, trained, capsy
         assert second["promoted"] and second["champion"] == trained_version
         scores = second["scores"]
         assert scores["challenger"]["macro_pr_auc"] > scores["champion"]["macro_pr_auc"]
-        assert scores["challenger"]["rows"] == scores["champion"]["rows"] == 120
+        # Both judged on the set's test days rebuilt from the current features and labels.
+        frame = read_table(spark, named_table_spec("training_set", name=SET), settings.lake_root)
+        first_test_day = frame.where("split = 'test'").agg({"event_date": "min"}).first()[0]
+        assert second["window"]["first_day"] == first_test_day.isoformat()
+        assert scores["challenger"]["rows"] == scores["champion"]["rows"] == frame.where(
+            f"event_date >= '{first_test_day}'").count()
         assert client.get_model_version(LSTM_NAME, trained_version).tags[promote.PREVIOUS_CHAMPION_TAG] == bad
         # A worse challenger is refused; the champion stays.
         worse = _register_inverted(spark, settings, trained)
@@ -140,6 +154,25 @@ def test_promote_then_refuse_worse_then_rollback(spark, settings, trained, capsy
     with job_run("promote", settings=settings, spark=spark) as run:
         again = promote.execute(run, models=["lstm"])[LSTM_NAME]
     assert not again["promoted"] and "rolled back" in again["reason"]
+
+
+def test_a_model_of_a_set_with_immature_labels_is_never_promoted(spark, settings, trained):
+    configure_mlflow(settings)
+    path = Path(settings.lake_root) / "immature" / "rules.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    with mlflow.start_run(run_name="immature"):
+        mlflow.log_artifact(str(path), "model")
+        run_id = mlflow.active_run().info.run_id
+    from tracelake.model_registry import register_artifacts
+
+    version = register_artifacts(RULES_NAME, run_id, "model", tags={
+        "training_set": SET, "training_set_version": "0", train.IMMATURE_TAG: "true", "format": "rules-json"})
+    with job_run("promote", settings=settings, spark=spark) as run:
+        decision = promote.execute(run, models=["rules"])[RULES_NAME]
+    assert not decision["promoted"] and "--allow-immature-labels" in decision["reason"]
+    assert decision["challenger"] == str(version.version)
+    assert "refused" in MlflowClient().get_model_version(RULES_NAME, str(version.version)).tags[promote.DECISION_TAG]
 
 
 def test_first_baseline_becomes_champion(spark, settings, trained):

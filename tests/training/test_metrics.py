@@ -103,3 +103,26 @@ def test_comparison_table_and_plots(arrays, tmp_path):
     for path in paths:
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grouped_bootstrap_draws_whole_epcs_and_widens_the_interval_of_correlated_rows():
+    # 40 EPCs of 20 events each; all events of an EPC share its label and score: the
+    # information is 40 units, not 800 rows.
+    rng = np.random.default_rng(11)
+    epc_label = (rng.random(40) < 0.3).astype(float)
+    epc_score = np.clip(0.5 * epc_label + 0.6 * rng.random(40), 0, 1)
+    groups = np.repeat([f"epc{i}" for i in range(40)], 20)
+    y = np.repeat(epc_label, 20)[:, None]
+    p = np.repeat(epc_score, 20)[:, None]
+    weights = next(metrics._bootstrap_weights(len(y), 5, np.random.default_rng(0), groups))
+    for draw in weights:
+        per_epc = draw.reshape(40, 20)
+        assert (per_epc == per_epc[:, :1]).all()  # every event of an EPC drawn equally often
+        assert per_epc[:, 0].sum() == 40  # 40 EPCs drawn with replacement
+    by_row = metrics.evaluate(y, p, {"a": 0.5}, ["a"], n_bootstrap=400, seed=2)
+    by_epc = metrics.evaluate(y, p, {"a": 0.5}, ["a"], n_bootstrap=400, seed=2, groups=groups)
+    assert by_epc["bootstrap_unit"] == "group" and by_row["bootstrap_unit"] == "row"
+    width = {name: r["labels"]["a"]["pr_auc"]["ci_high"] - r["labels"]["a"]["pr_auc"]["ci_low"]
+             for name, r in (("row", by_row), ("epc", by_epc))}
+    assert width["epc"] > 2 * width["row"]
+    assert by_epc["labels"]["a"]["pr_auc"]["value"] == by_row["labels"]["a"]["pr_auc"]["value"]
