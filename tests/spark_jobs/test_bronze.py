@@ -50,7 +50,7 @@ def _parsed(spark, rows):
 
 def _scan(event_id="e1", epc=EPC, time="2025-07-01T08:00:00Z", location="LOC-1", file="f1.csv", raw="raw",
           error=None, extra=None):
-    return ("scans", file, DAY, raw, event_id, epc, time, location, "Factory", "Aggregation", "op", "dev", "Tea",
+    return ("scans", file, DAY, raw, event_id, epc, time, None, location, "Factory", "Aggregation", "op", "dev", "Tea",
             error, extra or [])
 
 
@@ -110,7 +110,7 @@ def test_parse_parquet_rows_keeps_the_row_as_json(spark):
     expected = _parsed(spark, [(
         "scans", "f.parquet", DAY,
         '{"event_id":"e1","epc_code":"E","event_time":"2025-07-01T08:00:00Z","location_id":"L","extra":"x"}',
-        "e1", "E", "2025-07-01T08:00:00Z", "L", None, None, None, None, None, None, [],
+        "e1", "E", "2025-07-01T08:00:00Z", None, "L", None, None, None, None, None, None, [],
     )])
     assertDataFrameEqual(landing.parse_parquet_rows(rows, SCANS), expected)
 
@@ -155,7 +155,7 @@ def test_bronze_and_quarantine_rows(spark):
     assertDataFrameEqual(
         bronze.bronze_scan_events(classified, "run-1", INGESTED),
         spark.createDataFrame(
-            [("ok", EPC, dt.datetime(2025, 7, 1, 8), "LOC-1", "Factory", "Aggregation", "op", "dev", "Tea", DAY,
+            [("ok", EPC, dt.datetime(2025, 7, 1, 8), None, "LOC-1", "Factory", "Aggregation", "op", "dev", "Tea", DAY,
               "f1.csv", INGESTED, "run-1")],
             table_spec("bronze_scan_events").ddl,
         ),
