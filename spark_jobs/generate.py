@@ -39,11 +39,7 @@ from typing import Any
 from pydantic import ValidationError
 from pyspark.sql import functions as F
 
-from tracelake.config import GENERATOR_PROFILES, ConfigError, GeneratorSettings, Settings
-from tracelake.dates import parse_date
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint, settings_from_args
-from tracelake.tables import domain, table_spec
-
+from spark_jobs.transforms import epcis_writer
 from spark_jobs.transforms.generate import (
     LABELS,
     SCANS,
@@ -59,8 +55,22 @@ from spark_jobs.transforms.generate import (
     text_files,
     truth_files,
 )
-from spark_jobs.transforms import epcis_writer
 from spark_jobs.transforms.network import build_network
+from tracelake.config import (
+    GENERATOR_PROFILES,
+    ConfigError,
+    GeneratorSettings,
+    Settings,
+)
+from tracelake.dates import parse_date
+from tracelake.runs import (
+    JobRun,
+    add_common_args,
+    job_run,
+    run_entrypoint,
+    settings_from_args,
+)
+from tracelake.tables import domain, table_spec
 
 JOB = "generate"
 FORMATS = ("csv", "json", "parquet", epcis_writer.FORMAT)
@@ -245,7 +255,8 @@ def execute(run: JobRun) -> dict[str, Any]:
     started = time.perf_counter()
     run.log.event(
         "simulating", epcs=generator.epcs, blocks=plan.n_blocks, days=days, seed=generator.seed,
-        format=generator.format, rates=generator.rates.model_dump(), corrupt_rate=generator.corrupt_rate,
+        format=generator.format, profile=generator.profile, rates=generator.rates.model_dump(),
+        confounder_rates=generator.confounder_rates, corrupt_rate=generator.corrupt_rate,
     )
     try:
         network = plan.network
