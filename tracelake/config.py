@@ -176,6 +176,10 @@ class IngestSettings(_Section):
     # How the parsed landing rows are kept between the counting pass and the
     # writes (a pyspark StorageLevel name).
     storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
+    # A CSV record may span lines (a quoted field holding newlines, RFC 4180); a quote
+    # left open longer than this many lines is taken for a stray quote: the lines stay
+    # records of their own, so that one bad quote cannot swallow the rest of the file.
+    csv_max_record_lines: int = Field(100, ge=1)
 
 
 class EpcisSettings(_Section):
@@ -416,7 +420,11 @@ class MonitoringSettings(_Section):
 
 
 class QuerySettings(_Section):
-    """`tracelake query`: Spark SQL over the lake's tables for analysts (tracelake/query.py)."""
+    """`tracelake query`: SQL over the lake's tables for analysts (tracelake/query.py)."""
+
+    # datafusion: delta-rs's DataFusion engine, no JVM, only the lake's tables (the sandbox);
+    # spark: Spark SQL for heavy queries, with a function allowlist and a relation check.
+    engine: Literal["datafusion", "spark"] = "datafusion"
 
     # Rows printed to the terminal (the CSV file gets every row).
     show_rows: int = Field(50, ge=1)
