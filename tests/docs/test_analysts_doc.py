@@ -52,7 +52,8 @@ def lake(spark, test_settings, tmp_path_factory):
     spec = table_spec("gold_scored_events")
     write_table(spark.createDataFrame(frame[spec.column_names], spec.schema), spec, root, start=DAYS[0], end=DAYS[1])
     spec = table_spec("reference_locations")
-    write_table(spark.createDataFrame([(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0) for i in range(3)],
+    write_table(spark.createDataFrame([(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0, None, None)
+                                       for i in range(3)],
                                       spec.schema), spec, root)
     flagged = frame[frame["anomaly_flag"]]
     spec = table_spec("silver_labels")
