@@ -525,4 +525,48 @@ def load_settings(
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _allowed(error: Any) -> str:
+    """What a setting accepts, from a pydantic error's context (choices, bounds) or its type."""
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        return f"one of {ctx['expected']}"
+    bounds = [f"{word} {ctx[key]}" for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if key in ctx]
+    if bounds:
+        return "a number " + " and ".join(bounds)
+    kind = str(error.get("type", ""))
+    for prefix, text in (("int", "a whole number"), ("float", "a number"), ("bool", "true or false"),
+                         ("string", "text"), ("dict", "a mapping"), ("list", "a list")):
+        if kind.startswith(prefix):
+            return text
+    return str(error.get("msg", "a valid value"))
+
+
+def _known_keys(section: tuple[Any, ...]) -> list[str]:
+    """The setting names of a section of Settings (``()`` is the top level)."""
+    model: Any = Settings
+    for part in section:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting: its dotted key, the value given and what it accepts."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        key = ".".join(str(part) for part in loc)
+        if error.get("type") == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            lines.append(f"setting {key} is unknown; known here: {', '.join(known) or 'none'}")
+            continue
+        given = f"{error.get('input')!r}"[:60]
+        lines.append(f"setting {key}={given} is invalid: expected {_allowed(error)}")
+    return "invalid configuration:\n" + "\n".join(lines) if len(lines) > 1 else f"invalid configuration: {lines[0]}"

@@ -110,7 +110,7 @@ def lake_views(spark: SparkSession | None, lake_root: str | Path) -> dict[str, T
                 spec = named_table_spec("training_set", name=folder.name)
             except TracelakeError:
                 continue  # a folder name that no training-set run could have written
-            views.setdefault(f"training_set_{folder.name}".replace("-", "_").replace(".", "_").lower(), spec)
+            views.setdefault(f"training_set_{folder.name.replace('-', '_')}", spec)
     return views
 
 

@@ -150,7 +150,14 @@ def table_spec(name: str) -> TableSpec:
     return _spec_from_yaml(yaml.safe_load(file.read_text()))
 
 
-_PATH_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# One canonical spelling per name: lower case, digits and '-' (no '_' or '.', which the query
+# view name ``training_set_<name with '-' as '_'>`` could not tell apart; no trailing newline).
+_PATH_PARAM = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def canonical_name(value: str) -> str:
+    """The canonical spelling closest to ``value`` (for the error message)."""
+    return re.sub(r"[^a-z0-9]+", "-", value.strip().lower()).strip("-")[:128] or "my-set"
 
 
 def named_table_spec(table: str, /, **params: str) -> TableSpec:
@@ -158,10 +165,11 @@ def named_table_spec(table: str, /, **params: str) -> TableSpec:
     ``named_table_spec("training_set", name="weekly")`` -> path ``training/sets/weekly``."""
     spec = table_spec(table)
     for key, value in params.items():
-        if not isinstance(value, str) or not _PATH_PARAM.match(value) or ".." in value:
+        if not isinstance(value, str) or not _PATH_PARAM.fullmatch(value):
+            suggestion = canonical_name(value) if isinstance(value, str) else "my-set"
             raise TableError(
-                f"table {table!r}: {key} {value!r} is not usable in a path; use letters, digits, '_', '-', '.' "
-                "(starting with a letter or digit, at most 128 characters)"
+                f"table {table!r}: {key} {value!r} is not a canonical name; use lower-case letters, digits and "
+                f"'-' (starting with a letter or digit, at most 128 characters), e.g. {suggestion!r}"
             )
     try:
         path = spec.path.format(**params)
