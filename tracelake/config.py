@@ -419,6 +419,16 @@ class MonitoringSettings(_Section):
         return self
 
 
+class TablesSettings(_Section):
+    """Delta writes (tracelake/tables.py)."""
+
+    # Every tracelake write replaces what its run owns (idempotent), so a commit that
+    # conflicts with another writer's is retried this many times, with exponential backoff
+    # from conflict_backoff_s (and jitter); then the run fails naming the other writer's run.
+    conflict_retries: int = Field(3, ge=0)
+    conflict_backoff_s: float = Field(2.0, ge=0)
+
+
 class QuerySettings(_Section):
     """`tracelake query`: SQL over the lake's tables for analysts (tracelake/query.py)."""
 
@@ -446,6 +456,7 @@ class Settings(_Section):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    tables: TablesSettings = Field(default_factory=TablesSettings)
 
     @property
     def lake_path(self) -> Path:

@@ -12,6 +12,8 @@ from tracelake.errors import TracelakeError
 
 import datetime as dt
 import json
+import random
+import time
 from collections.abc import Sequence
 import re
 from dataclasses import dataclass, field, replace
@@ -306,7 +308,76 @@ def write_table(
         writer = writer.option("replaceWhere", predicate)
     else:
         writer = writer.option("overwriteSchema", "true")
-    writer.save(location)
     spark = df.sparkSession
+    retries, backoff = conflict_policy(spark)
+    for attempt in range(retries + 1):
+        try:
+            writer.save(location)
+            break
+        except Exception as error:  # py4j / Delta's captured conflict exceptions
+            if not is_write_conflict(error):
+                raise
+            if attempt == retries:
+                raise WriteConflictError(conflict_message(spark, spec, location, metadata, error, retries)) from None
+            # The write replaces what the run owns: redoing it is safe; wait so that the other writer finishes.
+            time.sleep(backoff * 2**attempt * random.uniform(1.0, 1.5))
     row = DeltaTable.forPath(spark, location).history(1).select("version").first()
     return int(row["version"])
+
+
+class WriteConflictError(TableError):
+    """Another writer committed to the table while this run was writing, and retries did not help."""
+
+
+# Session settings that job_run sets from ``tables.*`` (a session without them uses the defaults).
+CONFLICT_RETRIES_CONF = "spark.tracelake.tables.conflictRetries"
+CONFLICT_BACKOFF_CONF = "spark.tracelake.tables.conflictBackoffSeconds"
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentWriteException", "ConcurrentTransactionException", "MetadataChangedException",
+              "ProtocolChangedException", "DeltaConcurrentModificationException", "DELTA_CONCURRENT",
+              "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
+def conflict_policy(spark: SparkSession) -> tuple[int, float]:
+    """(retries, first backoff in seconds) for write conflicts, from the session (``tables.*`` settings)."""
+    from tracelake.config import TablesSettings
+
+    defaults = TablesSettings()
+    retries = spark.conf.get(CONFLICT_RETRIES_CONF, str(defaults.conflict_retries))
+    backoff = spark.conf.get(CONFLICT_BACKOFF_CONF, str(defaults.conflict_backoff_s))
+    return int(retries or 0), float(backoff or 0)
+
+
+def is_write_conflict(error: BaseException) -> bool:
+    """True for Delta's optimistic-concurrency conflicts (another commit won the race)."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    head = str(error)[:2000]
+    return any(name in names or name in head for name in _CONFLICTS)
+
+
+def _conflict_kind(error: BaseException) -> str:
+    head = str(error)[:2000]
+    return next((name for name in _CONFLICTS if name in {c.__name__ for c in type(error).__mro__} or name in head),
+                type(error).__name__)
+
+
+def conflict_message(spark: SparkSession, spec: TableSpec, location: str, metadata: dict[str, Any] | None,
+                     error: BaseException, retries: int) -> str:
+    """One line: the table, the other writer's run (from its commit info) and what to do."""
+    from delta.tables import DeltaTable
+
+    own = (metadata or {}).get("run_id")
+    other = "a writer without tracelake commit info"
+    try:
+        for row in DeltaTable.forPath(spark, location).history(10).select(
+                "version", "timestamp", "operation", "userMetadata").collect():
+            info = json.loads(row["userMetadata"] or "{}")
+            if info.get("run_id") != own:
+                other = (f"run {info.get('run_id') or 'unknown'} (job {info.get('job') or 'unknown'}, "
+                         f"{row['operation']} at version {row['version']}, {row['timestamp']})")
+                break
+    except Exception:  # noqa: BLE001, S110 - the table may not exist yet (both writers creating it)
+        pass
+    return (f"table {spec.name} at {location}: another writer committed while this run was writing ({other}); "
+            f"{_conflict_kind(error)} after {retries} retr{'y' if retries == 1 else 'ies'}. Rerun when that run "
+            f"has finished (or raise tables.conflict_retries)")
