@@ -33,8 +33,8 @@ def _rows(table_path: Path, version: int | None = None) -> list[dict]:
 
 
 def test_a_writer_killed_mid_write_leaves_the_previous_version(tmp_path):
-    """kill -9 while the job computes and writes its files: no commit, the table reads as before, and the
-    next write succeeds (the killed run's orphan files are never read)."""
+    """kill -9 while the job computes and writes its files: no commit, and the table reads as before (the
+    killed run's orphan files are never read, by Spark or by the query engine)."""
     lake = tmp_path / "lake"
     table = lake / "monitoring" / "drift"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
