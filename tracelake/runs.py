@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING, Any
 
 from tracelake import __version__
 from tracelake.config import PROJECT_ROOT, Settings, load_settings
 from tracelake.dates import check_range, parse_date
 from tracelake.logs import JobLogger, job_logger
-from tracelake.spark import build_spark
 from tracelake.tables import CONFLICT_BACKOFF_CONF, CONFLICT_RETRIES_CONF, TableSpec, latest_version
+
+if TYPE_CHECKING:  # pyspark loads when a job starts its session, not when a command parses its arguments
+    from pyspark.sql import SparkSession
 
 
 @lru_cache(maxsize=1)
@@ -144,6 +144,8 @@ def job_run(
         start_date=start.isoformat() if start else None,
         end_date=end.isoformat() if end else None,
     )
+    from tracelake.spark import build_spark
+
     session = spark or build_spark(settings, job)
     session.conf.set(CONFLICT_RETRIES_CONF, str(settings.tables.conflict_retries))
     session.conf.set(CONFLICT_BACKOFF_CONF, str(settings.tables.conflict_backoff_s))

@@ -19,25 +19,13 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import (
-    ArrayType,
-    BooleanType,
-    DataType,
-    DateType,
-    DoubleType,
-    FloatType,
-    IntegerType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
-)
+
+if TYPE_CHECKING:  # pyspark is imported where it is used: the query engine reads specs without it
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
 
 from tracelake.config import PROJECT_ROOT
 
@@ -48,26 +36,29 @@ class TableError(TracelakeError, RuntimeError):
     """A table is missing, malformed, or a frame does not match its schema."""
 
 
-_SIMPLE_TYPES: dict[str, DataType] = {
-    "string": StringType(),
-    "int": IntegerType(),
-    "bigint": LongType(),
-    "double": DoubleType(),
-    "float": FloatType(),
-    "boolean": BooleanType(),
-    "date": DateType(),
-    "timestamp": TimestampType(),
-}
+_SIMPLE_TYPE_NAMES = ("string", "int", "bigint", "double", "float", "boolean", "date", "timestamp")
+
+
+@lru_cache(maxsize=1)
+def _simple_types() -> dict[str, DataType]:
+    from pyspark.sql import types as T
+
+    return {
+        "string": T.StringType(), "int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(),
+        "float": T.FloatType(), "boolean": T.BooleanType(), "date": T.DateType(), "timestamp": T.TimestampType(),
+    }
 
 
 def parse_type(text: str) -> DataType:
     """Spark type from the DDL spelling used in schemas/ (simple types and array<...>)."""
+    from pyspark.sql.types import ArrayType
+
     name = text.strip().lower()
-    if name in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[name]
+    if name in _SIMPLE_TYPE_NAMES:
+        return _simple_types()[name]
     if name.startswith("array<") and name.endswith(">"):
         return ArrayType(parse_type(name[len("array<"):-1]), containsNull=True)
-    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPES)} or array<...>")
+    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPE_NAMES)} or array<...>")
 
 
 @dataclass(frozen=True)
@@ -99,6 +90,8 @@ class TableSpec:
 
     @property
     def schema(self) -> StructType:
+        from pyspark.sql.types import StructField, StructType
+
         return StructType(
             [StructField(c.name, parse_type(c.type), c.nullable) for c in self.columns]
         )
@@ -192,6 +185,8 @@ def domain() -> dict[str, Any]:
 
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     """Select the spec's columns in order, cast to its types; fail on missing columns."""
+    from pyspark.sql import functions as F
+
     missing = [c for c in spec.column_names if c not in df.columns]
     if missing:
         raise TableError(
@@ -223,6 +218,8 @@ def read_range(
     spark: SparkSession, spec: TableSpec, lake_root: str | Path, start: dt.date, end: dt.date
 ) -> DataFrame:
     """Rows of the table whose date column lies in [start, end] (partition pruning)."""
+    from pyspark.sql import functions as F
+
     column = spec.date_column
     if column is None:
         raise TableError(f"table {spec.name!r} has no date column to select a range on")
