@@ -17,7 +17,8 @@ and the workers alike):
   (default ``spark_default``; ``local[*]`` is
   ``{"conn_type": "spark", "host": "local[*]"}``, a standalone master is
   ``{"conn_type": "spark", "host": "spark://HOST", "port": 7077}``).
-- ``TRACELAKE_DAG_RETRIES`` (default 3), ``TRACELAKE_DAG_RETRY_DELAY_MINUTES``
+- ``TRACELAKE_DAG_RETRIES`` (default 3; a job's user error, exit code 2, is
+  never retried), ``TRACELAKE_DAG_RETRY_DELAY_MINUTES``
   (default 5, doubled after each try up to ``TRACELAKE_DAG_MAX_RETRY_DELAY_MINUTES``,
   default 60), ``TRACELAKE_DAG_VALIDATION_RETRIES`` (default 0: a failed
   expectation fails at once), ``TRACELAKE_DAG_DRIVER_MEMORY`` (default ``2g``).
@@ -147,8 +148,8 @@ def label_max_delay_days(configured: Any = None) -> int:
 
 
 def set_name(dag_run: Any) -> str:
-    """Name of the training set a training run builds: ``set-<cut-off as YYYYMMDDTHHMM>``."""
-    return f"set-{as_of(dag_run):%Y%m%dT%H%M}"
+    """Name of the training set a training run builds: ``set-<cut-off as yyyymmddthhmm>`` (canonical: lower case)."""
+    return f"set-{as_of(dag_run):%Y%m%dt%H%M}"
 
 
 def run_id_for(dag_id: str, task_id: str, run_id: str, try_number: int) -> str:
@@ -201,13 +202,14 @@ def spark_task(
     doc_md: str,
     **kwargs: Any,
 ):
-    """One task = one ``spark-submit <entrypoint> <args> --master <connection's master>``."""
-    from airflow.providers.apache.spark.operators.spark_submit import (
-        SparkSubmitOperator,
-    )
+    """One task = one ``spark-submit <entrypoint> <args> --master <connection's master>``.
+
+    A job's user error (exit 2) fails the task at once; other failures are retried (_operators.py).
+    """
+    from _operators import TracelakeSparkSubmitOperator
 
     python = python_executable()
-    return SparkSubmitOperator(
+    return TracelakeSparkSubmitOperator(
         task_id=task_id,
         application=str(TRACELAKE_HOME / entrypoint),
         application_args=[*args, *MASTER_ARG],

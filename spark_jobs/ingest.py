@@ -28,6 +28,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs import ingest_epcis
 from spark_jobs.transforms import bronze, epcis, landing, silver
-from tracelake.dates import days_between
+from tracelake.dates import days_between, describe_days
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import TableSpec, domain, read_table, table_spec, write_table
@@ -76,6 +77,7 @@ class LandingFile:
     landing_date: dt.date
     columns: tuple[str, ...] | None = None  # None: JSON lines (no header) or an empty file
     header_line: str | None = None
+    parquet_schema: tuple[tuple[str, str], ...] | None = None  # (column, type) from a Parquet footer
 
 
 # --- the file system, through Hadoop so that any lake URI Spark reads works ---
@@ -90,30 +92,57 @@ def _exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(jpath))
 
 
+def _java_cause(error: BaseException) -> str:
+    """The innermost cause of a JVM error, as one line (e.g. ``java.util.zip.ZipException: Not in GZIP format``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+    first = next((line for line in lines if not line.startswith("An error occurred while calling")), "")
+    return (causes[-1] if causes else first or type(error).__name__)[:300]
+
+
+def _unreadable(path: str, what: str, error: BaseException) -> LandingError:
+    return LandingError(f"landing file {path} cannot be read as {what} ({_java_cause(error)}); have the producer "
+                        "redeliver it, or move it out of the landing folder, and rerun")
+
+
 def _first_line(spark: SparkSession, path: str) -> str | None:
     """The first line of a text file (decompressed if need be), or None when it is empty."""
     jvm = spark._jvm  # type: ignore[union-attr]
     fs, jpath = _hadoop_path(spark, path)
-    stream = fs.open(jpath)
-    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(spark._jsc.hadoopConfiguration()).getCodec(jpath)  # type: ignore[union-attr]
-    if codec is not None:
-        stream = codec.createInputStream(stream)
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        stream = fs.open(jpath)
+        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(spark._jsc.hadoopConfiguration()).getCodec(jpath)  # type: ignore[union-attr]
+        if codec is not None:
+            stream = codec.createInputStream(stream)
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    except Exception as error:  # noqa: BLE001 - py4j: a .gz that is not gzip fails to open
+        raise _unreadable(path, "text" if not path.endswith(".gz") else "gzip-compressed text", error) from None
     try:
         return reader.readLine()
+    except Exception as error:  # noqa: BLE001 - a truncated or corrupt compressed stream
+        raise _unreadable(path, "gzip-compressed text" if path.endswith(".gz") else "text", error) from None
+    finally:
+        reader.close()
+
+
+def _parquet_schema(spark: SparkSession, path: str) -> tuple[tuple[str, str], ...]:
+    """(column, Parquet type) of each column of a Parquet file's footer."""
+    jvm = spark._jvm  # type: ignore[union-attr]
+    _, jpath = _hadoop_path(spark, path)
+    try:
+        input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(jpath, spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+        reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(input_file)
+    except Exception as error:  # noqa: BLE001 - py4j: not a Parquet file, or a cut-off footer
+        raise _unreadable(path, "Parquet", error) from None
+    try:
+        fields = reader.getFooter().getFileMetaData().getSchema().getFields()
+        return tuple((str(f.getName()), str(f.toString())) for f in fields)
     finally:
         reader.close()
 
 
 def _parquet_columns(spark: SparkSession, path: str) -> tuple[str, ...]:
-    jvm = spark._jvm  # type: ignore[union-attr]
-    _, jpath = _hadoop_path(spark, path)
-    input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(jpath, spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(input_file)
-    try:
-        return tuple(str(f.getName()) for f in reader.getFooter().getFileMetaData().getSchema().getFields())
-    finally:
-        reader.close()
+    return tuple(name for name, _ in _parquet_schema(spark, path))
 
 
 def _header_columns(line: str) -> tuple[str, ...]:
@@ -147,12 +176,15 @@ def landing_inventory(
             )
         path, uri = str(jpath), str(jpath.toUri())
         if fmt == "parquet":
-            files.append(LandingFile(path, uri, source, fmt, day, _parquet_columns(spark, path)))
+            schema = _parquet_schema(spark, path)
+            files.append(LandingFile(path, uri, source, fmt, day, tuple(n for n, _ in schema), parquet_schema=schema))
         elif fmt == "csv":
             header = _first_line(spark, path)
             columns = _header_columns(header) if header is not None else None
             files.append(LandingFile(path, uri, source, fmt, day, columns, header))
         else:
+            if name.lower().endswith(landing.COMPRESSED_SUFFIX):
+                _first_line(spark, path)  # a .gz that is not gzip is refused here, naming the file
             files.append(LandingFile(path, uri, source, fmt, day))
     return sorted(files, key=lambda f: f.path)
 
@@ -177,8 +209,14 @@ def check_columns(files: Sequence[LandingFile], spec: TableSpec) -> dict[str, li
     return {path: columns for path, columns in extra.items() if columns}
 
 
-def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableSpec, source: str) -> DataFrame:
-    """The parsed landing rows of one source: one text read (CSV, JSON lines) and one Parquet read."""
+def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableSpec, source: str,
+                 csv_max_record_lines: int = 100) -> DataFrame:
+    """The parsed landing rows of one source: one text read (CSV, JSON lines) and one Parquet read per schema.
+
+    CSV lines are joined into records first (RFC 4180: a quoted field may hold line breaks); only
+    files with a line of unbalanced quotes are ordered for it, which one pass over the text finds.
+    Parquet files whose columns have different types are read apart and meet as text.
+    """
     headers = {columns: i for i, columns in enumerate(sorted({f.columns for f in files if f.format == "csv" and f.columns}))}
     inventory = spark.createDataFrame(
         [(f.uri, f.path, f.format, f.landing_date, headers.get(f.columns), f.header_line) for f in files],  # type: ignore[arg-type]
@@ -187,18 +225,54 @@ def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableS
     frames = []
     text_files = [f.path for f in files if f.format in landing.TEXT_FORMATS]
     if text_files:
-        lines = spark.read.text(text_files).select("value", F.col("_metadata.file_path").alias("_uri"))
-        lines = lines.join(F.broadcast(inventory), "_uri")
-        frames.append(landing.parse_text_lines(lines, spec, {i: list(c) for c, i in headers.items()}))
-    parquet_files = [f.path for f in files if f.format == "parquet"]
-    if parquet_files:
-        rows = spark.read.option("mergeSchema", "true").parquet(*parquet_files)
+        lines = spark.read.text(text_files).select(
+            "value", F.col("_metadata.file_path").alias("_uri"),
+            F.col("_metadata.file_block_start").alias("_block_start"),
+            F.monotonically_increasing_id().alias("_line_index"),
+        )
+        csv_uris = [f.uri for f in files if f.format == "csv"]
+        odd = lines.where(F.col("_uri").isin(csv_uris) & landing.odd_quotes(F.col("value"))).select("_uri").distinct()
+        multiline = [r["_uri"] for r in collect_landing(odd)] if csv_uris else []
+        records = landing.csv_records(lines.withColumn("_multiline_file", F.col("_uri").isin(multiline)),
+                                      csv_max_record_lines)
+        records = records.join(F.broadcast(inventory), "_uri")
+        frames.append(landing.parse_text_lines(records, spec, {i: list(c) for c, i in headers.items()}))
+    schemas: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for f in files:
+        if f.format == "parquet":
+            schemas.setdefault(f.parquet_schema or (), []).append(f.path)
+    for paths in schemas.values():
+        rows = spark.read.parquet(*paths)
         rows = rows.select(F.struct(*[F.col(f"`{c}`") for c in rows.columns]).alias("_payload"),
                            F.col("_metadata.file_path").alias("_uri"))
         frames.append(landing.parse_parquet_rows(rows.join(F.broadcast(inventory), "_uri"), spec))
     if not frames:
         return spark.createDataFrame([], landing.parsed_ddl(spec))
     return reduce(DataFrame.unionByName, frames)
+
+
+def collect_landing(frame: DataFrame) -> list[Any]:
+    """``frame.collect()`` where a landing file that fails only when read in full (a truncated .gz, a
+    corrupt Parquet page) becomes one line naming the file instead of a JVM traceback."""
+    try:
+        return frame.collect()
+    except Exception as error:  # py4j: the failed task's exception
+        unreadable = unreadable_file_error(error)
+        if unreadable is None:
+            raise
+        raise unreadable from None
+
+
+_FAILED_FILE = re.compile(r"(?:reading file|file path:?|in file)\s+(\S+?)[.,]?(?:\s|$)", re.IGNORECASE)
+
+
+def unreadable_file_error(error: BaseException) -> LandingError | None:
+    """A Spark job that failed on one landing file (a truncated .gz, a corrupt Parquet page) -> one line naming it."""
+    match = _FAILED_FILE.search(str(error))
+    if match is None:
+        return None
+    return LandingError(f"landing file {match.group(1)} cannot be read ({_java_cause(error)}); have the producer "
+                        "redeliver it, or move it out of the landing folder, and rerun")
 
 
 def load_reference(run: JobRun, landing_name: str, table_name: str, key: Sequence[str],
@@ -263,7 +337,7 @@ def _inventory(
         extra_columns.update(check_columns(files[source], table_spec(name)))
     missing = sorted(set(days) - {f.landing_date for f in files[bronze.SCANS]} - other_deliveries)
     if missing:
-        message = f"no landing scan files for {[d.isoformat() for d in missing]}"
+        message = f"no landing scan files for {describe_days(missing)}"
         if not run.settings.ingest.allow_missing_dates:
             raise LandingError(
                 f"{message} under {table_spec(SOURCES[bronze.SCANS]).location(run.lake_root)}; a run would empty "
@@ -298,17 +372,17 @@ def execute(run: JobRun) -> dict[str, Any]:
     scans_spec, labels_spec = table_spec(SOURCES[bronze.SCANS]), table_spec(SOURCES[bronze.LABELS])
     level = getattr(StorageLevel, settings.storage_level)
     scans = bronze.classify_scans(
-        read_landing(spark, files[bronze.SCANS], scans_spec, bronze.SCANS),
+        read_landing(spark, files[bronze.SCANS], scans_spec, bronze.SCANS, settings.csv_max_record_lines),
         references["reference_locations"], scans_spec.required_columns,
     ).persist(level)
     labels = bronze.classify_labels(
-        read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS),
+        read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS, settings.csv_max_record_lines),
         domain()["anomaly_types"], labels_spec.required_columns,
     ).persist(level)
     delivery = ingest_epcis.read(run, epcis_files, level)
     try:
         with run.log.step("parse and count landing rows") as counted:
-            outcomes = [r.asDict() for r in bronze.landing_outcomes(scans, labels).collect()]
+            outcomes = [r.asDict() for r in collect_landing(bronze.landing_outcomes(scans, labels))]
             counted.update(landing_rows=sum(r["rows"] for r in outcomes))
         for row in outcomes:  # JSON lines have no header: their extra keys are found while parsing
             if row["extra_columns"]:

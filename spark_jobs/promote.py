@@ -25,6 +25,10 @@ For each model (``tracelake-anomaly-lstm``, ``tracelake-anomaly-baseline``):
 
 A version that was rolled back (tag ``rolled_back``) is not promoted again
 unless ``--force`` is given.
+
+All or nothing: every requested model is checked (it has a challenger, its
+tags name a training set) and scored before any alias moves; a model that
+cannot be judged fails the run with nothing promoted.
 """
 
 from __future__ import annotations
@@ -191,12 +195,48 @@ def decide(challenger: float, champion: float, margin: float) -> bool:
     return bool(np.isfinite(challenger) and (not np.isfinite(champion) or challenger - champion > margin))
 
 
-def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool) -> dict[str, Any]:
+class _Deferred:
+    """Registry changes of a decision, applied only once every requested model has been decided."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def set_registered_model_alias(self, *args: Any) -> None:
+        self.calls.append(("set_registered_model_alias", args))
+
+    def set_model_version_tag(self, *args: Any) -> None:
+        self.calls.append(("set_model_version_tag", args))
+
+    def apply(self) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for method, args in self.calls:
+            getattr(client, method)(*args)
+
+
+def check_promotable(name: str) -> None:
+    """Fail before anything moves when ``name`` has no challenger, or one without a training_set tag
+    while a champion exists (it could not be judged)."""
+    from tracelake.model_registry import CHALLENGER, CHAMPION, get_version
+
+    challenger = get_version(name, alias=CHALLENGER)
+    champion = _alias_version(name, CHAMPION)
+    if champion is not None and str(champion.version) != str(challenger.version) and \
+            not (challenger.tags or {}).get("training_set"):
+        raise PromotionError(f"{name} version {challenger.version} has no training_set tag; "
+                             "register models with tracelake train")
+
+
+def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool,
+                client: Any = None) -> dict[str, Any]:
+    """Decide for one model; the alias and tag changes go to ``client`` (:func:`execute` passes a
+    :class:`_Deferred`, applied once every model is decided; default: the registry at once)."""
     from mlflow import MlflowClient
 
     from tracelake.model_registry import CHALLENGER, CHAMPION, get_version
 
-    client = MlflowClient()
+    client = client if client is not None else MlflowClient()
     challenger = get_version(name, alias=CHALLENGER)
     champion = _alias_version(name, CHAMPION)
     outcome: dict[str, Any] = {"model": name, "challenger": str(challenger.version),
@@ -274,13 +314,17 @@ def execute(run: JobRun, *, models: Sequence[str] | None = None, metric: str | N
     margin = run.settings.training.promotion_margin if margin is None else margin
     if margin < 0:
         raise PromotionError(f"--margin {margin} must be >= 0")
-    outcomes = {}
-    for kind, name in model_names(run, models).items():
-        outcome = promote_one(run, kind, name, metric=metric, margin=margin, force=force)
+    names = model_names(run, models)
+    for name in names.values():  # every model is checked before any is scored or moved
+        check_promotable(name)
+    outcomes, changes = {}, _Deferred()
+    for kind, name in names.items():
+        outcomes[name] = promote_one(run, kind, name, metric=metric, margin=margin, force=force, client=changes)
+    changes.apply()
+    for name, outcome in outcomes.items():
         run.log.event("promotion decision", **{k: v for k, v in outcome.items() if k != "scores"})
         print(f"{name}: {'PROMOTED' if outcome['promoted'] else 'kept champion'} "
               f"v{outcome['champion']} — {outcome['reason']}")
-        outcomes[name] = outcome
     return outcomes
 
 

@@ -52,13 +52,8 @@ import numpy as np
 
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
-from tracelake.runs import (
-    JobRun,
-    add_common_args,
-    code_version,
-    job_run,
-    run_entrypoint,
-)
+from tracelake.model_registry import atomic_registration
+from tracelake.runs import JobRun, add_common_args, code_version, job_run, run_entrypoint
 from tracelake.tables import (
     commit_metadata,
     domain,
@@ -519,9 +514,12 @@ def execute(
                "registry_tags": {"training_set": training_set, "training_set_version": str(version),
                                  "code_version": code_version(), "tracelake_run_id": run.run_id,
                                  IMMATURE_TAG: str(immature).lower()}}
+    if BASELINE in chosen:
+        check_baseline_features(df, list(spec.tab_features), training_set)
     target = configure_mlflow(run.settings)
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp, \
+    # All or nothing at the registry: a run that fails unregisters the versions it registered.
+    with tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp, atomic_registration(), \
             mlflow.start_run(run_name=f"train {training_set}") as parent:
         workdir = Path(tmp)
         mlflow.set_tags({**tags, "models": ",".join(chosen)})
@@ -560,6 +558,22 @@ def execute(
     }
     run.record_output("models", **{name: {"name": r["model_name"], "version": r["version"]} for name, r in results.items()})
     return summary
+
+
+def check_baseline_features(df: Any, features: Sequence[str], training_set: str) -> None:
+    """Stop before training when the train split has no rows, or a feature no value to impute from."""
+    from pyspark.sql import functions as F
+
+    value = {c: F.col(c).cast("double") for c in features}
+    counts = df.where(F.col("split") == "train").select(
+        F.count(F.lit(1)).alias("_rows"),
+        *[F.count(F.when(value[c].isNotNull() & ~F.isnan(value[c]), 1)).alias(c) for c in features]).first()
+    empty = [c for c in features if not counts[c]]
+    if not counts["_rows"] or empty:
+        what = "no rows" if not counts["_rows"] else f"no value in feature(s) {empty}"
+        raise TrainJobError(f"training set {training_set!r}: the train split has {what} ({counts['_rows']} rows); "
+                            "too little data to train the baseline. Build the set over more days or events, or "
+                            "train only the LSTM (--models lstm)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

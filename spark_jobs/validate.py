@@ -43,8 +43,9 @@ def table_to_validate(table: str, name: str | None) -> TableSpec:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    spec = table_to_validate(args.table, args.name)  # an unknown table fails before Spark starts
     with job_run("validate", args) as run:
-        report = validate_table(run, table_to_validate(args.table, args.name))
+        report = validate_table(run, spec)
     print(report.summary_text())
     return 0 if report.passed else 1
 

@@ -267,6 +267,10 @@ class IngestSettings(_Section):
     # How the parsed landing rows are kept between the counting pass and the
     # writes (a pyspark StorageLevel name).
     storage_level: Literal["MEMORY_ONLY", "MEMORY_AND_DISK", "DISK_ONLY"] = "MEMORY_AND_DISK"
+    # A CSV record may span lines (a quoted field holding newlines, RFC 4180); a quote
+    # left open longer than this many lines is taken for a stray quote: the lines stay
+    # records of their own, so that one bad quote cannot swallow the rest of the file.
+    csv_max_record_lines: int = Field(100, ge=1)
 
 
 class EpcisSettings(_Section):
@@ -547,8 +551,22 @@ class MonitoringSettings(_Section):
         return self
 
 
+class TablesSettings(_Section):
+    """Delta writes (tracelake/tables.py)."""
+
+    # Every tracelake write replaces what its run owns (idempotent), so a commit that
+    # conflicts with another writer's is retried this many times, with exponential backoff
+    # from conflict_backoff_s (and jitter); then the run fails naming the other writer's run.
+    conflict_retries: int = Field(3, ge=0)
+    conflict_backoff_s: float = Field(2.0, ge=0)
+
+
 class QuerySettings(_Section):
-    """`tracelake query`: Spark SQL over the lake's tables for analysts (tracelake/query.py)."""
+    """`tracelake query`: SQL over the lake's tables for analysts (tracelake/query.py)."""
+
+    # datafusion: delta-rs's DataFusion engine, no JVM, only the lake's tables (the sandbox);
+    # spark: Spark SQL for heavy queries, with a function allowlist and a relation check.
+    engine: Literal["datafusion", "spark"] = "datafusion"
 
     # Rows printed to the terminal (the CSV file gets every row).
     show_rows: int = Field(50, ge=1)
@@ -571,6 +589,7 @@ class Settings(_Section):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    tables: TablesSettings = Field(default_factory=TablesSettings)
 
     @property
     def label_max_delay_days(self) -> int:
@@ -656,4 +675,48 @@ def load_settings(
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _allowed(error: Any) -> str:
+    """What a setting accepts, from a pydantic error's context (choices, bounds) or its type."""
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        return f"one of {ctx['expected']}"
+    bounds = [f"{word} {ctx[key]}" for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if key in ctx]
+    if bounds:
+        return "a number " + " and ".join(bounds)
+    kind = str(error.get("type", ""))
+    for prefix, text in (("int", "a whole number"), ("float", "a number"), ("bool", "true or false"),
+                         ("string", "text"), ("dict", "a mapping"), ("list", "a list")):
+        if kind.startswith(prefix):
+            return text
+    return str(error.get("msg", "a valid value"))
+
+
+def _known_keys(section: tuple[Any, ...]) -> list[str]:
+    """The setting names of a section of Settings (``()`` is the top level)."""
+    model: Any = Settings
+    for part in section:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting: its dotted key, the value given and what it accepts."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        key = ".".join(str(part) for part in loc)
+        if error.get("type") == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            lines.append(f"setting {key} is unknown; known here: {', '.join(known) or 'none'}")
+            continue
+        given = f"{error.get('input')!r}"[:60]
+        lines.append(f"setting {key}={given} is invalid: expected {_allowed(error)}")
+    return "invalid configuration:\n" + "\n".join(lines) if len(lines) > 1 else f"invalid configuration: {lines[0]}"

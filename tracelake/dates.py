@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tracelake.errors import TracelakeError
-
 import datetime as dt
+from collections.abc import Iterable
+
+from tracelake.errors import TracelakeError
 
 
 class DateRangeError(TracelakeError, ValueError):
@@ -33,3 +34,23 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
 
 def start_of_day(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.min, tzinfo=dt.timezone.utc)
+
+
+def describe_days(days: Iterable[dt.date], max_runs: int = 4) -> str:
+    """Days as short runs for a message: ``2025-07-01..2025-07-03, 2025-07-09 (4 days)``.
+
+    At most ``max_runs`` runs are spelled out, so that a range of 10,000 days stays one short line.
+    """
+    ordered = sorted(set(days))
+    if not ordered:
+        return "no days"
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in ordered:
+        if runs and day - runs[-1][1] == dt.timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    text = ", ".join(a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in runs[:max_runs])
+    if len(runs) > max_runs:
+        text += f", and {len(runs) - max_runs} more run(s)"
+    return f"{text} ({len(ordered)} day{'s' if len(ordered) != 1 else ''})"

@@ -14,6 +14,11 @@ metadata (see ``training.onnx_export``), so the file alone is enough to score.
 
 Aliases: a new version gets ``challenger``; ``champion`` is moved only by the
 promotion gate (``tracelake promote``) and by ``tracelake rollback``.
+
+A run that registers several models does it inside :func:`atomic_registration`:
+the versions are created as the models finish, but their aliases move only when
+the whole run succeeds; a failed run deletes the versions it created, so the
+registry shows either all of a run's models or none.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +76,54 @@ def _client() -> Any:
     return MlflowClient()
 
 
+@dataclass
+class RegistrationBatch:
+    """Versions created by one run, and the aliases they get once the run succeeds."""
+
+    created: list[tuple[str, str]] = field(default_factory=list)  # (model name, version)
+    aliases: list[tuple[str, str, str]] = field(default_factory=list)  # (model name, alias, version)
+
+    def commit(self) -> None:
+        client = _client()
+        for name, alias, version in self.aliases:
+            client.set_registered_model_alias(name, alias, version)
+
+    def rollback(self) -> list[tuple[str, str]]:
+        """Delete every version this batch created; returns the ones that could not be deleted."""
+        client = _client()
+        left = []
+        for name, version in reversed(self.created):
+            try:
+                client.delete_model_version(name, version)
+            except Exception:  # noqa: BLE001 - keep deleting the others; the caller reports what is left
+                left.append((name, version))
+        return left
+
+
+_BATCH: ContextVar[RegistrationBatch | None] = ContextVar("tracelake_registration_batch", default=None)
+
+
+@contextmanager
+def atomic_registration() -> Iterator[RegistrationBatch]:
+    """Register all-or-nothing: aliases move when the block succeeds; on any error the versions
+    registered inside it are deleted again (and the error propagates)."""
+    batch = RegistrationBatch()
+    token = _BATCH.set(batch)
+    try:
+        yield batch
+    except BaseException:
+        _BATCH.reset(token)
+        left = batch.rollback()
+        if left:
+            import logging
+
+            logging.getLogger("tracelake.model_registry").error(
+                "could not unregister the failed run's model versions", extra={"versions": left})
+        raise
+    _BATCH.reset(token)
+    batch.commit()
+
+
 def ensure_registered_model(name: str, description: str = "") -> None:
     from mlflow.exceptions import MlflowException
 
@@ -100,7 +156,12 @@ def register_artifacts(
         run_id=run_id,
         tags={key: str(value) for key, value in (tags or {}).items()},
     )
-    if alias:
+    batch = _BATCH.get()
+    if batch is not None:
+        batch.created.append((name, str(version.version)))
+        if alias:
+            batch.aliases.append((name, alias, str(version.version)))
+    elif alias:
         client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)
 

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING, Any
 
 from tracelake import __version__
 from tracelake.config import PROJECT_ROOT, Settings, load_settings
 from tracelake.dates import check_range, parse_date
 from tracelake.logs import JobLogger, job_logger
-from tracelake.spark import build_spark
-from tracelake.tables import TableSpec, latest_version
+from tracelake.tables import CONFLICT_BACKOFF_CONF, CONFLICT_RETRIES_CONF, TableSpec, latest_version
+
+if TYPE_CHECKING:  # pyspark loads when a job starts its session, not when a command parses its arguments
+    from pyspark.sql import SparkSession
 
 
 @lru_cache(maxsize=1)
@@ -144,7 +144,11 @@ def job_run(
         start_date=start.isoformat() if start else None,
         end_date=end.isoformat() if end else None,
     )
+    from tracelake.spark import build_spark
+
     session = spark or build_spark(settings, job)
+    session.conf.set(CONFLICT_RETRIES_CONF, str(settings.tables.conflict_retries))
+    session.conf.set(CONFLICT_BACKOFF_CONF, str(settings.tables.conflict_backoff_s))
     session.sparkContext.setJobGroup(run_id, f"{job} {start or ''}..{end or ''}")
     run = JobRun(job=job, run_id=run_id, settings=settings, log=log, spark=session, start=start, end=end)
     with log.step(job, lake_root=run.lake_root, code_version=code_version()):

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import (
-    ArrayType,
-    BooleanType,
-    DataType,
-    DateType,
-    DoubleType,
-    FloatType,
-    IntegerType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
-)
+
+if TYPE_CHECKING:  # pyspark is imported where it is used: the query engine reads specs without it
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
 
 from tracelake.config import PROJECT_ROOT
 from tracelake.errors import TracelakeError
@@ -45,26 +35,29 @@ class TableError(TracelakeError, RuntimeError):
     """A table is missing, malformed, or a frame does not match its schema."""
 
 
-_SIMPLE_TYPES: dict[str, DataType] = {
-    "string": StringType(),
-    "int": IntegerType(),
-    "bigint": LongType(),
-    "double": DoubleType(),
-    "float": FloatType(),
-    "boolean": BooleanType(),
-    "date": DateType(),
-    "timestamp": TimestampType(),
-}
+_SIMPLE_TYPE_NAMES = ("string", "int", "bigint", "double", "float", "boolean", "date", "timestamp")
+
+
+@lru_cache(maxsize=1)
+def _simple_types() -> dict[str, DataType]:
+    from pyspark.sql import types as T
+
+    return {
+        "string": T.StringType(), "int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(),
+        "float": T.FloatType(), "boolean": T.BooleanType(), "date": T.DateType(), "timestamp": T.TimestampType(),
+    }
 
 
 def parse_type(text: str) -> DataType:
     """Spark type from the DDL spelling used in schemas/ (simple types and array<...>)."""
+    from pyspark.sql.types import ArrayType
+
     name = text.strip().lower()
-    if name in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[name]
+    if name in _SIMPLE_TYPE_NAMES:
+        return _simple_types()[name]
     if name.startswith("array<") and name.endswith(">"):
         return ArrayType(parse_type(name[len("array<"):-1]), containsNull=True)
-    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPES)} or array<...>")
+    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPE_NAMES)} or array<...>")
 
 
 @dataclass(frozen=True)
@@ -96,6 +89,8 @@ class TableSpec:
 
     @property
     def schema(self) -> StructType:
+        from pyspark.sql.types import StructField, StructType
+
         return StructType(
             [StructField(c.name, parse_type(c.type), c.nullable) for c in self.columns]
         )
@@ -149,7 +144,14 @@ def table_spec(name: str) -> TableSpec:
     return _spec_from_yaml(yaml.safe_load(file.read_text()))
 
 
-_PATH_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# One canonical spelling per name: lower case, digits and '-' (no '_' or '.', which the query
+# view name ``training_set_<name with '-' as '_'>`` could not tell apart; no trailing newline).
+_PATH_PARAM = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def canonical_name(value: str) -> str:
+    """The canonical spelling closest to ``value`` (for the error message)."""
+    return re.sub(r"[^a-z0-9]+", "-", value.strip().lower()).strip("-")[:128] or "my-set"
 
 
 def named_table_spec(table: str, /, **params: str) -> TableSpec:
@@ -157,10 +159,11 @@ def named_table_spec(table: str, /, **params: str) -> TableSpec:
     ``named_table_spec("training_set", name="weekly")`` -> path ``training/sets/weekly``."""
     spec = table_spec(table)
     for key, value in params.items():
-        if not isinstance(value, str) or not _PATH_PARAM.match(value) or ".." in value:
+        if not isinstance(value, str) or not _PATH_PARAM.fullmatch(value):
+            suggestion = canonical_name(value) if isinstance(value, str) else "my-set"
             raise TableError(
-                f"table {table!r}: {key} {value!r} is not usable in a path; use letters, digits, '_', '-', '.' "
-                "(starting with a letter or digit, at most 128 characters)"
+                f"table {table!r}: {key} {value!r} is not a canonical name; use lower-case letters, digits and "
+                f"'-' (starting with a letter or digit, at most 128 characters), e.g. {suggestion!r}"
             )
     try:
         path = spec.path.format(**params)
@@ -181,6 +184,8 @@ def domain() -> dict[str, Any]:
 
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     """Select the spec's columns in order, cast to its types; fail on missing columns."""
+    from pyspark.sql import functions as F
+
     missing = [c for c in spec.column_names if c not in df.columns]
     if missing:
         raise TableError(
@@ -212,6 +217,8 @@ def read_range(
     spark: SparkSession, spec: TableSpec, lake_root: str | Path, start: dt.date, end: dt.date
 ) -> DataFrame:
     """Rows of the table whose date column lies in [start, end] (partition pruning)."""
+    from pyspark.sql import functions as F
+
     column = spec.date_column
     if column is None:
         raise TableError(f"table {spec.name!r} has no date column to select a range on")
@@ -307,7 +314,76 @@ def write_table(
         writer = writer.option("replaceWhere", predicate)
     else:
         writer = writer.option("overwriteSchema", "true")
-    writer.save(location)
     spark = df.sparkSession
+    retries, backoff = conflict_policy(spark)
+    for attempt in range(retries + 1):
+        try:
+            writer.save(location)
+            break
+        except Exception as error:  # py4j / Delta's captured conflict exceptions
+            if not is_write_conflict(error):
+                raise
+            if attempt == retries:
+                raise WriteConflictError(conflict_message(spark, spec, location, metadata, error, retries)) from None
+            # The write replaces what the run owns: redoing it is safe; wait so that the other writer finishes.
+            time.sleep(backoff * 2**attempt * random.uniform(1.0, 1.5))
     row = DeltaTable.forPath(spark, location).history(1).select("version").first()
     return int(row["version"])
+
+
+class WriteConflictError(TableError):
+    """Another writer committed to the table while this run was writing, and retries did not help."""
+
+
+# Session settings that job_run sets from ``tables.*`` (a session without them uses the defaults).
+CONFLICT_RETRIES_CONF = "spark.tracelake.tables.conflictRetries"
+CONFLICT_BACKOFF_CONF = "spark.tracelake.tables.conflictBackoffSeconds"
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentWriteException", "ConcurrentTransactionException", "MetadataChangedException",
+              "ProtocolChangedException", "DeltaConcurrentModificationException", "DELTA_CONCURRENT",
+              "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
+def conflict_policy(spark: SparkSession) -> tuple[int, float]:
+    """(retries, first backoff in seconds) for write conflicts, from the session (``tables.*`` settings)."""
+    from tracelake.config import TablesSettings
+
+    defaults = TablesSettings()
+    retries = spark.conf.get(CONFLICT_RETRIES_CONF, str(defaults.conflict_retries))
+    backoff = spark.conf.get(CONFLICT_BACKOFF_CONF, str(defaults.conflict_backoff_s))
+    return int(retries or 0), float(backoff or 0)
+
+
+def is_write_conflict(error: BaseException) -> bool:
+    """True for Delta's optimistic-concurrency conflicts (another commit won the race)."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    head = str(error)[:2000]
+    return any(name in names or name in head for name in _CONFLICTS)
+
+
+def _conflict_kind(error: BaseException) -> str:
+    head = str(error)[:2000]
+    return next((name for name in _CONFLICTS if name in {c.__name__ for c in type(error).__mro__} or name in head),
+                type(error).__name__)
+
+
+def conflict_message(spark: SparkSession, spec: TableSpec, location: str, metadata: dict[str, Any] | None,
+                     error: BaseException, retries: int) -> str:
+    """One line: the table, the other writer's run (from its commit info) and what to do."""
+    from delta.tables import DeltaTable
+
+    own = (metadata or {}).get("run_id")
+    other = "a writer without tracelake commit info"
+    try:
+        for row in DeltaTable.forPath(spark, location).history(10).select(
+                "version", "timestamp", "operation", "userMetadata").collect():
+            info = json.loads(row["userMetadata"] or "{}")
+            if info.get("run_id") != own:
+                other = (f"run {info.get('run_id') or 'unknown'} (job {info.get('job') or 'unknown'}, "
+                         f"{row['operation']} at version {row['version']}, {row['timestamp']})")
+                break
+    except Exception:  # noqa: BLE001, S110 - the table may not exist yet (both writers creating it)
+        pass
+    return (f"table {spec.name} at {location}: another writer committed while this run was writing ({other}); "
+            f"{_conflict_kind(error)} after {retries} retr{'y' if retries == 1 else 'ies'}. Rerun when that run "
+            f"has finished (or raise tables.conflict_retries)")

@@ -5,6 +5,11 @@ lines, so that a quarantined row keeps its raw payload; Parquet as rows) and
 attaches what it knows about each file; these functions parse the lines
 against the landing schema of ``schemas/tables/landing_*.yaml``.
 
+CSV is RFC 4180: :func:`csv_records` joins the lines of a record whose quoted
+field holds a line break, and fields are parsed with ``"`` as both quote and
+escape (``"Box, large ""XL"" edition"`` is ``Box, large "XL" edition``). A
+UTF-8 byte-order mark is dropped; CRLF line ends are line ends.
+
 Output of :func:`parse_text_lines` and :func:`parse_parquet_rows` (same shape):
 ``source, _source_file, landing_date, raw_payload, <landing columns as
 string>, parse_error, extra_columns``. ``parse_error`` is null for a parsed
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from tracelake.compat import utf8_with_replacement
@@ -34,6 +39,9 @@ _CORRUPT = "_corrupt_record"
 # Commas outside double quotes: counts the fields of a malformed CSV line for its message.
 _CSV_SEPARATOR = ',(?=(?:[^"]*"[^"]*")*[^"]*$)'
 _REPLACEMENT_CHAR = "\ufffd"
+_BOM = "\ufeff"
+# RFC 4180: '"' quotes a field, and '""' inside a quoted field is one '"'.
+CSV_OPTIONS = {"quote": '"', "escape": '"'}
 
 
 def landing_format(file_name: str) -> str | None:
@@ -52,9 +60,49 @@ def _clean(value: Column) -> Column:
 
 
 def _utf8_checked(value: Column) -> Column:
-    """The line decoded as UTF-8. Spark's text reader keeps invalid bytes as they are;
-    decoding turns each into U+FFFD, which is what ``non_utf8`` looks for."""
-    return utf8_with_replacement(value)
+    """The line decoded as UTF-8, without a leading byte-order mark. Spark's text reader keeps
+    invalid bytes as they are; decoding turns each into U+FFFD, which is what ``non_utf8`` looks for."""
+    return F.regexp_replace(utf8_with_replacement(value), f"^{_BOM}", "")
+
+
+def _without_bom(value: Column) -> Column:
+    return F.regexp_replace(value, f"^{_BOM}", "")
+
+
+def odd_quotes(value: Column) -> Column:
+    """True when the line holds an odd number of '"': it opens or closes a quoted field that spans lines."""
+    return ((F.length(value) - F.length(F.regexp_replace(value, '"', ""))) % 2) == 1
+
+
+def csv_records(lines: DataFrame, max_record_lines: int) -> DataFrame:
+    """CSV text lines -> CSV records: a line inside a quoted field is joined to the record it continues.
+
+    ``lines`` has ``value``, ``_uri`` (the file), ``_block_start`` and ``_line_index`` (the line's
+    place in its file: the split it was read in, then its order there) and ``_multiline_file``
+    (the file has a line with an odd number of quotes; only those files are ordered and
+    joined, the others pass as they are). A record ends where its quotes balance; a quote left
+    open for more than ``max_record_lines`` lines is a stray one and its lines stay records of
+    their own. The joined record keeps its line breaks as ``\n``. Returns ``value, _uri``.
+    """
+    single = lines.where(~F.col("_multiline_file")).select("value", "_uri")
+    in_file = Window.partitionBy("_uri").orderBy("_block_start", "_line_index")
+    so_far = in_file.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    multi = (
+        lines.where(F.col("_multiline_file"))
+        .withColumn("_odd", odd_quotes(F.col("value")).cast("int"))
+        .withColumn("_starts", ((F.sum("_odd").over(so_far) - F.col("_odd")) % 2 == 0).cast("int"))
+        .withColumn("_record", F.sum("_starts").over(so_far))
+        .withColumn("_lines", F.count(F.lit(1)).over(Window.partitionBy("_uri", "_record")))
+        # A stray quote: each of its lines keeps a key of its own.
+        .withColumn("_key", F.when(F.col("_lines") <= max_record_lines, F.struct(
+            F.col("_record").alias("record"), F.lit(-1).cast("long").alias("block"), F.lit(-1).cast("long").alias("line"),
+        )).otherwise(F.struct(F.col("_record").alias("record"), F.col("_block_start").cast("long").alias("block"),
+                              F.col("_line_index").cast("long").alias("line"))))
+        .groupBy("_uri", "_key")
+        .agg(F.sort_array(F.collect_list(F.struct("_block_start", "_line_index", "value"))).alias("_parts"))
+        .select(F.array_join(F.transform("_parts", lambda part: part["value"]), "\n").alias("value"), "_uri")
+    )
+    return single.unionByName(multi)
 
 
 def _case(branches: Sequence[tuple[Column, Column]]) -> Column:
@@ -82,14 +130,14 @@ def parse_text_lines(
     names = spec.column_names
     text = _utf8_checked(F.col("value"))
     lines = lines.where(
-        ~((F.col("format") == "csv") & (F.col("value") == F.col("header_line")))
+        ~((F.col("format") == "csv") & (_without_bom(F.col("value")) == _without_bom(F.col("header_line"))))
     ).withColumn("raw_payload", text)
 
     # CSV: one positional schema per distinct header, mapped onto the landing columns by name.
     csv_records, csv_widths = [], []
     for header_id, header in sorted(csv_headers.items()):
         positional = ", ".join(f"`_c{i}` string" for i in range(len(header))) + f", `{_CORRUPT}` string"
-        parsed = F.from_csv(F.col("raw_payload"), positional, {"columnNameOfCorruptRecord": _CORRUPT})
+        parsed = F.from_csv(F.col("raw_payload"), positional, {**CSV_OPTIONS, "columnNameOfCorruptRecord": _CORRUPT})
         fields = [
             (parsed[f"_c{header.index(n)}"] if n in header else F.lit(None).cast("string")).alias(n)
             for n in names
@@ -108,6 +156,8 @@ def parse_text_lines(
         F.when(F.col("raw_payload").contains(_REPLACEMENT_CHAR),
                F.lit(f"{NON_UTF8}: invalid UTF-8 bytes (shown as U+FFFD)"))
         .when(F.trim(F.col("raw_payload")) == "", F.lit(f"{UNPARSEABLE}: blank line"))
+        .when((F.col("format") == "csv") & odd_quotes(F.col("raw_payload")),
+              F.lit(f"{UNPARSEABLE}: a quoted field is never closed"))
         .when((F.col("format") == "csv") & F.col(f"_record.{_CORRUPT}").isNotNull(),
               F.format_string(f"{UNPARSEABLE}: expected %d fields, got %d", _case(csv_widths), csv_fields))
         .when((F.col("format") == "json") & (F.col("_record").isNull() | F.col(f"_record.{_CORRUPT}").isNotNull()),

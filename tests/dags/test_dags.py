@@ -141,7 +141,7 @@ def test_every_task_retries_with_backoff_and_has_a_timeout_and_docs(parsed):
             assert task["execution_timeout_s"] and task["execution_timeout_s"] > 0, where
             assert task["doc_md"], where
             assert task["retry_exponential_backoff"], where
-            if task["operator"] == "SparkSubmitOperator":
+            if task["operator"] == "TracelakeSparkSubmitOperator":
                 assert task["conn_id"] == "spark_default", where
                 # Validation verdicts do not change on retry; every other Spark step retries.
                 assert task["retries"] == (0 if "validate" in task_id else 3), where
@@ -352,4 +352,19 @@ def test_training_dag_renders_its_cut_off_window_and_set_name(daily_lake):
                        timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert ("['--start-date', '2025-06-09', '--end-date', '2025-06-29', '--as-of', '2025-07-07T03:00:00+00:00', "
-            "'--name', 'set-20250707T0300', '--master', 'local[2]']") in done.stdout
+            "'--name', 'set-20250707t0300', '--master', 'local[2]']") in done.stdout
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_a_user_error_fails_the_task_at_once_and_other_failures_are_retried(tmp_path):
+    """Exit 2 (the entrypoints' user error) raises AirflowFailException, which Airflow never retries; exit 1
+    raises the provider's AirflowException, which goes through the task's retries with backoff."""
+    env = airflow_env(tmp_path / "home")
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[1]"})
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("operator_exit_codes.py")), str(DAGS),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(lines[-1][len("RESULTS "):]) == {"2": "AirflowFailException", "1": "AirflowException"}

@@ -52,7 +52,8 @@ def lake(spark, test_settings, tmp_path_factory):
     spec = table_spec("gold_scored_events")
     write_table(spark.createDataFrame(frame[spec.column_names], spec.schema), spec, root, start=DAYS[0], end=DAYS[1])
     spec = table_spec("reference_locations")
-    write_table(spark.createDataFrame([(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0) for i in range(3)],
+    write_table(spark.createDataFrame([(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0, None, None)
+                                       for i in range(3)],
                                       spec.schema), spec, root)
     flagged = frame[frame["anomaly_flag"]]
     spec = table_spec("silver_labels")
@@ -78,11 +79,36 @@ def test_the_doc_has_the_starter_queries():
         assert topic in text
 
 
+def run_both(spark, root: str, sql: str) -> pd.DataFrame:
+    """The statement through the default engine and, where Spark runs it, through --engine spark; they agree."""
+    if sql.lstrip().upper().startswith("DESCRIBE HISTORY"):
+        spark_rows = query.run_query(spark, root, sql).toPandas()
+        default = query.run_datafusion(root, sql, query.lake_views(None, root)).to_pandas()
+        assert default["version"].tolist() == spark_rows["version"].tolist()
+        assert default["operation"].tolist() == spark_rows["operation"].tolist()
+        return default
+    default = query.run_datafusion(root, sql, query.lake_views(None, root)).to_pandas()
+    if "VERSION AS OF" in sql.upper():  # time travel is the default engine's
+        return default
+    on_spark = query.run_query(spark, root, sql).toPandas()
+    assert list(default.columns) == list(on_spark.columns) and len(default) == len(on_spark), sql
+    for column in default.columns:
+        left, right = default[column], on_spark[column]
+        if pd.api.types.is_numeric_dtype(left) and pd.api.types.is_numeric_dtype(right):
+            np.testing.assert_allclose(left.astype(float), right.astype(float), rtol=1e-9, err_msg=sql)
+        elif pd.api.types.is_datetime64_any_dtype(left):
+            assert (left.dt.tz_localize(None) if left.dt.tz else left).tolist() == right.tolist(), sql
+        else:
+            assert left.astype(str).tolist() == right.astype(str).tolist(), sql
+    return default
+
+
 def test_every_sql_query_runs_through_tracelake_query(spark, lake):
+    """Both engines: the default (DataFusion) one and --engine spark."""
     frame = lake["frame"]
     results = []
     for sql in blocks("sql"):
-        rows = query.run_query(spark, lake["root"], sql).toPandas()
+        rows = run_both(spark, lake["root"], sql)
         assert len(rows), f"no rows from:\n{sql}"
         results.append(rows)
     per_location, per_type, top_epcs, top_day = results[:4]
@@ -98,6 +124,7 @@ def test_every_sql_query_runs_through_tracelake_query(spark, lake):
     assert top_epcs["max_score"].iloc[0] == round(frame["anomaly_score"].max(), 4)
     day = frame[frame["event_date"] == DAYS[1]].sort_values(["anomaly_score", "event_id"], ascending=[False, True])
     assert top_day["epc_code"].tolist() == day["epc_code"].head(len(top_day)).tolist()
+    assert results[-1]["events"].tolist() == [ROWS_PER_DAY, ROWS_PER_DAY]  # VERSION AS OF 0
 
 
 def test_python_snippets_run_without_spark_and_agree(lake, capsys):

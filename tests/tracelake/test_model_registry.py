@@ -64,3 +64,49 @@ def test_missing_alias_is_a_clear_error(registry, tmp_path):
     _register(tmp_path, b"x")
     with pytest.raises(ModelResolutionError, match="no alias 'champion'"):
         fetch_onnx_model("models:/tracelake-test@champion", tmp_path / "d")
+
+
+def _aliases(name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in mlflow.MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def test_a_failed_run_registers_nothing_and_keeps_the_old_challenger(registry, tmp_path):
+    from tracelake.model_registry import atomic_registration
+
+    before = _register(tmp_path, b"kept")
+    with pytest.raises(RuntimeError, match="baseline failed"), atomic_registration():
+        registered = _register(tmp_path, b"new lstm")
+        assert _aliases("tracelake-test") == {"challenger": str(before.version)}  # not moved yet
+        assert str(registered.version) == "2"
+        raise RuntimeError("baseline failed")
+    versions = mlflow.MlflowClient().search_model_versions("name='tracelake-test'")
+    assert [str(v.version) for v in versions] == [str(before.version)]
+    assert _aliases("tracelake-test") == {"challenger": str(before.version)}
+
+    with atomic_registration():
+        done = _register(tmp_path, b"new lstm again")
+    assert _aliases("tracelake-test") == {"challenger": str(done.version)}
+
+
+def test_promote_checks_every_model_before_moving_any_alias(registry, tmp_path):
+    from spark_jobs import promote
+    from tracelake.logs import job_logger
+    from tracelake.model_registry import register_artifacts
+    from tracelake.runs import JobRun
+
+    names = registry.training.lstm_model_name, registry.training.baseline_model_name
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"lstm")
+    with mlflow.start_run() as run:
+        register_onnx_model(names[0], model, run_id=run.info.run_id, tags={"training_set": "demo"})
+    job = JobRun(job="promote", run_id="promote-test", settings=registry, log=job_logger("promote"), spark=None)
+    with pytest.raises(ModelResolutionError, match=f"{names[1]!r} has no alias 'challenger'"):
+        promote.execute(job)
+    assert "champion" not in _aliases(names[0])  # nothing moved
+
+    with mlflow.start_run() as run:
+        mlflow.log_text("baseline", "model/baseline.txt")
+        register_artifacts(names[1], run.info.run_id, "model", tags={"training_set": "demo"})
+    outcomes = promote.execute(job)
+    assert all(o["promoted"] for o in outcomes.values())
+    assert _aliases(names[0])["champion"] == "1" and _aliases(names[1])["champion"] == "1"

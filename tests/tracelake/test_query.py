@@ -1,4 +1,6 @@
-"""`tracelake query`: views named by table, read-only statements only, CSV output."""
+"""`tracelake query`, Spark engine: views named by table, read-only statements only, CSV output.
+
+The default (DataFusion) engine and the sandbox's attack statements are in test_query_sandbox.py."""
 
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def test_refused_delta_maintenance_and_allowed_metadata(spark, lake):
 def test_main_prints_a_table_and_writes_csv(spark, lake, lake_settings, tmp_path, capsys):
     csv = tmp_path / "out" / "top.csv"
     args = ["SELECT event_id, anomaly_score FROM scored_events ORDER BY anomaly_score DESC", "--csv", str(csv),
-            "--lake-root", lake, "--master", lake_settings.spark.master]
+            "--lake-root", lake, "--master", lake_settings.spark.master, "--engine", "spark"]
     assert query.main(args) == 0
     printed = capsys.readouterr().out
     assert "|event_id|anomaly_score|" in printed and "wrote 3 row(s)" in printed
