@@ -53,7 +53,13 @@ import numpy as np
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.model_registry import atomic_registration
-from tracelake.runs import JobRun, add_common_args, code_version, job_run, run_entrypoint
+from tracelake.runs import (
+    JobRun,
+    add_common_args,
+    code_version,
+    job_run,
+    run_entrypoint,
+)
 from tracelake.tables import (
     commit_metadata,
     domain,
