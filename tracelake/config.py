@@ -210,6 +210,14 @@ class GeneratorSettings(_Section):
             return value  # the Literal field reports it
         return _deep_merge(generator_profile(profile), value)
 
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _start_date_text(cls, value: Any) -> Any:
+        import datetime
+
+        # `--set generator.start_date=2025-07-01` arrives as a YAML date.
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
     @field_validator("dwell_hours", mode="before")
     @classmethod
     def _dwell_defaults(cls, value: Any) -> Any:

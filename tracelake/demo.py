@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "way (default: labels.max_delay_days)")
     parser.add_argument("--epcs", type=int, default=10_000, help="EPCs to simulate (default: 10000)")
     parser.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
-    parser.add_argument("--anomaly-rate", type=float, default=0.02,
-                        help="share of EPCs carrying each anomaly type (default: 0.02, above the generator's "
-                             "0.01 so that a small demo has enough positives to learn from)")
+    parser.add_argument("--anomaly-rate", type=float, default=0.04,
+                        help="share of EPCs carrying each anomaly type (default: 0.04, above the generator's "
+                             "0.01 so that the demo's mature test days hold some 50 positives per type)")
     parser.add_argument("--corrupt-rate", type=float, default=0.001,
                         help="share of landing rows made unreadable, to show quarantine (default: 0.001)")
     parser.add_argument("--full-training", action="store_true",
