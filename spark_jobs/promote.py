@@ -102,6 +102,7 @@ def gate_window(run: JobRun, training_set: str, version: int | None, now: dt.dat
     from spark_jobs.transforms.training_set import training_set as build_set
     from tracelake.tables import (
         commit_metadata,
+        latest_version,
         named_table_spec,
         read_table,
         table_spec,
@@ -109,6 +110,8 @@ def gate_window(run: JobRun, training_set: str, version: int | None, now: dt.dat
 
     spec = named_table_spec("training_set", name=training_set)
     try:
+        if version is None:
+            version = latest_version(run.spark, spec, run.lake_root)
         meta = commit_metadata(run.spark, spec, run.lake_root, version if version is not None else 0)
         first, last = dt.date.fromisoformat(meta["split"]["test_start"]), dt.date.fromisoformat(meta["last_day"])
     except Exception as exc:  # noqa: BLE001 - a missing table, a vacuumed version, an old commit without split info
