@@ -345,13 +345,13 @@ def test_a_task_runs_its_entrypoint_through_the_spark_provider(landing_lake, spa
 
 @pytest.mark.slow
 def test_training_dag_renders_its_cut_off_window_and_set_name(daily_lake):
-    """The weekly run due 2025-07-14 03:00 trains as of 2025-07-07 03:00 (its interval's end) on 28 days
-    before it, leaving out the 7 most recent days whose labels are not in yet."""
+    """The weekly run due 2025-07-14 03:00 trains as of 2025-07-07 03:00 (its interval's end) on 42 days
+    before it, leaving out the labels.max_delay_days (14) most recent days whose labels may not be in yet."""
     assert run_airflow(daily_lake["env"], "dags", "reserialize", timeout=300).returncode == 0
     done = run_airflow(daily_lake["env"], "tasks", "render", "tracelake_training", "build_training_set", "2025-07-14",
                        timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert ("['--start-date', '2025-06-09', '--end-date', '2025-06-29', '--as-of', '2025-07-07T03:00:00+00:00', "
+    assert ("['--start-date', '2025-05-26', '--end-date', '2025-06-22', '--as-of', '2025-07-07T03:00:00+00:00', "
             "'--name', 'set-20250707t0300', '--master', 'local[2]']") in done.stdout
 
 

@@ -16,7 +16,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from feature_frames import day, labels as make_labels, locations, silver, ts
+from feature_frames import air_lanes, day, labels as make_labels, locations, serial_ranges, silver, ts
 from journeys import featurise, first_per_key, journeys, label_rows
 from tracelake.cli import main as cli_main
 from tracelake.tables import read_table, table_spec, write_table
@@ -44,6 +44,8 @@ def lake(spark, world, tmp_path_factory):
     write_table(make_labels(spark, labels), table_spec("silver_labels"), root,
                 start=min(c.date() for *_, c in labels), end=max(c.date() for *_, c in labels))
     write_table(locations(spark), table_spec("reference_locations"), root)
+    write_table(air_lanes(spark), table_spec("reference_air_lanes"), root)
+    write_table(serial_ranges(spark), table_spec("reference_serial_ranges"), root)
     return root
 
 
@@ -82,7 +84,8 @@ def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(spark,
     # Lineage: one commit per table, replacing the range, naming the run and the silver version read.
     version, parameters, meta = last_commit(spark, lake, "features_event_features")
     assert version == 0 and "2025-07-03" in parameters["predicate"] and "2025-07-05" in parameters["predicate"]
-    assert meta["input_versions"] == {"silver_scan_events": 0, "silver_labels": 0, "reference_locations": 0}
+    assert meta["input_versions"] == {"silver_scan_events": 0, "silver_labels": 0, "reference_locations": 0,
+                                      "reference_air_lanes": 0, "reference_serial_ranges": 0}
     assert (meta["job"], meta["start_date"], meta["end_date"]) == ("features", "2025-07-03", "2025-07-05")
 
     # Idempotent: the same range again leaves every table as it was (one more commit each).
