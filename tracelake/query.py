@@ -284,7 +284,10 @@ def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame
     views = lake_views(spark, lake_root)
     relations = check_read_only(spark, sql, views)
     register_views(spark, lake_root, relations)
-    spark.conf.set("spark.sql.runSQLOnFiles", "false")  # a second wall against `fmt`.`path` relations
+    # A second wall against `fmt`.`path` relations while the statement is analysed (spark.sql analyses
+    # eagerly); the session's own setting comes back afterwards, for the jobs that share the session.
+    previous = spark.conf.get("spark.sql.runSQLOnFiles", "true")
+    spark.conf.set("spark.sql.runSQLOnFiles", "false")
     try:
         metadata = _delta_metadata(spark, sql, views, relations, lake_root)
         return metadata if metadata is not None else spark.sql(sql)
@@ -292,6 +295,8 @@ def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame
         listed = ", ".join(sorted(views))
         raise QueryError(f"{_first_line(error)}; views over the lake at {lake_root}: "
                          f"{listed or 'none (run the pipeline)'}") from None
+    finally:
+        spark.conf.set("spark.sql.runSQLOnFiles", previous)
 
 
 def show(frame: DataFrame, rows: int, truncate: int) -> str:
