@@ -6,7 +6,6 @@ is shared by the tests of this module; they run in file order.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
