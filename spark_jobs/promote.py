@@ -170,10 +170,7 @@ def score_rules(run: JobRun, name: str, version: Any, test_df: Any, workdir: Pat
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
                                                      dst_path=str(workdir / f"{name}-{version.version}")))
     detector = RulesDetector.from_json((local / "rules.json").read_text())
-    labels = detector.labels
-    local_rows = detector.scores(test_df).select(*labels, *[f"p_{label}" for label in labels]).toPandas()
-    y = local_rows[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
-    p = local_rows[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    y, p, _ = detector.labels_and_scores(test_df)
     return y, p, dict(detector.thresholds)
 
 

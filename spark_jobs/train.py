@@ -368,13 +368,10 @@ def train_rules(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, con
                               pr_auc=metrics.pr_auc, choose_threshold=one_threshold)
         wall_s = time.perf_counter() - started
         step.update(variants=dict(detector.variants))
-    test = detector.scores(df.where(F.col("split") == "test")).select(
-        "epc_code", *labels, *[f"p_{label}" for label in labels]).toPandas()
-    y_test = test[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
-    p_test = test[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+    y_test, p_test, test_epcs = detector.labels_and_scores(df.where(F.col("split") == "test"), "epc_code")
     report = metrics.evaluate(y_test, p_test, dict(detector.thresholds), labels,
                               n_bootstrap=settings.bootstrap_samples, ci_level=settings.ci_level, seed=settings.seed,
-                              groups=test["epc_code"].to_numpy())
+                              groups=test_epcs)
     macro_pr_auc = report["macro"]["pr_auc"]["value"]
     model_dir = workdir / "rules_model"
     model_dir.mkdir(parents=True, exist_ok=True)

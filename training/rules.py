@@ -184,6 +184,17 @@ class RulesDetector:
         return features.select("*", *[_unit(VARIANTS[label][variant]()).alias(f"{prefix}{label}")
                                       for label, variant in self.variants.items()])
 
+    def labels_and_scores(self, rows: DataFrame, group_column: str | None = None) -> tuple[Any, Any, Any]:
+        """(labels [N, L], scores [N, L], ``group_column``'s values or None) of ``rows``, on the driver."""
+        import numpy as np
+
+        labels = self.labels
+        local = self.scores(rows).select(*([group_column] if group_column else []), *labels,
+                                         *[f"p_{label}" for label in labels]).toPandas()
+        y = local[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+        p = local[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
+        return y, p, (local[group_column].to_numpy() if group_column else None)
+
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "variants": dict(self.variants), "thresholds": dict(self.thresholds),
                            "tuning": dict(self.tuning)}, indent=2, sort_keys=True)
