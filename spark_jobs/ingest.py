@@ -232,7 +232,7 @@ def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableS
         )
         csv_uris = [f.uri for f in files if f.format == "csv"]
         odd = lines.where(F.col("_uri").isin(csv_uris) & landing.odd_quotes(F.col("value"))).select("_uri").distinct()
-        multiline = [r["_uri"] for r in collect_landing(odd)] if csv_uris else []
+        multiline = [r["_uri"] for r in collect_landing(odd, files)] if csv_uris else []
         records = landing.csv_records(lines.withColumn("_multiline_file", F.col("_uri").isin(multiline)),
                                       csv_max_record_lines)
         records = records.join(F.broadcast(inventory), "_uri")
@@ -251,16 +251,32 @@ def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableS
     return reduce(DataFrame.unionByName, frames)
 
 
-def collect_landing(frame: DataFrame) -> list[Any]:
+def collect_landing(frame: DataFrame, files: Sequence[LandingFile] = ()) -> list[Any]:
     """``frame.collect()`` where a landing file that fails only when read in full (a truncated .gz, a
-    corrupt Parquet page) becomes one line naming the file instead of a JVM traceback."""
+    corrupt Parquet page) becomes one line naming the file instead of a JVM traceback.
+
+    Spark 4 names the failing file in the task error; Spark 3.5 does not for a compressed text
+    stream, so on failure each of ``files`` is read alone until one fails (the error path only).
+    """
     try:
         return frame.collect()
     except Exception as error:  # py4j: the failed task's exception
-        unreadable = unreadable_file_error(error)
+        unreadable = unreadable_file_error(error) or _probe_unreadable(frame.sparkSession, files)
         if unreadable is None:
             raise
         raise unreadable from None
+
+
+def _probe_unreadable(spark: SparkSession, files: Sequence[LandingFile]) -> LandingError | None:
+    """The first landing file that cannot be read in full on its own, as one line; None if all can."""
+    for file in files:
+        reader = spark.read.parquet if file.format == "parquet" else spark.read.text
+        try:
+            reader(file.path).count()
+        except Exception as error:  # noqa: BLE001 - py4j: this file alone fails
+            what = "Parquet" if file.format == "parquet" else ("gzip-compressed text" if file.path.endswith(".gz") else "text")
+            return _unreadable(file.path, what, error)
+    return None
 
 
 _FAILED_FILE = re.compile(r"(?:reading file|file path:?|in file)\s+(\S+?)[.,]?(?:\s|$)", re.IGNORECASE)
@@ -382,7 +398,8 @@ def execute(run: JobRun) -> dict[str, Any]:
     delivery = ingest_epcis.read(run, epcis_files, level)
     try:
         with run.log.step("parse and count landing rows") as counted:
-            outcomes = [r.asDict() for r in collect_landing(bronze.landing_outcomes(scans, labels))]
+            outcomes = [r.asDict() for r in collect_landing(bronze.landing_outcomes(scans, labels),
+                                                            [*files[bronze.SCANS], *files[bronze.LABELS]])]
             counted.update(landing_rows=sum(r["rows"] for r in outcomes))
         for row in outcomes:  # JSON lines have no header: their extra keys are found while parsing
             if row["extra_columns"]:
