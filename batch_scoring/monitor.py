@@ -33,23 +33,33 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch_scoring import drift
-from batch_scoring.score import FEATURES, SCORED, LoadedModel, ScoringInputError, read_features
+from batch_scoring.score import (
+    SCORED,
+    LoadedModel,
+    ScoringInputError,
+    read_features,
+)
 from batch_scoring.transforms import probabilities, probability_column
+from tracelake import storage
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import named_table_spec, read_table, table_exists, table_spec, write_table
+from tracelake.tables import (
+    named_table_spec,
+    read_table,
+    table_exists,
+    table_spec,
+    write_table,
+)
 
 JOB = "monitor"
 DRIFT_TABLE = "monitoring_drift"
@@ -61,9 +71,9 @@ class MonitoringError(TracelakeError, ValueError):
     """The scores or the reference that drift is measured against are not there."""
 
 
-def retrain_marker(run: JobRun, day: dt.date) -> Path:
+def retrain_marker(run: JobRun, day: dt.date) -> str:
     """The file that marks ``day`` for retraining (what the training DAG's sensor looks for)."""
-    return Path(run.lake_root) / run.settings.monitoring.retrain_dir / f"{day.isoformat()}.json"
+    return storage.join(run.lake_root, run.settings.monitoring.retrain_dir, f"{day.isoformat()}.json")
 
 
 def read_scores(run: JobRun) -> DataFrame:
@@ -198,18 +208,16 @@ def mark_days(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     for day in days_between(run.start, run.end):
         marker = retrain_marker(run, day)
         if day not in drifted:
-            marker.unlink(missing_ok=True)
+            if storage.exists(marker):
+                storage.delete_file(marker)
             continue
-        marker.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "event_date": day.isoformat(), "run_id": run.run_id,
             "model_name": drifted[day][0]["model_name"], "model_version": drifted[day][0]["model_version"],
             "reference": drifted[day][0]["reference"], "drift_psi": run.settings.monitoring.drift_psi,
             "drifted": [{"feature": r["feature"], "kind": r["kind"], "psi": r["psi"]} for r in drifted[day]],
         }
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-        os.replace(tmp, marker)  # the sensor never sees half a file
+        storage.write_text(marker, json.dumps(payload, indent=2, sort_keys=True))  # never half a file
         marked[day.isoformat()] = [r["feature"] for r in drifted[day]]
     return marked
 

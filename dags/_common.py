@@ -227,19 +227,20 @@ def spark_task(
     )
 
 
-def retrain_marks(folder: Path, first: dt.date, last: dt.date) -> list[str]:
-    """Entries of the retraining folder (``monitoring.retrain_dir`` under the lake: one
-    ``<event_date>.json`` per day monitoring marked) whose name holds a day of [first, last]."""
-    if not folder.is_dir():
-        return []
+def retrain_marks(folder: str | Path, first: dt.date, last: dt.date) -> list[str]:
+    """Entries of the retraining folder (``monitoring.retrain_dir`` under the lake, a local path or
+    an object-store URI: one ``<event_date>.json`` per day monitoring marked) whose name holds a
+    day of [first, last]."""
+    from tracelake import storage
+
     marks = []
-    for entry in sorted(folder.iterdir()):
-        for found in re.findall(r"\d{4}-\d{2}-\d{2}", entry.name):
+    for name in storage.list_dir(str(folder)):
+        for found in re.findall(r"\d{4}-\d{2}-\d{2}", name):
             try:
                 day = dt.date.fromisoformat(found)
             except ValueError:
                 continue
             if first <= day <= last:
-                marks.append(entry.name)
+                marks.append(name)
                 break
     return marks

@@ -111,12 +111,13 @@ with DAG(
 
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from tracelake import storage
         from tracelake.config import load_settings
 
         first = data_interval_start.date()
         last = (data_interval_end - dt.timedelta(microseconds=1)).date()
         settings = load_settings()
-        folder = Path(settings.lake_path) / settings.monitoring.retrain_dir
+        folder = storage.join(settings.lake_uri, settings.monitoring.retrain_dir)
         marks = retrain_marks(folder, first, max(first, last))
         if not marks:
             raise AirflowSkipException(f"no retraining mark for {first}..{last} in {folder}")

@@ -32,6 +32,7 @@ import datetime as dt
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from spark_jobs.transforms.generate import (
     truth_files,
 )
 from spark_jobs.transforms.network import build_network
+from tracelake import storage
 from tracelake.config import (
     GENERATOR_PROFILES,
     ConfigError,
@@ -249,7 +251,10 @@ def execute(run: JobRun) -> dict[str, Any]:
     days = (run.end - run.start).days + 1
     generator = run.settings.generator
     plan = make_plan(generator, run.start, days)
-    lake = run.lake_root
+    # A lake on object storage gets its landing files from a local staging lake, uploaded at the end
+    # (a producer's delivery); same-named files are replaced, files of other windows stay.
+    remote = not storage.is_local(run.lake_root)
+    lake = tempfile.mkdtemp(prefix="tracelake-generate-") if remote else run.lake_root
     landing = Path(table_spec("landing_scans").location(lake)).parent
     tmp = landing / f".{JOB}-{run.run_id}"
     started = time.perf_counter()
@@ -310,13 +315,19 @@ def execute(run: JobRun) -> dict[str, Any]:
             published[SCANS] = epcis_writer.publish(tmp / "epcis", epcis_root, plan.window_days, tmp)
         else:  # this format now delivers the window's scans
             epcis_writer.remove(epcis_root, plan.window_days, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if remote:
+            with run.log.step("upload landing files", lake=run.lake_root):
+                storage.upload(landing, storage.join(run.lake_root, landing.name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if remote:
+            shutil.rmtree(lake, ignore_errors=True)
 
     duration = time.perf_counter() - started
     events = sum(stats["events"].values())
     summary = {
-        "landing": str(landing),
+        "landing": storage.join(run.lake_root, landing.name) if remote else str(landing),
         "format": generator.format,
         "start_date": run.start.isoformat(),
         "end_date": run.end.isoformat(),

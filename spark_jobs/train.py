@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from tracelake import storage
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.model_registry import atomic_registration
@@ -143,19 +144,22 @@ def _finite(value: Any) -> bool:
 # --- the sequence model --------------------------------------------------------------------------
 
 
-def run_dir_for(run: JobRun, training_set: str, resume: bool) -> Path:
-    """This run's output folder; with ``resume``, the latest interrupted one of the training set."""
-    parent = Path(run.lake_root) / run.settings.training.runs_dir / training_set
+def run_dir_for(run: JobRun, training_set: str, resume: bool) -> str:
+    """This run's output folder (under the lake, local or object storage); with ``resume``, the
+    latest interrupted one of the training set."""
+    parent = storage.join(run.lake_root, run.settings.training.runs_dir, training_set)
     if resume:
         interrupted = sorted(
-            (d for d in parent.glob("*") if (d / "checkpoints" / "last.pt").is_file() and not (d / "result.json").exists()),
-            key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime)
+            (storage.join(parent, name) for name in storage.list_dir(parent)
+             if storage.is_file(storage.join(parent, name, "checkpoints", "last.pt"))
+             and not storage.exists(storage.join(parent, name, "result.json"))),
+            key=lambda folder: storage.mtime(storage.join(folder, "checkpoints", "last.pt")))
         if interrupted:
-            run.log.event("resuming an interrupted run", output_dir=str(interrupted[-1]))
+            run.log.event("resuming an interrupted run", output_dir=interrupted[-1])
             return interrupted[-1]
         run.log.warning("--resume: no interrupted run of this training set; starting a new one",
-                        extra={"searched": str(parent)})
-    return parent / run.run_id
+                        extra={"searched": parent})
+    return storage.join(parent, run.run_id)
 
 
 def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool,
@@ -171,9 +175,9 @@ def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool
         # pyspark 3.5's local mode lets every process pickle its return value into the same output file, so
         # the last rank to finish wins (None from rank > 0). Rank 0 writes its result to output_dir before
         # returning: read it from there.
-        written = Path(config["output_dir"]) / "result.json"
-        if written.is_file():
-            result = json.loads(written.read_text())
+        written = storage.join(config["output_dir"], "result.json")
+        if storage.is_file(written):
+            result = json.loads(storage.read_text(written))
     if not isinstance(result, dict):
         raise TrainJobError(f"TorchDistributor returned {type(result).__name__}, not train_fn's result, and "
                             f"{config['output_dir']}/result.json is missing; see the training processes' log above")
@@ -238,7 +242,8 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     test_epcs = split_column_values(files, "test", "epc_code")
     parity_rows = test.take(slice(0, settings.onnx_parity_rows or test.n_rows))
 
-    model = SequenceAnomalyModel.load(result["model_path"])
+    with storage.local_copy(result["model_path"]) as model_file:
+        model = SequenceAnomalyModel.load(model_file)
     thresholds = {k: float(v) for k, v in result["thresholds"].items()}
     labels = list(spec.label_names)
     probs = torch_probabilities(model, test, settings.eval_batch_size)
@@ -404,7 +409,9 @@ def split_column_values(files: Sequence[str], split: str, column: str) -> np.nda
 
     from training.data import SPLIT_COLUMN, _local_path
 
-    dataset = pads.dataset([_local_path(f) for f in files], format="parquet")
+    filesystem, _ = storage.filesystem(_local_path(files[0]))
+    dataset = pads.dataset([storage.filesystem(_local_path(f))[1] for f in files], format="parquet",
+                           filesystem=filesystem)
     return dataset.to_table(columns=[column], filter=pc.field(SPLIT_COLUMN) == split).column(column).to_numpy()
 
 

@@ -24,9 +24,11 @@ The test split is never looked at: trials are judged on validation only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from tracelake import storage
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
@@ -46,6 +49,7 @@ from tracelake.tables import (
 
 JOB = "tune"
 OBJECTIVE = "val_macro_pr_auc"
+JOURNAL = "journal.log"
 
 
 class TuneError(TracelakeError, ValueError):
@@ -65,20 +69,42 @@ def search_space(trial: Any) -> dict[str, Any]:
     }
 
 
-def study_dir(lake_root: str, study: str) -> Path:
-    return Path(lake_root) / "_tuning" / study
+def study_dir(lake_root: str, study: str) -> str:
+    """The study's folder under the lake (journal, trials' run folders, best.yaml)."""
+    return storage.join(lake_root, "_tuning", study)
+
+
+def journal_file(lake_root: str, study: str) -> Path:
+    """The local journal Optuna appends to (it needs file locks): in the study's folder when the lake
+    is local; for a lake on object storage, a driver-local copy that :func:`sync_journal` publishes."""
+    if storage.is_local(lake_root):
+        return storage.local_path(study_dir(lake_root, study)) / JOURNAL
+    key = hashlib.sha256(lake_root.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "tracelake-tuning" / key / study / JOURNAL
+
+
+def sync_journal(lake_root: str, study: str, *, restore: bool = False) -> None:
+    """Object-store lake: copy the journal from the lake (``restore``, to resume) or back to it."""
+    if storage.is_local(lake_root):
+        return
+    remote, local = storage.join(study_dir(lake_root, study), JOURNAL), journal_file(lake_root, study)
+    if restore:
+        if storage.is_file(remote) and not local.is_file():
+            storage.download(remote, local)
+    elif local.is_file():
+        storage.upload(local, remote)
 
 
 def open_study(lake_root: str, study: str, seed: int) -> Any:
-    """The study under the lake (created on first use, resumed afterwards)."""
+    """The study of the lake (created on first use, resumed afterwards)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    folder = study_dir(lake_root, study)
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
-    return optuna.create_study(study_name=study, storage=storage, direction="maximize", load_if_exists=True,
+    journal = journal_file(lake_root, study)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal_storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.create_study(study_name=study, storage=journal_storage, direction="maximize", load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=seed),
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 
@@ -136,6 +162,7 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
     fixed["early_stopping_metric"] = OBJECTIVE
     spec = feature_spec(run.settings)
     lake_root = str(run.lake_root)
+    sync_journal(lake_root, study_name, restore=True)
     optuna_study = open_study(lake_root, study_name, base.seed)
     done = len([t for t in optuna_study.trials if t.state.is_finished()])
     configure_mlflow(run.settings)
@@ -143,15 +170,18 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
     def objective(trial: Any) -> float:
         params = search_space(trial)
         settings = TrainingSettings.model_validate({**base.model_dump(), **fixed, **params})
-        output_dir = study_dir(lake_root, study_name) / f"trial-{trial.number:04d}"
+        output_dir = storage.join(study_dir(lake_root, study_name), f"trial-{trial.number:04d}")
         config = make_train_config(settings, spec, {"kind": "parquet", "files": files}, output_dir,
                                    resume=False, run_id=f"{run.run_id}-trial{trial.number}")
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
             mlflow.set_tags({"training_set": training_set, "training_set_version": str(version),
                              "optuna_study": study_name, "optuna_trial": str(trial.number)})
             mlflow.log_params(params)
-            result = distribute(settings, config,
-                                on_epoch_end=TrialReporter(lake_root, study_name, base.seed, trial.number))
+            try:
+                result = distribute(settings, config,
+                                    on_epoch_end=TrialReporter(lake_root, study_name, base.seed, trial.number))
+            finally:
+                sync_journal(lake_root, study_name)
             values = [float(r[OBJECTIVE]) for r in result["history"] if OBJECTIVE in r]
             for record in result["history"]:
                 if OBJECTIVE in record:
@@ -176,13 +206,13 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
         best = optuna_study.best_trial
         mlflow.log_metric(f"best_{OBJECTIVE}", float(best.value))
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-    target = Path(out) if out else study_dir(lake_root, study_name) / "best.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(best_config(best.params), sort_keys=True))
+    sync_journal(lake_root, study_name)
+    target = out or storage.join(study_dir(lake_root, study_name), "best.yaml")
+    storage.write_text(target, yaml.safe_dump(best_config(best.params), sort_keys=True))
     states: dict[str, int] = {}
     for t in optuna_study.trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    return {"study": study_name, "storage": str(study_dir(lake_root, study_name) / "journal.log"),
+    return {"study": study_name, "storage": storage.join(study_dir(lake_root, study_name), JOURNAL),
             "trials": states, "resumed_from": done, "best_trial": best.number, f"best_{OBJECTIVE}": best.value,
             "best_params": best.params, "config_file": str(target)}
 

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from tracelake import storage
 from tracelake.errors import TracelakeError
 
 ENV_PREFIX = "TRACELAKE_"
@@ -582,8 +583,27 @@ class QuerySettings(_Section):
     truncate_chars: int = Field(60, ge=0)
 
 
+class StorageSettings(_Section):
+    """Object storage for a lake at ``s3a://bucket/prefix`` (tracelake/storage.py).
+
+    Credentials are never settings: Hadoop's S3A and Arrow both take them from the AWS provider
+    chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    """
+
+    # Empty: AWS's own endpoints. A self-hosted store: e.g. http://127.0.0.1:8333.
+    s3_endpoint: str = ""
+    # Bucket in the path instead of the host name (most self-hosted stores need it).
+    s3_path_style: bool = False
+    s3_region: str = "us-east-1"
+
+    def object_store(self) -> storage.ObjectStore:
+        return storage.ObjectStore(endpoint=self.s3_endpoint, path_style=self.s3_path_style, region=self.s3_region)
+
+
 class Settings(_Section):
+    # A folder (./lake, /data/lake, file:///data/lake) or an object-store URI (s3a://bucket/lake).
     lake_root: str = "./lake"
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
@@ -605,9 +625,21 @@ class Settings(_Section):
         configured = self.labels.max_delay_days
         return self.generator.label_delay_days_max if configured is None else configured
 
+    @field_validator("lake_root")
+    @classmethod
+    def _lake_root_is_usable(cls, value: str) -> str:
+        storage.normalize_root(value)  # StorageError (a ValueError) names what is wrong
+        return value
+
+    @property
+    def lake_uri(self) -> str:
+        """The lake root every job uses: an absolute local path or an object-store URI."""
+        return storage.normalize_root(self.lake_root)
+
     @property
     def lake_path(self) -> Path:
-        return Path(self.lake_root).expanduser().resolve()
+        """The lake's local folder; a clear error when the lake is on object storage."""
+        return storage.local_path(self.lake_uri)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -681,9 +713,11 @@ def load_settings(
         _set_path(override_tree, key, value)
     tree = _deep_merge(tree, override_tree)
     try:
-        return Settings.model_validate(tree)
+        settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    storage.use(settings.storage.object_store())
+    return settings
 
 
 def _allowed(error: Any) -> str:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     settings, start, end = _demo_settings(args)
-    print(f"tracelake demo: lake at {settings.lake_path} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})")
+    print(f"tracelake demo: lake at {settings.lake_uri} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})")
     pipeline = Pipeline(settings)
 
     pipeline.step("generate", start, end, generate.execute)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.step("monitor", s, e, monitor.execute)
 
     specs = [*all_table_specs(), named_table_spec("training_set", name=DEMO_TRAINING_SET)]
-    summary = table_summary(pipeline.spark, specs, str(settings.lake_path))
-    print(f"\nlake: {settings.lake_path}")
+    summary = table_summary(pipeline.spark, specs, settings.lake_uri)
+    print(f"\nlake: {settings.lake_uri}")
     target = tracking_target(settings)
     print(f"MLflow: {target.tracking_uri} (experiment {target.experiment}; "
           f"`mlflow ui --backend-store-uri {target.tracking_uri}` to browse)")

@@ -32,6 +32,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracelake import storage
 from tracelake.errors import TracelakeError
 from tracelake.query_datafusion import DataFusionQueryError, run_datafusion
 from tracelake.tables import TableSpec, all_table_specs, named_table_spec
@@ -99,18 +100,19 @@ def lake_views(spark: SparkSession | None, lake_root: str | Path) -> dict[str, T
     specs.sort(key=lambda s: (order.get(s.path.split("/")[0], len(order)), s.name))
     views: dict[str, TableSpec] = {}
     for spec in specs:
-        if not (Path(spec.location(lake_root)) / "_delta_log").is_dir():
+        if not storage.is_dir(storage.join(spec.location(lake_root), "_delta_log")):
             continue
         views[spec.name] = spec
         views.setdefault(spec.path.rsplit("/", 1)[-1], spec)
-    sets_dir = Path(lake_root) / "training" / "sets"
-    if sets_dir.is_dir():
-        for folder in sorted(p for p in sets_dir.iterdir() if (p / "_delta_log").is_dir()):
-            try:
-                spec = named_table_spec("training_set", name=folder.name)
-            except TracelakeError:
-                continue  # a folder name that no training-set run could have written
-            views.setdefault(f"training_set_{folder.name.replace('-', '_')}", spec)
+    sets_dir = storage.join(str(lake_root), "training", "sets")
+    for name in storage.list_dir(sets_dir):
+        if not storage.is_dir(storage.join(sets_dir, name, "_delta_log")):
+            continue
+        try:
+            spec = named_table_spec("training_set", name=name)
+        except TracelakeError:
+            continue  # a folder name that no training-set run could have written
+        views.setdefault(f"training_set_{name.replace('-', '_')}", spec)
     return views
 
 
@@ -332,8 +334,11 @@ def check_csv_target(path: str | Path, lake_root: str | Path, force: bool) -> Pa
     """Refuse a CSV path inside the lake (links followed) or an existing file unless ``force``."""
     target = Path(path).expanduser()
     resolved = Path(os.path.realpath(target))
-    lake = Path(os.path.realpath(lake_root))
-    if resolved == lake or lake in resolved.parents:
+    if not storage.is_local(str(lake_root)):
+        lake = None  # a lake on object storage cannot hold a local file
+    else:
+        lake = Path(os.path.realpath(lake_root))
+    if lake is not None and (resolved == lake or lake in resolved.parents):
         raise QueryError(f"--csv {str(path)!r} lies inside the lake ({lake}); write the result outside it")
     if target.is_symlink() or target.exists():
         if not force:
@@ -389,7 +394,7 @@ def _main_datafusion(args: argparse.Namespace) -> int:
     from tracelake.runs import new_run_id, settings_from_args
 
     settings = settings_from_args(args)
-    lake_root = str(settings.lake_path)
+    lake_root = settings.lake_uri
     if args.csv:
         check_csv_target(args.csv, lake_root, args.force)
     log = job_logger(JOB, run_id=new_run_id(JOB), engine="datafusion")

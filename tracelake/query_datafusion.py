@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tracelake import storage
 from tracelake.errors import TracelakeError
 
 if TYPE_CHECKING:
@@ -203,7 +204,8 @@ def _open_table(ref: TableRef, spec: TableSpec, lake_root: str | Path) -> DeltaT
 
     location = spec.location(lake_root)
     try:
-        table = DeltaTable(location, version=ref.version)
+        options = None if storage.is_local(location) else storage.delta_rs_options()
+        table = DeltaTable(storage.arrow_uri(location), version=ref.version, storage_options=options)
         if ref.timestamp is not None:
             table.load_as_version(ref.timestamp)
     except Exception as error:  # noqa: BLE001 - delta-rs raises several kinds; each becomes one line

@@ -21,7 +21,12 @@ from tracelake import __version__
 from tracelake.config import PROJECT_ROOT, Settings, load_settings
 from tracelake.dates import check_range, parse_date
 from tracelake.logs import JobLogger, job_logger
-from tracelake.tables import CONFLICT_BACKOFF_CONF, CONFLICT_RETRIES_CONF, TableSpec, latest_version
+from tracelake.tables import (
+    CONFLICT_BACKOFF_CONF,
+    CONFLICT_RETRIES_CONF,
+    TableSpec,
+    latest_version,
+)
 
 if TYPE_CHECKING:  # pyspark loads when a job starts its session, not when a command parses its arguments
     from pyspark.sql import SparkSession
@@ -63,7 +68,7 @@ class JobRun:
 
     @property
     def lake_root(self) -> str:
-        return str(self.settings.lake_path)
+        return self.settings.lake_uri
 
     def record_input(self, spec: TableSpec) -> None:
         """Remember the Delta version of an input table, for lineage."""
@@ -96,7 +101,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, dates: bool = True) -> N
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a setting, e.g. --set spark.shuffle_partitions=4 (repeatable)",
     )
-    parser.add_argument("--lake-root", help="lake folder (overrides lake_root)")
+    parser.add_argument("--lake-root", help="lake folder or object-store URI, e.g. s3a://bucket/lake (overrides lake_root)")
     parser.add_argument("--master", help="Spark master, e.g. local[2] or spark://host:7077")
 
 

@@ -6,15 +6,15 @@ pass the session down.
 
 from __future__ import annotations
 
-from tracelake.errors import TracelakeError
-
 import os
 import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from tracelake import storage
 from tracelake.config import PROJECT_ROOT, Settings
+from tracelake.errors import TracelakeError
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -63,6 +63,15 @@ def delta_jars(settings: Settings) -> list[str]:
     return jars
 
 
+def check_s3a_jars() -> None:
+    """Hadoop's S3A connector must be on the classpath for an s3a:// lake (`make setup` puts it there)."""
+    if not any(_pyspark_jars_dir().glob("hadoop-aws-*.jar")):
+        raise SparkSetupError(
+            f"the lake is on S3 but Hadoop's S3A connector (hadoop-aws) is not in {str(_pyspark_jars_dir())!r}; "
+            "run `make setup` (it fetches the JARs matching this Spark line from Maven Central)"
+        )
+
+
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     """Every setting the session is built with (useful to spark-submit too)."""
     conf: dict[str, str] = {
@@ -85,6 +94,9 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     jars = delta_jars(settings)
     if jars:
         conf["spark.jars"] = ",".join(jars)
+    if storage.scheme(settings.lake_uri) in storage.S3_SCHEMES or settings.storage.s3_endpoint:
+        check_s3a_jars()
+        conf.update(storage.hadoop_conf(settings.storage.object_store()))
     conf.update(settings.spark.conf)
     return conf
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pyspark is imported where it is used: the query engine read
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
+from tracelake import storage
 from tracelake.config import PROJECT_ROOT
 from tracelake.errors import TracelakeError
 
@@ -109,7 +110,8 @@ class TableSpec:
         return self.owned_by_column or self.partition_by
 
     def location(self, lake_root: str | Path) -> str:
-        return str(Path(lake_root) / self.path)
+        """The table's folder under the lake root (a local path or an object-store URI)."""
+        return storage.join(str(lake_root), self.path)
 
     @property
     def expectations_file(self) -> Path | None:

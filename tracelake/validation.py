@@ -41,10 +41,11 @@ from __future__ import annotations
 import ast
 import copy
 import datetime as dt
-import gzip
 import json
 import math
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracelake import storage
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.tables import SCHEMAS_DIR, TableSpec, domain, read_range, table_spec
@@ -250,7 +252,9 @@ def load_suite(table: str | TableSpec) -> Suite:
 def gx_suite(suite: Suite, row_counts: Mapping[str, int] | None = None) -> Any:
     """The GX ExpectationSuite of ``suite``; ``row_counts[key]`` fills each ``$row_count_of``."""
     import great_expectations as gx
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     expectations = []
     for entry in suite.entries:
@@ -339,8 +343,8 @@ class ValidationReport:
     row_count: int
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
-    results_path: Path | None = None
-    docs_path: Path | None = None
+    results_path: str | None = None  # a local path or an object-store URI, beside the lake
+    docs_path: str | None = None
 
     @property
     def critical_failures(self) -> list[Outcome]:
@@ -460,7 +464,7 @@ def validate_table(
         entry.key: reference_counts(run, entry.row_count_terms, start, end)
         for entry in suite.entries if entry.row_count_terms is not None
     }
-    out_dir = Path(run.lake_root) / run.settings.validation.results_dir / spec.name / run.run_id
+    out_dir = storage.join(run.lake_root, run.settings.validation.results_dir, spec.name, run.run_id)
     return validate_frame(
         frame, suite, date_column=spec.date_column, start=start, end=end, run_id=run.run_id,
         settings=run.settings.validation, log=run.log, reference_counts=reference, out_dir=out_dir,
@@ -510,23 +514,21 @@ def landing_row_counts(
     """
     from pyspark.sql import functions as F
 
-    root = Path(spec.location(lake_root))
+    root = spec.location(lake_root)
     text_files, parquet_files, headers = [], [], []
     for day in days_between(start, end):
-        folder = root / f"{spec.partition_by}={day.isoformat()}"
-        for file in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if file.name.startswith(("_", ".")) or not file.is_file():
+        folder = f"{spec.partition_by}={day.isoformat()}"
+        for name in storage.list_dir(storage.join(root, folder)):
+            file = storage.join(root, folder, name)
+            if name.startswith(("_", ".")) or not storage.is_file(file):
                 continue
-            name = file.name.lower().removesuffix(".gz")
-            if name.endswith(".parquet"):
-                parquet_files.append(str(file))
+            plain = name.lower().removesuffix(".gz")
+            if plain.endswith(".parquet"):
+                parquet_files.append(file)
                 continue
-            text_files.append(str(file))
-            if name.endswith(".csv"):
-                opener = gzip.open if file.name.lower().endswith(".gz") else open
-                with opener(file, "rb") as handle:
-                    first = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-                headers.append((f"{folder.name}/{file.name}", first))
+            text_files.append(file)
+            if plain.endswith(".csv"):
+                headers.append((f"{folder}/{name}", storage.first_line(file)))
     key = F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+/[^/]+)$", 1).alias("file")
     day = F.regexp_extract(F.col("file"), rf"^{re.escape(spec.partition_by or '')}=([0-9-]+)/", 1)
     counts: dict[str, int] = {}
@@ -555,7 +557,7 @@ def validate_frame(
     settings: ValidationSettings,
     log: JobLogger,
     reference_counts: Mapping[str, Mapping[str, int]] | None = None,
-    out_dir: Path | None = None,
+    out_dir: str | None = None,
     timings: Mapping[str, float] | None = None,
 ) -> ValidationReport:
     """Run ``suite`` on ``df`` (the rows of [start, end]) and build the report.
@@ -573,6 +575,11 @@ def validate_frame(
     row_counts = {key: sum(per_day.values()) for key, per_day in reference_counts.items()}
     expectations = gx_suite(suite, row_counts)
     all_days = [d.isoformat() for d in days_between(start, end)]
+    # GX renders Data Docs into a local folder: the lake's own when it is local, else a temporary
+    # one that is uploaded beside the results.
+    docs_dir = None if out_dir is None else (
+        storage.local_path(storage.join(out_dir, "data_docs")) if storage.is_local(out_dir)
+        else Path(tempfile.mkdtemp(prefix="tracelake-docs-")))
     frame = df.persist(getattr(StorageLevel, settings.storage_level))
     try:
         with log.step("validate", table=suite.table, expectations=len(suite.entries)) as step:
@@ -580,7 +587,7 @@ def validate_frame(
             row_count = frame.count()  # reads the range once and fills the cache for GX's jobs
             timings["read_and_cache_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            context, batch = _gx_batch(frame, suite.name, out_dir / "data_docs" if out_dir else None)
+            context, batch = _gx_batch(frame, suite.name, docs_dir)
             suite_result = _run_suite(batch, expectations, settings.examples)
             timings["great_expectations_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -603,8 +610,13 @@ def validate_frame(
     )
     if out_dir is not None:
         clock = time.perf_counter()
-        report.docs_path = _write_data_docs(context, batch, expectations, suite_result, run_id)
-        report.results_path = out_dir / "results.json"
+        index = _write_data_docs(context, batch, expectations, suite_result, run_id)
+        if index is not None and docs_dir is not None and not storage.is_local(out_dir):
+            storage.upload(docs_dir, storage.join(out_dir, "data_docs"))
+            shutil.rmtree(docs_dir, ignore_errors=True)
+            index = storage.join(out_dir, "data_docs", index.relative_to(docs_dir).as_posix())
+        report.docs_path = str(index) if index is not None else None
+        report.results_path = storage.join(out_dir, "results.json")
         timings["data_docs_s"] = time.perf_counter() - clock
     report.duration_s = round(time.perf_counter() - started + timings.get("reference_counts_s", 0.0), 3)
     report.timings = {k: round(v, 3) for k, v in timings.items()}
@@ -864,11 +876,8 @@ def _days_text(days: Sequence[str]) -> str:
     return ", ".join(days) if len(days) <= 6 else f"{days[0]}..{days[-1]} ({len(days)} days)"
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_plain(payload), indent=2, default=str))
-    tmp.replace(path)
+def _write_json(uri: str, payload: Mapping[str, Any]) -> None:
+    storage.write_text(uri, json.dumps(_plain(payload), indent=2, default=str))
 
 
 def _log_report(report: ValidationReport, log: JobLogger) -> None:

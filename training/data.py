@@ -56,6 +56,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from tracelake import storage
 from tracelake.errors import TracelakeError
 
 SEQ_COLUMN = "seq"
@@ -132,7 +133,9 @@ class FeatureSpec:
 
 def default_label_names() -> tuple[str, ...]:
     """The anomaly types of schemas/domain.yaml, in order."""
-    from tracelake.tables import domain  # imported here: tracelake.tables imports pyspark
+    from tracelake.tables import (
+        domain,  # imported here: tracelake.tables imports pyspark
+    )
 
     return tuple(domain()["anomaly_types"])
 
@@ -244,19 +247,12 @@ def read_split(path: str | os.PathLike[str] | Sequence[str], split: str, spec: F
     ``path`` is a folder of parquet files or the list of files to read (e.g. the data files of a
     Delta snapshot, :func:`tracelake.tables.snapshot_files`).
     """
-    if isinstance(path, (str, os.PathLike)):
-        location = _local_path(path)
-        if not Path(location).exists():
-            raise DataError(f"training data {str(location)!r} does not exist; write the training set first")
-        table = pq.read_table(location, columns=spec.columns, filters=[(SPLIT_COLUMN, "=", split)])
-    else:
-        files = [_local_path(f) for f in path]
-        absent = [f for f in files if not Path(f).is_file()]
-        if not files or absent:
-            raise DataError(f"training data file(s) {absent[:3] or '(none listed)'} do not exist; "
-                            "the training set's snapshot changed or was vacuumed: rebuild it")
-        dataset = pads.dataset(files, format="parquet")
-        table = dataset.to_table(columns=spec.columns, filter=pc.field(SPLIT_COLUMN) == split)
+    from training.staging import parquet_files  # staging imports this module
+
+    files = parquet_files(path)
+    filesystem, _ = storage.filesystem(files[0])
+    dataset = pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", filesystem=filesystem)
+    table = dataset.to_table(columns=spec.columns, filter=pc.field(SPLIT_COLUMN) == split)
     return columns_to_arrays(table, spec)
 
 
@@ -406,7 +402,7 @@ class PetastormSource(DataSource):
         urls: list[str] = []
         groups = rows = 0
         for url in self._urls(split):
-            filesystem, path = pafs.FileSystem.from_uri(url if "://" in url else str(Path(url).resolve()))
+            filesystem, path = storage.filesystem(url)
             info = filesystem.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise DataError(f"petastorm data {url!r} for split {split!r} does not exist")
@@ -577,7 +573,10 @@ def make_source(
     common = {"rank": rank, "world_size": world_size, "batch_size": batch_size, "seed": seed}
     kind = data.get("kind")
     if kind in ("parquet", "delta"):
-        from training.staging import StagedSource, delta_snapshot_files  # staging imports this module
+        from training.staging import (  # staging imports this module
+            StagedSource,
+            delta_snapshot_files,
+        )
 
         if kind == "delta":
             if not data.get("path"):

@@ -28,8 +28,17 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from tracelake import storage
 from tracelake.errors import TracelakeError
-from training.data import SEQ_COLUMN, SEQ_LEN_COLUMN, SPLIT_COLUMN, SPLITS, Arrays, FeatureSpec, columns_to_arrays
+from training.data import (
+    SEQ_COLUMN,
+    SEQ_LEN_COLUMN,
+    SPLIT_COLUMN,
+    SPLITS,
+    Arrays,
+    FeatureSpec,
+    columns_to_arrays,
+)
 
 CACHE_DIR = "_petastorm_cache"
 
@@ -73,13 +82,16 @@ def cache_url(lake_root: str | Path, run_id: str, configured: str | None = None)
     """``file://`` URL of this run's cache folder (under the lake unless configured)."""
     if configured:
         return f"{configured.rstrip('/')}/{run_id}"
-    return (Path(lake_root).resolve() / CACHE_DIR / run_id).as_uri()
+    folder = storage.join(str(lake_root), CACHE_DIR, run_id)
+    return storage.local_path(folder).resolve().as_uri() if storage.is_local(folder) else storage.spark_uri(folder)
 
 
 def _remove(url: str) -> None:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         shutil.rmtree(parsed.path, ignore_errors=True)
+    else:
+        storage.delete_tree(url)
 
 
 @contextmanager

@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from tracelake import storage
 from training.data import (
     SPLIT_COLUMN,
     SPLITS,
@@ -102,23 +103,30 @@ def epoch_permutation(n_rows: int, seed: int, epoch: int, window: int = 0,
 
 
 def parquet_files(path: str | os.PathLike[str] | Sequence[str]) -> list[str]:
-    """The Parquet files of a folder (sorted) or of a list of files/URIs, as local paths."""
+    """The Parquet files of a folder (sorted) or of a list of files, as local paths or object-store URIs."""
     if isinstance(path, (str, os.PathLike)):
-        location = Path(_local_path(path))
-        if location.is_file():
-            return [str(location)]
-        if not location.is_dir():
-            raise DataError(f"training data {str(location)!r} does not exist; write the training set first")
-        files = sorted(str(p) for p in location.rglob("*.parquet") if not p.name.startswith((".", "_")))
+        location = _local_path(path)
+        if storage.is_file(location):
+            return [location]
+        if not storage.is_dir(location):
+            raise DataError(f"training data {location!r} does not exist; write the training set first")
+        files = [f for f in storage.list_files(location, ".parquet")
+                 if not any(part.startswith((".", "_")) for part in f[len(location):].split("/"))]
         if not files:
-            raise DataError(f"training data folder {str(location)!r} holds no parquet files")
+            raise DataError(f"training data folder {location!r} holds no parquet files")
         return files
     files = [_local_path(f) for f in path]
-    absent = [f for f in files if not Path(f).is_file()]
+    absent = [f for f in files if not storage.is_file(f)]
     if not files or absent:
         raise DataError(f"training data file(s) {absent[:3] or '(none listed)'} do not exist; "
                         "the training set's snapshot changed or was vacuumed: rebuild it")
     return files
+
+
+def open_parquet(file: str) -> pq.ParquetFile:
+    """A Parquet file on the local disk or in the lake's object store."""
+    filesystem, path = storage.filesystem(file)
+    return pq.ParquetFile(filesystem.open_input_file(path))
 
 
 def delta_snapshot_files(table_uri: str, version: int | None = None) -> list[str]:
@@ -132,7 +140,8 @@ def delta_snapshot_files(table_uri: str, version: int | None = None) -> list[str
     except ImportError as exc:  # the GPU hosts may lack it: pass the file list instead
         raise DataError("reading a Delta snapshot without Spark needs the 'deltalake' package; install it or "
                         "pass the snapshot's file list ({'kind': 'parquet', 'files': [...]})") from exc
-    table = DeltaTable(table_uri, version=version)
+    options = None if storage.is_local(table_uri) else storage.delta_rs_options()
+    table = DeltaTable(storage.arrow_uri(table_uri), version=version, storage_options=options)
     configured = str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower()
     has_vectors = configured == "true"
     if not has_vectors:
@@ -174,7 +183,7 @@ def row_groups(files: Sequence[str], threads: int = 2) -> list[RowGroup]:
     """Every row group of ``files`` in order, with its rows per split (footers; split column only when mixed)."""
 
     def one_file(file: str) -> list[RowGroup]:
-        parquet = pq.ParquetFile(file)
+        parquet = open_parquet(file)
         return [RowGroup(file, i, parquet.metadata.row_group(i).num_rows, _row_group_split_counts(parquet, i, file))
                 for i in range(parquet.metadata.num_row_groups)]
 
@@ -336,7 +345,7 @@ class StagedSource(DataSource):
     def _read_piece(self, piece: Piece, split: str) -> Batch:
         """One row-group piece decoded to CPU tensors (float32, int64)."""
         group = piece.group
-        table = pq.ParquetFile(group.file).read_row_group(group.index, columns=[*self.spec.columns, SPLIT_COLUMN])
+        table = open_parquet(group.file).read_row_group(group.index, columns=[*self.spec.columns, SPLIT_COLUMN])
         if len(group.split_rows) > 1 or split not in group.split_rows:
             table = table.filter(pc.equal(table[SPLIT_COLUMN], pa.scalar(split)))
         table = table.slice(piece.start, piece.stop - piece.start)

@@ -50,6 +50,7 @@ the training process: under TorchDistributor in cluster mode it must pickle.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -70,6 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tracelake import storage
 from tracelake.config import TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.logs import JobLogger, job_logger
@@ -123,6 +125,9 @@ class TrainJob(BaseModel):
     # unchanged, so a later `resume` continues the same run. None: train to the end.
     max_steps: int | None = Field(None, ge=1)
     run_id: str = ""
+    # The object store the lake is on (endpoint, addressing, region; never credentials), for
+    # training processes on hosts that never loaded the settings.
+    object_store: dict[str, Any] = Field(default_factory=dict)
 
 
 def make_train_config(
@@ -137,7 +142,8 @@ def make_train_config(
 ) -> dict[str, Any]:
     """The JSON-serialisable config dict for :func:`train_fn`."""
     job = TrainJob(training=settings, feature_spec=feature_spec.to_dict(), data=dict(data),
-                   output_dir=str(output_dir), resume=resume, max_steps=max_steps, run_id=run_id)
+                   output_dir=str(output_dir), resume=resume, max_steps=max_steps, run_id=run_id,
+                   object_store=dataclasses.asdict(storage.current()))
     return job.model_dump(mode="json")
 
 
@@ -296,7 +302,9 @@ class Trainer:
         self.spec = FeatureSpec.from_dict(job.feature_spec)
         self.comm = _Collective(env, device)
         self.autocast = device.type == "cuda" and self.settings.mixed_precision
-        out = Path(job.output_dir)
+        # output_dir may be on object storage: files are written locally and published there.
+        self.folder = storage.WorkingFolder(job.output_dir)
+        out = self.folder.local
         self.checkpoint_dir = out / "checkpoints"
         self.last_path, self.best_path = self.checkpoint_dir / LAST, self.checkpoint_dir / BEST
         self.model_path = out / "model.pt"
@@ -425,21 +433,22 @@ class Trainer:
         return value
 
     def _read_resume_checkpoint(self) -> dict[str, Any] | None:
-        exists = self.last_path.is_file()
+        exists = self.folder.fetch(self.last_path)
         if not self.job.resume:
             if exists:
                 raise CheckpointError(
-                    f"{str(self.checkpoint_dir)!r} already holds checkpoints of an earlier run; "
+                    f"{self.folder.uri_of(self.checkpoint_dir)!r} already holds checkpoints of an earlier run; "
                     "set resume to continue it, or choose a new output_dir"
                 )
             return None
         if not exists:
             self.log.warning("resume asked for but no checkpoint exists yet; starting from scratch",
-                             extra={"checkpoint": str(self.last_path)})
+                             extra={"checkpoint": self.folder.uri_of(self.last_path)})
             return None
         checkpoint = load_checkpoint(self.last_path)
         _check_resumable(checkpoint["config"], self.job)
-        self.log.event("resuming", checkpoint=str(self.last_path), global_step=checkpoint["state"]["global_step"],
+        self.folder.fetch(self.best_path)  # the best model so far, chosen again at the end
+        self.log.event("resuming", checkpoint=self.folder.uri_of(self.last_path), global_step=checkpoint["state"]["global_step"],
                        epoch=checkpoint["state"]["epoch"], batches_done=checkpoint["state"]["batches_done"])
         return checkpoint
 
@@ -473,7 +482,9 @@ class Trainer:
         )
         for path in paths:
             atomic_torch_save(payload, path)
-        self.log.event("checkpoint written", paths=[str(p) for p in paths], global_step=self.state.global_step)
+            self.folder.publish(path)
+        self.log.event("checkpoint written", paths=[self.folder.uri_of(p) for p in paths],
+                       global_step=self.state.global_step)
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -726,6 +737,7 @@ class Trainer:
                     "thresholds": thresholds, "best_epoch": state.best_epoch, "validation": best_val,
                     "run_id": self.job.run_id, "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                 })
+                self.folder.publish(self.model_path)
         samples = sum(h["samples"] for h in state.history)
         train_s = sum(h["train_s"] for h in state.history)
         result = {
@@ -739,9 +751,9 @@ class Trainer:
             "best_metric": state.best_metric,
             "best_validation": best_val,
             "thresholds": thresholds,
-            "best_checkpoint": str(self.best_path) if state.best_epoch is not None else None,
-            "last_checkpoint": str(self.last_path) if self.last_path.is_file() else None,
-            "model_path": str(self.model_path) if thresholds is not None else None,
+            "best_checkpoint": self.folder.uri_of(self.best_path) if state.best_epoch is not None else None,
+            "last_checkpoint": self.folder.uri_of(self.last_path) if self.last_path.is_file() else None,
+            "model_path": self.folder.uri_of(self.model_path) if thresholds is not None else None,
             "history": state.history,
             "samples_per_s": samples / train_s if train_s > 0 else None,
             "samples_per_s_per_process": samples / train_s / self.env.world_size if train_s > 0 else None,
@@ -771,6 +783,8 @@ def train_fn(config: dict[str, Any], on_epoch_end: EpochCallback | None = None) 
     stops the run on all ranks (stop_reason "stopped_by_callback"), e.g. to prune a search trial.
     """
     job = TrainJob.model_validate(config)
+    if job.object_store:
+        storage.use(storage.ObjectStore(**job.object_store))
     env = DistEnv.from_environ()
     if not job.run_id:
         job.run_id = os.environ.get("TRACELAKE_RUN_ID") or os.environ.get("TORCHELASTIC_RUN_ID") or "train"
@@ -790,12 +804,12 @@ def train_fn(config: dict[str, Any], on_epoch_end: EpochCallback | None = None) 
         trainer.build()
         result = trainer.run()
         if env.is_main:
-            Path(job.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(job.output_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+            storage.write_text(storage.join(job.output_dir, "result.json"), json.dumps(result, indent=2, default=str))
         return result if env.is_main else None
     finally:
         if hasattr(trainer, "source"):
             trainer.source.close()
+        trainer.folder.close()
         if owns_group:
             dist.destroy_process_group()
 

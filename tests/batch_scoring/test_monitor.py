@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+from scoring_frames import DAY1, DAY2, SHIFTED, SHIFTED_STEP
 
 from batch_scoring import drift, monitor
-from scoring_frames import DAY1, DAY2, SHIFTED, SHIFTED_STEP
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
 
@@ -64,7 +65,7 @@ def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored)
     try:
         with job_run("monitor", settings=settings, spark=spark, start=DAY1, end=DAY2) as run:
             summary = monitor.execute(run)
-            markers = {day: monitor.retrain_marker(run, day) for day in (DAY1, DAY2)}
+            markers = {day: Path(monitor.retrain_marker(run, day)) for day in (DAY1, DAY2)}
     finally:
         logger.removeHandler(warnings)
     table = read_table(spark, table_spec("monitoring_drift"), str(settings.lake_path))

@@ -217,11 +217,12 @@ def test_good_data_passes(spark, lake, table):
     assert not report.warnings, report.summary_text()
     assert report.failed_partitions == [] and report.passed_ranges() == [(D1, D2)]
     assert report.row_count > 0
-    saved = json.loads(report.results_path.read_text())
+    saved = json.loads(Path(report.results_path).read_text())
     assert saved["passed"] is True and saved["table"] == table and saved["gx_result"]["success"] is True
-    assert report.results_path.parent == lake.lake_path / "_validation" / table / run.run_id
-    assert report.docs_path.name == "index.html" and report.docs_path.is_file()
-    assert list(report.docs_path.parent.glob(f"validations/{table}/**/*.html"))
+    assert Path(report.results_path).parent == lake.lake_path / "_validation" / table / run.run_id
+    docs = Path(report.docs_path)
+    assert docs.name == "index.html" and docs.is_file()
+    assert list(docs.parent.glob(f"validations/{table}/**/*.html"))
 
 
 # ---------------------------------------------------------------- bad data fails, naming expectation, column, days

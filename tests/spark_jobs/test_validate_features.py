@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import pytest
-
-from feature_frames import day, labels as make_labels, silver, ts
+from feature_frames import day, silver, ts
+from feature_frames import labels as make_labels
 from journeys import ANOMALIES, featurise, first_per_key, journeys, label_rows
+
 from spark_jobs.transforms.training_set import training_set
 from tracelake.cli import main as cli_main
 from tracelake.runs import job_run
@@ -88,8 +90,8 @@ def test_good_event_features_pass(spark, lake):
     assert report.passed, report.summary_text()
     assert not report.warnings, report.summary_text()
     assert report.passed_ranges() == [(D1, D3)] and report.row_count > 0
-    assert report.results_path.parent.parent == lake.lake_path / "_validation" / FEATURES.name
-    assert report.docs_path.is_file()
+    assert Path(report.results_path).parent.parent == lake.lake_path / "_validation" / FEATURES.name
+    assert Path(report.docs_path).is_file()
 
 
 def test_bad_event_features_fail_naming_expectation_and_column(spark, lake, data):
