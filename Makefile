@@ -9,6 +9,8 @@ SHELL := /bin/bash
 SPARK ?= 4.2
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# Two test processes, whole files each (module fixtures build their lake once): see pyproject.toml.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 ifeq ($(SPARK),4.2)
 VENV := .venv
@@ -112,10 +114,10 @@ lint:
 	.venv/bin/mypy
 
 test-default:
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-spark35:
-	.venv-spark3.5/bin/python -m pytest -m spark35 $(PYTEST_ARGS)
+	.venv-spark3.5/bin/python -m pytest -m spark35 $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	@echo "see benchmarks/README.md for each benchmark's command"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,8 +196,8 @@ _S3A_CREDENTIAL_PROVIDERS = {
 _JVM_CREDENTIAL_PROPERTIES = ("aws.accessKeyId", "aws.secretAccessKey", "aws.secretKey")
 
 
-@pytest.fixture()
-def s3a_spark(spark: SparkSession, s3_server: S3Server) -> Iterator[SparkSession]:
+@contextmanager
+def _s3a_configured(spark: SparkSession, s3_server: S3Server) -> Iterator[SparkSession]:
     """The shared session with S3A pointed at the loopback server (keys never in the Hadoop conf)."""
     hadoop_conf = spark._jsc.hadoopConfiguration()  # type: ignore[union-attr]
     sdk = "v1" if spark_line() == "3.5" else "v2"
@@ -218,3 +219,17 @@ def s3a_spark(spark: SparkSession, s3_server: S3Server) -> Iterator[SparkSession
     finally:
         for name in _JVM_CREDENTIAL_PROPERTIES:
             system.clearProperty(name)
+
+
+@pytest.fixture()
+def s3a_spark(spark: SparkSession, s3_server: S3Server) -> Iterator[SparkSession]:
+    """The shared session with S3A pointed at the loopback server, for one test."""
+    with _s3a_configured(spark, s3_server) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def s3a_spark_module(spark: SparkSession, s3_server: S3Server) -> Iterator[SparkSession]:
+    """The same for a whole module (a lake built once and read by several tests)."""
+    with _s3a_configured(spark, s3_server) as session:
+        yield session

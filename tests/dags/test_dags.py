@@ -1,70 +1,33 @@
-"""The DAGs: they parse cleanly and cheaply, wire the expected tasks in order, and run for real.
+"""The DAGs: they parse cleanly and cheaply, wire the expected tasks in order, and run a task for real.
 
 The structure tests parse dags/ in a child process (tests/dags/inspect_dags.py)
-so that Airflow's settings and logging stay out of this process. The end-to-end
-tests run ``airflow dags test tracelake_daily <date>`` against an embedded
-Airflow home (SQLite in a temporary folder) on a tiny generated lake: every task
-is a real spark-submit of the project's entrypoint.
+so that Airflow's settings and logging stay out of this process. Whole DAG runs
+are in test_daily_dag_runs.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from delta.tables import DeltaTable
-from pyspark.sql import functions as F
+from airflow_helpers import (
+    DAGS,
+    DAILY_ORDER,
+    DAY,
+    EPCS,
+    LOGICAL_DATE,
+    ROOT,
+    TRAINING_ORDER,
+    airflow_env,
+    commit_run_ids,
+    run_airflow,
+)
 
 from tracelake.tables import table_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-DAGS = ROOT / "dags"
-VENV_BIN = Path(sys.executable).parent
-DAY = dt.date(2025, 7, 1)
-# A manual run (dags test) with logical date D processes the last complete day before D: 2025-07-02 -> 2025-07-01.
-LOGICAL_DATE = (DAY + dt.timedelta(days=1)).isoformat()
-EPCS = 200
-DAILY_ORDER = [
-    "ingest", "validate_bronze", "validate_silver", "build_features", "validate_features",
-    "score", "validate_scores", "monitor", "flag_retraining",
-]
-TRAINING_ORDER = ["build_training_set", "validate_training_set", "train", "promote"]
-SCORING_TASKS = {"score": "batch_scoring/score.py", "validate_scores": "batch_scoring/score.py",
-                 "monitor": "batch_scoring/monitor.py"}
-
-
-def airflow_env(home: Path, lake: Path | None = None) -> dict[str, str]:
-    """A hermetic environment for the airflow CLI: its own home and SQLite database, local Spark."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TRACELAKE_", "PYSPARK_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
-        "TRACELAKE_PYTHON": sys.executable,
-    })
-    if lake is not None:
-        env.update({
-            # The DAGs' knobs for a test run: no retries (a failure is the answer), small drivers.
-            "TRACELAKE_DAG_RETRIES": "0",
-            "TRACELAKE_DAG_DRIVER_MEMORY": "1g",
-            "TRACELAKE_LAKE_ROOT": str(lake),
-            "TRACELAKE_SPARK__SHUFFLE_PARTITIONS": "2",
-            "TRACELAKE_SPARK__CONF": json.dumps({
-                "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                "spark.default.parallelism": "2",
-            }),
-        })
-    return env
-
 
 # ---------------------------------------------------------------- structure
 
@@ -202,113 +165,6 @@ def test_without_the_spark_connection_a_task_fails_before_spark_submit_naming_wh
             "AIRFLOW_CONN_SPARK_DEFAULT='{\"conn_type\": \"spark\", \"host\": \"local[*]\"}'") in out
 
 
-# ---------------------------------------------------------------- end to end
-
-
-def run_airflow(env: dict[str, str], *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(ROOT))
-
-
-def task_states(home: Path, dag_id: str) -> dict[str, str]:
-    """Task states of the latest run of ``dag_id``, read from the embedded Airflow's SQLite database."""
-    with sqlite3.connect(home / "airflow.db") as db:
-        (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
-        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
-        return dict(rows.fetchall())
-
-
-def commit_run_ids(spark, path: str) -> list[str]:
-    """The run ids recorded in the Delta commits of a table (newest first)."""
-    rows = DeltaTable.forPath(spark, path).history().select("userMetadata").collect()
-    return [json.loads(r.userMetadata)["run_id"] for r in rows if r.userMetadata]
-
-
-@pytest.fixture(scope="module")
-def daily_lake(spark, test_settings, tmp_path_factory):
-    """A tiny lake (one day, 200 EPCs), a champion model, and an Airflow home with its database migrated."""
-    from spark_jobs import generate
-    from tracelake.runs import job_run
-
-    root = tmp_path_factory.mktemp("daily-dag")
-    settings = test_settings.model_copy(update={
-        "lake_root": str(root / "lake"),
-        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
-    })
-    with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
-        generate.execute(run)
-    missing = sorted({path for path in SCORING_TASKS.values() if not (ROOT / path).is_file()})
-    if not missing:
-        from dag_champion import register_champion
-
-        register_champion(spark, settings, root, DAY - dt.timedelta(days=14))
-    home = root / "airflow"
-    home.mkdir()
-    env = airflow_env(home, settings.lake_path)
-    migrated = run_airflow(env, "db", "migrate", timeout=300)
-    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
-    return {"settings": settings, "home": home, "env": env, "missing": missing}
-
-
-@pytest.mark.slow
-def test_airflow_dags_test_runs_the_whole_daily_dag(daily_lake, spark):
-    """``airflow dags test tracelake_daily`` on the tiny lake: every task succeeds."""
-    args = ["dags", "test", "tracelake_daily", LOGICAL_DATE]
-    if daily_lake["missing"]:
-        # Only while the scoring entrypoints are not in the tree yet: their tasks are marked
-        # successful without running (named in the test report), every other task runs.
-        args += ["--mark-success-pattern", "^(" + "|".join(SCORING_TASKS) + ")$"]
-        print(f"scoring tasks marked successful, not run: {daily_lake['missing']} missing")
-    done = run_airflow(daily_lake["env"], *args)
-    states = task_states(daily_lake["home"], "tracelake_daily")
-    assert done.returncode == 0 and "state=success" in done.stdout, done.stdout[-6000:] + done.stderr[-3000:]
-
-    lake = str(daily_lake["settings"].lake_path)
-    marked = sorted(p.name for p in (Path(lake) / daily_lake["settings"].monitoring.retrain_dir).glob("*.json"))
-    # flag_retraining emits the retraining asset when monitoring marked the day, and skips otherwise.
-    expected = {task: "success" for task in DAILY_ORDER}
-    expected["flag_retraining"] = "success" if marked else "skipped"
-    assert states == expected
-    with sqlite3.connect(daily_lake["home"] / "airflow.db") as db:
-        (events,) = db.execute("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-                               "WHERE a.name = 'tracelake_retrain'").fetchone()
-    assert events == (1 if marked else 0)  # what schedules tracelake_training on drift
-
-    # Each job wrote the interval's day, under the run id the DAG gave it.
-    silver = table_spec("silver_scan_events").location(lake)
-    features = table_spec("features_event_features").location(lake)
-    for path, task in [(silver, "ingest"), (features, "build_features")]:
-        days = spark.read.format("delta").load(path).groupBy("event_date").count().collect()
-        assert [(r["event_date"], r["count"] > 0) for r in days] == [(DAY, True)]
-        assert commit_run_ids(spark, path)[0].startswith(f"tracelake_daily.{task}.manual__")
-    if not daily_lake["missing"]:
-        scored = spark.read.format("delta").load(table_spec("gold_scored_events").location(lake))
-        feature_rows = spark.read.format("delta").load(features).count()
-        assert scored.where(F.col("event_date") == F.lit(DAY)).count() == feature_rows
-        assert commit_run_ids(spark, table_spec("monitoring_drift").location(lake))[0].startswith(
-            "tracelake_daily.monitor.manual__")
-
-
-@pytest.mark.slow
-def test_a_failing_validation_stops_the_run_before_scoring(daily_lake, spark):
-    """Silver holding a duplicated event: validate_silver fails and nothing after it runs."""
-    lake = str(daily_lake["settings"].lake_path)
-    silver = table_spec("silver_scan_events").location(lake)
-    features = table_spec("features_event_features").location(lake)
-    spark.read.format("delta").load(silver).limit(1).write.format("delta").mode("append").save(silver)
-    features_version = DeltaTable.forPath(spark, features).history(1).first().version if Path(features).exists() else None
-
-    done = run_airflow(daily_lake["env"], "dags", "test", "tracelake_daily", LOGICAL_DATE,
-                       "--mark-success-pattern", "^(ingest|validate_bronze)$")
-    states = task_states(daily_lake["home"], "tracelake_daily")
-    assert states["validate_silver"] == "failed", done.stdout[-6000:]
-    after = DAILY_ORDER[DAILY_ORDER.index("validate_silver") + 1:]
-    assert {task: states[task] for task in after} == {task: "upstream_failed" for task in after}
-    assert "state=failed" in done.stdout
-    if features_version is not None:  # nothing downstream wrote
-        assert DeltaTable.forPath(spark, features).history(1).first().version == features_version
-
-
 @pytest.fixture(scope="module")
 def landing_lake(spark, test_settings, tmp_path_factory):
     """One generated landing day (200 EPCs) and a migrated Airflow home; nothing ingested yet."""
@@ -341,18 +197,6 @@ def test_a_task_runs_its_entrypoint_through_the_spark_provider(landing_lake, spa
     days = spark.read.format("delta").load(silver).groupBy("event_date").count().collect()
     assert [(r["event_date"], r["count"] > 0) for r in days] == [(DAY, True)]
     assert commit_run_ids(spark, silver)[0].startswith("tracelake_daily.ingest.")
-
-
-@pytest.mark.slow
-def test_training_dag_renders_its_cut_off_window_and_set_name(daily_lake):
-    """The weekly run due 2025-07-14 03:00 trains as of 2025-07-07 03:00 (its interval's end) on 42 days
-    before it, leaving out the labels.max_delay_days (14) most recent days whose labels may not be in yet."""
-    assert run_airflow(daily_lake["env"], "dags", "reserialize", timeout=300).returncode == 0
-    done = run_airflow(daily_lake["env"], "tasks", "render", "tracelake_training", "build_training_set", "2025-07-14",
-                       timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert ("['--start-date', '2025-05-26', '--end-date', '2025-06-22', '--as-of', '2025-07-07T03:00:00+00:00', "
-            "'--name', 'set-20250707t0300', '--master', 'local[2]']") in done.stdout
 
 
 # ---------------------------------------------------------------- retries

@@ -207,7 +207,7 @@ def test_cli_options_override_config_both_ways():
 def test_resume_continues_the_latest_interrupted_run(spark, settings):
     with job_run("train", settings=settings, spark=spark) as run:
         parent = Path(settings.lake_root) / settings.training.runs_dir / "resume-set"
-        assert train.run_dir_for(run, "resume-set", resume=True) == parent / run.run_id  # nothing to resume
+        assert train.run_dir_for(run, "resume-set", resume=True) == str(parent / run.run_id)  # nothing to resume
         for name, age, finished in (("old", 300, False), ("new", 100, False), ("done", 0, True)):
             checkpoint = parent / name / "checkpoints" / "last.pt"
             checkpoint.parent.mkdir(parents=True)
@@ -215,5 +215,5 @@ def test_resume_continues_the_latest_interrupted_run(spark, settings):
             os.utime(checkpoint, (time.time() - age, time.time() - age))
             if finished:
                 (parent / name / "result.json").write_text("{}")
-        assert train.run_dir_for(run, "resume-set", resume=True) == parent / "new"
-        assert train.run_dir_for(run, "resume-set", resume=False) == parent / run.run_id
+        assert train.run_dir_for(run, "resume-set", resume=True) == str(parent / "new")
+        assert train.run_dir_for(run, "resume-set", resume=False) == str(parent / run.run_id)
