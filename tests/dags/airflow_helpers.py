@@ -72,3 +72,27 @@ def commit_run_ids(spark, path: str) -> list[str]:
     """The run ids recorded in the Delta commits of a table (newest first)."""
     rows = DeltaTable.forPath(spark, path).history().select("userMetadata").collect()
     return [json.loads(r.userMetadata)["run_id"] for r in rows if r.userMetadata]
+
+
+def generated_day(spark, test_settings, root: Path):
+    """Settings of a lake under ``root`` with one generated landing day (EPCS EPCs) in it."""
+    from spark_jobs import generate
+    from tracelake.runs import job_run
+
+    settings = test_settings.model_copy(update={
+        "lake_root": str(root / "lake"),
+        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
+    })
+    with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
+        generate.execute(run)
+    return settings
+
+
+def migrated_home(root: Path, settings) -> tuple[Path, dict[str, str]]:
+    """An Airflow home under ``root`` for this lake, its database migrated; (home, environment)."""
+    home = root / "airflow"
+    home.mkdir()
+    env = airflow_env(home, settings.lake_path)
+    migrated = run_airflow(env, "db", "migrate", timeout=300)
+    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    return home, env

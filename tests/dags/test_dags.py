@@ -18,12 +18,13 @@ from airflow_helpers import (
     DAGS,
     DAILY_ORDER,
     DAY,
-    EPCS,
     LOGICAL_DATE,
     ROOT,
     TRAINING_ORDER,
     airflow_env,
     commit_run_ids,
+    generated_day,
+    migrated_home,
     run_airflow,
 )
 
@@ -168,21 +169,9 @@ def test_without_the_spark_connection_a_task_fails_before_spark_submit_naming_wh
 @pytest.fixture(scope="module")
 def landing_lake(spark, test_settings, tmp_path_factory):
     """One generated landing day (200 EPCs) and a migrated Airflow home; nothing ingested yet."""
-    from spark_jobs import generate
-    from tracelake.runs import job_run
-
     root = tmp_path_factory.mktemp("one-task")
-    settings = test_settings.model_copy(update={
-        "lake_root": str(root / "lake"),
-        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
-    })
-    with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
-        generate.execute(run)
-    home = root / "airflow"
-    home.mkdir()
-    env = airflow_env(home, settings.lake_path)
-    migrated = run_airflow(env, "db", "migrate", timeout=300)
-    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    settings = generated_day(spark, test_settings, root)
+    _, env = migrated_home(root, settings)
     return {"settings": settings, "env": env}
 
 

@@ -14,12 +14,12 @@ import pytest
 from airflow_helpers import (
     DAILY_ORDER,
     DAY,
-    EPCS,
     LOGICAL_DATE,
     ROOT,
     SCORING_TASKS,
-    airflow_env,
     commit_run_ids,
+    generated_day,
+    migrated_home,
     run_airflow,
     task_states,
 )
@@ -32,26 +32,14 @@ from tracelake.tables import table_spec
 @pytest.fixture(scope="module")
 def daily_lake(spark, test_settings, tmp_path_factory):
     """A tiny lake (one day, 200 EPCs), a champion model, and an Airflow home with its database migrated."""
-    from spark_jobs import generate
-    from tracelake.runs import job_run
-
     root = tmp_path_factory.mktemp("daily-dag")
-    settings = test_settings.model_copy(update={
-        "lake_root": str(root / "lake"),
-        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
-    })
-    with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
-        generate.execute(run)
+    settings = generated_day(spark, test_settings, root)
     missing = sorted({path for path in SCORING_TASKS.values() if not (ROOT / path).is_file()})
     if not missing:
         from dag_champion import register_champion
 
         register_champion(spark, settings, root, DAY - dt.timedelta(days=14))
-    home = root / "airflow"
-    home.mkdir()
-    env = airflow_env(home, settings.lake_path)
-    migrated = run_airflow(env, "db", "migrate", timeout=300)
-    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    home, env = migrated_home(root, settings)
     return {"settings": settings, "home": home, "env": env, "missing": missing}
 
 
