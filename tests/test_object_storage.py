@@ -10,6 +10,8 @@ local disk under the lake's name.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,10 +24,13 @@ from tracelake.config import load_settings
 from tracelake.demo import DEMO_TRAINING_SET
 from tracelake.demo import main as demo_main
 from tracelake.tables import latest_version, read_table, table_spec
+from tracelake.tracking import tracking_target
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "tracelake-e2e"
+# A bucket of its own per run: the embedded MLflow database of an object-store lake is a file of
+# this machine keyed by the lake's URI, which a later run must not find.
+BUCKET = f"tracelake-e2e-{secrets.token_hex(4)}"
 DAYS, EPCS = 10, 400
 START = "2025-07-01"
 LAST_DAY = "2025-07-10"
@@ -60,6 +65,8 @@ def s3_lake(s3_server, s3a_spark_module, tmp_path_factory):
                                         "storage.s3_path_style=true", f"storage.s3_region={s3_server.region}"])
     yield {"lake": lake, "settings": settings, "code": code, "cwd": cwd}
     storage.use(storage.ObjectStore())
+    database = Path(tracking_target(settings).tracking_uri.removeprefix("sqlite:///"))
+    shutil.rmtree(database.parent, ignore_errors=True)
 
 
 def test_the_whole_pipeline_runs_on_an_s3a_lake_and_keeps_everything_in_the_bucket(s3_lake, s3a_spark_module):
