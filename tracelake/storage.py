@@ -260,12 +260,6 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def makedirs(uri: str) -> None:
-    """Create a local folder; object stores have no folders to create."""
-    if is_local(uri):
-        local_path(uri).mkdir(parents=True, exist_ok=True)
-
-
 def delete_file(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.delete_file(path)
