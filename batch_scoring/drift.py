@@ -37,8 +37,9 @@ def event_step_inputs(seq_features: Sequence[str]) -> list[str]:
     return [SEQ_LEN_INPUT, *(f"{EVENT_STEP_PREFIX}{name}" for name in seq_features)]
 
 
-def with_event_step(frame: DataFrame, seq_features: Sequence[str], seq_column: str = "seq",
-                    seq_len_column: str = "seq_len") -> DataFrame:
+def with_event_step(
+    frame: DataFrame, seq_features: Sequence[str], seq_column: str = "seq", seq_len_column: str = "seq_len"
+) -> DataFrame:
     """Add ``seq_last_<f>``: feature ``f`` of the sequence's last real step, i.e. of the event itself.
 
     ``seq`` is time-major (element ``t * len(seq_features) + f`` is feature
@@ -48,19 +49,32 @@ def with_event_step(frame: DataFrame, seq_features: Sequence[str], seq_column: s
     """
     width = len(seq_features)
     start = (F.col(seq_len_column) - 1) * F.lit(width)
-    return frame.select("*", *[
-        F.element_at(F.col(seq_column), start + F.lit(j + 1)).cast("double").alias(f"{EVENT_STEP_PREFIX}{name}")
-        for j, name in enumerate(seq_features)])
+    return frame.select(
+        "*",
+        *[
+            F.element_at(F.col(seq_column), start + F.lit(j + 1))
+            .cast("double")
+            .alias(f"{EVENT_STEP_PREFIX}{name}")
+            for j, name in enumerate(seq_features)
+        ],
+    )
 
 
-def quantile_edges(reference: DataFrame, columns: Sequence[str], bins: int,
-                   relative_error: float) -> dict[str, list[float]]:
+def quantile_edges(
+    reference: DataFrame, columns: Sequence[str], bins: int, relative_error: float
+) -> dict[str, list[float]]:
     """Interior bin edges of each column: its reference quantiles at 1/bins .. (bins-1)/bins, distinct."""
     probabilities = [i / bins for i in range(1, bins)]
-    clean = reference.select(*[F.when(F.isnan(F.col(c).cast("double")), None).otherwise(F.col(c).cast("double"))
-                               .alias(c) for c in columns])
+    clean = reference.select(
+        *[
+            F.when(F.isnan(F.col(c).cast("double")), None).otherwise(F.col(c).cast("double")).alias(c)
+            for c in columns
+        ]
+    )
     quantiles = clean.approxQuantile(list(columns), probabilities, relative_error)
-    return {column: sorted(set(float(q) for q in values)) for column, values in zip(columns, quantiles)}
+    return {
+        column: sorted({float(q) for q in values}) for column, values in zip(columns, quantiles, strict=False)
+    }
 
 
 def bin_index(column: Column, edges: Sequence[float]) -> Column:
@@ -72,13 +86,21 @@ def bin_index(column: Column, edges: Sequence[float]) -> Column:
     return F.when(value.isNull() | F.isnan(value), F.lit(NULL_BIN)).otherwise(index)
 
 
-def bin_counts(frame: DataFrame, edges: Mapping[str, Sequence[float]], group_by: Sequence[str] = ()) -> DataFrame:
+def bin_counts(
+    frame: DataFrame, edges: Mapping[str, Sequence[float]], group_by: Sequence[str] = ()
+) -> DataFrame:
     """Rows per (group, column, bin): columns ``*group_by, feature, bin, count``."""
-    pairs = F.array(*[F.struct(F.lit(name).alias("feature"), bin_index(F.col(name), cuts).alias("bin"))
-                      for name, cuts in edges.items()])
-    return (frame.select(*group_by, F.explode(pairs).alias("pair"))
-            .groupBy(*group_by, F.col("pair.feature").alias("feature"), F.col("pair.bin").alias("bin"))
-            .count())
+    pairs = F.array(
+        *[
+            F.struct(F.lit(name).alias("feature"), bin_index(F.col(name), cuts).alias("bin"))
+            for name, cuts in edges.items()
+        ]
+    )
+    return (
+        frame.select(*group_by, F.explode(pairs).alias("pair"))
+        .groupBy(*group_by, F.col("pair.feature").alias("feature"), F.col("pair.bin").alias("bin"))
+        .count()
+    )
 
 
 def psi(actual: Mapping[int, int], expected: Mapping[int, int], n_bins: int, epsilon: float) -> float:

@@ -83,7 +83,8 @@ def read_scores(run: JobRun) -> DataFrame:
         raise MonitoringError(f"{SCORED} does not exist under {run.lake_root}; run `tracelake score` first")
     run.record_input(spec)
     frame = read_table(run.spark, spec, run.lake_root, version=run.inputs[SCORED]).where(
-        F.col("event_date").between(F.lit(run.start), F.lit(run.end)))
+        F.col("event_date").between(F.lit(run.start), F.lit(run.end))
+    )
     return frame
 
 
@@ -95,13 +96,17 @@ def models_by_day(scores: DataFrame, run: JobRun) -> dict[tuple[str, str], list[
         by_day[row["event_date"]].add((row["model_name"], row["model_version"]))
     missing = [d for d in days_between(run.start, run.end) if d not in by_day]
     if missing:
-        raise MonitoringError(f"{SCORED} has no rows on {', '.join(d.isoformat() for d in missing[:10])}; "
-                              "score those days first (tracelake score)")
+        raise MonitoringError(
+            f"{SCORED} has no rows on {', '.join(d.isoformat() for d in missing[:10])}; "
+            "score those days first (tracelake score)"
+        )
     mixed = {d: m for d, m in by_day.items() if len(m) > 1}
     if mixed:
         day, models = next(iter(mixed.items()))
-        raise MonitoringError(f"{SCORED} on {day} was scored by several models {sorted(models)}; "
-                              "rescore the day with one model (tracelake score)")
+        raise MonitoringError(
+            f"{SCORED} on {day} was scored by several models {sorted(models)}; "
+            "rescore the day with one model (tracelake score)"
+        )
     groups: dict[tuple[str, str], list[dt.date]] = defaultdict(list)
     for day, models in sorted(by_day.items()):
         groups[next(iter(models))].append(day)
@@ -115,11 +120,14 @@ def reference_frame(run: JobRun, loaded: LoadedModel) -> tuple[DataFrame, str]:
     if not name:
         raise MonitoringError(
             f"model {loaded.name} version {loaded.version} has no training_set tag and "
-            "monitoring.reference_training_set is not set; set it to the training set the model was trained on")
+            "monitoring.reference_training_set is not set; set it to the training set the model was trained on"
+        )
     spec = named_table_spec("training_set", name=name)
     if not table_exists(run.spark, spec, run.lake_root):
-        raise MonitoringError(f"reference training set {name!r} does not exist at {spec.location(run.lake_root)}; "
-                              "set monitoring.reference_training_set to an existing training set")
+        raise MonitoringError(
+            f"reference training set {name!r} does not exist at {spec.location(run.lake_root)}; "
+            "set monitoring.reference_training_set to an existing training set"
+        )
     tag = loaded.tags.get("training_set_version")
     version = int(tag) if tag and loaded.tags.get("training_set") else None
     frame = read_table(run.spark, spec, run.lake_root, version=version)
@@ -148,11 +156,15 @@ def drift_rows(
     score_columns = [*(probability_column(label) for label in model.label_names), SCORE_COLUMN]
     in_days = F.col("event_date").isin([F.lit(d) for d in days])
 
-    input_ref = drift.with_event_step(reference.where(F.col("split") == settings.input_reference_split),
-                                      model.seq_features)
+    input_ref = drift.with_event_step(
+        reference.where(F.col("split") == settings.input_reference_split), model.seq_features
+    )
     score_ref = with_anomaly_score(
-        probabilities(reference.where(F.col("split") == settings.score_reference_split), model, passthrough=[]),
-        model.label_names).localCheckpoint()  # scored once, read twice (quantiles, counts)
+        probabilities(
+            reference.where(F.col("split") == settings.score_reference_split), model, passthrough=[]
+        ),
+        model.label_names,
+    ).localCheckpoint()  # scored once, read twice (quantiles, counts)
     groups = []
     for kind, columns, ref, actual in (
         (INPUT, inputs, input_ref, drift.with_event_step(features.where(in_days), model.seq_features)),
@@ -169,18 +181,29 @@ def drift_rows(
             for column in columns:
                 actual_counts = observed.get((day, column), {})
                 reference_counts = expected.get(column, {})
-                value = drift.psi(actual_counts, reference_counts, len(edges[column]) + 1, settings.psi_epsilon)
+                value = drift.psi(
+                    actual_counts, reference_counts, len(edges[column]) + 1, settings.psi_epsilon
+                )
                 total = sum(actual_counts.values())
-                rows.append({
-                    "event_date": day, "feature": column, "kind": kind, "psi": float(value),
-                    "status": drift.status(value, settings.warn_psi, settings.drift_psi),
-                    "threshold": settings.drift_psi, "warn_threshold": settings.warn_psi,
-                    "rows": total,
-                    "null_share": (actual_counts.get(drift.NULL_BIN, 0) / total) if total else 0.0,
-                    "reference_rows": sum(reference_counts.values()), "reference": reference_name,
-                    "model_name": loaded.name, "model_version": loaded.version,
-                    "computed_at": computed_at, "_run_id": run.run_id,
-                })
+                rows.append(
+                    {
+                        "event_date": day,
+                        "feature": column,
+                        "kind": kind,
+                        "psi": float(value),
+                        "status": drift.status(value, settings.warn_psi, settings.drift_psi),
+                        "threshold": settings.drift_psi,
+                        "warn_threshold": settings.warn_psi,
+                        "rows": total,
+                        "null_share": (actual_counts.get(drift.NULL_BIN, 0) / total) if total else 0.0,
+                        "reference_rows": sum(reference_counts.values()),
+                        "reference": reference_name,
+                        "model_name": loaded.name,
+                        "model_version": loaded.version,
+                        "computed_at": computed_at,
+                        "_run_id": run.run_id,
+                    }
+                )
     score_ref.unpersist()
     return rows
 
@@ -202,8 +225,13 @@ def mark_days(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
             run.log.warning(
                 f"drift: {row['kind']} {row['feature']} on {row['event_date']} has PSI {row['psi']:.3f} "
                 f">= {row['threshold']}; the day is marked for retraining",
-                extra={"event_date": row["event_date"].isoformat(), "feature": row["feature"],
-                       "kind": row["kind"], "psi": round(row["psi"], 6)})
+                extra={
+                    "event_date": row["event_date"].isoformat(),
+                    "feature": row["feature"],
+                    "kind": row["kind"],
+                    "psi": round(row["psi"], 6),
+                },
+            )
     marked: dict[str, list[str]] = {}
     for day in days_between(run.start, run.end):
         marker = retrain_marker(run, day)
@@ -212,9 +240,12 @@ def mark_days(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
                 storage.delete_file(marker)
             continue
         payload = {
-            "event_date": day.isoformat(), "run_id": run.run_id,
-            "model_name": drifted[day][0]["model_name"], "model_version": drifted[day][0]["model_version"],
-            "reference": drifted[day][0]["reference"], "drift_psi": run.settings.monitoring.drift_psi,
+            "event_date": day.isoformat(),
+            "run_id": run.run_id,
+            "model_name": drifted[day][0]["model_name"],
+            "model_version": drifted[day][0]["model_version"],
+            "reference": drifted[day][0]["reference"],
+            "drift_psi": run.settings.monitoring.drift_psi,
             "drifted": [{"feature": r["feature"], "kind": r["kind"], "psi": r["psi"]} for r in drifted[day]],
         }
         storage.write_text(marker, json.dumps(payload, indent=2, sort_keys=True))  # never half a file
@@ -226,7 +257,7 @@ def execute(run: JobRun) -> dict[str, Any]:
     """Measure drift for the run's range, write monitoring/drift and the retraining markers; the summary."""
     if run.start is None or run.end is None:
         raise MonitoringError("monitor needs --start-date (and optionally --end-date)")
-    computed_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    computed_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     scores = read_scores(run)
     groups = models_by_day(scores, run)
     try:
@@ -247,14 +278,17 @@ def execute(run: JobRun) -> dict[str, Any]:
         models.append(loaded.lineage())
     spec = table_spec(DRIFT_TABLE)
     frame = run.spark.createDataFrame(rows, schema=spec.schema)
-    version = write_table(frame, spec, run.lake_root, start=run.start, end=run.end,
-                          metadata=run.commit_metadata(models=models))
+    version = write_table(
+        frame, spec, run.lake_root, start=run.start, end=run.end, metadata=run.commit_metadata(models=models)
+    )
     run.record_output(DRIFT_TABLE, rows=len(rows), version=version)
     marked = mark_days(run, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in (drift.OK, drift.WARN, drift.DRIFT)}
     return {
-        "start_date": run.start.isoformat(), "end_date": run.end.isoformat(),
-        "models": models, "input_versions": dict(run.inputs),
+        "start_date": run.start.isoformat(),
+        "end_date": run.end.isoformat(),
+        "models": models,
+        "input_versions": dict(run.inputs),
         "tables": {DRIFT_TABLE: {"rows": len(rows), "version": version}},
         "status_counts": counts,
         "retrain_days": marked,
@@ -266,7 +300,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake monitor",
         description="PSI of each model input and score of a range of days against the model's training set; "
-                    "writes monitoring/drift and marks drifted days for retraining.",
+        "writes monitoring/drift and marks drifted days for retraining.",
     )
     add_common_args(parser)
     return parser.parse_args(argv)

@@ -70,7 +70,6 @@ class ScoringInputError(TracelakeError, ValueError):
     """The features the range needs are not there."""
 
 
-
 class LoadedModel:
     """A registered ONNX model resolved, verified and ready to ship to the executors."""
 
@@ -90,18 +89,34 @@ class LoadedModel:
         settings = run.settings.scoring
         self._broadcast = run.spark.sparkContext.broadcast(self.bytes)
         self.model, warnings = scoring_model(
-            self.metadata, self._broadcast, self.sha256, label_names=domain()["anomaly_types"],
+            self.metadata,
+            self._broadcast,
+            self.sha256,
+            label_names=domain()["anomaly_types"],
             default_threshold=settings.default_threshold,
-            intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
         )
         for warning in warnings:
             run.log.warning(warning, extra={"model": self.name, "model_version": self.version})
-        run.log.event("model resolved", model_uri=uri, model=self.name, model_version=self.version,
-                      model_run_id=self.run_id, sha256=self.sha256, bytes=len(self.bytes))
+        run.log.event(
+            "model resolved",
+            model_uri=uri,
+            model=self.name,
+            model_version=self.version,
+            model_run_id=self.run_id,
+            sha256=self.sha256,
+            bytes=len(self.bytes),
+        )
 
     def lineage(self) -> dict[str, str]:
-        return {"model_uri": self.uri, "model_name": self.name, "model_version": self.version,
-                "model_run_id": self.run_id, "model_sha256": self.sha256}
+        return {
+            "model_uri": self.uri,
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_run_id": self.run_id,
+            "model_sha256": self.sha256,
+        }
 
     def release(self) -> None:
         if self._broadcast is not None:
@@ -133,22 +148,37 @@ class LoadedRules:
             document = local / "rules.json"
             expected, actual = (version.tags or {}).get(CHECKSUM_TAG), sha256_of(document)
             if expected != actual:
-                raise ModelChecksumError(f"{name} version {version.version}: rules.json has SHA-256 {actual}, "
-                                         f"the registry recorded {expected}; it was changed after registration")
+                raise ModelChecksumError(
+                    f"{name} version {version.version}: rules.json has SHA-256 {actual}, "
+                    f"the registry recorded {expected}; it was changed after registration"
+                )
             self.detector = RulesDetector.from_json(document.read_text())
         labels = list(domain()["anomaly_types"])
         if sorted(self.detector.labels) != sorted(labels):
-            raise ScoringInputError(f"rules detector {name} v{version.version} covers {self.detector.labels}, "
-                                    f"the scored table needs {labels}")
+            raise ScoringInputError(
+                f"rules detector {name} v{version.version} covers {self.detector.labels}, "
+                f"the scored table needs {labels}"
+            )
         self.uri, self.name, self.version = uri, name, str(version.version)
         self.run_id, self.sha256, self.tags = version.run_id, actual, dict(version.tags or {})
         self.model = RulesFlags(tuple(labels), tuple(self.detector.thresholds[label] for label in labels))
-        run.log.event("model resolved", model_uri=uri, model=name, model_version=self.version, kind="rules",
-                      variants=dict(self.detector.variants))
+        run.log.event(
+            "model resolved",
+            model_uri=uri,
+            model=name,
+            model_version=self.version,
+            kind="rules",
+            variants=dict(self.detector.variants),
+        )
 
     def lineage(self) -> dict[str, str]:
-        return {"model_uri": self.uri, "model_name": self.name, "model_version": self.version,
-                "model_run_id": self.run_id, "model_sha256": self.sha256}
+        return {
+            "model_uri": self.uri,
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_run_id": self.run_id,
+            "model_sha256": self.sha256,
+        }
 
     def release(self) -> None:
         """Nothing is broadcast."""
@@ -179,10 +209,13 @@ def read_features(run: JobRun) -> DataFrame:
     """The range's event features (version recorded); every day of the range must have rows."""
     spec = table_spec(FEATURES)
     if not table_exists(run.spark, spec, run.lake_root):
-        raise ScoringInputError(f"{FEATURES} does not exist under {run.lake_root}; run `tracelake features` first")
+        raise ScoringInputError(
+            f"{FEATURES} does not exist under {run.lake_root}; run `tracelake features` first"
+        )
     run.record_input(spec)
     frame = read_table(run.spark, spec, run.lake_root, version=run.inputs[FEATURES]).where(
-        F.col("event_date").between(F.lit(run.start), F.lit(run.end)))
+        F.col("event_date").between(F.lit(run.start), F.lit(run.end))
+    )
     present = {r[0] for r in frame.select("event_date").distinct().collect()}
     missing = [d for d in days_between(run.start, run.end) if d not in present]
     if missing:
@@ -194,13 +227,15 @@ def read_features(run: JobRun) -> DataFrame:
     return frame
 
 
-def scored_frame(features: DataFrame, loaded: LoadedModel | LoadedRules, run_id: str,
-                 scored_at: dt.datetime) -> DataFrame:
+def scored_frame(
+    features: DataFrame, loaded: LoadedModel | LoadedRules, run_id: str, scored_at: dt.datetime
+) -> DataFrame:
     """Scores plus the lineage columns of gold_scored_events."""
     if isinstance(loaded, LoadedRules):
         labels = loaded.model.label_names
         probabilities = loaded.detector.scores(features).select(
-            *KEY_COLUMNS, *[F.col(f"p_{label}").alias(probability_column(label)) for label in labels])
+            *KEY_COLUMNS, *[F.col(f"p_{label}").alias(probability_column(label)) for label in labels]
+        )
         scored = flags_and_score(probabilities, loaded.model)
     else:
         scored = score_events(features, loaded.model)
@@ -232,12 +267,19 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
     conf.set(ARROW_BATCH_CONF, str(run.settings.scoring.arrow_batch_rows))
     try:
         if isinstance(loaded, LoadedModel):
-            check_features(loaded.model, features.columns, sequence_features(),
-                           run.settings.features.sequence_length)
+            check_features(
+                loaded.model, features.columns, sequence_features(), run.settings.features.sequence_length
+            )
         frame = scored_frame(features, loaded, run.run_id, scored_at)
         with run.log.step(f"write {SCORED}", model=loaded.name, model_version=loaded.version) as result:
-            version = write_table(frame, spec, run.lake_root, start=run.start, end=run.end,
-                                  metadata=run.commit_metadata(**loaded.lineage()))
+            version = write_table(
+                frame,
+                spec,
+                run.lake_root,
+                start=run.start,
+                end=run.end,
+                metadata=run.commit_metadata(**loaded.lineage()),
+            )
             result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
         run.record_output(SCORED, rows=result["rows"], version=version)
     finally:
@@ -251,11 +293,14 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
         "start_date": run.start.isoformat(),
         "end_date": run.end.isoformat(),
         **loaded.lineage(),
-        "thresholds": dict(zip(loaded.model.label_names, loaded.model.thresholds)),
+        "thresholds": dict(zip(loaded.model.label_names, loaded.model.thresholds, strict=False)),
         "scored_at": scored_at.isoformat(),
         "input_versions": dict(run.inputs),
         "tables": {SCORED: {"rows": result["rows"], "version": version}},
-        "validation": {"passed": report.passed, "results": str(report.results_path) if report.results_path else None},
+        "validation": {
+            "passed": report.passed,
+            "results": str(report.results_path) if report.results_path else None,
+        },
     }
 
 
@@ -265,20 +310,30 @@ def top_anomalies(run: JobRun, day: dt.date, limit: int = 10) -> DataFrame:
 
     labels = domain()["anomaly_types"]
     fired = F.concat_ws(",", *[F.when(F.col(flag_column(label)), F.lit(label)) for label in labels])
-    return (read_table(run.spark, table_spec(SCORED), run.lake_root)
-            .where(F.col("event_date") == F.lit(day))
-            .orderBy(F.col("anomaly_score").desc(), F.col("event_id"))
-            .limit(limit)
-            .select("event_date", "event_time", "epc_code", "location_id",
-                    F.round("anomaly_score", 4).alias("anomaly_score"), fired.alias("flags")))
+    return (
+        read_table(run.spark, table_spec(SCORED), run.lake_root)
+        .where(F.col("event_date") == F.lit(day))
+        .orderBy(F.col("anomaly_score").desc(), F.col("event_id"))
+        .limit(limit)
+        .select(
+            "event_date",
+            "event_time",
+            "epc_code",
+            "location_id",
+            F.round("anomaly_score", 4).alias("anomaly_score"),
+            fired.alias("flags"),
+        )
+    )
 
 
 def score_and_show_top(run: JobRun, model_uri: str | None = None, limit: int = 10) -> dict[str, Any]:
     """Score the run's range, then print the top ``limit`` anomalies of its last day (for the demo)."""
     summary = execute(run, model_uri)
     rows = top_anomalies(run, run.end, limit).toPandas()
-    print(f"\ntop {len(rows)} anomalies of {run.end} (model {summary['model_name']} "
-          f"v{summary['model_version']}):")
+    print(
+        f"\ntop {len(rows)} anomalies of {run.end} (model {summary['model_name']} "
+        f"v{summary['model_version']}):"
+    )
     print(rows.to_string(index=False) if len(rows) else "(no scored events)")
     summary["top_anomalies"] = rows.astype(str).to_dict(orient="records")
     return summary
@@ -288,11 +343,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake score",
         description="Score the event features of a range of days with a registered ONNX model, in one Spark "
-                    "job; replaces exactly the range's partitions of gold/scored_events and validates them.",
+        "job; replaces exactly the range's partitions of gold/scored_events and validates them.",
     )
     add_common_args(parser)
-    parser.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
-                                            "(default: scoring.model_uri)")
+    parser.add_argument(
+        "--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> (default: scoring.model_uri)"
+    )
     return parser.parse_args(argv)
 
 

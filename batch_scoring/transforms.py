@@ -97,33 +97,46 @@ def scoring_model(
     """
     spec = metadata.get("feature_spec")
     if not spec:
-        raise ScoringModelError("the ONNX model carries no tracelake feature_spec metadata; export it with "
-                                "training.onnx_export.export_onnx")
+        raise ScoringModelError(
+            "the ONNX model carries no tracelake feature_spec metadata; export it with "
+            "training.onnx_export.export_onnx"
+        )
     labels = tuple(spec["label_names"])
     if set(labels) != set(label_names):
-        raise ScoringModelError(f"the model predicts {list(labels)}, the scored table needs {list(label_names)}; "
-                                "score with a model trained on schemas/domain.yaml anomaly_types")
+        raise ScoringModelError(
+            f"the model predicts {list(labels)}, the scored table needs {list(label_names)}; "
+            "score with a model trained on schemas/domain.yaml anomaly_types"
+        )
     warnings = []
     thresholds = metadata.get("thresholds")
     if not thresholds:
-        warnings.append(f"the model has no thresholds; flags use scoring.default_threshold={default_threshold}")
-        thresholds = {label: default_threshold for label in labels}
+        warnings.append(
+            f"the model has no thresholds; flags use scoring.default_threshold={default_threshold}"
+        )
+        thresholds = dict.fromkeys(labels, default_threshold)
     return ScoringModel(
-        sha256=sha256, payload=model_bytes_or_broadcast,
-        seq_features=tuple(spec["seq_features"]), tab_features=tuple(spec["tab_features"]),
-        seq_len=int(spec["seq_len"]), label_names=labels,
+        sha256=sha256,
+        payload=model_bytes_or_broadcast,
+        seq_features=tuple(spec["seq_features"]),
+        tab_features=tuple(spec["tab_features"]),
+        seq_len=int(spec["seq_len"]),
+        label_names=labels,
         thresholds=tuple(float(thresholds[label]) for label in labels),
-        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
     ), warnings
 
 
-def check_features(model: ScoringModel, columns: Sequence[str], sequence_features: Sequence[str],
-                   sequence_length: int) -> None:
+def check_features(
+    model: ScoringModel, columns: Sequence[str], sequence_features: Sequence[str], sequence_length: int
+) -> None:
     """Fail early, on the driver, when the feature table cannot feed the model."""
     missing = [c for c in (*KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, *model.tab_features) if c not in columns]
     if missing:
-        raise ScoringModelError(f"the model reads column(s) {missing}, which features_event_features lacks; "
-                                "score with a model trained on the current feature table")
+        raise ScoringModelError(
+            f"the model reads column(s) {missing}, which features_event_features lacks; "
+            "score with a model trained on the current feature table"
+        )
     if tuple(sequence_features) != model.seq_features or sequence_length != model.seq_len:
         raise ScoringModelError(
             f"the model expects sequences of {model.seq_len} steps of {list(model.seq_features)}; the feature "
@@ -146,8 +159,10 @@ def session_for(model: ScoringModel) -> Any:
         data = model.model_bytes()
         actual = hashlib.sha256(data).hexdigest()
         if actual != model.sha256:
-            raise ScoringModelError(f"model bytes on the worker have SHA-256 {actual[:16]}…, expected "
-                                    f"{model.sha256[:16]}…; refusing to score")
+            raise ScoringModelError(
+                f"model bytes on the worker have SHA-256 {actual[:16]}…, expected "
+                f"{model.sha256[:16]}…; refusing to score"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = model.intra_op_threads
         options.inter_op_num_threads = model.inter_op_threads
@@ -167,7 +182,7 @@ def feeds(frame: Mapping[str, Any], model: ScoringModel) -> dict[str, np.ndarray
     n = len(frame[SEQ_LEN_COLUMN])
     columns = {name: frame[name] for name in (SEQ_COLUMN, SEQ_LEN_COLUMN, *spec.tab_features)}
     zeros = np.zeros(n, dtype=np.float32)
-    columns.update({label: zeros for label in spec.label_names})  # the layout has labels; scoring has none
+    columns.update(dict.fromkeys(spec.label_names, zeros))  # the layout has labels; scoring has none
     arrays = columns_to_arrays(columns, spec)
     return {
         "seq": np.ascontiguousarray(arrays.seq, dtype=np.float32),
@@ -183,8 +198,9 @@ def predict(frame: Mapping[str, Any], model: ScoringModel) -> np.ndarray:
     return session_for(model).run([OUTPUT_NAME], feeds(frame, model))[0]
 
 
-def _score_partition(model: ScoringModel, passthrough: Sequence[str]) -> Callable[[Iterator[pd.DataFrame]],
-                                                                                  Iterator[pd.DataFrame]]:
+def _score_partition(
+    model: ScoringModel, passthrough: Sequence[str]
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     names = [probability_column(label) for label in model.label_names]
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -198,25 +214,34 @@ def _score_partition(model: ScoringModel, passthrough: Sequence[str]) -> Callabl
     return score
 
 
-def probabilities(features: DataFrame, model: ScoringModel, passthrough: Sequence[str] = KEY_COLUMNS) -> DataFrame:
+def probabilities(
+    features: DataFrame, model: ScoringModel, passthrough: Sequence[str] = KEY_COLUMNS
+) -> DataFrame:
     """``passthrough`` columns + one ``p_<label>`` double per label, computed by ONNX Runtime in the workers."""
     needed = list(dict.fromkeys([*passthrough, SEQ_COLUMN, SEQ_LEN_COLUMN, *model.tab_features]))
     source = features.select(*needed)
     fields = [source.schema[c] for c in passthrough]
-    ddl = ", ".join([*(f"`{f.name}` {f.dataType.simpleString()}" for f in fields),
-                     *(f"`{probability_column(label)}` double" for label in model.label_names)])
+    ddl = ", ".join(
+        [
+            *(f"`{f.name}` {f.dataType.simpleString()}" for f in fields),
+            *(f"`{probability_column(label)}` double" for label in model.label_names),
+        ]
+    )
     return source.mapInPandas(_score_partition(model, list(passthrough)), schema=ddl)
 
 
 def flags_and_score(scored: DataFrame, model: ScoringModel) -> DataFrame:
     """Add ``flag_<label>`` (p >= the model's threshold), ``anomaly_score`` (max p) and ``anomaly_flag`` (any flag)."""
     flags: list[Column] = []
-    for label, threshold in zip(model.label_names, model.thresholds):
+    for label, threshold in zip(model.label_names, model.thresholds, strict=False):
         flags.append((F.col(probability_column(label)) >= F.lit(threshold)).alias(flag_column(label)))
     probs = [F.col(probability_column(label)) for label in model.label_names]
     score = F.greatest(*probs) if len(probs) > 1 else probs[0]
-    any_flag = F.greatest(*[F.col(flag_column(label)) for label in model.label_names]) \
-        if len(probs) > 1 else F.col(flag_column(model.label_names[0]))
+    any_flag = (
+        F.greatest(*[F.col(flag_column(label)) for label in model.label_names])
+        if len(probs) > 1
+        else F.col(flag_column(model.label_names[0]))
+    )
     return scored.select("*", *flags, score.alias("anomaly_score")).withColumn("anomaly_flag", any_flag)
 
 

@@ -39,16 +39,25 @@ PORT, WEBUI = 7077, 8080
 
 def prepare_lake(lake: Path, work: Path, day: dt.date, epcs: int) -> dict:
     from dag_champion import register_champion
+
     from spark_jobs import generate
     from tracelake.config import load_settings
     from tracelake.runs import job_run
     from tracelake.spark import build_spark
 
-    settings = load_settings(overrides={
-        "lake_root": str(lake), "spark.master": "local[2]", "spark.driver_memory": "1g",
-        "spark.shuffle_partitions": 2, "generator.epcs": epcs, "generator.days": 1,
-        "generator.start_date": day.isoformat(), "spark.conf": {"spark.ui.enabled": "false"},
-    }, environ={})
+    settings = load_settings(
+        overrides={
+            "lake_root": str(lake),
+            "spark.master": "local[2]",
+            "spark.driver_memory": "1g",
+            "spark.shuffle_partitions": 2,
+            "generator.epcs": epcs,
+            "generator.days": 1,
+            "generator.start_date": day.isoformat(),
+            "spark.conf": {"spark.ui.enabled": "false"},
+        },
+        environ={},
+    )
     spark = build_spark(settings, "bench-prepare")
     try:
         with job_run("generate", settings=settings, spark=spark, start=day, end=day) as run:
@@ -62,30 +71,37 @@ def prepare_lake(lake: Path, work: Path, day: dt.date, epcs: int) -> dict:
 def airflow_env(home: Path, lake: Path, master: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TRACELAKE_", "PYSPARK_"))}
     host, port = master.removeprefix("spark://").split(":")
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": f"spark://{host}", "port": int(port)}),
-        "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
-        "TRACELAKE_PYTHON": sys.executable,
-        "TRACELAKE_LAKE_ROOT": str(lake),
-        "TRACELAKE_DAG_RETRIES": "0",
-        "TRACELAKE_DAG_DRIVER_MEMORY": "1g",
-        "TRACELAKE_SPARK__SHUFFLE_PARTITIONS": "2",
-        "TRACELAKE_SPARK__CONF": json.dumps({"spark.executor.memory": "1g", "spark.cores.max": "2"}),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+                {"conn_type": "spark", "host": f"spark://{host}", "port": int(port)}
+            ),
+            "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
+            "TRACELAKE_PYTHON": sys.executable,
+            "TRACELAKE_LAKE_ROOT": str(lake),
+            "TRACELAKE_DAG_RETRIES": "0",
+            "TRACELAKE_DAG_DRIVER_MEMORY": "1g",
+            "TRACELAKE_SPARK__SHUFFLE_PARTITIONS": "2",
+            "TRACELAKE_SPARK__CONF": json.dumps({"spark.executor.memory": "1g", "spark.cores.max": "2"}),
+        }
+    )
     return env
 
 
 def task_rows(home: Path) -> list[dict]:
     with sqlite3.connect(home / "airflow.db") as db:
         (run_id,) = db.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = 'tracelake_daily' ORDER BY id DESC LIMIT 1").fetchone()
+            "SELECT run_id FROM dag_run WHERE dag_id = 'tracelake_daily' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         rows = db.execute(
             "SELECT task_id, state, duration FROM task_instance WHERE dag_id = 'tracelake_daily' AND run_id = ? "
-            "ORDER BY start_date", (run_id,)).fetchall()
+            "ORDER BY start_date",
+            (run_id,),
+        ).fetchall()
     return [{"task": t, "state": s, "seconds": round(d, 1) if d is not None else None} for t, s, d in rows]
 
 
@@ -96,8 +112,11 @@ def master_info() -> dict:
 
 def executors_per_worker(state_dir: Path) -> dict[str, int]:
     """Executor folders each worker created (work-dir/<app-id>/<executor-id>): proof that the workers ran tasks."""
-    return {w.name: sum(1 for app in w.glob("app-*") for _ in app.iterdir())
-            for w in sorted(state_dir.glob("worker-*")) if w.is_dir()}
+    return {
+        w.name: sum(1 for app in w.glob("app-*") for _ in app.iterdir())
+        for w in sorted(state_dir.glob("worker-*"))
+        if w.is_dir()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,18 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare_lake(lake, work, day, args.epcs)
     prepare_s = time.monotonic() - t0
 
-    state = standalone.start(state_dir, workers=2, cores_per_worker=1, memory_per_worker="1g",
-                             port=PORT, webui_port=WEBUI)
+    state = standalone.start(
+        state_dir, workers=2, cores_per_worker=1, memory_per_worker="1g", port=PORT, webui_port=WEBUI
+    )
     try:
         info = master_info()
         env = airflow_env(home, lake, state.master_url)
-        migrate = subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
+        migrate = subprocess.run(
+            [str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
+        )
         if migrate.returncode:
             raise SystemExit(migrate.stdout[-3000:] + migrate.stderr[-3000:])
         logical = (day + dt.timedelta(days=1)).isoformat()
         t1 = time.monotonic()
-        done = subprocess.run([str(VENV_BIN / "airflow"), "dags", "test", "tracelake_daily", logical],
-                              env=env, capture_output=True, text=True, cwd=str(ROOT))
+        done = subprocess.run(
+            [str(VENV_BIN / "airflow"), "dags", "test", "tracelake_daily", logical],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+        )
         dag_s = time.monotonic() - t1
         (work / "dags_test.log").write_text(done.stdout + done.stderr)
         after = master_info()
@@ -139,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = task_rows(home)
     result = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/daily_on_cluster.py "
-                   f"--epcs {args.epcs} --day {args.day}",
+        f"--epcs {args.epcs} --day {args.day}",
         "master": state.master_url,
         "workers_alive": sum(1 for w in info.get("workers", []) if w.get("state") == "ALIVE"),
         "worker_cores": [w.get("cores") for w in info.get("workers", [])],
@@ -152,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         "dags_test_rc": done.returncode,
         "dag_run_state": "success" if "state=success" in done.stdout else "failed",
         "tasks": tasks,
-        "applications": [{"name": a.get("name"), "cores": a.get("cores"), "state": a.get("state"),
-                          "duration_s": round(a.get("duration", 0) / 1000, 1)}
-                         for a in after.get("completedapps", [])],
+        "applications": [
+            {
+                "name": a.get("name"),
+                "cores": a.get("cores"),
+                "state": a.get("state"),
+                "duration_s": round(a.get("duration", 0) / 1000, 1),
+            }
+            for a in after.get("completedapps", [])
+        ],
         "executor_dirs_per_worker": executors,
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -185,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| application | cores | state | seconds |",
         "| --- | --- | --- | --- |",
-        *(f"| {a['name']} | {a['cores']} | {a['state']} | {a['duration_s']} |" for a in result["applications"]),
+        *(
+            f"| {a['name']} | {a['cores']} | {a['state']} | {a['duration_s']} |"
+            for a in result["applications"]
+        ),
         "",
     ]
     (RESULTS / "daily_on_cluster.md").write_text("\n".join(lines))

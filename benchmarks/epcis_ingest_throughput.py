@@ -50,19 +50,34 @@ MIB = 1024 * 1024
 
 
 def _settings(lake: Path, master: str, partitions: int, driver_memory: str) -> Settings:
-    return load_settings(overrides={
-        "lake_root": str(lake), "spark.master": master, "spark.shuffle_partitions": partitions,
-        "spark.driver_memory": driver_memory,
-        "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
-    })
+    return load_settings(
+        overrides={
+            "lake_root": str(lake),
+            "spark.master": master,
+            "spark.shuffle_partitions": partitions,
+            "spark.driver_memory": driver_memory,
+            "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        }
+    )
 
 
-def generate_world(spark: SparkSession, settings: Settings, fmt: str, days: int, epcs: int, seed: int) -> dict:
-    generator = GeneratorSettings.model_validate({"start_date": START.isoformat(), "days": days, "epcs": epcs,
-                                                  "seed": seed, "format": fmt, "rates": RATES})
+def generate_world(
+    spark: SparkSession, settings: Settings, fmt: str, days: int, epcs: int, seed: int
+) -> dict:
+    generator = GeneratorSettings.model_validate(
+        {
+            "start_date": START.isoformat(),
+            "days": days,
+            "epcs": epcs,
+            "seed": seed,
+            "format": fmt,
+            "rates": RATES,
+        }
+    )
     run_settings = settings.model_copy(update={"generator": generator})
-    with job_run("generate", settings=run_settings, spark=spark, start=START,
-                 end=START + dt.timedelta(days=days - 1)) as run:
+    with job_run(
+        "generate", settings=run_settings, spark=spark, start=START, end=START + dt.timedelta(days=days - 1)
+    ) as run:
         return generate.execute(run)
 
 
@@ -74,16 +89,22 @@ def timed_ingest(spark: SparkSession, settings: Settings, start: dt.date, end: d
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
+    }
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     lakes = {fmt: work / fmt for fmt in ("csv", "epcis")}
-    spark = build_spark(_settings(lakes["csv"], args.master, args.partitions, args.driver_memory), "bench-epcis")
+    spark = build_spark(
+        _settings(lakes["csv"], args.master, args.partitions, args.driver_memory), "bench-epcis"
+    )
     end = START + dt.timedelta(days=args.days - 1)
     result: dict[str, Any] = {"machine_before": machine(), "epcs": args.epcs, "days": args.days}
     for fmt, lake in lakes.items():
@@ -93,17 +114,32 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in landing.rglob("*") if p.is_file())
         seconds, summary = timed_ingest(spark, settings, START, end)
         events = generated["events"]
-        epc_rows = (summary["reconciliation"]["epcis"]["epc_rows"] if fmt == "epcis"
-                    else summary["tables"]["bronze_scan_events"]["rows"])
-        result[fmt] = {"landing_bytes": size, "events": events, "epc_rows": epc_rows, "seconds": round(seconds, 2),
-                       "events_per_s": round(events / seconds, 1), "epc_rows_per_s": round(epc_rows / seconds, 1),
-                       "silver_rows": summary["tables"]["silver_scan_events"]["rows"]}
+        epc_rows = (
+            summary["reconciliation"]["epcis"]["epc_rows"]
+            if fmt == "epcis"
+            else summary["tables"]["bronze_scan_events"]["rows"]
+        )
+        result[fmt] = {
+            "landing_bytes": size,
+            "events": events,
+            "epc_rows": epc_rows,
+            "seconds": round(seconds, 2),
+            "events_per_s": round(events / seconds, 1),
+            "epc_rows_per_s": round(epc_rows / seconds, 1),
+            "silver_rows": summary["tables"]["silver_scan_events"]["rows"],
+        }
     lineage = ["_run_id", "_source_file"]
-    silver = {fmt: read_table(spark, table_spec("silver_scan_events"), str(lake)).drop(*lineage)
-              for fmt, lake in lakes.items()}
-    result["silver_equal"] = (silver["csv"].exceptAll(silver["epcis"]).count() == 0
-                              and silver["epcis"].exceptAll(silver["csv"]).count() == 0)
-    result["epcis_to_csv_events_per_s"] = round(result["epcis"]["events_per_s"] / result["csv"]["events_per_s"], 3)
+    silver = {
+        fmt: read_table(spark, table_spec("silver_scan_events"), str(lake)).drop(*lineage)
+        for fmt, lake in lakes.items()
+    }
+    result["silver_equal"] = (
+        silver["csv"].exceptAll(silver["epcis"]).count() == 0
+        and silver["epcis"].exceptAll(silver["csv"]).count() == 0
+    )
+    result["epcis_to_csv_events_per_s"] = round(
+        result["epcis"]["events_per_s"] / result["csv"]["events_per_s"], 3
+    )
     result["machine_after"] = machine()
     spark.stop()
     return result
@@ -150,17 +186,24 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     seconds_small, _ = timed_ingest(spark, settings, START, START)
     rss_small = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     day = START + dt.timedelta(days=1)
-    size = _big_document(small, lake / "landing" / "epcis" / f"date={day.isoformat()}" / "big.jsonld",
-                         args.document_mb)
+    size = _big_document(
+        small, lake / "landing" / "epcis" / f"date={day.isoformat()}" / "big.jsonld", args.document_mb
+    )
     seconds_big, summary = timed_ingest(spark, settings, day, day)
     rss_big = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     epcis = summary["reconciliation"]["epcis"]
     result = {
-        "machine": machine(), "small_document_bytes": small.stat().st_size, "document_bytes": size,
-        "events": sum(f["accepted_events"] for f in epcis["files"].values()), "epc_rows": epcis["epc_rows"],
-        "seconds_small": round(seconds_small, 1), "seconds_big": round(seconds_big, 1),
-        "driver_peak_rss_mib_after_small": round(rss_small, 1), "driver_peak_rss_mib_after_big": round(rss_big, 1),
-        "driver_rss_growth_mib": round(rss_big - rss_small, 1), "jvm_peak_rss_mib": _jvm_hwm_mib(spark),
+        "machine": machine(),
+        "small_document_bytes": small.stat().st_size,
+        "document_bytes": size,
+        "events": sum(f["accepted_events"] for f in epcis["files"].values()),
+        "epc_rows": epcis["epc_rows"],
+        "seconds_small": round(seconds_small, 1),
+        "seconds_big": round(seconds_big, 1),
+        "driver_peak_rss_mib_after_small": round(rss_small, 1),
+        "driver_peak_rss_mib_after_big": round(rss_big, 1),
+        "driver_rss_growth_mib": round(rss_big - rss_small, 1),
+        "jvm_peak_rss_mib": _jvm_hwm_mib(spark),
         "driver_memory": args.driver_memory,
     }
     spark.stop()
@@ -180,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="benchmarks/_work/epcis")
     parser.add_argument("--output", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
-    result = {"mode": args.mode, "command": " ".join(sys.argv), "when": dt.datetime.now(dt.timezone.utc).isoformat(),
-              **(throughput(args) if args.mode == "throughput" else memory(args))}
+    result = {
+        "mode": args.mode,
+        "command": " ".join(sys.argv),
+        "when": dt.datetime.now(dt.UTC).isoformat(),
+        **(throughput(args) if args.mode == "throughput" else memory(args)),
+    }
     line = json.dumps(result, default=str)
     print(line)
     if args.output:

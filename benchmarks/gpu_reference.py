@@ -58,7 +58,7 @@ class Utilisation:
 
             pynvml.nvmlInit()
             self._handle, self._nvml = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device()), pynvml
-        except Exception:  # noqa: BLE001 - no NVML: report no utilisation
+        except Exception:
             self._nvml = None
 
     def __enter__(self) -> Utilisation:
@@ -125,22 +125,47 @@ def reference_cell(train: Any, hidden: int, layers: int, batch: int, steps: int)
         end.record()
         torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1000
-    return {"samples_per_s": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "steps": steps,
-            "gpu_busy_pct": busy.mean, "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {
+        "samples_per_s": batch * steps / seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "steps": steps,
+        "gpu_busy_pct": busy.mean,
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+    }
 
 
-def project_cell(path: str, spec: Any, hidden: int, layers: int, batch: int, graph: bool, work: Path,
-                 min_steps: int = 240, **extra: Any) -> dict[str, Any]:
+def project_cell(
+    path: str,
+    spec: Any,
+    hidden: int,
+    layers: int,
+    batch: int,
+    graph: bool,
+    work: Path,
+    min_steps: int = 240,
+    **extra: Any,
+) -> dict[str, Any]:
     from tracelake.config import TrainingSettings
     from training.train_fn import make_train_config, train_fn
 
     train_rows = int(extra.pop("train_rows"))
     steps_per_epoch = -(-train_rows // batch)
     epochs = max(3, -(-min_steps // steps_per_epoch) + 1)
-    settings = TrainingSettings(hidden_size=hidden, num_layers=layers, batch_size=batch, epochs=epochs,
-                                use_gpu=True, cuda_graph=graph, log_every_steps=10_000,
-                                checkpoint_every_steps=10**9, early_stopping_patience=epochs + 1,
-                                eval_batch_size=16384, torch_threads=8, stream_reader_threads=8, **extra)
+    settings = TrainingSettings(
+        hidden_size=hidden,
+        num_layers=layers,
+        batch_size=batch,
+        epochs=epochs,
+        use_gpu=True,
+        cuda_graph=graph,
+        log_every_steps=10_000,
+        checkpoint_every_steps=10**9,
+        early_stopping_patience=epochs + 1,
+        eval_batch_size=16384,
+        torch_threads=8,
+        stream_reader_threads=8,
+        **extra,
+    )
     torch.cuda.reset_peak_memory_stats()
     out = work / f"run-{hidden}x{layers}-{batch}-{'graph' if graph else 'eager'}-{time.monotonic_ns()}"
     with Utilisation() as busy:
@@ -149,10 +174,17 @@ def project_cell(path: str, spec: Any, hidden: int, layers: int, batch: int, gra
     samples = sum(h["samples"] for h in later)
     seconds = sum(h["train_s"] for h in later)
     steps = sum(steps_per_epoch for _ in later)
-    return {"samples_per_s": samples / seconds, "ms_per_step": 1000 * seconds / steps, "steps": steps,
-            "epochs": epochs, "gpu_busy_pct": busy.mean, "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "cuda_graph_captured": result["cuda_graph_captured"], "data_placement": result["data_placement"],
-            "val_macro_pr_auc_last": result["history"][-1]["val_macro_pr_auc"]}
+    return {
+        "samples_per_s": samples / seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "steps": steps,
+        "epochs": epochs,
+        "gpu_busy_pct": busy.mean,
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "cuda_graph_captured": result["cuda_graph_captured"],
+        "data_placement": result["data_placement"],
+        "val_macro_pr_auc_last": result["history"][-1]["val_macro_pr_auc"],
+    }
 
 
 def loader_cells(path: str, spec: Any, device: str = "cuda") -> dict[str, Any]:
@@ -161,8 +193,18 @@ def loader_cells(path: str, spec: Any, device: str = "cuda") -> dict[str, Any]:
 
     results = {}
     for placement in ("device", "host", "stream"):
-        source = StagedSource(path, spec, placement=placement, device=device, rank=0, world_size=1,
-                              batch_size=4096, seed=0, reader_threads=4, shuffle_window_rows=65536)
+        source = StagedSource(
+            path,
+            spec,
+            placement=placement,
+            device=device,
+            rank=0,
+            world_size=1,
+            batch_size=4096,
+            seed=0,
+            reader_threads=4,
+            shuffle_window_rows=65536,
+        )
         started = time.perf_counter()
         rows = sum(b.n_rows for b in source.train_batches(0))
         _sync()
@@ -171,20 +213,29 @@ def loader_cells(path: str, spec: Any, device: str = "cuda") -> dict[str, Any]:
         rows_again = sum(b.n_rows for b in source.train_batches(1))
         _sync()
         again = time.perf_counter() - started
-        results[placement] = {"rows": rows, "first_epoch_rows_per_s": rows / first,
-                              "later_epoch_rows_per_s": rows_again / again,
-                              "note": "first epoch includes reading and staging the Parquet files"}
+        results[placement] = {
+            "rows": rows,
+            "first_epoch_rows_per_s": rows / first,
+            "later_epoch_rows_per_s": rows_again / again,
+            "note": "first epoch includes reading and staging the Parquet files",
+        }
         source.close()
-    results["split_rows"] = StagedSource(path, spec, rank=0, world_size=1, batch_size=1, seed=0).split_rows(TRAIN)
+    results["split_rows"] = StagedSource(path, spec, rank=0, world_size=1, batch_size=1, seed=0).split_rows(
+        TRAIN
+    )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=160_000)
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--budget-s", type=float, default=90.0, help="start no new cell after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=90.0, help="start no new cell after this many seconds"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -201,13 +252,21 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                              "rows": args.rows, "shapes": "25 steps x 14 seq features, 50 tabular, 5 labels",
-                              "reference": {}, "project_eager": {}, "project_graph": {}, "ratio": {}}
+    record: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "rows": args.rows,
+        "shapes": "25 steps x 14 seq features, 50 tabular, 5 labels",
+        "reference": {},
+        "project_eager": {},
+        "project_graph": {},
+        "ratio": {},
+    }
     spec = synthetic_feature_spec(n_seq=14, n_tab=50, seq_len=25, label_names=LABELS)
     work = Path(tempfile.mkdtemp(prefix="gpu-reference-"))
-    path = write_synthetic_dataset(work / "data", spec, args.rows, seed=0, fractions=(0.8, 0.1),
-                                   row_group_rows=32768)
+    path = write_synthetic_dataset(
+        work / "data", spec, args.rows, seed=0, fractions=(0.8, 0.1), row_group_rows=32768
+    )
     train = read_split(path, TRAIN, spec)
     record["data_written_s"] = round(time.perf_counter() - began, 1)
 
@@ -225,22 +284,40 @@ def main(argv: list[str] | None = None) -> int:
             record["reference"][key] = reference_cell(train, hidden, layers, batch, steps)
             for graph in (False, True):
                 label = "project_graph" if graph else "project_eager"
-                record[label][key] = project_cell(path, spec, hidden, layers, batch, graph, work,
-                                                  train_rows=train.n_rows)
-            best = max(record["project_eager"][key]["samples_per_s"], record["project_graph"][key]["samples_per_s"])
+                record[label][key] = project_cell(
+                    path, spec, hidden, layers, batch, graph, work, train_rows=train.n_rows
+                )
+            best = max(
+                record["project_eager"][key]["samples_per_s"], record["project_graph"][key]["samples_per_s"]
+            )
             record["ratio"][key] = {
-                "eager": record["project_eager"][key]["samples_per_s"] / record["reference"][key]["samples_per_s"],
-                "graph": record["project_graph"][key]["samples_per_s"] / record["reference"][key]["samples_per_s"],
-                "best": best / record["reference"][key]["samples_per_s"]}
+                "eager": record["project_eager"][key]["samples_per_s"]
+                / record["reference"][key]["samples_per_s"],
+                "graph": record["project_graph"][key]["samples_per_s"]
+                / record["reference"][key]["samples_per_s"],
+                "best": best / record["reference"][key]["samples_per_s"],
+            }
             save()
             print(key, json.dumps(record["ratio"][key]), flush=True)
     if time.perf_counter() - began < args.budget_s:
         production = TrainingSettings()
-        cell = project_cell(path, spec, production.hidden_size, production.num_layers, production.batch_size, True,
-                            work, min_steps=400, train_rows=train.n_rows)
+        cell = project_cell(
+            path,
+            spec,
+            production.hidden_size,
+            production.num_layers,
+            production.batch_size,
+            True,
+            work,
+            min_steps=400,
+            train_rows=train.n_rows,
+        )
         cell["epoch_10m_rows_s"] = 10_000_000 / cell["samples_per_s"]
-        cell["settings"] = {"hidden_size": production.hidden_size, "num_layers": production.num_layers,
-                            "batch_size": production.batch_size}
+        cell["settings"] = {
+            "hidden_size": production.hidden_size,
+            "num_layers": production.num_layers,
+            "batch_size": production.batch_size,
+        }
         record["production_model"] = cell
         save()
     if time.perf_counter() - began < args.budget_s + 15:

@@ -15,6 +15,7 @@ CUDA, the GPU utilisation sampled by ``nvidia-smi`` every 200 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -32,8 +33,16 @@ LABELS = ("epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
 def _gpu_sampler(path: Path) -> subprocess.Popen | None:
     try:
         return subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-             "-lms", "200"], stdout=path.open("w"), stderr=subprocess.DEVNULL)
+            [
+                "nvidia-smi",
+                "--query-gpu=index,utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ],
+            stdout=path.open("w"),
+            stderr=subprocess.DEVNULL,
+        )
     except OSError:
         return None
 
@@ -53,7 +62,9 @@ def _utilisation(path: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=400_000, help="rows of the synthetic set (60%% train)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--nproc", type=int, default=1)
@@ -76,21 +87,53 @@ def main(argv: list[str] | None = None) -> int:
         data = write_synthetic_dataset(data or work / "data", spec, args.rows, seed=1, row_group_rows=65_536)
         print(f"wrote {args.rows} rows in {time.perf_counter() - started:.1f}s", flush=True)
     settings = TrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=8192, hidden_size=args.hidden_size,
-        learning_rate=3e-3, use_gpu=args.device == "cuda", mixed_precision=True, seed=3, torch_threads=0,
-        checkpoint_every_steps=10_000, log_every_steps=100, early_stopping_patience=args.epochs + 1)
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=8192,
+        hidden_size=args.hidden_size,
+        learning_rate=3e-3,
+        use_gpu=args.device == "cuda",
+        mixed_precision=True,
+        seed=3,
+        torch_threads=0,
+        checkpoint_every_steps=10_000,
+        log_every_steps=100,
+        early_stopping_patience=args.epochs + 1,
+    )
     config_path = work / "config.json"
-    config_path.write_text(json.dumps(make_train_config(settings, spec, {"kind": "parquet", "path": data},
-                                                        work / "run")))
+    config_path.write_text(
+        json.dumps(make_train_config(settings, spec, {"kind": "parquet", "path": data}, work / "run"))
+    )
     result_path = work / "result.json"
-    smi_path = Path(os.environ.get("OUT", str(work))) / f"smi_{args.device}_{args.nproc}x{args.batch_size}.csv"
+    smi_path = (
+        Path(os.environ.get("OUT", str(work))) / f"smi_{args.device}_{args.nproc}x{args.batch_size}.csv"
+    )
     sampler = _gpu_sampler(smi_path) if args.device == "cuda" else None
     started = time.perf_counter()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-               "-m", "training.train_fn", "--config-json", str(config_path), "--result-json", str(result_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(args.nproc),
+        "-m",
+        "training.train_fn",
+        "--config-json",
+        str(config_path),
+        "--result-json",
+        str(result_path),
+    ]
     if args.nproc == 1:
-        command = [sys.executable, "-m", "training.train_fn", "--config-json", str(config_path),
-                   "--result-json", str(result_path)]
+        command = [
+            sys.executable,
+            "-m",
+            "training.train_fn",
+            "--config-json",
+            str(config_path),
+            "--result-json",
+            str(result_path),
+        ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     completed = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
@@ -102,22 +145,34 @@ def main(argv: list[str] | None = None) -> int:
         return completed.returncode
     result = json.loads(result_path.read_text())
     record = {
-        "device": args.device, "nproc": args.nproc, "rows": args.rows, "train_rows": int(args.rows * 0.6),
-        "batch_size": args.batch_size, "hidden_size": args.hidden_size, "epochs": result["epochs_completed"],
-        "result_device": result["device"], "world_size": result["world_size"],
+        "device": args.device,
+        "nproc": args.nproc,
+        "rows": args.rows,
+        "train_rows": int(args.rows * 0.6),
+        "batch_size": args.batch_size,
+        "hidden_size": args.hidden_size,
+        "epochs": result["epochs_completed"],
+        "result_device": result["device"],
+        "world_size": result["world_size"],
         "samples_per_s": round(result["samples_per_s"], 1),
         "samples_per_s_per_process": round(result["samples_per_s_per_process"], 1),
         "per_epoch_train_s": [round(s, 2) for s in result["timing"]["per_epoch_train_s"]],
-        "eval_s": round(result["timing"]["eval_s"], 2), "wall_s": round(wall, 1),
+        "eval_s": round(result["timing"]["eval_s"], 2),
+        "wall_s": round(wall, 1),
         "val_macro_pr_auc": [round(h["val_macro_pr_auc"], 4) for h in result["history"]],
         **(_utilisation(smi_path) if sampler is not None else {}),
     }
     if args.device == "cuda":
-        try:
-            record["gpu_name"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                                capture_output=True, text=True).stdout.strip().splitlines()[0]
-        except (OSError, IndexError):
-            pass
+        with contextlib.suppress(OSError, IndexError):
+            record["gpu_name"] = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
     else:
         record["threads_per_process"] = max(1, (os.cpu_count() or 1) // args.nproc)
     print(json.dumps(record), flush=True)

@@ -53,13 +53,21 @@ def build_lake(args: argparse.Namespace, settings: Any) -> tuple[Any, dt.date, d
 def table(summary: dict[str, Any]) -> list[str]:
     names = [n for n in ("rules", "baseline", "lstm") if n in summary["models"]]
     labels = list(summary["models"][names[0]]["test_pr_auc"])
-    rows = ["| label | mature test positives | " + " | ".join(f"{n} PR-AUC" for n in names) + " |",
-            "| --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    rows = [
+        "| label | mature test positives | " + " | ".join(f"{n} PR-AUC" for n in names) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
     for label in labels:
-        rows.append(f"| {label} | {summary['test_positives'][label]} | "
-                    + " | ".join(f"{summary['models'][n]['test_pr_auc'][label]:.4f}" for n in names) + " |")
-    rows.append("| macro | | " + " | ".join(f"{summary['models'][n]['test_macro']['pr_auc']:.4f}" for n in names)
-                + " |")
+        rows.append(
+            f"| {label} | {summary['test_positives'][label]} | "
+            + " | ".join(f"{summary['models'][n]['test_pr_auc'][label]:.4f}" for n in names)
+            + " |"
+        )
+    rows.append(
+        "| macro | | "
+        + " | ".join(f"{summary['models'][n]['test_macro']['pr_auc']:.4f}" for n in names)
+        + " |"
+    )
     return rows
 
 
@@ -67,26 +75,36 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     models, positives = summary["models"], summary["test_positives"]
     out = []
     few = {label: n for label, n in positives.items() if n < MIN_POSITIVES}
-    out.append(f"- ≥ {MIN_POSITIVES} mature test positives per label: "
-               + ("met" if not few else f"**missed** for {few}"))
+    out.append(
+        f"- ≥ {MIN_POSITIVES} mature test positives per label: "
+        + ("met" if not few else f"**missed** for {few}")
+    )
     if "lstm" in models:
         lstm = models["lstm"]
         low = {label: round(v, 4) for label, v in lstm["test_pr_auc"].items() if not v >= TARGET_PER_LABEL}
-        out.append(f"- LSTM PR-AUC ≥ {TARGET_PER_LABEL} on every label: "
-                   + ("met" if not low else f"**missed** on {low}"))
+        out.append(
+            f"- LSTM PR-AUC ≥ {TARGET_PER_LABEL} on every label: "
+            + ("met" if not low else f"**missed** on {low}")
+        )
         macro = lstm["test_macro"]["pr_auc"]
-        out.append(f"- LSTM macro PR-AUC ≥ {TARGET_MACRO}: {'met' if macro >= TARGET_MACRO else '**missed**'} "
-                   f"({macro:.4f}, {macro - TARGET_MACRO:+.4f})")
+        out.append(
+            f"- LSTM macro PR-AUC ≥ {TARGET_MACRO}: {'met' if macro >= TARGET_MACRO else '**missed**'} "
+            f"({macro:.4f}, {macro - TARGET_MACRO:+.4f})"
+        )
         if "rules" in models:
             rules = models["rules"]["test_macro"]["pr_auc"]
-            out.append(f"- LSTM macro ≥ rules macro + {TARGET_MARGIN}: "
-                       f"{'met' if macro >= rules + TARGET_MARGIN else '**missed**'} "
-                       f"(LSTM {macro:.4f} − rules {rules:.4f} = {macro - rules:+.4f})")
+            out.append(
+                f"- LSTM macro ≥ rules macro + {TARGET_MARGIN}: "
+                f"{'met' if macro >= rules + TARGET_MARGIN else '**missed**'} "
+                f"(LSTM {macro:.4f} − rules {rules:.4f} = {macro - rules:+.4f})"
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lake-root", required=True)
     parser.add_argument("--epcs", type=int, default=30_000)
     parser.add_argument("--days", type=int, default=45)
@@ -95,9 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--reuse-lake", action="store_true", help="the lake is already built: only rebuild the set and train")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting, e.g. --set training.hidden_size=128 or --set generator.rates.jump=0.02")
+    parser.add_argument(
+        "--reuse-lake", action="store_true", help="the lake is already built: only rebuild the set and train"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting, e.g. --set training.hidden_size=128 or --set generator.rates.jump=0.02",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -105,17 +131,39 @@ def main(argv: list[str] | None = None) -> int:
     from spark_jobs import build_training_set, train
     from tracelake.config import load_settings
 
-    settings = load_settings(None, [f"lake_root={args.lake_root}", "spark.master=local[2]", "spark.driver_memory=4g",
-                                    f"generator.epcs={args.epcs}", f"generator.days={args.days}",
-                                    f"generator.seed={args.seed}", *args.overrides])
+    settings = load_settings(
+        None,
+        [
+            f"lake_root={args.lake_root}",
+            "spark.master=local[2]",
+            "spark.driver_memory=4g",
+            f"generator.epcs={args.epcs}",
+            f"generator.days={args.days}",
+            f"generator.seed={args.seed}",
+            *args.overrides,
+        ],
+    )
     load_before = _uptime()
     started = time.perf_counter()
     pipeline, set_start, set_end, as_of = build_lake(args, settings)
-    built = pipeline.step("training-set", set_start, set_end,
-                          lambda run: build_training_set.execute(run, as_of, SET_NAME))
-    summary = pipeline.step("train", set_start, set_end, lambda run: train.execute(
-        run, SET_NAME, models=args.models, num_processes=args.num_processes, local_mode=True, use_gpu=False,
-        epochs=args.epochs, batch_size=args.batch_size))
+    built = pipeline.step(
+        "training-set", set_start, set_end, lambda run: build_training_set.execute(run, as_of, SET_NAME)
+    )
+    summary = pipeline.step(
+        "train",
+        set_start,
+        set_end,
+        lambda run: train.execute(
+            run,
+            SET_NAME,
+            models=args.models,
+            num_processes=args.num_processes,
+            local_mode=True,
+            use_gpu=False,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+        ),
+    )
     wall = time.perf_counter() - started
     command = " ".join([".venv/bin/python benchmarks/model_quality.py", *sys.argv[1:]])
     splits = built["splits"]

@@ -54,19 +54,27 @@ BOUND = 0.7
 def generate_world(lake: Path, days: int, epcs: int, seed: int, profile: str, overrides: list[str]) -> dict:
     shutil.rmtree(lake, ignore_errors=True)
     # The profile is chosen while the settings are built, so that it fills what is not given.
-    generator = {"profile": profile, "days": days, "epcs": epcs, "seed": seed,
-                 "format": "csv"}
-    settings = load_settings(overrides=["spark.master=local[2]", "spark.driver_memory=2g",
-                                        "spark.shuffle_partitions=4", f"lake_root={lake}",
-                                        *(f"generator.{k}={v}" for k, v in generator.items()), *overrides])
+    generator = {"profile": profile, "days": days, "epcs": epcs, "seed": seed, "format": "csv"}
+    settings = load_settings(
+        overrides=[
+            "spark.master=local[2]",
+            "spark.driver_memory=2g",
+            "spark.shuffle_partitions=4",
+            f"lake_root={lake}",
+            *(f"generator.{k}={v}" for k, v in generator.items()),
+            *overrides,
+        ]
+    )
     settings.spark.conf.update({"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
     # (start_date is not a --set value: YAML would read it as a date.)
-    settings = settings.model_copy(update={"generator": settings.generator.model_copy(
-        update={"start_date": START.isoformat()})})
+    settings = settings.model_copy(
+        update={"generator": settings.generator.model_copy(update={"start_date": START.isoformat()})}
+    )
     spark = build_spark(settings, "naive-rules")
     try:
-        with job_run("generate", settings=settings, spark=spark, start=START,
-                     end=START + dt.timedelta(days=days - 1)) as run:
+        with job_run(
+            "generate", settings=settings, spark=spark, start=START, end=START + dt.timedelta(days=days - 1)
+        ) as run:
             return generate.execute(run)
     finally:
         spark.stop()
@@ -74,8 +82,13 @@ def generate_world(lake: Path, days: int, epcs: int, seed: int, profile: str, ov
 
 def load_scans(lake: Path) -> pd.DataFrame:
     landing = lake / "landing"
-    scans = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False)
-                       for f in sorted((landing / "scans").glob("date=*/*.csv"))], ignore_index=True)
+    scans = pd.concat(
+        [
+            pd.read_csv(f, dtype=str, keep_default_na=False)
+            for f in sorted((landing / "scans").glob("date=*/*.csv"))
+        ],
+        ignore_index=True,
+    )
     locations = pd.read_csv(landing / "reference" / "locations.csv", dtype=str).set_index("location_id")
     scans["t"] = pd.to_datetime(scans["event_time"], format="%Y-%m-%dT%H:%M:%SZ", utc=True)
     scans["tier"] = locations.loc[scans["location_id"], "tier"].astype(int).to_numpy()
@@ -88,8 +101,12 @@ def naive_flags(scans: pd.DataFrame, products: pd.DataFrame) -> dict[str, pd.Ser
     """Per anomaly type, the events its one-line rule flags (a boolean per scan row)."""
     prev = scans.groupby("epc_code")[["t", "lat", "lon", "tier"]].shift(1)
     has_prev = prev["t"].notna()
-    km = pd.Series(haversine_km(prev["lat"].to_numpy(), prev["lon"].to_numpy(), scans["lat"].to_numpy(),
-                                scans["lon"].to_numpy()), index=scans.index).fillna(0.0)
+    km = pd.Series(
+        haversine_km(
+            prev["lat"].to_numpy(), prev["lon"].to_numpy(), scans["lat"].to_numpy(), scans["lon"].to_numpy()
+        ),
+        index=scans.index,
+    ).fillna(0.0)
     hours = (scans["t"] - prev["t"]).dt.total_seconds() / 3600
     speed = np.where(hours > 0, km / hours.where(hours > 0, 1), np.where(km > 0, np.inf, 0.0))
     jump = has_prev & (speed > SPEED_KMH)
@@ -98,8 +115,11 @@ def naive_flags(scans: pd.DataFrame, products: pd.DataFrame) -> dict[str, pd.Ser
     loc_err = has_prev & ~step.isin([0, 1])
 
     # epc_dup: any earlier scan of the EPC within DUP_MINUTES at more than DUP_KM.
-    pairs = scans[["epc_code", "event_id", "t", "lat", "lon"]].reset_index().merge(
-        scans[["epc_code", "t", "lat", "lon"]], on="epc_code", suffixes=("", "_o"))
+    pairs = (
+        scans[["epc_code", "event_id", "t", "lat", "lon"]]
+        .reset_index()
+        .merge(scans[["epc_code", "t", "lat", "lon"]], on="epc_code", suffixes=("", "_o"))
+    )
     gap = (pairs["t"] - pairs["t_o"]).dt.total_seconds() / 60
     near_in_time = (gap >= 0) & (gap <= DUP_MINUTES)
     far = haversine_km(pairs["lat"], pairs["lon"], pairs["lat_o"], pairs["lon_o"]) > DUP_KM
@@ -108,14 +128,18 @@ def naive_flags(scans: pd.DataFrame, products: pd.DataFrame) -> dict[str, pd.Ser
 
     # evt_order_err: an Outbound (not at a factory) without an earlier Inbound of the EPC at that place.
     inbound = scans["event_type"].str.endswith("_Inbound")
-    seen_inbound = inbound.astype(int).groupby([scans["epc_code"], scans["location_id"]]).cumsum() - inbound.astype(int)
+    seen_inbound = inbound.astype(int).groupby(
+        [scans["epc_code"], scans["location_id"]]
+    ).cumsum() - inbound.astype(int)
     outbound = scans["event_type"].str.endswith("_Outbound") & (scans["tier"] > 0)
     order = outbound & (seen_inbound == 0)
 
     parts = scans["epc_code"].str.split(".", expand=True, n=5).reindex(columns=range(6))
-    known = set(zip(products["company_code"], products["product_code"]))
+    known = set(zip(products["company_code"], products["product_code"], strict=False))
     companies = set(products["company_code"])
-    pair_known = pd.Series([(c, p) in known for c, p in zip(parts[1], parts[2])], index=scans.index)
+    pair_known = pd.Series(
+        [(c, p) in known for c, p in zip(parts[1], parts[2], strict=False)], index=scans.index
+    )
     fake = (~scans["epc_code"].str.match(domain()["epc_regex"])) | ~parts[1].isin(companies) | ~pair_known
 
     return {"epc_fake": fake, "epc_dup": epc_dup, "loc_err": loc_err, "evt_order_err": order, "jump": jump}
@@ -132,17 +156,24 @@ def score(scans: pd.DataFrame, flags: dict[str, pd.Series], truth: pd.DataFrame)
         precision = hit.sum() / flagged.sum() if flagged.sum() else float("nan")
         event_recall = hit.sum() / positive.sum() if positive.sum() else float("nan")
         incident_recall = incidents.mean() if len(incidents) else float("nan")
-        rows.append({
-            "type": anomaly, "flagged": int(flagged.sum()), "true_events": int(positive.sum()),
-            "incidents": len(incidents), "precision": precision, "event_recall": event_recall,
-            "incident_recall": incident_recall,
-            "ok": bool(precision <= BOUND or max(event_recall, incident_recall) <= BOUND),
-        })
+        rows.append(
+            {
+                "type": anomaly,
+                "flagged": int(flagged.sum()),
+                "true_events": int(positive.sum()),
+                "incidents": len(incidents),
+                "precision": precision,
+                "event_recall": event_recall,
+                "incident_recall": incident_recall,
+                "ok": bool(precision <= BOUND or max(event_recall, incident_recall) <= BOUND),
+            }
+        )
     return rows
 
 
-def false_positive_sources(scans: pd.DataFrame, flags: dict[str, pd.Series], truth: pd.DataFrame,
-                           confounders: pd.DataFrame) -> dict[str, dict[str, int]]:
+def false_positive_sources(
+    scans: pd.DataFrame, flags: dict[str, pd.Series], truth: pd.DataFrame, confounders: pd.DataFrame
+) -> dict[str, dict[str, int]]:
     """What the false positives of each rule are: confounders (by name), other anomalies, or nothing known."""
     labelled = truth.drop_duplicates("event_id").set_index("event_id")["anomaly_type"]
     conf = confounders.groupby("event_id")["confounder"].agg(lambda c: "+".join(sorted(set(c))))
@@ -177,15 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = score(scans, flags, truth)
     sources = false_positive_sources(scans, flags, truth, confounders)
 
-    print(f"# naive rules on the {args.profile} generator: {args.days} days, {args.epcs} EPCs, seed {args.seed}, "
-          f"{summary['events']} events (generated in {generated:.1f} s)")
+    print(
+        f"# naive rules on the {args.profile} generator: {args.days} days, {args.epcs} EPCs, seed {args.seed}, "
+        f"{summary['events']} events (generated in {generated:.1f} s)"
+    )
     print(f"machine: {platform.node()} {os.cpu_count()} cores, load average {os.getloadavg()}")
-    print("| type | rule flags | true events | incidents | precision | event recall | incident recall | "
-          "requirement (precision <= 0.7 or recall <= 0.7) |")
+    print(
+        "| type | rule flags | true events | incidents | precision | event recall | incident recall | "
+        "requirement (precision <= 0.7 or recall <= 0.7) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
-        print(f"| {r['type']} | {r['flagged']} | {r['true_events']} | {r['incidents']} | {r['precision']:.3f} | "
-              f"{r['event_recall']:.3f} | {r['incident_recall']:.3f} | {'met' if r['ok'] else 'NOT met'} |")
+        print(
+            f"| {r['type']} | {r['flagged']} | {r['true_events']} | {r['incidents']} | {r['precision']:.3f} | "
+            f"{r['event_recall']:.3f} | {r['incident_recall']:.3f} | {'met' if r['ok'] else 'NOT met'} |"
+        )
     print("\nfalse positives by source:")
     for anomaly, counts in sources.items():
         print(f"- {anomaly}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -57,7 +57,7 @@ def s3_requests(metrics_url: str) -> Counter[str]:
     """SeaweedFS's S3 request counters by request type (all buckets, all status codes)."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     counts: Counter[str] = Counter()
-    for match in re.finditer(r'^SeaweedFS_s3_request_total\{([^}]*)\}\s+([0-9.e+]+)$', text, re.MULTILINE):
+    for match in re.finditer(r"^SeaweedFS_s3_request_total\{([^}]*)\}\s+([0-9.e+]+)$", text, re.MULTILINE):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
         counts[labels.get("type", "?")] += int(float(match.group(2)))
     return counts
@@ -79,9 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_REGION", "us-east-1")
     port, metrics_port = _free_port(), _free_port()
     server = [sys.executable, str(ROOT / "scripts" / "s3-server")]
-    endpoint = subprocess.run([*server, "start", "--port", str(port), "--dir", str(work / "s3"),
-                               "--metrics-port", str(metrics_port)],
-                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    endpoint = (
+        subprocess.run(
+            [
+                *server,
+                "start",
+                "--port",
+                str(port),
+                "--dir",
+                str(work / "s3"),
+                "--metrics-port",
+                str(metrics_port),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     try:
         return run(args, work, endpoint, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
@@ -102,14 +118,23 @@ def run(args: argparse.Namespace, work: Path, endpoint: str, metrics_url: str) -
     from tracelake.tables import read_table, table_spec
 
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    common = {"spark.master": "local[2]", "spark.driver_memory": "4g", "spark.shuffle_partitions": 4,
-              "storage.s3_endpoint": endpoint, "storage.s3_path_style": True,
-              "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-              "generator.epcs": args.epcs, "generator.days": 1, "generator.start_date": DAY.isoformat(),
-              "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}}
+    common = {
+        "spark.master": "local[2]",
+        "spark.driver_memory": "4g",
+        "spark.shuffle_partitions": 4,
+        "storage.s3_endpoint": endpoint,
+        "storage.s3_path_style": True,
+        "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        "generator.epcs": args.epcs,
+        "generator.days": 1,
+        "generator.start_date": DAY.isoformat(),
+        "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+    }
     lakes = {"local": str(work / "lake"), "s3a": f"s3a://{BUCKET}/lake"}
-    settings = {name: load_settings(overrides={**common, "lake_root": root}, environ={})
-                for name, root in lakes.items()}
+    settings = {
+        name: load_settings(overrides={**common, "lake_root": root}, environ={})
+        for name, root in lakes.items()
+    }
     spark = build_spark(settings["s3a"], "bench-object-storage")
     hadoop = spark._jsc.hadoopConfiguration()
     for key, value in storage.hadoop_conf(settings["s3a"].storage.object_store()).items():
@@ -122,11 +147,17 @@ def run(args: argparse.Namespace, work: Path, endpoint: str, metrics_url: str) -
 
     jobs = {"ingest": ingest.execute, "features": build_features.execute, "score": score.execute}
     results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "uptime_start": _uptime(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True, check=False).stdout.strip(),
-        "cpus": os.cpu_count(), "python": platform.python_version(), "events": generated["events"],
-        "server": "SeaweedFS (scripts/s3-server), loopback", "runs": []}
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "uptime_start": _uptime(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "events": generated["events"],
+        "server": "SeaweedFS (scripts/s3-server), loopback",
+        "runs": [],
+    }
     model_registered = False
     for round_number in range(args.rounds):
         order = ["local", "s3a"] if round_number % 2 == 0 else ["s3a", "local"]
@@ -144,18 +175,29 @@ def run(args: argparse.Namespace, work: Path, endpoint: str, metrics_url: str) -
                     jobs[step](r)
                 seconds = time.perf_counter() - started
                 requests = s3_requests(metrics_url) - before
-                record = {"round": round_number, "lake": lake, "step": step, "seconds": round(seconds, 2),
-                          "s3_requests": sum(requests.values()), "s3_requests_by_type": dict(requests)}
+                record = {
+                    "round": round_number,
+                    "lake": lake,
+                    "step": step,
+                    "seconds": round(seconds, 2),
+                    "s3_requests": sum(requests.values()),
+                    "s3_requests_by_type": dict(requests),
+                }
                 results["runs"].append(record)
                 print(json.dumps(record), flush=True)
     results["uptime_end"] = _uptime()
-    best = {(r["lake"], r["step"]): min(x["seconds"] for x in results["runs"]
-                                        if (x["lake"], x["step"]) == (r["lake"], r["step"]))
-            for r in results["runs"]}
+    best = {
+        (r["lake"], r["step"]): min(
+            x["seconds"] for x in results["runs"] if (x["lake"], x["step"]) == (r["lake"], r["step"])
+        )
+        for r in results["runs"]
+    }
     results["best_seconds"] = {f"{lake}/{step}": s for (lake, step), s in best.items()}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{generated['events']} events of {DAY}; best of {args.rounds} rounds\n")
-    print("| step | local s | s3a s | s3a / local | S3 requests (s3a run) |\n| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| step | local s | s3a s | s3a / local | S3 requests (s3a run) |\n| --- | ---: | ---: | ---: | ---: |"
+    )
     for step in STEPS:
         local, remote = best[("local", step)], best[("s3a", step)]
         requests = max(r["s3_requests"] for r in results["runs"] if (r["lake"], r["step"]) == ("s3a", step))

@@ -43,16 +43,26 @@ def bench_settings(lake: Path):
     from tracelake.config import Settings
 
     base = Settings(lake_root=str(lake))
-    return base.model_copy(update={"spark": base.spark.model_copy(update={"master": "local[2]",
-                                                                          "driver_memory": "3g"})})
+    return base.model_copy(
+        update={"spark": base.spark.model_copy(update={"master": "local[2]", "driver_memory": "3g"})}
+    )
 
 
-def loader_rate(urls: list[str], spec, *, world_size: int, workers: int, batch_size: int,
-                shuffle_buffer_rows: int) -> dict:
+def loader_rate(
+    urls: list[str], spec, *, world_size: int, workers: int, batch_size: int, shuffle_buffer_rows: int
+) -> dict:
     from training.data import PetastormSource
 
-    source = PetastormSource({"train": urls}, spec, rank=0, world_size=world_size, batch_size=batch_size, seed=7,
-                             workers=workers, shuffle_buffer_rows=shuffle_buffer_rows)
+    source = PetastormSource(
+        {"train": urls},
+        spec,
+        rank=0,
+        world_size=world_size,
+        batch_size=batch_size,
+        seed=7,
+        workers=workers,
+        shuffle_buffer_rows=shuffle_buffer_rows,
+    )
     started = time.perf_counter()
     rows = steps = 0
     for batch in source.train_batches(epoch=0):
@@ -60,9 +70,16 @@ def loader_rate(urls: list[str], spec, *, world_size: int, workers: int, batch_s
         steps += 1
     elapsed = time.perf_counter() - started
     source.close()
-    return {"world_size": world_size, "reader_workers": workers, "batch_size": batch_size,
-            "shuffle_buffer_rows": shuffle_buffer_rows, "rows": rows, "steps": steps, "seconds": round(elapsed, 2),
-            "rows_per_s_per_process": round(rows / elapsed, 1)}
+    return {
+        "world_size": world_size,
+        "reader_workers": workers,
+        "batch_size": batch_size,
+        "shuffle_buffer_rows": shuffle_buffer_rows,
+        "rows": rows,
+        "steps": steps,
+        "seconds": round(elapsed, 2),
+        "rows_per_s_per_process": round(rows / elapsed, 1),
+    }
 
 
 def cpu_step_rate(data: str, spec, *, batch_size: int, work: Path) -> dict:
@@ -70,19 +87,45 @@ def cpu_step_rate(data: str, spec, *, batch_size: int, work: Path) -> dict:
     from tracelake.config import TrainingSettings
     from training.train_fn import make_train_config
 
-    settings = TrainingSettings(epochs=1, batch_size=batch_size, eval_batch_size=8192, hidden_size=64, seed=3,
-                                torch_threads=0, checkpoint_every_steps=100_000, log_every_steps=1000,
-                                early_stopping_patience=2)
+    settings = TrainingSettings(
+        epochs=1,
+        batch_size=batch_size,
+        eval_batch_size=8192,
+        hidden_size=64,
+        seed=3,
+        torch_threads=0,
+        checkpoint_every_steps=100_000,
+        log_every_steps=1000,
+        early_stopping_patience=2,
+    )
     config = work / "config.json"
-    config.write_text(json.dumps(make_train_config(settings, spec, {"kind": "parquet", "path": data}, work / "run")))
+    config.write_text(
+        json.dumps(make_train_config(settings, spec, {"kind": "parquet", "path": data}, work / "run"))
+    )
     result_file = work / "result.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "training.train_fn", "--config-json", str(config), "--result-json",
-                    str(result_file)], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train_fn",
+            "--config-json",
+            str(config),
+            "--result-json",
+            str(result_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     result = json.loads(result_file.read_text())
-    return {"samples_per_s_per_process": round(result["samples_per_s_per_process"], 1),
-            "per_epoch_train_s": [round(s, 2) for s in result["timing"]["per_epoch_train_s"]],
-            "threads": os.cpu_count(), "batch_size": batch_size}
+    return {
+        "samples_per_s_per_process": round(result["samples_per_s_per_process"], 1),
+        "per_epoch_train_s": [round(s, 2) for s in result["timing"]["per_epoch_train_s"]],
+        "threads": os.cpu_count(),
+        "batch_size": batch_size,
+    }
 
 
 def gpu_step_rates() -> list[dict]:
@@ -90,12 +133,17 @@ def gpu_step_rates() -> list[dict]:
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: r[k] for k in ("gpu_name", "nproc", "batch_size", "samples_per_s_per_process") if k in r}
-            for r in rows if r.get("device") == "cuda"]
+    return [
+        {k: r[k] for k in ("gpu_name", "nproc", "batch_size", "samples_per_s_per_process") if k in r}
+        for r in rows
+        if r.get("device") == "cuda"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic set (60%% train)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--out", required=True)
@@ -118,12 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         df = spark.read.parquet(data).where(F.col(SPLIT_COLUMN) == "train")
         started = time.perf_counter()
-        with spark_converters(df, spec, cache_dir_url=cache_url(settings.lake_root, "bench"), splits=("train",),
-                              row_group_bytes=row_group_bytes) as converted:
+        with spark_converters(
+            df,
+            spec,
+            cache_dir_url=cache_url(settings.lake_root, "bench"),
+            splits=("train",),
+            row_group_bytes=row_group_bytes,
+        ) as converted:
             convert_s = time.perf_counter() - started
             urls = converted["train"].file_urls
-            import pyarrow.parquet as pq
             from urllib.parse import urlparse
+
+            import pyarrow.parquet as pq
 
             groups = sum(pq.ParquetFile(urlparse(u).path).metadata.num_row_groups for u in urls)
             spark.stop()  # the loader runs in the training processes, without Spark
@@ -131,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             for world_size in (1, 2):
                 for workers in (1, 2):
                     for buffer in (0, 8192):
-                        record = loader_rate(urls, spec, world_size=world_size, workers=workers,
-                                             batch_size=args.batch_size, shuffle_buffer_rows=buffer)
+                        record = loader_rate(
+                            urls,
+                            spec,
+                            world_size=world_size,
+                            workers=workers,
+                            batch_size=args.batch_size,
+                            shuffle_buffer_rows=buffer,
+                        )
                         print(json.dumps(record), flush=True)
                         records.append(record)
     finally:
@@ -140,10 +200,19 @@ def main(argv: list[str] | None = None) -> int:
             spark.stop()
     cpu = cpu_step_rate(data, spec, batch_size=args.batch_size, work=work)
     summary = {
-        "benchmark": "petastorm_loader", "rows": args.rows, "train_rows": converted["train"].rows,
-        "converter_files": len(urls), "row_groups": groups, "row_group_bytes": row_group_bytes,
-        "convert_s": round(convert_s, 1), "loader": records, "cpu_train_step": cpu, "gpu_train_step": gpu_step_rates(),
-        "uptime_before": load_before, "uptime_after": _uptime(), "cores": os.cpu_count(),
+        "benchmark": "petastorm_loader",
+        "rows": args.rows,
+        "train_rows": converted["train"].rows,
+        "converter_files": len(urls),
+        "row_groups": groups,
+        "row_group_bytes": row_group_bytes,
+        "convert_s": round(convert_s, 1),
+        "loader": records,
+        "cpu_train_step": cpu,
+        "gpu_train_step": gpu_step_rates(),
+        "uptime_before": load_before,
+        "uptime_after": _uptime(),
+        "cores": os.cpu_count(),
     }
     print(json.dumps(summary, indent=1), flush=True)
     with open(args.out, "a") as handle:

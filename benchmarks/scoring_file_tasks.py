@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scoring_throughput import (  # noqa: E402
+from scoring_throughput import (
     RESULTS,
     START,
     build_model,
@@ -77,8 +77,10 @@ def file_tasks_frame(spark: Any, files: list[str], model: Any, batch_rows: int) 
                     yield pd.DataFrame(out)
 
     source = spark.sparkContext.parallelize([(f,) for f in files], len(files)).toDF("path string")
-    ddl = ("event_id string, epc_code string, event_time timestamp, location_id string, event_date date, "
-           + ", ".join(f"`{n}` double" for n in names))
+    ddl = (
+        "event_id string, epc_code string, event_time timestamp, location_id string, event_date date, "
+        + ", ".join(f"`{n}` double" for n in names)
+    )
     return source.mapInPandas(score, schema=ddl)
 
 
@@ -122,20 +124,35 @@ def main(argv: list[str] | None = None) -> int:
     lake = Path(args.lake)
     shutil.rmtree(lake, ignore_errors=True)
     lake.mkdir(parents=True)
-    settings = load_settings(overrides={
-        "lake_root": str(lake), "spark.master": "local[2]", "spark.driver_memory": "3g",
-        "spark.shuffle_partitions": 2,
-        "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}}, environ={})
+    settings = load_settings(
+        overrides={
+            "lake_root": str(lake),
+            "spark.master": "local[2]",
+            "spark.driver_memory": "3g",
+            "spark.shuffle_partitions": 2,
+            "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        },
+        environ={},
+    )
     spark = build_spark(settings, "bench-file-tasks")
     batch_rows = settings.scoring.arrow_batch_rows
     spark.conf.set(score.ARROW_BATCH_CONF, str(batch_rows))
-    results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "uptime_start": uptime(), "cpus": os.cpu_count(), "scoring": settings.scoring.model_dump()}
+    results: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "uptime_start": uptime(),
+        "cpus": os.cpu_count(),
+        "scoring": settings.scoring.model_dump(),
+    }
     spec = table_spec("features_event_features")
     end = START + dt.timedelta(days=args.days - 1)
     frame = feature_frame(spark, args.rows * args.days, args.days, seed=11)
-    write_table(frame.repartition(args.files_per_day, "event_date", F.col("event_id")), spec, str(lake),
-                start=START, end=end)
+    write_table(
+        frame.repartition(args.files_per_day, "event_date", F.col("event_id")),
+        spec,
+        str(lake),
+        start=START,
+        end=end,
+    )
     features = read_table(spark, spec, str(lake))
     files = DeltaTable(spec.location(str(lake))).file_uris()
     rows = args.rows * args.days
@@ -148,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     with job_run("score", settings=settings, spark=spark, start=START, end=end) as run:
         loaded = score.LoadedModel(run, settings.scoring.model_uri)
         session_for(loaded.model)
-        results["ort_single_with_read"] = max((ort_single_with_read(loaded.model, files, batch_rows)
-                                               for _ in range(args.repeats)), key=lambda r: r["rows_per_s"])
+        results["ort_single_with_read"] = max(
+            (ort_single_with_read(loaded.model, files, batch_rows) for _ in range(args.repeats)),
+            key=lambda r: r["rows_per_s"],
+        )
         print("ort single with read", json.dumps(results["ort_single_with_read"]), flush=True)
         cases = {
-            "spark_ort": lambda: score.scored_frame(features, loaded, run.run_id, dt.datetime.now(dt.timezone.utc)),
+            "spark_ort": lambda: score.scored_frame(features, loaded, run.run_id, dt.datetime.now(dt.UTC)),
             "spark_file_tasks": lambda: file_tasks_frame(spark, files, loaded.model, batch_rows),
         }
         for frame_of in cases.values():  # warm-up: workers started, sessions built
@@ -163,10 +182,16 @@ def main(argv: list[str] | None = None) -> int:
             print(name, json.dumps(results[name]), flush=True)
         # the file-task path scores the same rows as the production path
         got = file_tasks_frame(spark, files, loaded.model, batch_rows).select("event_id", "p_jump")
-        want = score.scored_frame(features, loaded, run.run_id, dt.datetime.now(dt.timezone.utc)) \
-            .select("event_id", F.col("p_jump").alias("want"))
-        diff = got.join(want, "event_id").select(F.count("*").alias("n"), F.max(F.abs(F.col("p_jump") - F.col("want")))
-                                                   .alias("max_abs_diff")).first()
+        want = score.scored_frame(features, loaded, run.run_id, dt.datetime.now(dt.UTC)).select(
+            "event_id", F.col("p_jump").alias("want")
+        )
+        diff = (
+            got.join(want, "event_id")
+            .select(
+                F.count("*").alias("n"), F.max(F.abs(F.col("p_jump") - F.col("want"))).alias("max_abs_diff")
+            )
+            .first()
+        )
         results["same_rows"] = {"joined": diff["n"], "max_abs_diff": diff["max_abs_diff"]}
         loaded.release()
     limit = 2 * results["ort_single_with_read"]["rows_per_s"]
@@ -181,17 +206,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = ["# Scoring with the workers reading the Parquet files themselves (experiment)", "",
-             f"Command: `{r['command']}`", "",
-             f"Machine: {r['cpus']} CPUs, shared; load before: `{r['uptime_start']}`; after: `{r['uptime_end']}`", "",
-             f"{r['rows']} rows in {r['files']} Parquet files; best of the repeats; noop sink.", "",
-             "| case | rows/s | vs 2 x one process reading the files |", "| --- | ---: | ---: |"]
-    lines.append(f"| one ORT process reading the files itself | {r['ort_single_with_read']['rows_per_s']:.0f} | |")
-    for name, label in (("spark_ort", "Spark local[2] + ORT mapInPandas (production path)"),
-                        ("spark_file_tasks", "Spark local[2], one task per file, workers read with pyarrow")):
+    lines = [
+        "# Scoring with the workers reading the Parquet files themselves (experiment)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Machine: {r['cpus']} CPUs, shared; load before: `{r['uptime_start']}`; after: `{r['uptime_end']}`",
+        "",
+        f"{r['rows']} rows in {r['files']} Parquet files; best of the repeats; noop sink.",
+        "",
+        "| case | rows/s | vs 2 x one process reading the files |",
+        "| --- | ---: | ---: |",
+    ]
+    lines.append(
+        f"| one ORT process reading the files itself | {r['ort_single_with_read']['rows_per_s']:.0f} | |"
+    )
+    for name, label in (
+        ("spark_ort", "Spark local[2] + ORT mapInPandas (production path)"),
+        ("spark_file_tasks", "Spark local[2], one task per file, workers read with pyarrow"),
+    ):
         lines.append(f"| {label} | {r[name]['rows_per_s']:.0f} | {r[name]['vs_2x_single_with_read']:.2f} |")
-    lines += ["", f"Same rows, same scores: {r['same_rows']['joined']} rows joined on event_id, "
-                  f"max |p_jump difference| {r['same_rows']['max_abs_diff']}.", ""]
+    lines += [
+        "",
+        f"Same rows, same scores: {r['same_rows']['joined']} rows joined on event_id, "
+        f"max |p_jump difference| {r['same_rows']['max_abs_diff']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -76,15 +76,25 @@ def feature_frame(spark: Any, rows: int, days: int, seed: int) -> Any:
         "event_id": F.format_string("ev-%010d", F.col("id")),
         "epc_code": F.format_string("001.8804823.%07d.000001.20250701.%09d", F.col("id") % 97, F.col("id")),
         "event_date": day,
-        "event_time": (F.unix_timestamp(day.cast("timestamp")) + F.abs(F.hash("id")) % 86_400).cast("timestamp"),
+        "event_time": (F.unix_timestamp(day.cast("timestamp")) + F.abs(F.hash("id")) % 86_400).cast(
+            "timestamp"
+        ),
         "location_id": F.format_string("LOC%03d", F.col("id") % 101),
         "prev_location_id": F.format_string("LOC%03d", (F.col("id") + 1) % 101),
         "loc_snapshot_date": day,
         "route_snapshot_date": day,
         # time-major, right-padded with 0 after seq_len steps; values a hash of (row, element)
-        "seq": F.transform(F.sequence(F.lit(0), F.lit(steps * width - 1)), lambda i: F.when(
-            i < F.col("seq_len") * width,
-            (F.abs(F.hash(F.col("id"), i, F.lit(seed))) % 2000 / 1000.0 - 1.0)).otherwise(F.lit(0.0)).cast("float")),
+        "seq": F.transform(
+            F.sequence(F.lit(0), F.lit(steps * width - 1)),
+            lambda i: (
+                F.when(
+                    i < F.col("seq_len") * width,
+                    (F.abs(F.hash(F.col("id"), i, F.lit(seed))) % 2000 / 1000.0 - 1.0),
+                )
+                .otherwise(F.lit(0.0))
+                .cast("float")
+            ),
+        ),
     }
     columns = []
     for k, column in enumerate(spec.columns):
@@ -110,8 +120,9 @@ def build_model(spark: Any, features: Any, folder: Path, settings: Any) -> tuple
     from training.onnx_export import export_onnx
 
     labels = default_label_names()
-    spec = FeatureSpec(tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length,
-                       labels)
+    spec = FeatureSpec(
+        tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length, labels
+    )
     sample = features.limit(2048).toPandas()
     columns = {c: sample[c].to_numpy() for c in sample.columns}
     columns.update({label: np.zeros(len(sample), np.float32) for label in labels})
@@ -123,8 +134,9 @@ def build_model(spark: Any, features: Any, folder: Path, settings: Any) -> tuple
     model.set_preprocessing(stats, pos_weight_cap=settings.training.pos_weight_cap)
     model.eval()
     path = folder / "model.onnx"
-    export_onnx(model, path, arrays.take(slice(0, 256)), thresholds={label: 0.5 for label in labels},
-                exporter="torchscript")
+    export_onnx(
+        model, path, arrays.take(slice(0, 256)), thresholds=dict.fromkeys(labels, 0.5), exporter="torchscript"
+    )
     return path, model
 
 
@@ -149,15 +161,20 @@ def ort_single(loaded: Any, frame: Any, batch_rows: int) -> dict[str, float]:
     predict(frame.iloc[:batch_rows], loaded.model)  # warm-up
     started = time.perf_counter()
     for start in range(0, len(frame), batch_rows):
-        predict(frame.iloc[start:start + batch_rows], loaded.model)
+        predict(frame.iloc[start : start + batch_rows], loaded.model)
     with_conversion = time.perf_counter() - started
-    batches = [feeds(frame.iloc[s:s + batch_rows], loaded.model) for s in range(0, len(frame), batch_rows)]
+    batches = [feeds(frame.iloc[s : s + batch_rows], loaded.model) for s in range(0, len(frame), batch_rows)]
     started = time.perf_counter()
     for batch in batches:
         session.run(["probabilities"], batch)
     only = time.perf_counter() - started
-    return {"rows": len(frame), "seconds": with_conversion, "rows_per_s": len(frame) / with_conversion,
-            "ort_only_seconds": only, "ort_only_rows_per_s": len(frame) / only}
+    return {
+        "rows": len(frame),
+        "seconds": with_conversion,
+        "rows_per_s": len(frame) / with_conversion,
+        "ort_only_seconds": only,
+        "ort_only_rows_per_s": len(frame) / only,
+    }
 
 
 def ort_single_with_read(loaded: Any, table_path: str, day: dt.date, batch_rows: int) -> dict[str, float]:
@@ -169,7 +186,9 @@ def ort_single_with_read(loaded: Any, table_path: str, day: dt.date, batch_rows:
     from batch_scoring.transforms import KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, predict
 
     model = loaded.model
-    columns = [c for c in (*KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, *model.tab_features) if c != "event_date"]
+    columns = [
+        c for c in (*KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, *model.tab_features) if c != "event_date"
+    ]
     started = time.perf_counter()
     files = DeltaTable(table_path).file_uris(partition_filters=[("event_date", "=", day.isoformat())])
     rows = 0
@@ -208,16 +227,25 @@ def torch_udf_frame(features: Any, model: Any, spark: Any) -> Any:
             columns.update({label: np.zeros(len(batch), np.float32) for label in spec.label_names})
             arrays = columns_to_arrays(columns, FeatureSpec.from_dict(config["feature_spec"]))
             with torch.no_grad():
-                p = wrapper(torch.from_numpy(arrays.seq), torch.from_numpy(arrays.seq_len),
-                            torch.from_numpy(arrays.tab)).numpy().astype(np.float64)
+                p = (
+                    wrapper(
+                        torch.from_numpy(arrays.seq),
+                        torch.from_numpy(arrays.seq_len),
+                        torch.from_numpy(arrays.tab),
+                    )
+                    .numpy()
+                    .astype(np.float64)
+                )
             out = batch[list(KEY_COLUMNS)].copy()
             for j, name in enumerate(names):
                 out[name] = p[:, j]
             yield pd.DataFrame(out)
 
     source = features.select(*KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, *spec.tab_features)
-    ddl = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in source.schema if f.name in KEY_COLUMNS]
-                    + [f"`{n}` double" for n in names])
+    ddl = ", ".join(
+        [f"`{f.name}` {f.dataType.simpleString()}" for f in source.schema if f.name in KEY_COLUMNS]
+        + [f"`{n}` double" for n in names]
+    )
     return source.mapInPandas(score, schema=ddl)
 
 
@@ -234,8 +262,10 @@ def convert_only_frame(features: Any, model: Any) -> Any:
             yield out
 
     source = features.select(*KEY_COLUMNS, "seq", "seq_len", *model.tab_features)
-    ddl = ", ".join([f"`{f.name}` {f.dataType.simpleString()}" for f in source.schema if f.name in KEY_COLUMNS]
-                    + [f"`p_{label}` double" for label in model.label_names])
+    ddl = ", ".join(
+        [f"`{f.name}` {f.dataType.simpleString()}" for f in source.schema if f.name in KEY_COLUMNS]
+        + [f"`p_{label}` double" for label in model.label_names]
+    )
     return source.mapInPandas(convert, schema=ddl)
 
 
@@ -252,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--range-rows-per-day", type=int, default=2_000)
     parser.add_argument("--lake", default="/tmp/tracelake-bench-scoring")
     parser.add_argument("--skip-range", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="time each throughput case this many times, keep the best")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="time each throughput case this many times, keep the best"
+    )
     parser.add_argument("--out", default=str(RESULTS / "scoring_throughput.json"), help="results JSON")
     args = parser.parse_args(argv)
 
@@ -267,32 +299,52 @@ def main(argv: list[str] | None = None) -> int:
     lake = Path(args.lake)
     shutil.rmtree(lake, ignore_errors=True)
     lake.mkdir(parents=True)
-    settings = load_settings(overrides={
-        "lake_root": str(lake), "spark.master": "local[2]", "spark.driver_memory": "3g",
-        "spark.shuffle_partitions": 4, "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}}, environ={})
+    settings = load_settings(
+        overrides={
+            "lake_root": str(lake),
+            "spark.master": "local[2]",
+            "spark.driver_memory": "3g",
+            "spark.shuffle_partitions": 4,
+            "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        },
+        environ={},
+    )
     spark = build_spark(settings, "bench-scoring")
     spark.conf.set(score.ARROW_BATCH_CONF, str(settings.scoring.arrow_batch_rows))
-    results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "uptime_start": uptime(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                               "settings": {"scoring": settings.scoring.model_dump(),
-                                            "model": {k: getattr(settings.training, k) for k in
-                                                      ("cell", "hidden_size", "tab_hidden_size", "head_hidden_size")}}}
+    results: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "uptime_start": uptime(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "settings": {
+            "scoring": settings.scoring.model_dump(),
+            "model": {
+                k: getattr(settings.training, k)
+                for k in ("cell", "hidden_size", "tab_hidden_size", "head_hidden_size")
+            },
+        },
+    }
     spec = table_spec("features_event_features")
     sizes = {"1x": args.rows, "2x": 2 * args.rows, "4x": 4 * args.rows}
     # One table, three days: day 0 holds 1x rows, day 1 another 1x, day 2 2x; 1x = day 0,
     # 2x = days 0-1, 4x = days 0-2 (each case reads only its partitions).
     base = feature_frame(spark, 4 * args.rows, 1, seed=7)
-    day_index = F.when(F.col("event_id") < F.format_string("ev-%010d", F.lit(args.rows)), 0) \
-        .when(F.col("event_id") < F.format_string("ev-%010d", F.lit(2 * args.rows)), 1).otherwise(2)
+    day_index = (
+        F.when(F.col("event_id") < F.format_string("ev-%010d", F.lit(args.rows)), 0)
+        .when(F.col("event_id") < F.format_string("ev-%010d", F.lit(2 * args.rows)), 1)
+        .otherwise(2)
+    )
     last = START + dt.timedelta(days=2)
     with_day = base.withColumn("event_date", F.date_add(F.lit(START), day_index))
     t0 = time.perf_counter()
     write_table(with_day, spec, str(lake), start=START, end=last)
     results["setup_write_s"] = round(time.perf_counter() - t0, 1)
     features = read_table(spark, spec, str(lake))
-    frames = {"1x": features.where(F.col("event_date") == F.lit(START)),
-              "2x": features.where(F.col("event_date") <= F.lit(START + dt.timedelta(days=1))),
-              "4x": features}
+    frames = {
+        "1x": features.where(F.col("event_date") == F.lit(START)),
+        "2x": features.where(F.col("event_date") <= F.lit(START + dt.timedelta(days=1))),
+        "4x": features,
+    }
 
     folder = lake / "_model"
     folder.mkdir()
@@ -303,42 +355,69 @@ def main(argv: list[str] | None = None) -> int:
     with job_run("score", settings=settings, spark=spark, start=START, end=START) as run:
         loaded = score.LoadedModel(run, settings.scoring.model_uri)
         one_x = frames["1x"].toPandas()
-        results["ort_single"] = max((ort_single(loaded, one_x, settings.scoring.arrow_batch_rows)
-                                     for _ in range(args.repeats)), key=lambda r: r["rows_per_s"])
+        results["ort_single"] = max(
+            (ort_single(loaded, one_x, settings.scoring.arrow_batch_rows) for _ in range(args.repeats)),
+            key=lambda r: r["rows_per_s"],
+        )
         del one_x
         results["ort_single_with_read"] = max(
-            (ort_single_with_read(loaded, spec.location(str(lake)), START, settings.scoring.arrow_batch_rows)
-             for _ in range(args.repeats)), key=lambda r: r["rows_per_s"])
+            (
+                ort_single_with_read(
+                    loaded, spec.location(str(lake)), START, settings.scoring.arrow_batch_rows
+                )
+                for _ in range(args.repeats)
+            ),
+            key=lambda r: r["rows_per_s"],
+        )
         print("ort single with read", json.dumps(results["ort_single_with_read"]), flush=True)
         print(json.dumps(results["ort_single"]), flush=True)
         # Warm-up (untimed): start the Python workers and build their ORT sessions, as any
         # long-running job has after its first batches.
-        timed_noop(score.scored_frame(frames["1x"], loaded, run.run_id, dt.datetime.now(dt.timezone.utc)))
+        timed_noop(score.scored_frame(frames["1x"], loaded, run.run_id, dt.datetime.now(dt.UTC)))
         scaling = {}
         for name, frame in frames.items():
-            seconds = min(timed_noop(score.scored_frame(frame, loaded, run.run_id, dt.datetime.now(dt.timezone.utc)))
-                          for _ in range(args.repeats))
-            scaling[name] = {"rows": sizes[name], "seconds": seconds, "rows_per_s": sizes[name] / seconds,
-                             "tasks": frame.rdd.getNumPartitions()}
+            seconds = min(
+                timed_noop(score.scored_frame(frame, loaded, run.run_id, dt.datetime.now(dt.UTC)))
+                for _ in range(args.repeats)
+            )
+            scaling[name] = {
+                "rows": sizes[name],
+                "seconds": seconds,
+                "rows_per_s": sizes[name] / seconds,
+                "tasks": frame.rdd.getNumPartitions(),
+            }
             print(name, json.dumps(scaling[name]), flush=True)
         results["spark_ort"] = scaling
         # The same 2x with Spark's vectorized Parquet reader for nested columns (off by default in 3.5).
         nested = "spark.sql.parquet.enableNestedColumnVectorizedReader"
         spark.conf.set(nested, "true")
-        for label, frame_of in (("spark_ort_nested_reader_2x", lambda: score.scored_frame(
-                frames["2x"], loaded, run.run_id, dt.datetime.now(dt.timezone.utc))),
-                                ("spark_convert_only_nested_reader_1x", lambda: convert_only_frame(frames["1x"],
-                                                                                                  loaded.model))):
+        for label, frame_of in (
+            (
+                "spark_ort_nested_reader_2x",
+                lambda: score.scored_frame(frames["2x"], loaded, run.run_id, dt.datetime.now(dt.UTC)),
+            ),
+            ("spark_convert_only_nested_reader_1x", lambda: convert_only_frame(frames["1x"], loaded.model)),
+        ):
             seconds = min(timed_noop(frame_of()) for _ in range(args.repeats))
             rows = sizes["2x"] if "2x" in label else sizes["1x"]
             results[label] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
             print(label, json.dumps(results[label]), flush=True)
         spark.conf.unset(nested)
-        seconds = min(timed_noop(torch_udf_frame(frames["1x"], torch_model, spark)) for _ in range(args.repeats))
-        results["spark_torch_udf"] = {"rows": sizes["1x"], "seconds": seconds, "rows_per_s": sizes["1x"] / seconds}
+        seconds = min(
+            timed_noop(torch_udf_frame(frames["1x"], torch_model, spark)) for _ in range(args.repeats)
+        )
+        results["spark_torch_udf"] = {
+            "rows": sizes["1x"],
+            "seconds": seconds,
+            "rows_per_s": sizes["1x"] / seconds,
+        }
         print("torch udf", json.dumps(results["spark_torch_udf"]), flush=True)
         seconds = min(timed_noop(convert_only_frame(frames["1x"], loaded.model)) for _ in range(args.repeats))
-        results["spark_convert_only"] = {"rows": sizes["1x"], "seconds": seconds, "rows_per_s": sizes["1x"] / seconds}
+        results["spark_convert_only"] = {
+            "rows": sizes["1x"],
+            "seconds": seconds,
+            "rows_per_s": sizes["1x"] / seconds,
+        }
         print("convert only", json.dumps(results["spark_convert_only"]), flush=True)
         loaded.release()
 
@@ -346,15 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     with job_run("score", settings=settings, spark=spark, start=START, end=START) as run:
         summary = score.execute(run)
     seconds = time.perf_counter() - started
-    results["job"] = {"rows": summary["tables"]["gold_scored_events"]["rows"], "seconds": seconds,
-                      "rows_per_s": summary["tables"]["gold_scored_events"]["rows"] / seconds,
-                      "validation_passed": summary["validation"]["passed"]}
+    results["job"] = {
+        "rows": summary["tables"]["gold_scored_events"]["rows"],
+        "seconds": seconds,
+        "rows_per_s": summary["tables"]["gold_scored_events"]["rows"] / seconds,
+        "validation_passed": summary["validation"]["passed"],
+    }
     print("job", json.dumps(results["job"]), flush=True)
     single = results["ort_single"]["rows_per_s"]
     results["spark_vs_2x_single"] = results["spark_ort"]["1x"]["rows_per_s"] / (2 * single)
     results["spark_2x_vs_2x_single"] = results["spark_ort"]["2x"]["rows_per_s"] / (2 * single)
-    results["spark_2x_vs_2x_single_with_read"] = (results["spark_ort"]["2x"]["rows_per_s"]
-                                                   / (2 * results["ort_single_with_read"]["rows_per_s"]))
+    results["spark_2x_vs_2x_single_with_read"] = results["spark_ort"]["2x"]["rows_per_s"] / (
+        2 * results["ort_single_with_read"]["rows_per_s"]
+    )
     results["uptime_after_throughput"] = uptime()
     _write(results, args.out)
 
@@ -383,8 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         print("range per day", per_day, flush=True)
         second = one_job()
         print("range one job again", second, flush=True)
-        results["range"] = {"days": days, "rows": rows, "one_job_s": [first, second], "per_day_runs_s": per_day,
-                            "speedup_vs_mean_one_job": per_day / ((first + second) / 2)}
+        results["range"] = {
+            "days": days,
+            "rows": rows,
+            "one_job_s": [first, second],
+            "per_day_runs_s": per_day,
+            "speedup_vs_mean_one_job": per_day / ((first + second) / 2),
+        }
         results["uptime_end"] = uptime()
         _write(results, args.out)
     spark.stop()
@@ -399,53 +487,81 @@ def _write(results: dict[str, Any], out: str) -> None:
 
 def _markdown(r: dict[str, Any]) -> str:
     """The results as a short table (the JSON beside it has every number)."""
-    lines = ["# Batch scoring throughput", "", f"Command: `{r['command']}`", "",
-             f"Machine: {r['cpus']} CPUs, shared with other users' jobs; load before: `{r['uptime_start']}`",
-             f"after the throughput cases: `{r.get('uptime_after_throughput', '-')}`"
-             + (f"; at the end: `{r['uptime_end']}`" if "uptime_end" in r else ""), "",
-             "| case | rows | seconds | rows/s |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "# Batch scoring throughput",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Machine: {r['cpus']} CPUs, shared with other users' jobs; load before: `{r['uptime_start']}`",
+        f"after the throughput cases: `{r.get('uptime_after_throughput', '-')}`"
+        + (f"; at the end: `{r['uptime_end']}`" if "uptime_end" in r else ""),
+        "",
+        "| case | rows | seconds | rows/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     single = r.get("ort_single", {})
     if single:
-        lines.append(f"| ORT, one process (workers' code path) | {single['rows']} | {single['seconds']:.2f} | "
-                     f"{single['rows_per_s']:.0f} |")
-        lines.append(f"| ORT, one process, session.run only | {single['rows']} | {single['ort_only_seconds']:.2f} | "
-                     f"{single['ort_only_rows_per_s']:.0f} |")
+        lines.append(
+            f"| ORT, one process (workers' code path) | {single['rows']} | {single['seconds']:.2f} | "
+            f"{single['rows_per_s']:.0f} |"
+        )
+        lines.append(
+            f"| ORT, one process, session.run only | {single['rows']} | {single['ort_only_seconds']:.2f} | "
+            f"{single['ort_only_rows_per_s']:.0f} |"
+        )
     if "ort_single_with_read" in r:
         c = r["ort_single_with_read"]
-        lines.append(f"| ORT, one process, reading the Parquet files itself (pyarrow) | {c['rows']} | "
-                     f"{c['seconds']:.2f} | {c['rows_per_s']:.0f} |")
+        lines.append(
+            f"| ORT, one process, reading the Parquet files itself (pyarrow) | {c['rows']} | "
+            f"{c['seconds']:.2f} | {c['rows_per_s']:.0f} |"
+        )
     for name, case in r.get("spark_ort", {}).items():
         tasks = f", {case['tasks']} task(s)" if "tasks" in case else ""
-        lines.append(f"| Spark local[2] + ORT mapInPandas, {name}{tasks} (noop sink) | {case['rows']} | "
-                     f"{case['seconds']:.2f} | {case['rows_per_s']:.0f} |")
+        lines.append(
+            f"| Spark local[2] + ORT mapInPandas, {name}{tasks} (noop sink) | {case['rows']} | "
+            f"{case['seconds']:.2f} | {case['rows_per_s']:.0f} |"
+        )
     if "spark_torch_udf" in r:
         c = r["spark_torch_udf"]
-        lines.append(f"| Spark local[2] + per-batch PyTorch UDF, 1x (noop sink) | {c['rows']} | {c['seconds']:.2f} | "
-                     f"{c['rows_per_s']:.0f} |")
+        lines.append(
+            f"| Spark local[2] + per-batch PyTorch UDF, 1x (noop sink) | {c['rows']} | {c['seconds']:.2f} | "
+            f"{c['rows_per_s']:.0f} |"
+        )
     if "spark_convert_only" in r:
         c = r["spark_convert_only"]
-        lines.append(f"| Spark local[2], same read and conversion, no model, 1x (noop sink) | {c['rows']} | "
-                     f"{c['seconds']:.2f} | {c['rows_per_s']:.0f} |")
-    for key, text in (("spark_ort_nested_reader_2x", "Spark local[2] + ORT, 2x, nested vectorized Parquet reader on"),
-                      ("spark_convert_only_nested_reader_1x", "Spark, no model, 1x, nested vectorized Parquet reader on")):
+        lines.append(
+            f"| Spark local[2], same read and conversion, no model, 1x (noop sink) | {c['rows']} | "
+            f"{c['seconds']:.2f} | {c['rows_per_s']:.0f} |"
+        )
+    for key, text in (
+        ("spark_ort_nested_reader_2x", "Spark local[2] + ORT, 2x, nested vectorized Parquet reader on"),
+        ("spark_convert_only_nested_reader_1x", "Spark, no model, 1x, nested vectorized Parquet reader on"),
+    ):
         if key in r:
             c = r[key]
             lines.append(f"| {text} | {c['rows']} | {c['seconds']:.2f} | {c['rows_per_s']:.0f} |")
     if "job" in r:
         c = r["job"]
-        lines.append(f"| score.execute 1x (Delta write + validation) | {c['rows']} | {c['seconds']:.2f} | "
-                     f"{c['rows_per_s']:.0f} |")
+        lines.append(
+            f"| score.execute 1x (Delta write + validation) | {c['rows']} | {c['seconds']:.2f} | "
+            f"{c['rows_per_s']:.0f} |"
+        )
     if "spark_vs_2x_single" in r:
         lines += ["", f"Spark 1x / (2 x one-process ORT) = {r['spark_vs_2x_single']:.2f} (target >= 0.85)."]
     if "spark_2x_vs_2x_single" in r:
-        lines += [f"Spark 2x / (2 x one-process ORT) = {r['spark_2x_vs_2x_single']:.2f}; against one process that "
-                  f"reads the files itself: {r['spark_2x_vs_2x_single_with_read']:.2f}."]
+        lines += [
+            f"Spark 2x / (2 x one-process ORT) = {r['spark_2x_vs_2x_single']:.2f}; against one process that "
+            f"reads the files itself: {r['spark_2x_vs_2x_single_with_read']:.2f}."
+        ]
     if "range" in r:
         g = r["range"]
-        lines += ["", f"Range of {g['days']} days ({g['rows']} rows), write + validation included: one job "
-                      f"{' s, '.join(f'{v:.1f}' for v in g['one_job_s'])} s (run before and after); "
-                      f"{g['days']} single-day runs {g['per_day_runs_s']:.1f} s; "
-                      f"single-day runs / one job = {g['speedup_vs_mean_one_job']:.1f}x."]
+        lines += [
+            "",
+            f"Range of {g['days']} days ({g['rows']} rows), write + validation included: one job "
+            f"{' s, '.join(f'{v:.1f}' for v in g['one_job_s'])} s (run before and after); "
+            f"{g['days']} single-day runs {g['per_day_runs_s']:.1f} s; "
+            f"single-day runs / one job = {g['speedup_vs_mean_one_job']:.1f}x.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -25,8 +25,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,8 +46,16 @@ def _ingest(work: Path) -> tuple[list[str], Callable[[], dict[str, Any]]]:
 
 
 def _asof(work: Path) -> tuple[list[str], Callable[[], dict[str, Any]]]:
-    args = ["benchmarks/asof_join_vs_tempo.py", "--events", "2000000", "--tempo-events", "--repeats", "3",
-            "--work-dir", str(work)]
+    args = [
+        "benchmarks/asof_join_vs_tempo.py",
+        "--events",
+        "2000000",
+        "--tempo-events",
+        "--repeats",
+        "3",
+        "--work-dir",
+        str(work),
+    ]
 
     def read() -> dict[str, Any]:
         rows = json.loads((work / "results_noop.json").read_text())
@@ -57,12 +66,25 @@ def _asof(work: Path) -> tuple[list[str], Callable[[], dict[str, Any]]]:
 
 def _scoring(work: Path) -> tuple[list[str], Callable[[], dict[str, Any]]]:
     out = work / "scoring.json"
-    args = ["benchmarks/scoring_throughput.py", "--rows", "60000", "--skip-range", "--repeats", "2",
-            "--lake", str(work / "lake"), "--out", str(out)]
+    args = [
+        "benchmarks/scoring_throughput.py",
+        "--rows",
+        "60000",
+        "--skip-range",
+        "--repeats",
+        "2",
+        "--lake",
+        str(work / "lake"),
+        "--out",
+        str(out),
+    ]
 
     def read() -> dict[str, Any]:
         result = json.loads(out.read_text())
-        figures = {f"scoring_rows_per_s[{size}]": round(case["rows_per_s"]) for size, case in result["spark_ort"].items()}
+        figures = {
+            f"scoring_rows_per_s[{size}]": round(case["rows_per_s"])
+            for size, case in result["spark_ort"].items()
+        }
         figures["scoring_one_ort_process_rows_per_s"] = round(result["ort_single"]["ort_only_rows_per_s"])
         figures["scoring_job_rows_per_s"] = round(result["job"]["rows_per_s"])
         return figures
@@ -81,10 +103,18 @@ def run_case(line: str, case: str, round_no: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     (WORK / f"{case}-spark{line}-round{round_no}.log").write_text(done.stdout + "\n" + done.stderr)
     if done.returncode != 0:
-        raise SystemExit(f"{case} on Spark {line} failed (exit {done.returncode}); see "
-                         f"{WORK / f'{case}-spark{line}-round{round_no}.log'}")
-    return {"line": line, "case": case, "round": round_no, "wall_s": round(seconds, 1),
-            "load_average": os.getloadavg(), **read()}
+        raise SystemExit(
+            f"{case} on Spark {line} failed (exit {done.returncode}); see "
+            f"{WORK / f'{case}-spark{line}-round{round_no}.log'}"
+        )
+    return {
+        "line": line,
+        "case": case,
+        "round": round_no,
+        "wall_s": round(seconds, 1),
+        "load_average": os.getloadavg(),
+        **read(),
+    }
 
 
 def best(runs: list[dict[str, Any]], key: str) -> float:
@@ -101,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"missing environment(s) {missing}: run `make setup-all` first")
     WORK.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     runs: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
         order = ["3.5", "4.2"] if round_no % 2 == 0 else ["4.2", "3.5"]
@@ -113,9 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     keys = sorted({k for r in runs for k in r if "[" in k or k.endswith("_per_s")})
     table = {key: {line: best([r for r in runs if r["line"] == line], key) for line in LINES} for key in keys}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "spark_lines.json").write_text(json.dumps(
-        {"command": " ".join(["python3", "benchmarks/spark_lines.py", *(argv or sys.argv[1:])]), "commit": commit,
-         "cpus": os.cpu_count(), "runs": runs, "best": table}, indent=2))
+    (RESULTS / "spark_lines.json").write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python3", "benchmarks/spark_lines.py", *(argv or sys.argv[1:])]),
+                "commit": commit,
+                "cpus": os.cpu_count(),
+                "runs": runs,
+                "best": table,
+            },
+            indent=2,
+        )
+    )
     print("\n| figure | Spark 3.5 | Spark 4.2 | 4.2 / 3.5 |\n| --- | ---: | ---: | ---: |")
     for key, values in table.items():
         ratio = values["4.2"] / values["3.5"] if values["3.5"] else float("nan")

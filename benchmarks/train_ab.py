@@ -30,9 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
 
 # Settings both sides know (the base may predate newer fields); the rest stay at each side's defaults.
-SETTINGS = {"epochs": 2, "batch_size": 512, "hidden_size": 64, "num_layers": 1, "torch_threads": 1, "seed": 7,
-            "log_every_steps": 1000, "checkpoint_every_steps": 10**6, "early_stopping_metric": "val_loss",
-            "early_stopping_patience": 5}
+SETTINGS = {
+    "epochs": 2,
+    "batch_size": 512,
+    "hidden_size": 64,
+    "num_layers": 1,
+    "torch_threads": 1,
+    "seed": 7,
+    "log_every_steps": 1000,
+    "checkpoint_every_steps": 10**6,
+    "early_stopping_metric": "val_loss",
+    "early_stopping_patience": 5,
+}
 
 RUN = """
 import json, sys
@@ -52,14 +61,18 @@ def run_once(checkout: Path, data: str, work: Path, name: str) -> dict[str, floa
     code = RUN.format(labels=LABELS, settings=SETTINGS, data=data, out=str(work / name), result=str(result))
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     return {**json.loads(result.read_text()), "wall_s": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", default="main", help="git revision to compare against")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
@@ -70,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="train-ab-"))
     base = work / "base"
-    rev = subprocess.run(["git", "rev-parse", args.base], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    subprocess.run(["git", "worktree", "add", "--detach", str(base), rev], cwd=ROOT, check=True,
-                   capture_output=True)
+    rev = subprocess.run(
+        ["git", "rev-parse", args.base], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(base), rev], cwd=ROOT, check=True, capture_output=True
+    )
     try:
         spec = synthetic_feature_spec(n_seq=14, n_tab=50, seq_len=25, label_names=LABELS)
         data = write_synthetic_dataset(work / "data", spec, args.rows, seed=3, row_group_rows=4096)
@@ -82,19 +97,32 @@ def main(argv: list[str] | None = None) -> int:
             for side, checkout in (("base", base), ("head", ROOT)):
                 runs[side].append(run_once(checkout, data, work, f"{side}-{number}"))
                 print(side, number, json.dumps(runs[side][-1]), flush=True)
-        summary = {side: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for side, rs in runs.items()}
+        summary = {
+            side: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for side, rs in runs.items()
+        }
         record = {
-            "base_rev": rev, "rows": args.rows, "rounds": args.rounds, "settings": SETTINGS,
+            "base_rev": rev,
+            "rows": args.rows,
+            "rounds": args.rounds,
+            "settings": SETTINGS,
             "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
-            "runs": runs, "median": summary,
-            "head_over_base_samples_per_s": summary["head"]["samples_per_s"] / summary["base"]["samples_per_s"],
+            "runs": runs,
+            "median": summary,
+            "head_over_base_samples_per_s": summary["head"]["samples_per_s"]
+            / summary["base"]["samples_per_s"],
             "head_over_base_wall": summary["head"]["wall_s"] / summary["base"]["wall_s"],
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2))
-        print(json.dumps({k: record[k] for k in ("uptime", "head_over_base_samples_per_s", "head_over_base_wall")}))
+        print(
+            json.dumps(
+                {k: record[k] for k in ("uptime", "head_over_base_samples_per_s", "head_over_base_wall")}
+            )
+        )
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True, check=False)
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True, check=False
+        )
     return 0
 
 

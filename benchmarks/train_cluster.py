@@ -33,11 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.petastorm_loader import LABELS, _uptime, bench_settings  # noqa: E402
+from benchmarks.petastorm_loader import LABELS, _uptime, bench_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -47,38 +49,69 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    from pyspark.sql import functions as F
 
-    from tracelake import standalone
     from spark_jobs.train import run_train_fn
+    from tracelake import standalone
     from tracelake.config import TrainingSettings
     from tracelake.spark import build_spark
-    from training.data import SPLIT_COLUMN, synthetic_feature_spec, write_synthetic_dataset
+    from training.data import synthetic_feature_spec, write_synthetic_dataset
     from training.spark_data import cache_url, petastorm_data_config, spark_converters
     from training.train_fn import make_train_config
 
     spec = synthetic_feature_spec(n_seq=14, n_tab=50, seq_len=25, label_names=LABELS)
     work = Path(tempfile.mkdtemp(prefix="train_cluster_"))
     data = write_synthetic_dataset(work / "data", spec, args.rows, seed=1)
-    training = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=4096, seed=3,
-                                torch_threads=1, checkpoint_every_steps=100_000, log_every_steps=50,
-                                early_stopping_patience=args.epochs + 1)
+    training = TrainingSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=4096,
+        seed=3,
+        torch_threads=1,
+        checkpoint_every_steps=100_000,
+        log_every_steps=50,
+        early_stopping_patience=args.epochs + 1,
+    )
     load_before = _uptime()
     state_dir = work / "cluster"
-    record: dict = {"benchmark": "train_cluster", "rows": args.rows, "epochs": args.epochs,
-                    "batch_size": args.batch_size, "uptime_before": load_before}
+    record: dict = {
+        "benchmark": "train_cluster",
+        "rows": args.rows,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "uptime_before": load_before,
+    }
     started = time.perf_counter()
-    state = standalone.start(state_dir, workers=2, cores_per_worker=1, memory_per_worker="1500m", port=args.port,
-                             webui_port=args.webui_port, timeout_s=120)
+    state = standalone.start(
+        state_dir,
+        workers=2,
+        cores_per_worker=1,
+        memory_per_worker="1500m",
+        port=args.port,
+        webui_port=args.webui_port,
+        timeout_s=120,
+    )
     record["cluster_start_s"] = round(time.perf_counter() - started, 1)
     record["master"] = state.master_url
     spark = None
     try:
         settings = bench_settings(work / "lake")
-        settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={
-            "master": state.master_url, "driver_memory": "1g",
-            "conf": {**settings.spark.conf, "spark.executor.memory": "1g", "spark.executor.cores": "1",
-                     "spark.task.cpus": "1", "spark.executorEnv.PYTHONPATH": str(ROOT)}})})
+        settings = settings.model_copy(
+            update={
+                "spark": settings.spark.model_copy(
+                    update={
+                        "master": state.master_url,
+                        "driver_memory": "1g",
+                        "conf": {
+                            **settings.spark.conf,
+                            "spark.executor.memory": "1g",
+                            "spark.executor.cores": "1",
+                            "spark.task.cpus": "1",
+                            "spark.executorEnv.PYTHONPATH": str(ROOT),
+                        },
+                    }
+                )
+            }
+        )
         spark = build_spark(settings, "bench-train-cluster")
         sc = spark.sparkContext
         deadline = time.monotonic() + 60
@@ -87,17 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         ids = sc._jsc.sc().getExecutorIds()
         record["executors"] = sorted(str(ids.apply(i)) for i in range(ids.size()))
         df = spark.read.parquet(data)
-        with spark_converters(df, spec, cache_dir_url=cache_url(settings.lake_root, "cluster"),
-                              splits=("train", "validation")) as converted:
+        with spark_converters(
+            df, spec, cache_dir_url=cache_url(settings.lake_root, "cluster"), splits=("train", "validation")
+        ) as converted:
             data_config = petastorm_data_config(converted)
             for mode, local_mode in (("cluster", False), ("local", True)):
-                config = make_train_config(training, spec, data_config, work / f"run-{mode}", run_id=f"cluster-{mode}")
+                config = make_train_config(
+                    training, spec, data_config, work / f"run-{mode}", run_id=f"cluster-{mode}"
+                )
                 started = time.perf_counter()
                 result = run_train_fn(config, num_processes=2, local_mode=local_mode, use_gpu=False)
                 wall = time.perf_counter() - started
                 record[mode] = {
-                    "local_mode": local_mode, "world_size": result["world_size"], "device": result["device"],
-                    "wall_s": round(wall, 1), "train_s": round(result["timing"]["train_s"], 1),
+                    "local_mode": local_mode,
+                    "world_size": result["world_size"],
+                    "device": result["device"],
+                    "wall_s": round(wall, 1),
+                    "train_s": round(result["timing"]["train_s"], 1),
                     "samples_per_s": round(result["samples_per_s"], 1),
                     "val_macro_pr_auc": [round(h["val_macro_pr_auc"], 4) for h in result["history"]],
                     "stop_reason": result["stop_reason"],

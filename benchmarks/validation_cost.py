@@ -39,7 +39,9 @@ TABLES = ("bronze_scan_events", "silver_scan_events")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", default="/tmp/tracelake-bench/validation/lake")
-    parser.add_argument("--epcs", type=int, default=51_000, help="EPCs of the day (~2 events each on day one)")
+    parser.add_argument(
+        "--epcs", type=int, default=51_000, help="EPCs of the day (~2 events each on day one)"
+    )
     parser.add_argument("--corrupt-rate", type=float, default=0.001)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
@@ -47,15 +49,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     lake = Path(args.lake)
-    settings = load_settings(overrides=["spark.master=local[2]", "spark.driver_memory=3g",
-                                        "spark.shuffle_partitions=4", f"lake_root={lake}", *args.overrides])
+    settings = load_settings(
+        overrides=[
+            "spark.master=local[2]",
+            "spark.driver_memory=3g",
+            "spark.shuffle_partitions=4",
+            f"lake_root={lake}",
+            *args.overrides,
+        ]
+    )
     settings.spark.conf.update({"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
     spark = build_spark(settings, "bench-validation")
-    print(f"# validation cost benchmark: {platform.node()} {os.cpu_count()} cpus, master {settings.spark.master}, "
-          f"driver memory {settings.spark.driver_memory}, shuffle partitions {settings.spark.shuffle_partitions}; "
-          f"load average at start {os.getloadavg()}", flush=True)
-    options = {"start_date": DAY.isoformat(), "days": 1, "epcs": args.epcs, "seed": args.seed, "format": "csv",
-               "corrupt_rate": args.corrupt_rate}
+    print(
+        f"# validation cost benchmark: {platform.node()} {os.cpu_count()} cpus, master {settings.spark.master}, "
+        f"driver memory {settings.spark.driver_memory}, shuffle partitions {settings.spark.shuffle_partitions}; "
+        f"load average at start {os.getloadavg()}",
+        flush=True,
+    )
+    options = {
+        "start_date": DAY.isoformat(),
+        "days": 1,
+        "epcs": args.epcs,
+        "seed": args.seed,
+        "format": "csv",
+        "corrupt_rate": args.corrupt_rate,
+    }
     marker = lake / "generated.json"
     if not marker.is_file() or json.loads(marker.read_text()) != options:
         gen = settings.model_copy(update={"generator": GeneratorSettings.model_validate(options)})
@@ -79,17 +97,31 @@ def main(argv: list[str] | None = None) -> int:
             took[f"validate {table}"] = time.perf_counter() - clock
             assert report.passed, report.summary_text()
             rows[table], phases[table] = report.row_count, report.timings
-        print(json.dumps({"round": i, "counted": i > 0, **{k: round(v, 2) for k, v in took.items()},
-                          "load_average": os.getloadavg()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "round": i,
+                    "counted": i > 0,
+                    **{k: round(v, 2) for k, v in took.items()},
+                    "load_average": os.getloadavg(),
+                }
+            ),
+            flush=True,
+        )
         if i > 0:
             for key, value in took.items():
                 seconds[key].append(round(value, 2))
     median = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
-        "rows": rows, "seconds": seconds, "median_s": median,
+        "rows": rows,
+        "seconds": seconds,
+        "median_s": median,
         "fraction_of_ingest": {k: round(v / median["ingest"], 3) for k, v in median.items() if k != "ingest"},
-        "both_layers_fraction_of_ingest": round(sum(v for k, v in median.items() if k != "ingest") / median["ingest"], 3),
-        "last_validation_phases_s": phases, "load_average_end": os.getloadavg(),
+        "both_layers_fraction_of_ingest": round(
+            sum(v for k, v in median.items() if k != "ingest") / median["ingest"], 3
+        ),
+        "last_validation_phases_s": phases,
+        "load_average_end": os.getloadavg(),
     }
     print(json.dumps(result, indent=2), flush=True)
     (lake.parent / "results.json").write_text(json.dumps(result, indent=2))

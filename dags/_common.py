@@ -62,6 +62,7 @@ def retrain_asset():
 
     return Asset(name=RETRAIN_ASSET_NAME, uri=RETRAIN_ASSET_URI)
 
+
 # Longest a task may run before Airflow kills it (then it is retried).
 TIMEOUTS = {
     "ingest": dt.timedelta(hours=2),
@@ -99,6 +100,7 @@ def default_args(owner: str = "tracelake") -> dict[str, Any]:
 
 # ---- template macros (plain functions; registered as user_defined_macros) ----
 
+
 def spark_master(conn: Any) -> str:
     """The master URL spark-submit gets from the connection, in the provider hook's own way.
 
@@ -110,7 +112,7 @@ def spark_master(conn: Any) -> str:
     if conn is None:
         raise ValueError(
             f"Airflow connection {SPARK_CONN_ID!r} is not defined; create it, e.g. "
-            f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}='{{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}' "
+            f'AIRFLOW_CONN_{SPARK_CONN_ID.upper()}=\'{{"conn_type": "spark", "host": "local[*]"}}\' '
             "or with host spark://HOST and port 7077 for a standalone master"
         )
     host = conn.host or ""

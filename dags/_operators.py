@@ -41,7 +41,10 @@ class TracelakeSparkSubmitOperator(SparkSubmitOperator):
         try:
             return super().execute(context)
         except AirflowException as error:
-            if isinstance(error, AirflowFailException) or exit_code(self._hook, error) != USER_ERROR_EXIT_CODE:
+            if (
+                isinstance(error, AirflowFailException)
+                or exit_code(self._hook, error) != USER_ERROR_EXIT_CODE
+            ):
                 raise
             raise AirflowFailException(
                 f"{self.task_id}: the job stopped on a user error (exit code {USER_ERROR_EXIT_CODE}; its one-line "

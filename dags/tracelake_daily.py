@@ -71,37 +71,65 @@ with DAG(
     tags=["tracelake", "daily"],
 ) as dag:
     ingest = spark_task(
-        "ingest", "spark_jobs/ingest.py", DATE_ARGS, timeout="ingest",
+        "ingest",
+        "spark_jobs/ingest.py",
+        DATE_ARGS,
+        timeout="ingest",
         doc_md="Landing files of the interval -> `bronze/scan_events` (+ `bronze/quarantine`) -> `silver/scan_events`, `silver/labels`.",
     )
     validate_bronze = spark_task(
-        "validate_bronze", "spark_jobs/validate.py", ["--table", "bronze_scan_events", *DATE_ARGS],
-        timeout="validate", retries=VALIDATION_RETRIES, doc_md="Great Expectations suite `schemas/expectations/bronze_scan_events.json` on the interval's partitions.",
+        "validate_bronze",
+        "spark_jobs/validate.py",
+        ["--table", "bronze_scan_events", *DATE_ARGS],
+        timeout="validate",
+        retries=VALIDATION_RETRIES,
+        doc_md="Great Expectations suite `schemas/expectations/bronze_scan_events.json` on the interval's partitions.",
     )
     validate_silver = spark_task(
-        "validate_silver", "spark_jobs/validate.py", ["--table", "silver_scan_events", *DATE_ARGS],
-        timeout="validate", retries=VALIDATION_RETRIES, doc_md="Suite `silver_scan_events` (reconciled with bronze) on the interval's partitions.",
+        "validate_silver",
+        "spark_jobs/validate.py",
+        ["--table", "silver_scan_events", *DATE_ARGS],
+        timeout="validate",
+        retries=VALIDATION_RETRIES,
+        doc_md="Suite `silver_scan_events` (reconciled with bronze) on the interval's partitions.",
     )
     build_features = spark_task(
-        "build_features", "spark_jobs/build_features.py", DATE_ARGS, timeout="features",
+        "build_features",
+        "spark_jobs/build_features.py",
+        DATE_ARGS,
+        timeout="features",
         doc_md="Daily snapshot features and point-in-time event features (`features/event_features`).",
     )
     validate_features = spark_task(
-        "validate_features", "spark_jobs/validate.py", ["--table", "features_event_features", *DATE_ARGS],
-        timeout="validate", retries=VALIDATION_RETRIES, doc_md="Suite `features_event_features` (reconciled with silver, ranges, no future snapshot).",
+        "validate_features",
+        "spark_jobs/validate.py",
+        ["--table", "features_event_features", *DATE_ARGS],
+        timeout="validate",
+        retries=VALIDATION_RETRIES,
+        doc_md="Suite `features_event_features` (reconciled with silver, ranges, no future snapshot).",
     )
     score = spark_task(
-        "score", "batch_scoring/score.py", DATE_ARGS, timeout="score",
+        "score",
+        "batch_scoring/score.py",
+        DATE_ARGS,
+        timeout="score",
         doc_md="Scores the interval's event features with the `champion` ONNX model -> `gold/scored_events`.",
     )
     validate_scores = spark_task(
-        "validate_scores", "spark_jobs/validate.py", ["--table", "gold_scored_events", *DATE_ARGS],
-        timeout="validate", retries=VALIDATION_RETRIES, doc_md="Suite `gold_scored_events` (probabilities in [0, 1], one row per event).",
+        "validate_scores",
+        "spark_jobs/validate.py",
+        ["--table", "gold_scored_events", *DATE_ARGS],
+        timeout="validate",
+        retries=VALIDATION_RETRIES,
+        doc_md="Suite `gold_scored_events` (probabilities in [0, 1], one row per event).",
     )
     monitor = spark_task(
-        "monitor", "batch_scoring/monitor.py", DATE_ARGS, timeout="monitor",
+        "monitor",
+        "batch_scoring/monitor.py",
+        DATE_ARGS,
+        timeout="monitor",
         doc_md="Drift (PSI) of features and scores against the training reference -> `monitoring/drift`; "
-               "marks drifting days under `monitoring/_retrain/`.",
+        "marks drifting days under `monitoring/_retrain/`.",
     )
 
     @task(task_id="flag_retraining", outlets=[RETRAIN], retries=0, execution_timeout=TIMEOUTS["check"])
@@ -124,6 +152,13 @@ with DAG(
         return marks
 
     chain(
-        ingest, validate_bronze, validate_silver, build_features, validate_features,
-        score, validate_scores, monitor, flag_retraining(),
+        ingest,
+        validate_bronze,
+        validate_silver,
+        build_features,
+        validate_features,
+        score,
+        validate_scores,
+        monitor,
+        flag_retraining(),
     )

@@ -64,9 +64,13 @@ with DAG(
     user_defined_macros=MACROS,
     params={
         "window_days": Param(42, type="integer", minimum=1, description="days of events before the cut-off"),
-        "label_maturity_days": Param(None, type=["null", "integer"], minimum=0,
-                                     description="most recent days left out, their labels still on their way "
-                                                 "(default: labels.max_delay_days)"),
+        "label_maturity_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="most recent days left out, their labels still on their way "
+            "(default: labels.max_delay_days)",
+        ),
         "models": Param("lstm,baseline,rules", type="string", description="comma list of models to train"),
     },
     doc_md=DOC,
@@ -75,32 +79,43 @@ with DAG(
     AS_OF = "{{ tl_as_of(dag_run).isoformat() }}"
     SET_NAME = "{{ tl_set_name(dag_run) }}"
     SET_DATES = [
-        "--start-date", "{{ tl_day_before(tl_as_of(dag_run), params.window_days) }}",
+        "--start-date",
+        "{{ tl_day_before(tl_as_of(dag_run), params.window_days) }}",
         "--end-date",
         "{{ tl_day_before(tl_as_of(dag_run), tl_label_max_delay_days(params.label_maturity_days) + 1) }}",
     ]
 
     build_training_set = spark_task(
-        "build_training_set", "spark_jobs/build_training_set.py",
-        [*SET_DATES, "--as-of", AS_OF, "--name", SET_NAME], timeout="training_set",
+        "build_training_set",
+        "spark_jobs/build_training_set.py",
+        [*SET_DATES, "--as-of", AS_OF, "--name", SET_NAME],
+        timeout="training_set",
         doc_md="Event features of the window + labels confirmed at or before the cut-off, temporal split "
-               "-> `training/sets/<name>`.",
+        "-> `training/sets/<name>`.",
     )
     validate_training_set = spark_task(
-        "validate_training_set", "spark_jobs/validate.py",
-        ["--table", "training_set", "--name", SET_NAME, *SET_DATES], timeout="validate", retries=VALIDATION_RETRIES,
+        "validate_training_set",
+        "spark_jobs/validate.py",
+        ["--table", "training_set", "--name", SET_NAME, *SET_DATES],
+        timeout="validate",
+        retries=VALIDATION_RETRIES,
         doc_md="Suite `training_set`: temporal split in order, labels 0/1; a failure stops before training.",
     )
     train = spark_task(
-        "train", "spark_jobs/train.py",
-        ["--training-set", SET_NAME, "--models", "{{ params.models }}"], timeout="train",
+        "train",
+        "spark_jobs/train.py",
+        ["--training-set", SET_NAME, "--models", "{{ params.models }}"],
+        timeout="train",
         doc_md="Sequence model through TorchDistributor and the MLlib baseline: evaluated on the test split, "
-               "logged to MLflow, registered with alias `challenger`.",
+        "logged to MLflow, registered with alias `challenger`.",
     )
     promote = spark_task(
-        "promote", "spark_jobs/promote.py", [], timeout="promote",
+        "promote",
+        "spark_jobs/promote.py",
+        [],
+        timeout="promote",
         doc_md="Promotion gate: `champion` moves to the challenger only if it is better on the same test data "
-               "by `training.promotion_margin`; otherwise the champion stays and the reason is logged.",
+        "by `training.promotion_margin`; otherwise the champion stays and the reason is logged.",
     )
 
     chain(build_training_set, validate_training_set, train, promote)

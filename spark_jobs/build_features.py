@@ -72,8 +72,10 @@ def first_snapshot_day(start: dt.date, settings: FeatureSettings) -> dt.date:
 
 def read_from(start: dt.date, settings: FeatureSettings) -> dt.date:
     """The first silver day the range's features can depend on."""
-    return min(steps_needed_from(first_snapshot_day(start, settings), settings),
-               start - dt.timedelta(days=settings.lookback_days))
+    return min(
+        steps_needed_from(first_snapshot_day(start, settings), settings),
+        start - dt.timedelta(days=settings.lookback_days),
+    )
 
 
 def _read(run: JobRun, name: str) -> DataFrame:
@@ -86,14 +88,21 @@ def _read_reference(run: JobRun, name: str) -> DataFrame | None:
     """A reference table the features use when the lake has it (air lanes, issued serial ranges)."""
     spec = table_spec(name)
     if not table_exists(run.spark, spec, run.lake_root):
-        run.log.warning(f"{spec.path} does not exist: its features stay at their defaults", extra={"table": name})
+        run.log.warning(
+            f"{spec.path} does not exist: its features stay at their defaults", extra={"table": name}
+        )
         return None
     return _read(run, name)
 
 
 def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) -> list[dt.date]:
-    present = {r[0] for r in silver.where(F.col("event_date").between(F.lit(start), F.lit(end)))
-               .select("event_date").distinct().collect()}
+    present = {
+        r[0]
+        for r in silver.where(F.col("event_date").between(F.lit(start), F.lit(end)))
+        .select("event_date")
+        .distinct()
+        .collect()
+    }
     missing = [d for d in days_between(start, end) if d not in present]
     if missing and not run.settings.features.allow_missing_dates:
         raise MissingInputError(
@@ -102,14 +111,17 @@ def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) ->
             "or set features.allow_missing_dates=true to write empty partitions for them"
         )
     if missing:
-        run.log.warning("days without silver events", extra={"missing_dates": [d.isoformat() for d in missing]})
+        run.log.warning(
+            "days without silver events", extra={"missing_dates": [d.isoformat() for d in missing]}
+        )
     return missing
 
 
 def _write(run: JobRun, df: DataFrame, spec: TableSpec, **lineage: Any) -> dict[str, int]:
     with run.log.step(f"write {spec.name}") as result:
-        version = write_table(df, spec, run.lake_root, start=run.start, end=run.end,
-                              metadata=run.commit_metadata(**lineage))
+        version = write_table(
+            df, spec, run.lake_root, start=run.start, end=run.end, metadata=run.commit_metadata(**lineage)
+        )
         result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
     run.record_output(spec.name, rows=result["rows"], version=version)
     return {"rows": result["rows"], "version": version}
@@ -128,23 +140,33 @@ def execute(run: JobRun) -> dict[str, Any]:
     labels, locations = _read(run, LABELS), _read(run, LOCATIONS)
     missing = _check_days(run, silver, start, end)
 
-    steps = scan_steps(silver, settings, air_lanes=_read_reference(run, AIR_LANES),
-                       serial_ranges=_read_reference(run, SERIAL_RANGES)).persist(level)
-    locations_daily = location_snapshots(steps, labels, locations, first_day=first_day, last_day=end,
-                                         settings=settings).persist(level)
+    steps = scan_steps(
+        silver,
+        settings,
+        air_lanes=_read_reference(run, AIR_LANES),
+        serial_ranges=_read_reference(run, SERIAL_RANGES),
+    ).persist(level)
+    locations_daily = location_snapshots(
+        steps, labels, locations, first_day=first_day, last_day=end, settings=settings
+    ).persist(level)
     routes_daily = route_snapshots(steps, first_day=first_day, last_day=end, settings=settings).persist(level)
     try:
         in_range = F.col("snapshot_date") >= F.lit(start)
         lineage = {"read_from": silver_from.isoformat()}
         tables = {
-            "features_location_daily": _write(run, locations_daily.where(in_range),
-                                              table_spec("features_location_daily"), **lineage),
-            "features_route_daily": _write(run, routes_daily.where(in_range),
-                                           table_spec("features_route_daily"), **lineage),
+            "features_location_daily": _write(
+                run, locations_daily.where(in_range), table_spec("features_location_daily"), **lineage
+            ),
+            "features_route_daily": _write(
+                run, routes_daily.where(in_range), table_spec("features_route_daily"), **lineage
+            ),
         }
-        features = event_features(steps, locations_daily, routes_daily, start=start, end=end, settings=settings)
-        tables["features_event_features"] = _write(run, features, table_spec("features_event_features"),
-                                                   **lineage)
+        features = event_features(
+            steps, locations_daily, routes_daily, start=start, end=end, settings=settings
+        )
+        tables["features_event_features"] = _write(
+            run, features, table_spec("features_event_features"), **lineage
+        )
     finally:
         for frame in (routes_daily, locations_daily, steps):
             frame.unpersist()
@@ -162,7 +184,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake features",
         description="Daily snapshot features and point-in-time event features for a range of days, in one "
-                    "Spark job; replaces exactly the range's partitions.",
+        "Spark job; replaces exactly the range's partitions.",
     )
     add_common_args(parser)
     return parser.parse_args(argv)

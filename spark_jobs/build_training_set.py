@@ -76,7 +76,9 @@ def parse_as_of(value: str) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def execute(run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels: bool = False) -> dict[str, Any]:
+def execute(
+    run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels: bool = False
+) -> dict[str, Any]:
     if run.start is None or run.end is None:
         raise TrainingSetError("training-set needs --start-date (and optionally --end-date)")
     start, end = run.start, run.end
@@ -87,8 +89,10 @@ def execute(run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels
             "then; pass a later --as-of or an earlier --start-date"
         )
     if last_day < end:
-        run.log.warning("the range ends after --as-of: events after it are left out",
-                        extra={"as_of": as_of.isoformat(), "last_day": last_day.isoformat()})
+        run.log.warning(
+            "the range ends after --as-of: events after it are left out",
+            extra={"as_of": as_of.isoformat(), "last_day": last_day.isoformat()},
+        )
     validation_start, test_start = split_boundaries(start, last_day, run.settings.training_set)
     max_delay = run.settings.label_max_delay_days
     immature = False
@@ -98,14 +102,17 @@ def execute(run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels
         if not allow_immature_labels:
             raise
         immature = True
-        run.log.warning("immature labels allowed: the set is marked and cannot be promoted from",
-                        extra={"reason": str(exc)})
+        run.log.warning(
+            "immature labels allowed: the set is marked and cannot be promoted from",
+            extra={"reason": str(exc)},
+        )
     spec = named_table_spec("training_set", name=name)
 
     for input_name in (FEATURES, LABELS):
         run.record_input(table_spec(input_name))
     features = read_table(run.spark, table_spec(FEATURES), run.lake_root, version=run.inputs[FEATURES]).where(
-        F.col("event_date").between(F.lit(start), F.lit(last_day)))
+        F.col("event_date").between(F.lit(start), F.lit(last_day))
+    )
     labels = read_table(run.spark, table_spec(LABELS), run.lake_root, version=run.inputs[LABELS])
     present = {r[0] for r in features.select("event_date").distinct().collect()}
     missing = [d for d in days_between(start, last_day) if d not in present]
@@ -118,14 +125,28 @@ def execute(run: JobRun, as_of: dt.datetime, name: str, *, allow_immature_labels
     df = training_set(features, labels, as_of=as_of, validation_start=validation_start, test_start=test_start)
     boundaries = {"validation_start": validation_start.isoformat(), "test_start": test_start.isoformat()}
     with run.log.step(f"write {spec.path}") as result:
-        version = write_table(df, spec, run.lake_root, metadata=run.commit_metadata(
-            name=name, as_of=as_of.isoformat(), last_day=last_day.isoformat(), split=boundaries,
-            immature_labels=immature, label_max_delay_days=max_delay))
+        version = write_table(
+            df,
+            spec,
+            run.lake_root,
+            metadata=run.commit_metadata(
+                name=name,
+                as_of=as_of.isoformat(),
+                last_day=last_day.isoformat(),
+                split=boundaries,
+                immature_labels=immature,
+                label_max_delay_days=max_delay,
+            ),
+        )
         result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
     types = list(domain()["anomaly_types"])
-    counts = {r[SPLIT_COLUMN]: r.asDict() for r in
-              read_table(run.spark, spec, run.lake_root, version=version).groupBy(SPLIT_COLUMN)
-              .agg(F.count(F.lit(1)).alias("events"), *[F.sum(t).alias(t) for t in types]).collect()}
+    counts = {
+        r[SPLIT_COLUMN]: r.asDict()
+        for r in read_table(run.spark, spec, run.lake_root, version=version)
+        .groupBy(SPLIT_COLUMN)
+        .agg(F.count(F.lit(1)).alias("events"), *[F.sum(t).alias(t) for t in types])
+        .collect()
+    }
     for row in counts.values():
         row.pop(SPLIT_COLUMN)
     run.record_output(spec.path, rows=result["rows"], version=version, splits=counts)
@@ -148,14 +169,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake training-set",
         description="Event features of a range + labels confirmed at or before --as-of + a temporal split, "
-                    "written to training/sets/<name>.",
+        "written to training/sets/<name>.",
     )
     add_common_args(parser)
-    parser.add_argument("--as-of", required=True,
-                        help="cut-off time T (UTC): labels confirmed after it and events after it are left out")
+    parser.add_argument(
+        "--as-of",
+        required=True,
+        help="cut-off time T (UTC): labels confirmed after it and events after it are left out",
+    )
     parser.add_argument("--name", required=True, help="set name: written to training/sets/<name>")
-    parser.add_argument("--allow-immature-labels", action="store_true",
-                        help="build a set whose last days have labels still to come (marked; never promoted)")
+    parser.add_argument(
+        "--allow-immature-labels",
+        action="store_true",
+        help="build a set whose last days have labels still to come (marked; never promoted)",
+    )
     return parser.parse_args(argv)
 
 

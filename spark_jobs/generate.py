@@ -97,14 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epcs", type=int, help="EPCs whose journeys start in the window")
     parser.add_argument("--seed", type=int, help="random seed: the same options give identical files")
     parser.add_argument("--format", choices=FORMATS, help="landing file format")
-    parser.add_argument("--profile", choices=GENERATOR_PROFILES,
-                        help="realistic (default: legitimate confounders, harder anomalies) or easy (none, for quick "
-                             "tests); fills the generator settings not given explicitly")
+    parser.add_argument(
+        "--profile",
+        choices=GENERATOR_PROFILES,
+        help="realistic (default: legitimate confounders, harder anomalies) or easy (none, for quick "
+        "tests); fills the generator settings not given explicitly",
+    )
     for anomaly in domain()["anomaly_types"]:
-        parser.add_argument(_rate_option(anomaly), type=float, dest=f"rate_{anomaly}", metavar="SHARE",
-                            help=f"share of EPCs with a {anomaly} anomaly")
-    parser.add_argument("--corrupt-rate", type=float,
-                        help="share of landing rows of genuine EPCs made unreadable (data-quality errors)")
+        parser.add_argument(
+            _rate_option(anomaly),
+            type=float,
+            dest=f"rate_{anomaly}",
+            metavar="SHARE",
+            help=f"share of EPCs with a {anomaly} anomaly",
+        )
+    parser.add_argument(
+        "--corrupt-rate",
+        type=float,
+        help="share of landing rows of genuine EPCs made unreadable (data-quality errors)",
+    )
     add_common_args(parser, dates=False)
     return parser
 
@@ -124,8 +135,10 @@ def apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
     except ValidationError as exc:
         raise ConfigError(f"invalid generator option: {exc}") from exc
     if settings.generator.format == epcis_writer.FORMAT and settings.generator.corrupt_rate > 0:
-        raise ConfigError(f"--corrupt-rate {settings.generator.corrupt_rate} cannot be used with --format epcis: "
-                          "EPCIS documents are written valid against GS1's schema; use csv, json or parquet")
+        raise ConfigError(
+            f"--corrupt-rate {settings.generator.corrupt_rate} cannot be used with --format epcis: "
+            "EPCIS documents are written valid against GS1's schema; use csv, json or parquet"
+        )
     return settings
 
 
@@ -145,7 +158,9 @@ def make_plan(generator: GeneratorSettings, start: dt.date, days: int) -> Simula
         start=start,
         days=days,
         # An EPCIS delivery is rendered from the same simulated columns as Parquet.
-        format=epcis_writer.SIMULATION_FORMAT if generator.format == epcis_writer.FORMAT else generator.format,
+        format=epcis_writer.SIMULATION_FORMAT
+        if generator.format == epcis_writer.FORMAT
+        else generator.format,
         anomaly_types=tuple(dom["anomaly_types"]),
         event_types=tuple(dom["event_types"]),
         scan_columns=tuple(scans.column_names),
@@ -189,7 +204,9 @@ def _publish(plan: SimulationPlan, staged: Path, tmp: Path, lake: str) -> dict[s
     """Move the staged Spark output to its landing places under deterministic names."""
     ext = EXTENSIONS[plan.format]
     scans_spec, labels_spec = table_spec("landing_scans"), table_spec("landing_labels")
-    header = {kind: (plan.header(kind).encode() if plan.format == "csv" else None) for kind in (SCANS, LABELS)}
+    header = {
+        kind: (plan.header(kind).encode() if plan.format == "csv" else None) for kind in (SCANS, LABELS)
+    }
     published: dict[str, list[Path]] = {SCANS: [], LABELS: []}
 
     scans_root = Path(scans_spec.location(lake))
@@ -259,19 +276,34 @@ def execute(run: JobRun) -> dict[str, Any]:
     tmp = landing / f".{JOB}-{run.run_id}"
     started = time.perf_counter()
     run.log.event(
-        "simulating", epcs=generator.epcs, blocks=plan.n_blocks, days=days, seed=generator.seed,
-        format=generator.format, profile=generator.profile, rates=generator.rates.model_dump(),
-        confounder_rates=generator.confounder_rates, corrupt_rate=generator.corrupt_rate,
+        "simulating",
+        epcs=generator.epcs,
+        blocks=plan.n_blocks,
+        days=days,
+        seed=generator.seed,
+        format=generator.format,
+        profile=generator.profile,
+        rates=generator.rates.model_dump(),
+        confounder_rates=generator.confounder_rates,
+        corrupt_rate=generator.corrupt_rate,
     )
     try:
         network = plan.network
-        locations = epcis_writer.with_location_keys(network.locations_frame(),
-                                                    run.settings.epcis.location_company_prefix)
+        locations = epcis_writer.with_location_keys(
+            network.locations_frame(), run.settings.epcis.location_company_prefix
+        )
         _write_reference(locations, Path(table_spec("landing_locations").location(lake)), tmp / "ref")
-        _write_reference(network.products_frame(), Path(table_spec("landing_products").location(lake)), tmp / "ref")
-        _write_reference(network.air_lanes_frame(), Path(table_spec("landing_air_lanes").location(lake)), tmp / "ref")
-        _write_reference(network.serial_ranges_frame(generator.epcs),
-                         Path(table_spec("landing_serial_ranges").location(lake)), tmp / "ref")
+        _write_reference(
+            network.products_frame(), Path(table_spec("landing_products").location(lake)), tmp / "ref"
+        )
+        _write_reference(
+            network.air_lanes_frame(), Path(table_spec("landing_air_lanes").location(lake)), tmp / "ref"
+        )
+        _write_reference(
+            network.serial_ranges_frame(generator.epcs),
+            Path(table_spec("landing_serial_ranges").location(lake)),
+            tmp / "ref",
+        )
 
         staged = tmp / "spark"
         blocks = run.spark.range(plan.n_blocks, numPartitions=plan.n_blocks)
@@ -288,22 +320,33 @@ def execute(run: JobRun) -> dict[str, Any]:
                     for kind, columns in ((SCANS, plan.scan_columns), (LABELS, plan.label_columns)):
                         if kind == SCANS and generator.format == epcis_writer.FORMAT:
                             continue
-                        column_files(simulated, kind, columns, plan.file_keys).write.partitionBy("date").parquet(
-                            str(staged / f"kind={kind}"))
+                        column_files(simulated, kind, columns, plan.file_keys).write.partitionBy(
+                            "date"
+                        ).parquet(str(staged / f"kind={kind}"))
                 if generator.format == epcis_writer.FORMAT:
                     with run.log.step("write EPCIS documents", path=str(tmp / "epcis")):
-                        scans = simulated.where(F.col("kind") == SCANS).select("date", "k1", "k2", *plan.scan_columns)
-                        sgln = dict(zip(locations["location_id"], locations["sgln"]))
+                        scans = simulated.where(F.col("kind") == SCANS).select(
+                            "date", "k1", "k2", *plan.scan_columns
+                        )
+                        sgln = dict(zip(locations["location_id"], locations["sgln"], strict=False))
                         lines = epcis_writer.document_lines(
-                            scans, sgln, epcis_writer.zone_offset(generator.region_center_lon),
-                            run.settings.epcis.events_per_document)
+                            scans,
+                            sgln,
+                            epcis_writer.zone_offset(generator.region_center_lon),
+                            run.settings.epcis.events_per_document,
+                        )
                         epcis_writer.write_documents(lines, tmp / "epcis", plan.file_keys)
-                stats_lines = [bytes(r.value).decode() for r in simulated.where(f"kind = '{STATS}'").select("value").collect()]
+                stats_lines = [
+                    bytes(r.value).decode()
+                    for r in simulated.where(f"kind = '{STATS}'").select("value").collect()
+                ]
             finally:
                 simulated.unpersist()
         stats = merge_stats(stats_lines)
         if stats["epcs"] != generator.epcs:
-            raise RuntimeError(f"simulated {stats['epcs']} EPCs instead of {generator.epcs}: some blocks are missing")
+            raise RuntimeError(
+                f"simulated {stats['epcs']} EPCs instead of {generator.epcs}: some blocks are missing"
+            )
         with run.log.step("write ground truth", path=str(landing / TRUTH_FOLDER)):
             truth = simulate_truth(run.spark.range(plan.n_blocks, numPartitions=plan.n_blocks), plan)
             for kind in TRUTH_NAMES:
@@ -348,12 +391,25 @@ def execute(run: JobRun) -> dict[str, Any]:
         "duration_s": round(duration, 3),
         "events_per_s": round(events / duration, 1) if duration > 0 else None,
     }
-    run.record_output("landing_scans", rows=events, files=len(published[SCANS]), days=days,
-                      corrupted_rows=sum(stats["corrupted"].values()))
-    run.record_output("landing_labels", rows=sum(stats["labels"].values()), files=len(published[LABELS]),
-                      per_type=stats["labels"])
-    run.record_output("landing_reference", locations=network.n_locations, products=len(network.product_code),
-                      air_lanes=int(network.air_lanes.sum()))
+    run.record_output(
+        "landing_scans",
+        rows=events,
+        files=len(published[SCANS]),
+        days=days,
+        corrupted_rows=sum(stats["corrupted"].values()),
+    )
+    run.record_output(
+        "landing_labels",
+        rows=sum(stats["labels"].values()),
+        files=len(published[LABELS]),
+        per_type=stats["labels"],
+    )
+    run.record_output(
+        "landing_reference",
+        locations=network.n_locations,
+        products=len(network.product_code),
+        air_lanes=int(network.air_lanes.sum()),
+    )
     return summary
 
 

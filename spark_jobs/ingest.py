@@ -82,6 +82,7 @@ class LandingFile:
 
 # --- the file system, through Hadoop so that any lake URI Spark reads works ---
 
+
 def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
     return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath  # type: ignore[union-attr]
@@ -101,8 +102,10 @@ def _java_cause(error: BaseException) -> str:
 
 
 def _unreadable(path: str, what: str, error: BaseException) -> LandingError:
-    return LandingError(f"landing file {path} cannot be read as {what} ({_java_cause(error)}); have the producer "
-                        "redeliver it, or move it out of the landing folder, and rerun")
+    return LandingError(
+        f"landing file {path} cannot be read as {what} ({_java_cause(error)}); have the producer "
+        "redeliver it, or move it out of the landing folder, and rerun"
+    )
 
 
 def _first_line(spark: SparkSession, path: str) -> str | None:
@@ -111,15 +114,19 @@ def _first_line(spark: SparkSession, path: str) -> str | None:
     fs, jpath = _hadoop_path(spark, path)
     try:
         stream = fs.open(jpath)
-        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(spark._jsc.hadoopConfiguration()).getCodec(jpath)  # type: ignore[union-attr]
+        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
+            spark._jsc.hadoopConfiguration()
+        ).getCodec(jpath)  # type: ignore[union-attr]
         if codec is not None:
             stream = codec.createInputStream(stream)
         reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
-    except Exception as error:  # noqa: BLE001 - py4j: a .gz that is not gzip fails to open
-        raise _unreadable(path, "text" if not path.endswith(".gz") else "gzip-compressed text", error) from None
+    except Exception as error:
+        raise _unreadable(
+            path, "text" if not path.endswith(".gz") else "gzip-compressed text", error
+        ) from None
     try:
         return reader.readLine()
-    except Exception as error:  # noqa: BLE001 - a truncated or corrupt compressed stream
+    except Exception as error:
         raise _unreadable(path, "gzip-compressed text" if path.endswith(".gz") else "text", error) from None
     finally:
         reader.close()
@@ -130,9 +137,11 @@ def _parquet_schema(spark: SparkSession, path: str) -> tuple[tuple[str, str], ..
     jvm = spark._jvm  # type: ignore[union-attr]
     _, jpath = _hadoop_path(spark, path)
     try:
-        input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(jpath, spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+        input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(
+            jpath, spark._jsc.hadoopConfiguration()
+        )  # type: ignore[union-attr]
         reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(input_file)
-    except Exception as error:  # noqa: BLE001 - py4j: not a Parquet file, or a cut-off footer
+    except Exception as error:
         raise _unreadable(path, "Parquet", error) from None
     try:
         fields = reader.getFooter().getFileMetaData().getSchema().getFields()
@@ -162,7 +171,10 @@ def landing_inventory(
     files: list[LandingFile] = []
     for status in fs.globStatus(pattern) or []:
         jpath = status.getPath()
-        name, day = str(jpath.getName()), dt.date.fromisoformat(str(jpath.getParent().getName())[len("date="):])
+        name, day = (
+            str(jpath.getName()),
+            dt.date.fromisoformat(str(jpath.getParent().getName())[len("date=") :]),
+        )
         if name.startswith(("_", ".")):
             continue
         if status.isDirectory():
@@ -177,7 +189,9 @@ def landing_inventory(
         path, uri = str(jpath), str(jpath.toUri())
         if fmt == "parquet":
             schema = _parquet_schema(spark, path)
-            files.append(LandingFile(path, uri, source, fmt, day, tuple(n for n, _ in schema), parquet_schema=schema))
+            files.append(
+                LandingFile(path, uri, source, fmt, day, tuple(n for n, _ in schema), parquet_schema=schema)
+            )
         elif fmt == "csv":
             header = _first_line(spark, path)
             columns = _header_columns(header) if header is not None else None
@@ -209,15 +223,23 @@ def check_columns(files: Sequence[LandingFile], spec: TableSpec) -> dict[str, li
     return {path: columns for path, columns in extra.items() if columns}
 
 
-def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableSpec, source: str,
-                 csv_max_record_lines: int = 100) -> DataFrame:
+def read_landing(
+    spark: SparkSession,
+    files: Sequence[LandingFile],
+    spec: TableSpec,
+    source: str,
+    csv_max_record_lines: int = 100,
+) -> DataFrame:
     """The parsed landing rows of one source: one text read (CSV, JSON lines) and one Parquet read per schema.
 
     CSV lines are joined into records first (RFC 4180: a quoted field may hold line breaks); only
     files with a line of unbalanced quotes are ordered for it, which one pass over the text finds.
     Parquet files whose columns have different types are read apart and meet as text.
     """
-    headers = {columns: i for i, columns in enumerate(sorted({f.columns for f in files if f.format == "csv" and f.columns}))}
+    headers = {
+        columns: i
+        for i, columns in enumerate(sorted({f.columns for f in files if f.format == "csv" and f.columns}))
+    }
     inventory = spark.createDataFrame(
         [(f.uri, f.path, f.format, f.landing_date, headers.get(f.columns), f.header_line) for f in files],  # type: ignore[arg-type]
         "_uri string, _source_file string, format string, landing_date date, header_id int, header_line string",
@@ -226,15 +248,21 @@ def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableS
     text_files = [f.path for f in files if f.format in landing.TEXT_FORMATS]
     if text_files:
         lines = spark.read.text(text_files).select(
-            "value", F.col("_metadata.file_path").alias("_uri"),
+            "value",
+            F.col("_metadata.file_path").alias("_uri"),
             F.col("_metadata.file_block_start").alias("_block_start"),
             F.monotonically_increasing_id().alias("_line_index"),
         )
         csv_uris = [f.uri for f in files if f.format == "csv"]
-        odd = lines.where(F.col("_uri").isin(csv_uris) & landing.odd_quotes(F.col("value"))).select("_uri").distinct()
+        odd = (
+            lines.where(F.col("_uri").isin(csv_uris) & landing.odd_quotes(F.col("value")))
+            .select("_uri")
+            .distinct()
+        )
         multiline = [r["_uri"] for r in collect_landing(odd, files)] if csv_uris else []
-        records = landing.csv_records(lines.withColumn("_multiline_file", F.col("_uri").isin(multiline)),
-                                      csv_max_record_lines)
+        records = landing.csv_records(
+            lines.withColumn("_multiline_file", F.col("_uri").isin(multiline)), csv_max_record_lines
+        )
         records = records.join(F.broadcast(inventory), "_uri")
         frames.append(landing.parse_text_lines(records, spec, {i: list(c) for c, i in headers.items()}))
     schemas: dict[tuple[tuple[str, str], ...], list[str]] = {}
@@ -243,8 +271,10 @@ def read_landing(spark: SparkSession, files: Sequence[LandingFile], spec: TableS
             schemas.setdefault(f.parquet_schema or (), []).append(f.path)
     for paths in schemas.values():
         rows = spark.read.parquet(*paths)
-        rows = rows.select(F.struct(*[F.col(f"`{c}`") for c in rows.columns]).alias("_payload"),
-                           F.col("_metadata.file_path").alias("_uri"))
+        rows = rows.select(
+            F.struct(*[F.col(f"`{c}`") for c in rows.columns]).alias("_payload"),
+            F.col("_metadata.file_path").alias("_uri"),
+        )
         frames.append(landing.parse_parquet_rows(rows.join(F.broadcast(inventory), "_uri"), spec))
     if not frames:
         return spark.createDataFrame([], landing.parsed_ddl(spec))
@@ -273,8 +303,12 @@ def _probe_unreadable(spark: SparkSession, files: Sequence[LandingFile]) -> Land
         reader = spark.read.parquet if file.format == "parquet" else spark.read.text
         try:
             reader(file.path).count()
-        except Exception as error:  # noqa: BLE001 - py4j: this file alone fails
-            what = "Parquet" if file.format == "parquet" else ("gzip-compressed text" if file.path.endswith(".gz") else "text")
+        except Exception as error:
+            what = (
+                "Parquet"
+                if file.format == "parquet"
+                else ("gzip-compressed text" if file.path.endswith(".gz") else "text")
+            )
             return _unreadable(file.path, what, error)
     return None
 
@@ -287,21 +321,28 @@ def unreadable_file_error(error: BaseException) -> LandingError | None:
     match = _FAILED_FILE.search(str(error))
     if match is None:
         return None
-    return LandingError(f"landing file {match.group(1)} cannot be read ({_java_cause(error)}); have the producer "
-                        "redeliver it, or move it out of the landing folder, and rerun")
+    return LandingError(
+        f"landing file {match.group(1)} cannot be read ({_java_cause(error)}); have the producer "
+        "redeliver it, or move it out of the landing folder, and rerun"
+    )
 
 
-def load_reference(run: JobRun, landing_name: str, table_name: str, key: Sequence[str],
-                   tables: dict[str, dict[str, int]]) -> DataFrame:
+def load_reference(
+    run: JobRun, landing_name: str, table_name: str, key: Sequence[str], tables: dict[str, dict[str, int]]
+) -> DataFrame:
     """Type a reference file and replace its table; returns the table as committed."""
     spark, source, spec = run.spark, table_spec(landing_name), table_spec(table_name)
     path = source.location(run.lake_root)
     if not _exists(spark, path):
-        raise LandingError(f"reference file {path} does not exist; deliver it (e.g. `tracelake generate`) and rerun")
+        raise LandingError(
+            f"reference file {path} does not exist; deliver it (e.g. `tracelake generate`) and rerun"
+        )
     header = _first_line(spark, path)
     extra = check_header(path, _header_columns(header) if header is not None else (), source)
     if extra:
-        run.log.warning("reference file has extra columns; they are ignored", extra={"file": path, "columns": extra})
+        run.log.warning(
+            "reference file has extra columns; they are ignored", extra={"file": path, "columns": extra}
+        )
     typed = bronze.typed_reference(spark.read.option("header", True).csv(path), spec, key).persist()
     try:
         problems = typed.where(F.col("_problem").isNotNull()).limit(5).collect()
@@ -324,18 +365,32 @@ def _rows_committed(run: JobRun, spec: TableSpec) -> int:
     """
     from delta.tables import DeltaTable
 
-    last = DeltaTable.forPath(run.spark, spec.location(run.lake_root)).history(1) \
-        .select("operationMetrics", "userMetadata").first()
+    last = (
+        DeltaTable.forPath(run.spark, spec.location(run.lake_root))
+        .history(1)
+        .select("operationMetrics", "userMetadata")
+        .first()
+    )
     if last is None or json.loads(last["userMetadata"] or "{}").get("run_id") != run.run_id:
         return 0
     return int((last["operationMetrics"] or {}).get("numOutputRows", 0))
 
 
-def _write(run: JobRun, df: DataFrame, name: str, tables: dict[str, dict[str, int]], *,
-           whole_table: bool = False, dates: Sequence[dt.date] | None = None, **lineage: Any) -> int:
+def _write(
+    run: JobRun,
+    df: DataFrame,
+    name: str,
+    tables: dict[str, dict[str, int]],
+    *,
+    whole_table: bool = False,
+    dates: Sequence[dt.date] | None = None,
+    **lineage: Any,
+) -> int:
     """One commit to table ``name`` (the run's range, chosen dates, or the whole table); records rows and version."""
     spec = table_spec(name)
-    owned: dict[str, Any] = {} if whole_table else {"dates": dates} if dates else {"start": run.start, "end": run.end}
+    owned: dict[str, Any] = (
+        {} if whole_table else {"dates": dates} if dates else {"start": run.start, "end": run.end}
+    )
     with run.log.step(f"write {name}"):
         version = write_table(df, spec, run.lake_root, **owned, metadata=run.commit_metadata(**lineage))
     tables[name] = {"rows": _rows_committed(run, spec), "version": version}
@@ -371,14 +426,16 @@ def execute(run: JobRun) -> dict[str, Any]:
         raise LandingError("ingest needs --start-date (and optionally --end-date)")
     spark, settings = run.spark, run.settings.ingest
     days = days_between(run.start, run.end)
-    ingested_at = dt.datetime.now(dt.timezone.utc)
+    ingested_at = dt.datetime.now(dt.UTC)
     tables: dict[str, dict[str, int]] = {}
 
     # Everything that can be refused is refused before the first write.
     epcis_files = ingest_epcis.inventory(run, days)
     files, extra_columns, missing_days = _inventory(run, days, frozenset(f.landing_date for f in epcis_files))
-    references = {table: load_reference(run, landing_name, table, key, tables)
-                  for landing_name, table, key in REFERENCES}
+    references = {
+        table: load_reference(run, landing_name, table, key, tables)
+        for landing_name, table, key in REFERENCES
+    }
     for landing_name, table, key in OPTIONAL_REFERENCES:
         if _exists(spark, table_spec(landing_name).location(run.lake_root)):
             load_reference(run, landing_name, table, key, tables)
@@ -389,39 +446,54 @@ def execute(run: JobRun) -> dict[str, Any]:
     level = getattr(StorageLevel, settings.storage_level)
     scans = bronze.classify_scans(
         read_landing(spark, files[bronze.SCANS], scans_spec, bronze.SCANS, settings.csv_max_record_lines),
-        references["reference_locations"], scans_spec.required_columns,
+        references["reference_locations"],
+        scans_spec.required_columns,
     ).persist(level)
     labels = bronze.classify_labels(
         read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS, settings.csv_max_record_lines),
-        domain()["anomaly_types"], labels_spec.required_columns,
+        domain()["anomaly_types"],
+        labels_spec.required_columns,
     ).persist(level)
     delivery = ingest_epcis.read(run, epcis_files, level)
     try:
         with run.log.step("parse and count landing rows") as counted:
-            outcomes = [r.asDict() for r in collect_landing(bronze.landing_outcomes(scans, labels),
-                                                            [*files[bronze.SCANS], *files[bronze.LABELS]])]
+            outcomes = [
+                r.asDict()
+                for r in collect_landing(
+                    bronze.landing_outcomes(scans, labels), [*files[bronze.SCANS], *files[bronze.LABELS]]
+                )
+            ]
             counted.update(landing_rows=sum(r["rows"] for r in outcomes))
         for row in outcomes:  # JSON lines have no header: their extra keys are found while parsing
             if row["extra_columns"]:
                 seen = extra_columns.get(row["_source_file"], [])
                 extra_columns[row["_source_file"]] = sorted({*seen, *row["extra_columns"]})
         for path, columns in sorted(extra_columns.items()):
-            run.log.warning("landing file has extra columns; they are left out of bronze",
-                            extra={"file": path, "columns": columns})
+            run.log.warning(
+                "landing file has extra columns; they are left out of bronze",
+                extra={"file": path, "columns": columns},
+            )
         _log_examples(run, outcomes)
 
         landing_files = {s: len(f) for s, f in files.items()}
         bronze_rows = bronze.bronze_scan_events(scans, run.run_id, ingested_at)
         _write(run, bronze_rows, "bronze_scan_events", tables, landing_files=landing_files)
         quarantined = bronze.quarantine_rows(scans, run.run_id, ingested_at).unionByName(
-            bronze.quarantine_rows(labels, run.run_id, ingested_at))
+            bronze.quarantine_rows(labels, run.run_id, ingested_at)
+        )
         # EPCIS documents: bronze/epcis_events is written when the range delivers some, or did before.
         epcis_days, epcis_quarantined, epcis_quarantine_rows = ingest_epcis.event_dates_owned(run), None, 0
         if delivery.files or epcis_days:
             epcis_bronze = epcis.bronze_rows(delivery.flat, run.run_id, ingested_at)
-            epcis_quarantined = epcis.quarantine_rows(delivery.flat, run.run_id, ingested_at).unionByName(
-                ingest_epcis.kept_out_of_silver(run, epcis_bronze, references["reference_locations"], ingested_at)
-            ).persist(level)
+            epcis_quarantined = (
+                epcis.quarantine_rows(delivery.flat, run.run_id, ingested_at)
+                .unionByName(
+                    ingest_epcis.kept_out_of_silver(
+                        run, epcis_bronze, references["reference_locations"], ingested_at
+                    )
+                )
+                .persist(level)
+            )
             landing_files[epcis.SOURCE] = len(delivery.files)
             _write(run, epcis_bronze, "bronze_epcis_events", tables, landing_files=landing_files)
             epcis_days |= ingest_epcis.event_dates(epcis_bronze)
@@ -436,7 +508,8 @@ def execute(run: JobRun) -> dict[str, Any]:
         reconciliation = bronze.reconcile(outcomes, written, settings.reconciliation_tolerance)
         if "bronze_epcis_events" in tables:
             reconciliation[epcis.SOURCE] = ingest_epcis.reconcile(
-                delivery.outcomes, tables["bronze_epcis_events"]["rows"], settings.reconciliation_tolerance)
+                delivery.outcomes, tables["bronze_epcis_events"]["rows"], settings.reconciliation_tolerance
+            )
             reconciliation[epcis.SOURCE]["quarantine_rows_with_silver"] = epcis_quarantine_rows
         run.log.event("reconciled", reconciliation=reconciliation)
 
@@ -445,14 +518,23 @@ def execute(run: JobRun) -> dict[str, Any]:
         if "bronze_epcis_events" in tables:
             run.inputs["bronze_epcis_events"] = tables["bronze_epcis_events"]["version"]
             silver_bronze, silver_days = ingest_epcis.silver_input(
-                run, bronze_rows, references["reference_locations"], epcis_days)
+                run, bronze_rows, references["reference_locations"], epcis_days
+            )
         events = silver.silver_scan_events(
-            silver_bronze, references["reference_locations"], references["reference_products"],
-            domain()["epc_regex"], run.run_id,
+            silver_bronze,
+            references["reference_locations"],
+            references["reference_products"],
+            domain()["epc_regex"],
+            run.run_id,
         )
         _write(run, events, "silver_scan_events", tables, dates=silver_days)
-        _write(run, silver.silver_labels(bronze.accepted_labels(labels), run.run_id), "silver_labels", tables,
-               landing_files=landing_files)
+        _write(
+            run,
+            silver.silver_labels(bronze.accepted_labels(labels), run.run_id),
+            "silver_labels",
+            tables,
+            landing_files=landing_files,
+        )
     finally:
         scans.unpersist()
         labels.unpersist()
@@ -468,8 +550,11 @@ def execute(run: JobRun) -> dict[str, Any]:
         "reconciliation": reconciliation,
         "duplicates_dropped": {
             # With EPCIS deliveries silver spans more days and sources than bronze/scan_events.
-            "silver_scan_events": (tables["bronze_scan_events"]["rows"] - tables["silver_scan_events"]["rows"]
-                                   if silver_days is None else None),
+            "silver_scan_events": (
+                tables["bronze_scan_events"]["rows"] - tables["silver_scan_events"]["rows"]
+                if silver_days is None
+                else None
+            ),
             "silver_labels": reconciliation[bronze.LABELS]["accepted_rows"] - tables["silver_labels"]["rows"],
         },
         "extra_columns": extra_columns,
@@ -494,10 +579,16 @@ def _log_examples(run: JobRun, outcomes: Sequence[dict[str, Any]]) -> None:
         if row["reason_code"] is None or key in shown:
             continue
         shown.add(key)
-        run.log.warning("quarantined rows", extra={
-            "source": row["source"], "reason_code": row["reason_code"], "file": row["_source_file"],
-            "example_reason": row["example"]["reason"], "example_payload": row["example"]["raw_payload"],
-        })
+        run.log.warning(
+            "quarantined rows",
+            extra={
+                "source": row["source"],
+                "reason_code": row["reason_code"],
+                "file": row["_source_file"],
+                "example_reason": row["example"]["reason"],
+                "example_payload": row["example"]["raw_payload"],
+            },
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

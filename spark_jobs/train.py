@@ -81,8 +81,15 @@ COMPARISON_METRICS = ("pr_auc", "roc_auc", "precision", "recall", "f1")
 # Demo-sized settings (``execute(..., quick=True)``, ``--quick``): a few epochs of a small model, the
 # fast ONNX exporter, fewer bootstrap draws; explicit options still win.
 QUICK_TRAINING: dict[str, Any] = {
-    "epochs": 3, "hidden_size": 32, "tab_hidden_size": 32, "head_hidden_size": 32, "batch_size": 256,
-    "bootstrap_samples": 200, "baseline_max_iter": 30, "onnx_exporter": "torchscript", "log_every_steps": 20,
+    "epochs": 3,
+    "hidden_size": 32,
+    "tab_hidden_size": 32,
+    "head_hidden_size": 32,
+    "batch_size": 256,
+    "bootstrap_samples": 200,
+    "baseline_max_iter": 30,
+    "onnx_exporter": "torchscript",
+    "log_every_steps": 20,
 }
 
 
@@ -99,7 +106,9 @@ def parse_models(value: str | Sequence[str] | None, default: Sequence[str]) -> l
     names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
-        raise TrainJobError(f"--models {value!r}: unknown model(s) {unknown or names}; use a comma list of {list(MODELS)}")
+        raise TrainJobError(
+            f"--models {value!r}: unknown model(s) {unknown or names}; use a comma list of {list(MODELS)}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -116,15 +125,28 @@ def feature_spec(settings: Any) -> Any:
     from spark_jobs.transforms.event_features import sequence_features, tabular_features
     from training.data import FeatureSpec
 
-    return FeatureSpec(tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length,
-                       tuple(domain()["anomaly_types"]))
+    return FeatureSpec(
+        tuple(sequence_features()),
+        tuple(tabular_features()),
+        settings.features.sequence_length,
+        tuple(domain()["anomaly_types"]),
+    )
 
 
 def environment() -> dict[str, str]:
     """Interpreter, platform and the versions of the packages training depends on."""
     info = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("torch", "pyspark", "delta-spark", "mlflow", "petastorm", "pyarrow", "numpy", "onnx",
-                    "onnxruntime"):
+    for package in (
+        "torch",
+        "pyspark",
+        "delta-spark",
+        "mlflow",
+        "petastorm",
+        "pyarrow",
+        "numpy",
+        "onnx",
+        "onnxruntime",
+    ):
         try:
             info[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -133,8 +155,16 @@ def environment() -> dict[str, str]:
 
 
 def _pip_freeze() -> str:
-    return "\n".join(sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib_metadata.distributions()
-                            if d.metadata["Name"])) + "\n"
+    return (
+        "\n".join(
+            sorted(
+                f"{d.metadata['Name']}=={d.version}"
+                for d in importlib_metadata.distributions()
+                if d.metadata["Name"]
+            )
+        )
+        + "\n"
+    )
 
 
 def _finite(value: Any) -> bool:
@@ -150,20 +180,27 @@ def run_dir_for(run: JobRun, training_set: str, resume: bool) -> str:
     parent = storage.join(run.lake_root, run.settings.training.runs_dir, training_set)
     if resume:
         interrupted = sorted(
-            (storage.join(parent, name) for name in storage.list_dir(parent)
-             if storage.is_file(storage.join(parent, name, "checkpoints", "last.pt"))
-             and not storage.exists(storage.join(parent, name, "result.json"))),
-            key=lambda folder: storage.mtime(storage.join(folder, "checkpoints", "last.pt")))
+            (
+                storage.join(parent, name)
+                for name in storage.list_dir(parent)
+                if storage.is_file(storage.join(parent, name, "checkpoints", "last.pt"))
+                and not storage.exists(storage.join(parent, name, "result.json"))
+            ),
+            key=lambda folder: storage.mtime(storage.join(folder, "checkpoints", "last.pt")),
+        )
         if interrupted:
             run.log.event("resuming an interrupted run", output_dir=interrupted[-1])
             return interrupted[-1]
-        run.log.warning("--resume: no interrupted run of this training set; starting a new one",
-                        extra={"searched": parent})
+        run.log.warning(
+            "--resume: no interrupted run of this training set; starting a new one",
+            extra={"searched": parent},
+        )
     return storage.join(parent, run.run_id)
 
 
-def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool,
-                 on_epoch_end: Any = None) -> dict[str, Any]:
+def run_train_fn(
+    config: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool, on_epoch_end: Any = None
+) -> dict[str, Any]:
     """``TorchDistributor(...).run(train_fn, config[, on_epoch_end])``: rank 0's result."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -179,19 +216,36 @@ def run_train_fn(config: dict[str, Any], *, num_processes: int, local_mode: bool
         if storage.is_file(written):
             result = json.loads(storage.read_text(written))
     if not isinstance(result, dict):
-        raise TrainJobError(f"TorchDistributor returned {type(result).__name__}, not train_fn's result, and "
-                            f"{config['output_dir']}/result.json is missing; see the training processes' log above")
+        raise TrainJobError(
+            f"TorchDistributor returned {type(result).__name__}, not train_fn's result, and "
+            f"{config['output_dir']}/result.json is missing; see the training processes' log above"
+        )
     return result
 
 
-def distribute(settings: TrainingSettings, config: dict[str, Any], on_epoch_end: Any = None) -> dict[str, Any]:
+def distribute(
+    settings: TrainingSettings, config: dict[str, Any], on_epoch_end: Any = None
+) -> dict[str, Any]:
     """The train function through TorchDistributor as ``settings`` say (processes, local/cluster mode, GPU)."""
-    return run_train_fn(config, num_processes=settings.num_processes, local_mode=settings.local_mode,
-                        use_gpu=settings.use_gpu, on_epoch_end=on_epoch_end)
+    return run_train_fn(
+        config,
+        num_processes=settings.num_processes,
+        local_mode=settings.local_mode,
+        use_gpu=settings.use_gpu,
+        on_epoch_end=on_epoch_end,
+    )
 
 
-def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
-               *, resume: bool, workdir: Path) -> dict[str, Any]:
+def train_lstm(
+    run: JobRun,
+    settings: TrainingSettings,
+    df: Any,
+    spec: Any,
+    context: dict[str, Any],
+    *,
+    resume: bool,
+    workdir: Path,
+) -> dict[str, Any]:
     import mlflow
 
     from tracelake.model_registry import register_onnx_model
@@ -211,28 +265,43 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     files = context["snapshot_files"]
     if not settings.local_mode and settings.torch_threads == 0:
         # In cluster mode each Spark task is one training process: give it the task's cores, not the host's.
-        settings = settings.model_copy(update={"torch_threads": int(run.spark.conf.get("spark.task.cpus", "1"))})
+        settings = settings.model_copy(
+            update={"torch_threads": int(run.spark.conf.get("spark.task.cpus", "1"))}
+        )
 
     def launch(data: dict[str, Any]) -> tuple[dict[str, Any], float]:
         config = make_train_config(settings, spec, data, output_dir, resume=resume, run_id=run.run_id)
-        with run.log.step("TorchDistributor", num_processes=settings.num_processes, local_mode=settings.local_mode,
-                          use_gpu=settings.use_gpu, loader=settings.loader, output_dir=str(output_dir)) as step:
+        with run.log.step(
+            "TorchDistributor",
+            num_processes=settings.num_processes,
+            local_mode=settings.local_mode,
+            use_gpu=settings.use_gpu,
+            loader=settings.loader,
+            output_dir=str(output_dir),
+        ) as step:
             started = time.perf_counter()
             result = distribute(settings, config)
             step.update(stop_reason=result["stop_reason"], epochs=result["epochs_completed"])
         if not result.get("model_path") or not result.get("thresholds"):
-            raise TrainJobError(f"training stopped ({result.get('stop_reason')}) before a best model was chosen; "
-                                f"rerun with --resume to continue {output_dir}")
+            raise TrainJobError(
+                f"training stopped ({result.get('stop_reason')}) before a best model was chosen; "
+                f"rerun with --resume to continue {output_dir}"
+            )
         return result, time.perf_counter() - started
 
     if settings.loader == "petastorm":
         cache = cache_url(run.lake_root, run.run_id, settings.petastorm_cache_url)
-        with run.log.step("petastorm converters", cache=cache) as step, \
-                spark_converters(df, spec, cache_dir_url=cache,
-                                 row_group_bytes=settings.petastorm_row_group_bytes) as converted:
+        with (
+            run.log.step("petastorm converters", cache=cache) as step,
+            spark_converters(
+                df, spec, cache_dir_url=cache, row_group_bytes=settings.petastorm_row_group_bytes
+            ) as converted,
+        ):
             rows = {split: item.rows for split, item in converted.items()}
             step.update(rows=rows, files={split: len(item.file_urls) for split, item in converted.items()})
-            result, wall_s = launch(petastorm_data_config({split: converted[split] for split in ("train", "validation")}))
+            result, wall_s = launch(
+                petastorm_data_config({split: converted[split] for split in ("train", "validation")})
+            )
     else:
         rows = split_counts(df)
         run.log.event("arrow loader", rows=rows, files=len(files), version=context["training_set_version"])
@@ -247,16 +316,34 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     thresholds = {k: float(v) for k, v in result["thresholds"].items()}
     labels = list(spec.label_names)
     probs = torch_probabilities(model, test, settings.eval_batch_size)
-    report = metrics.evaluate(test.labels, probs, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
-                              ci_level=settings.ci_level, seed=settings.seed, groups=test_epcs)
+    report = metrics.evaluate(
+        test.labels,
+        probs,
+        thresholds,
+        labels,
+        n_bootstrap=settings.bootstrap_samples,
+        ci_level=settings.ci_level,
+        seed=settings.seed,
+        groups=test_epcs,
+    )
     onnx_path = workdir / "lstm" / "model.onnx"
     with run.log.step("export ONNX", exporter=settings.onnx_exporter, rows=parity_rows.n_rows) as step:
         onnx_meta = export_onnx(
-            model, onnx_path, parity_rows, thresholds=thresholds, tolerance=settings.onnx_parity_tolerance,
-            opset=settings.onnx_opset, exporter=settings.onnx_exporter,
-            extra_metadata={"model_name": settings.lstm_model_name, "training_set": context["training_set"],
-                            "training_set_version": context["training_set_version"], "run_id": run.run_id,
-                            "code_version": code_version()})
+            model,
+            onnx_path,
+            parity_rows,
+            thresholds=thresholds,
+            tolerance=settings.onnx_parity_tolerance,
+            opset=settings.onnx_opset,
+            exporter=settings.onnx_exporter,
+            extra_metadata={
+                "model_name": settings.lstm_model_name,
+                "training_set": context["training_set"],
+                "training_set_version": context["training_set_version"],
+                "run_id": run.run_id,
+                "code_version": code_version(),
+            },
+        )
         step.update(max_abs_diff=onnx_meta["max_abs_diff"])
 
     macro_pr_auc = report["macro"]["pr_auc"]["value"]
@@ -264,30 +351,69 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
     _write(report_file, {"thresholds": thresholds, "test_report": report, "feature_spec": spec.to_dict()})
     with mlflow.start_run(run_name=f"lstm {context['training_set']}", nested=True) as ml_run:
         mlflow.set_tags({**context["tags"], "model": LSTM, DETECTOR_TAG: LSTM})
-        mlflow.log_params({**_flat_params(settings), "feature_spec.n_seq": spec.n_seq, "feature_spec.n_tab": spec.n_tab,
-                           "feature_spec.seq_len": spec.seq_len, "world_size": result["world_size"],
-                           "device": result["device"], "output_dir": str(output_dir)})
+        mlflow.log_params(
+            {
+                **_flat_params(settings),
+                "feature_spec.n_seq": spec.n_seq,
+                "feature_spec.n_tab": spec.n_tab,
+                "feature_spec.seq_len": spec.seq_len,
+                "world_size": result["world_size"],
+                "device": result["device"],
+                "output_dir": str(output_dir),
+            }
+        )
         for record in result["history"]:
-            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch" and _finite(v)},
-                               step=int(record["epoch"]))
+            mlflow.log_metrics(
+                {k: float(v) for k, v in record.items() if k != "epoch" and _finite(v)},
+                step=int(record["epoch"]),
+            )
         mlflow.log_metrics({k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)})
-        mlflow.log_metrics({"onnx_max_abs_diff": onnx_meta["max_abs_diff"], "train_wall_s": wall_s,
-                            **({"samples_per_s": result["samples_per_s"]} if _finite(result.get("samples_per_s")) else {})})
-        _log_json({"result": result, "test_report": report, "thresholds": thresholds}, "evaluation", "lstm.json")
+        mlflow.log_metrics(
+            {
+                "onnx_max_abs_diff": onnx_meta["max_abs_diff"],
+                "train_wall_s": wall_s,
+                **(
+                    {"samples_per_s": result["samples_per_s"]} if _finite(result.get("samples_per_s")) else {}
+                ),
+            }
+        )
+        _log_json(
+            {"result": result, "test_report": report, "thresholds": thresholds}, "evaluation", "lstm.json"
+        )
         _log_plots(workdir / "lstm_plots", result["history"], test.labels, probs, thresholds, labels, "lstm")
         version = register_onnx_model(
-            settings.lstm_model_name, onnx_path, run_id=ml_run.info.run_id,
+            settings.lstm_model_name,
+            onnx_path,
+            run_id=ml_run.info.run_id,
             extra_files=[report_file],
-            tags={**context["registry_tags"], "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
-                  "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
-                  "onnx_max_abs_diff": f"{onnx_meta['max_abs_diff']:.3g}", "thresholds": json.dumps(thresholds)})
-    run.log.event("registered", model=settings.lstm_model_name, version=version.version,
-                  test_macro_pr_auc=macro_pr_auc, onnx_max_abs_diff=onnx_meta["max_abs_diff"])
+            tags={
+                **context["registry_tags"],
+                "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
+                "onnx_max_abs_diff": f"{onnx_meta['max_abs_diff']:.3g}",
+                "thresholds": json.dumps(thresholds),
+            },
+        )
+    run.log.event(
+        "registered",
+        model=settings.lstm_model_name,
+        version=version.version,
+        test_macro_pr_auc=macro_pr_auc,
+        onnx_max_abs_diff=onnx_meta["max_abs_diff"],
+    )
     return {
-        "model_name": settings.lstm_model_name, "version": str(version.version), "mlflow_run_id": ml_run.info.run_id,
-        "report": report, "thresholds": thresholds, "onnx_max_abs_diff": onnx_meta["max_abs_diff"],
-        "parity_rows": onnx_meta["parity_rows"], "history": result["history"], "stop_reason": result["stop_reason"],
-        "output_dir": str(output_dir), "train_wall_s": wall_s, "rows": rows,
+        "model_name": settings.lstm_model_name,
+        "version": str(version.version),
+        "mlflow_run_id": ml_run.info.run_id,
+        "report": report,
+        "thresholds": thresholds,
+        "onnx_max_abs_diff": onnx_meta["max_abs_diff"],
+        "parity_rows": onnx_meta["parity_rows"],
+        "history": result["history"],
+        "stop_reason": result["stop_reason"],
+        "output_dir": str(output_dir),
+        "train_wall_s": wall_s,
+        "rows": rows,
         "samples_per_s": result.get("samples_per_s"),
     }
 
@@ -295,8 +421,9 @@ def train_lstm(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, cont
 # --- the baseline --------------------------------------------------------------------------------
 
 
-def train_baseline(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
-                   *, workdir: Path) -> dict[str, Any]:
+def train_baseline(
+    run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any], *, workdir: Path
+) -> dict[str, Any]:
     import mlflow
 
     from tracelake.model_registry import FORMAT_TAG, register_artifacts
@@ -310,46 +437,92 @@ def train_baseline(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, 
         step.update(train_rows=fitted.train_rows, class_weights=fitted.class_weights)
     y_val, p_val, _ = baseline.predict_split(fitted.model, df, "validation", features, labels)
     thresholds = metrics.choose_thresholds(y_val, p_val, labels, settings.threshold_rule)
-    y_test, p_test, test_epcs = baseline.predict_split(fitted.model, df, "test", features, labels,
-                                                       group_column="epc_code")
-    report = metrics.evaluate(y_test, p_test, thresholds, labels, n_bootstrap=settings.bootstrap_samples,
-                              ci_level=settings.ci_level, seed=settings.seed, groups=test_epcs)
+    y_test, p_test, test_epcs = baseline.predict_split(
+        fitted.model, df, "test", features, labels, group_column="epc_code"
+    )
+    report = metrics.evaluate(
+        y_test,
+        p_test,
+        thresholds,
+        labels,
+        n_bootstrap=settings.bootstrap_samples,
+        ci_level=settings.ci_level,
+        seed=settings.seed,
+        groups=test_epcs,
+    )
     macro_pr_auc = report["macro"]["pr_auc"]["value"]
     model_dir = workdir / "baseline_model"
     baseline.save(fitted.model, model_dir / "sparkml")
-    _write(model_dir / "baseline.json", {"features": features, "labels": labels, "thresholds": thresholds,
-                                         "class_weights": fitted.class_weights, "test_report": report})
+    _write(
+        model_dir / "baseline.json",
+        {
+            "features": features,
+            "labels": labels,
+            "thresholds": thresholds,
+            "class_weights": fitted.class_weights,
+            "test_report": report,
+        },
+    )
     with mlflow.start_run(run_name=f"baseline {context['training_set']}", nested=True) as ml_run:
         mlflow.set_tags({**context["tags"], "model": BASELINE, DETECTOR_TAG: BASELINE})
-        mlflow.log_params({"classifier": settings.baseline_classifier, "max_iter": settings.baseline_max_iter,
-                           "reg_param": settings.baseline_reg_param,
-                           "elastic_net": settings.baseline_elastic_net,
-                           "gbt_max_depth": settings.baseline_gbt_max_depth,
-                           "pos_weight_cap": settings.pos_weight_cap, "n_features": len(features),
-                           "train_rows": fitted.train_rows})
-        mlflow.log_metrics({**{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
-                            "train_wall_s": wall_s,
-                            **{f"val_threshold_{k}": v for k, v in thresholds.items()}})
+        mlflow.log_params(
+            {
+                "classifier": settings.baseline_classifier,
+                "max_iter": settings.baseline_max_iter,
+                "reg_param": settings.baseline_reg_param,
+                "elastic_net": settings.baseline_elastic_net,
+                "gbt_max_depth": settings.baseline_gbt_max_depth,
+                "pos_weight_cap": settings.pos_weight_cap,
+                "n_features": len(features),
+                "train_rows": fitted.train_rows,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
+                "train_wall_s": wall_s,
+                **{f"val_threshold_{k}": v for k, v in thresholds.items()},
+            }
+        )
         _log_plots(workdir / "baseline_plots", None, y_test, p_test, thresholds, labels, "baseline")
         mlflow.log_artifacts(str(model_dir), "model")
         version = register_artifacts(
-            settings.baseline_model_name, ml_run.info.run_id, "model",
-            tags={**context["registry_tags"], FORMAT_TAG: "spark-ml", "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
-                  "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
-                  "test_macro_f1": f"{report['macro']['f1']['value']:.6f}", "thresholds": json.dumps(thresholds)},
-            description="Spark MLlib baseline: one classifier per anomaly type on the tabular features")
-    run.log.event("registered", model=settings.baseline_model_name, version=version.version,
-                  test_macro_pr_auc=macro_pr_auc)
-    return {"model_name": settings.baseline_model_name, "version": str(version.version),
-            "mlflow_run_id": ml_run.info.run_id, "report": report, "thresholds": thresholds,
-            "class_weights": fitted.class_weights, "train_wall_s": wall_s}
+            settings.baseline_model_name,
+            ml_run.info.run_id,
+            "model",
+            tags={
+                **context["registry_tags"],
+                FORMAT_TAG: "spark-ml",
+                "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
+                "test_macro_f1": f"{report['macro']['f1']['value']:.6f}",
+                "thresholds": json.dumps(thresholds),
+            },
+            description="Spark MLlib baseline: one classifier per anomaly type on the tabular features",
+        )
+    run.log.event(
+        "registered",
+        model=settings.baseline_model_name,
+        version=version.version,
+        test_macro_pr_auc=macro_pr_auc,
+    )
+    return {
+        "model_name": settings.baseline_model_name,
+        "version": str(version.version),
+        "mlflow_run_id": ml_run.info.run_id,
+        "report": report,
+        "thresholds": thresholds,
+        "class_weights": fitted.class_weights,
+        "train_wall_s": wall_s,
+    }
 
 
 # --- the rules detector --------------------------------------------------------------------------
 
 
-def train_rules(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any],
-                *, workdir: Path) -> dict[str, Any]:
+def train_rules(
+    run: JobRun, settings: TrainingSettings, df: Any, spec: Any, context: dict[str, Any], *, workdir: Path
+) -> dict[str, Any]:
     """Tune the rules on train + validation, score the test split, log and register them."""
     import mlflow
     from pyspark.sql import functions as F
@@ -369,14 +542,25 @@ def train_rules(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, con
 
     with run.log.step("tune rules") as step:
         started = time.perf_counter()
-        detector = rules.tune(df.where(F.col("split").isin("train", "validation")), labels,
-                              pr_auc=metrics.pr_auc, choose_threshold=one_threshold)
+        detector = rules.tune(
+            df.where(F.col("split").isin("train", "validation")),
+            labels,
+            pr_auc=metrics.pr_auc,
+            choose_threshold=one_threshold,
+        )
         wall_s = time.perf_counter() - started
         step.update(variants=dict(detector.variants))
     y_test, p_test, test_epcs = detector.labels_and_scores(df.where(F.col("split") == "test"), "epc_code")
-    report = metrics.evaluate(y_test, p_test, dict(detector.thresholds), labels,
-                              n_bootstrap=settings.bootstrap_samples, ci_level=settings.ci_level, seed=settings.seed,
-                              groups=test_epcs)
+    report = metrics.evaluate(
+        y_test,
+        p_test,
+        dict(detector.thresholds),
+        labels,
+        n_bootstrap=settings.bootstrap_samples,
+        ci_level=settings.ci_level,
+        seed=settings.seed,
+        groups=test_epcs,
+    )
     macro_pr_auc = report["macro"]["pr_auc"]["value"]
     model_dir = workdir / "rules_model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -384,22 +568,40 @@ def train_rules(run: JobRun, settings: TrainingSettings, df: Any, spec: Any, con
     with mlflow.start_run(run_name=f"rules {context['training_set']}", nested=True) as ml_run:
         mlflow.set_tags({**context["tags"], "model": RULES, DETECTOR_TAG: RULES})
         mlflow.log_params({f"variant_{label}": variant for label, variant in detector.variants.items()})
-        mlflow.log_metrics({**{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
-                            "train_wall_s": wall_s,
-                            **{f"val_threshold_{k}": v for k, v in detector.thresholds.items()}})
+        mlflow.log_metrics(
+            {
+                **{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
+                "train_wall_s": wall_s,
+                **{f"val_threshold_{k}": v for k, v in detector.thresholds.items()},
+            }
+        )
         _log_plots(workdir / "rules_plots", None, y_test, p_test, dict(detector.thresholds), labels, "rules")
         mlflow.log_artifacts(str(model_dir), "model")
         version = register_artifacts(
-            settings.rules_model_name, ml_run.info.run_id, "model",
-            tags={**context["registry_tags"], FORMAT_TAG: rules.FORMAT, CHECKSUM_TAG: sha256_of(model_dir / "rules.json"),
-                  "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
-                  "thresholds": json.dumps(dict(detector.thresholds))},
-            description="Hand-written domain rules, one per anomaly type, tuned on train + validation")
-    run.log.event("registered", model=settings.rules_model_name, version=version.version,
-                  test_macro_pr_auc=macro_pr_auc)
-    return {"model_name": settings.rules_model_name, "version": str(version.version),
-            "mlflow_run_id": ml_run.info.run_id, "report": report, "thresholds": dict(detector.thresholds),
-            "variants": dict(detector.variants), "train_wall_s": wall_s}
+            settings.rules_model_name,
+            ml_run.info.run_id,
+            "model",
+            tags={
+                **context["registry_tags"],
+                FORMAT_TAG: rules.FORMAT,
+                CHECKSUM_TAG: sha256_of(model_dir / "rules.json"),
+                "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
+                "thresholds": json.dumps(dict(detector.thresholds)),
+            },
+            description="Hand-written domain rules, one per anomaly type, tuned on train + validation",
+        )
+    run.log.event(
+        "registered", model=settings.rules_model_name, version=version.version, test_macro_pr_auc=macro_pr_auc
+    )
+    return {
+        "model_name": settings.rules_model_name,
+        "version": str(version.version),
+        "mlflow_run_id": ml_run.info.run_id,
+        "report": report,
+        "thresholds": dict(detector.thresholds),
+        "variants": dict(detector.variants),
+        "train_wall_s": wall_s,
+    }
 
 
 def split_column_values(files: Sequence[str], split: str, column: str) -> np.ndarray:
@@ -410,16 +612,22 @@ def split_column_values(files: Sequence[str], split: str, column: str) -> np.nda
     from training.data import SPLIT_COLUMN, _local_path
 
     filesystem, _ = storage.filesystem(_local_path(files[0]))
-    dataset = pads.dataset([storage.filesystem(_local_path(f))[1] for f in files], format="parquet",
-                           filesystem=filesystem)
-    return dataset.to_table(columns=[column], filter=pc.field(SPLIT_COLUMN) == split).column(column).to_numpy()
+    dataset = pads.dataset(
+        [storage.filesystem(_local_path(f))[1] for f in files], format="parquet", filesystem=filesystem
+    )
+    return (
+        dataset.to_table(columns=[column], filter=pc.field(SPLIT_COLUMN) == split).column(column).to_numpy()
+    )
 
 
 # --- MLflow helpers ------------------------------------------------------------------------------
 
 
 def _flat_params(settings: TrainingSettings) -> dict[str, Any]:
-    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in settings.model_dump(mode="json").items()}
+    return {
+        k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+        for k, v in settings.model_dump(mode="json").items()
+    }
 
 
 def _write(path: Path, obj: Any) -> bool:
@@ -453,8 +661,15 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _log_plots(folder: Path, history: list[dict[str, Any]] | None, y: np.ndarray, p: np.ndarray,
-               thresholds: dict[str, float], labels: list[str], model: str) -> None:
+def _log_plots(
+    folder: Path,
+    history: list[dict[str, Any]] | None,
+    y: np.ndarray,
+    p: np.ndarray,
+    thresholds: dict[str, float],
+    labels: list[str],
+    model: str,
+) -> None:
     """Loss curves (sequence model), PR curves and confusion matrices per label, as PNG artifacts."""
     import mlflow
 
@@ -464,7 +679,9 @@ def _log_plots(folder: Path, history: list[dict[str, Any]] | None, y: np.ndarray
         return
     if history:
         metrics.plot_loss_curves(history, folder / "loss_curves.png")
-    metrics.plot_pr_curves(y, p, labels, folder / "pr_curves_test.png", title=f"{model}: test precision-recall")
+    metrics.plot_pr_curves(
+        y, p, labels, folder / "pr_curves_test.png", title=f"{model}: test precision-recall"
+    )
     metrics.plot_confusion_matrices(y, p, thresholds, labels, folder / "confusion_matrices_test.png")
     mlflow.log_artifacts(str(folder), "plots")
 
@@ -498,43 +715,80 @@ def execute(
     from training import metrics
 
     base = training_settings(run.settings.training, **QUICK_TRAINING) if quick else run.settings.training
-    settings = training_settings(base, num_processes=num_processes, local_mode=local_mode,
-                                 use_gpu=use_gpu, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                 **overrides)
+    settings = training_settings(
+        base,
+        num_processes=num_processes,
+        local_mode=local_mode,
+        use_gpu=use_gpu,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        **overrides,
+    )
     chosen = parse_models(models, settings.models)
     if LSTM in chosen and settings.loader == "petastorm" and not petastorm_available():
-        raise TrainJobError("training.loader=petastorm needs petastorm, which runs only on the Spark 3.5 line "
-                            "(make setup SPARK=3.5); use training.loader=arrow on this line")
+        raise TrainJobError(
+            "training.loader=petastorm needs petastorm, which runs only on the Spark 3.5 line "
+            "(make setup SPARK=3.5); use training.loader=arrow on this line"
+        )
     spec_table = named_table_spec("training_set", name=training_set)
     if not table_exists(run.spark, spec_table, run.lake_root):
-        raise TrainJobError(f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}; "
-                            f"build it first: tracelake training-set --name {training_set} ...")
+        raise TrainJobError(
+            f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}; "
+            f"build it first: tracelake training-set --name {training_set} ..."
+        )
     version = latest_version(run.spark, spec_table, run.lake_root)
     run.inputs[spec_table.name + f"[{training_set}]"] = version
     df = read_table(run.spark, spec_table, run.lake_root, version=version)
     spec = feature_spec(run.settings)
     immature = bool(commit_metadata(run.spark, spec_table, run.lake_root, version).get("immature_labels"))
     if immature:
-        run.log.warning("the training set was built with --allow-immature-labels: its test figures undercount "
-                        "anomalies and its models cannot be promoted", extra={"training_set": training_set})
-    tags = {"training_set": training_set, "training_set_version": str(version), "code_version": code_version(),
-            "tracelake_run_id": run.run_id, IMMATURE_TAG: str(immature).lower()}
+        run.log.warning(
+            "the training set was built with --allow-immature-labels: its test figures undercount "
+            "anomalies and its models cannot be promoted",
+            extra={"training_set": training_set},
+        )
+    tags = {
+        "training_set": training_set,
+        "training_set_version": str(version),
+        "code_version": code_version(),
+        "tracelake_run_id": run.run_id,
+        IMMATURE_TAG: str(immature).lower(),
+    }
     files = snapshot_files(run.spark, spec_table, run.lake_root, version) if LSTM in chosen else []
-    context = {"training_set": training_set, "training_set_version": version, "tags": tags, "snapshot_files": files,
-               "registry_tags": {"training_set": training_set, "training_set_version": str(version),
-                                 "code_version": code_version(), "tracelake_run_id": run.run_id,
-                                 IMMATURE_TAG: str(immature).lower()}}
+    context = {
+        "training_set": training_set,
+        "training_set_version": version,
+        "tags": tags,
+        "snapshot_files": files,
+        "registry_tags": {
+            "training_set": training_set,
+            "training_set_version": str(version),
+            "code_version": code_version(),
+            "tracelake_run_id": run.run_id,
+            IMMATURE_TAG: str(immature).lower(),
+        },
+    }
     if BASELINE in chosen:
         check_baseline_features(df, list(spec.tab_features), training_set)
     target = configure_mlflow(run.settings)
     results: dict[str, Any] = {}
     # All or nothing at the registry: a run that fails unregisters the versions it registered.
-    with tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp, atomic_registration(), \
-            mlflow.start_run(run_name=f"train {training_set}") as parent:
+    with (
+        tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp,
+        atomic_registration(),
+        mlflow.start_run(run_name=f"train {training_set}") as parent,
+    ):
         workdir = Path(tmp)
         mlflow.set_tags({**tags, "models": ",".join(chosen)})
-        mlflow.log_params({"training_set": training_set, "training_set_version": version, "models": ",".join(chosen),
-                           **{f"env.{k}": v for k, v in environment().items()}})
+        mlflow.log_params(
+            {
+                "training_set": training_set,
+                "training_set_version": version,
+                "models": ",".join(chosen),
+                **{f"env.{k}": v for k, v in environment().items()},
+            }
+        )
         mlflow.log_text(_pip_freeze(), "environment/requirements.txt")
         if LSTM in chosen:
             results[LSTM] = train_lstm(run, settings, df, spec, context, resume=resume, workdir=workdir)
@@ -550,23 +804,31 @@ def execute(
         for name, r in results.items():
             mlflow.log_metric(f"{name}_test_macro_pr_auc", r["report"]["macro"]["pr_auc"]["value"])
         parent_id = parent.info.run_id
-    print(f"\nTest split of training set {training_set!r} (version {version}"
-          f"{', IMMATURE labels' if immature else ''}); value [{int(settings.ci_level * 100)}% "
-          f"bootstrap CI, EPCs resampled]; test positives {positives}:\n{table}\n")
+    print(
+        f"\nTest split of training set {training_set!r} (version {version}"
+        f"{', IMMATURE labels' if immature else ''}); value [{int(settings.ci_level * 100)}% "
+        f"bootstrap CI, EPCs resampled]; test positives {positives}:\n{table}\n"
+    )
     summary = {
         "training_set": training_set,
         "training_set_version": version,
         "mlflow_run_id": parent_id,
         "tracking_uri": target.tracking_uri,
-        "models": {name: {k: v for k, v in r.items() if k != "report"} | {
-            "test_macro": {m: r["report"]["macro"][m]["value"] for m in ("pr_auc", "roc_auc", "f1")},
-            "test_pr_auc": {label: v["pr_auc"]["value"] for label, v in r["report"]["labels"].items()}}
-            for name, r in results.items()},
+        "models": {
+            name: {k: v for k, v in r.items() if k != "report"}
+            | {
+                "test_macro": {m: r["report"]["macro"][m]["value"] for m in ("pr_auc", "roc_auc", "f1")},
+                "test_pr_auc": {label: v["pr_auc"]["value"] for label, v in r["report"]["labels"].items()},
+            }
+            for name, r in results.items()
+        },
         "comparison": table,
         "test_positives": positives,
         "immature_labels": immature,
     }
-    run.record_output("models", **{name: {"name": r["model_name"], "version": r["version"]} for name, r in results.items()})
+    run.record_output(
+        "models", **{name: {"name": r["model_name"], "version": r["version"]} for name, r in results.items()}
+    )
     return summary
 
 
@@ -575,33 +837,56 @@ def check_baseline_features(df: Any, features: Sequence[str], training_set: str)
     from pyspark.sql import functions as F
 
     value = {c: F.col(c).cast("double") for c in features}
-    counts = df.where(F.col("split") == "train").select(
-        F.count(F.lit(1)).alias("_rows"),
-        *[F.count(F.when(value[c].isNotNull() & ~F.isnan(value[c]), 1)).alias(c) for c in features]).first()
+    counts = (
+        df.where(F.col("split") == "train")
+        .select(
+            F.count(F.lit(1)).alias("_rows"),
+            *[F.count(F.when(value[c].isNotNull() & ~F.isnan(value[c]), 1)).alias(c) for c in features],
+        )
+        .first()
+    )
     empty = [c for c in features if not counts[c]]
     if not counts["_rows"] or empty:
         what = "no rows" if not counts["_rows"] else f"no value in feature(s) {empty}"
-        raise TrainJobError(f"training set {training_set!r}: the train split has {what} ({counts['_rows']} rows); "
-                            "too little data to train the baseline. Build the set over more days or events, or "
-                            "train only the LSTM (--models lstm)")
+        raise TrainJobError(
+            f"training set {training_set!r}: the train split has {what} ({counts['_rows']} rows); "
+            "too little data to train the baseline. Build the set over more days or events, or "
+            "train only the LSTM (--models lstm)"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake train",
         description="Train the sequence model (TorchDistributor) and the MLlib baseline on a training set; "
-                    "evaluate on its test split, log to MLflow, export ONNX, register as challenger.")
+        "evaluate on its test split, log to MLflow, export ONNX, register as challenger.",
+    )
     add_common_args(parser, dates=False)
     parser.add_argument("--training-set", required=True, help="name of training/sets/<name>")
     parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: training.models)")
-    parser.add_argument("--num-processes", type=int, help="training processes (default: training.num_processes)")
+    parser.add_argument(
+        "--num-processes", type=int, help="training processes (default: training.num_processes)"
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--local-mode", dest="local_mode", action="store_true", default=None,
-                      help="run the training processes on the driver (default: training.local_mode)")
-    mode.add_argument("--cluster-mode", dest="local_mode", action="store_false",
-                      help="run the training processes as Spark tasks on the executors")
-    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
-                        help="train on GPUs (NCCL, bf16) or, with --no-use-gpu, on CPUs (default: training.use_gpu)")
+    mode.add_argument(
+        "--local-mode",
+        dest="local_mode",
+        action="store_true",
+        default=None,
+        help="run the training processes on the driver (default: training.local_mode)",
+    )
+    mode.add_argument(
+        "--cluster-mode",
+        dest="local_mode",
+        action="store_false",
+        help="run the training processes as Spark tasks on the executors",
+    )
+    parser.add_argument(
+        "--use-gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train on GPUs (NCCL, bf16) or, with --no-use-gpu, on CPUs (default: training.use_gpu)",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="rows per process and step")
     parser.add_argument("--learning-rate", type=float)
@@ -610,8 +895,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--baseline-classifier", choices=["logistic", "gbt"])
     parser.add_argument("--quick", action="store_true", help="demo-sized settings (few epochs, small model)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the latest interrupted sequence-model run of this training set")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest interrupted sequence-model run of this training set",
+    )
     return parser.parse_args(argv)
 
 
@@ -619,16 +907,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     named_table_spec("training_set", name=args.training_set)  # a bad name fails before Spark starts
     models = parse_models(args.models, ["lstm"]) if args.models else None
-    extra = {field: value for field, value in (("hidden_size", args.hidden_size),
-                                                ("early_stopping_patience", args.patience), ("seed", args.seed),
-                                                ("baseline_classifier", args.baseline_classifier)) if value is not None}
+    extra = {
+        field: value
+        for field, value in (
+            ("hidden_size", args.hidden_size),
+            ("early_stopping_patience", args.patience),
+            ("seed", args.seed),
+            ("baseline_classifier", args.baseline_classifier),
+        )
+        if value is not None
+    }
     # TorchDistributor's processes (and executors) import training.* from the project.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
     with job_run(JOB, args) as run:
-        summary = execute(run, args.training_set, models=models, num_processes=args.num_processes,
-                          local_mode=args.local_mode, use_gpu=args.use_gpu, epochs=args.epochs,
-                          batch_size=args.batch_size, learning_rate=args.learning_rate, resume=args.resume,
-                          quick=args.quick, **extra)
+        summary = execute(
+            run,
+            args.training_set,
+            models=models,
+            num_processes=args.num_processes,
+            local_mode=args.local_mode,
+            use_gpu=args.use_gpu,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            resume=args.resume,
+            quick=args.quick,
+            **extra,
+        )
     summary.pop("comparison", None)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0

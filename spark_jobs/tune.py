@@ -104,9 +104,14 @@ def open_study(lake_root: str, study: str, seed: int) -> Any:
     journal = journal_file(lake_root, study)
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal_storage = JournalStorage(JournalFileBackend(str(journal)))
-    return optuna.create_study(study_name=study, storage=journal_storage, direction="maximize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed),
-                               pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    return optuna.create_study(
+        study_name=study,
+        storage=journal_storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,9 @@ class TrialReporter:
         import optuna
 
         study = open_study(self.lake_root, self.study, self.seed)
-        trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == self.trial_number)
+        trial_id = next(
+            t._trial_id for t in study.get_trials(deepcopy=False) if t.number == self.trial_number
+        )
         trial = optuna.trial.Trial(study, trial_id)
         value = float(metrics.get(OBJECTIVE, float("nan")))
         if math.isfinite(value):
@@ -141,8 +148,16 @@ def best_config(params: dict[str, Any]) -> dict[str, Any]:
     return {"training": dict(params)}
 
 
-def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = None, epochs: int | None = None,
-            num_processes: int | None = None, out: str | None = None) -> dict[str, Any]:
+def execute(
+    run: JobRun,
+    training_set: str,
+    *,
+    trials: int,
+    study: str | None = None,
+    epochs: int | None = None,
+    num_processes: int | None = None,
+    out: str | None = None,
+) -> dict[str, Any]:
     import mlflow
     import optuna
 
@@ -152,7 +167,9 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
 
     spec_table = named_table_spec("training_set", name=training_set)
     if not table_exists(run.spark, spec_table, run.lake_root):
-        raise TuneError(f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}")
+        raise TuneError(
+            f"training set {training_set!r} does not exist at {spec_table.location(run.lake_root)}"
+        )
     version = latest_version(run.spark, spec_table, run.lake_root)
     files = snapshot_files(run.spark, spec_table, run.lake_root, version)
     study_name = study or f"{training_set}-v{version}"
@@ -171,15 +188,30 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
         params = search_space(trial)
         settings = TrainingSettings.model_validate({**base.model_dump(), **fixed, **params})
         output_dir = storage.join(study_dir(lake_root, study_name), f"trial-{trial.number:04d}")
-        config = make_train_config(settings, spec, {"kind": "parquet", "files": files}, output_dir,
-                                   resume=False, run_id=f"{run.run_id}-trial{trial.number}")
+        config = make_train_config(
+            settings,
+            spec,
+            {"kind": "parquet", "files": files},
+            output_dir,
+            resume=False,
+            run_id=f"{run.run_id}-trial{trial.number}",
+        )
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
-            mlflow.set_tags({"training_set": training_set, "training_set_version": str(version),
-                             "optuna_study": study_name, "optuna_trial": str(trial.number)})
+            mlflow.set_tags(
+                {
+                    "training_set": training_set,
+                    "training_set_version": str(version),
+                    "optuna_study": study_name,
+                    "optuna_trial": str(trial.number),
+                }
+            )
             mlflow.log_params(params)
             try:
-                result = distribute(settings, config,
-                                    on_epoch_end=TrialReporter(lake_root, study_name, base.seed, trial.number))
+                result = distribute(
+                    settings,
+                    config,
+                    on_epoch_end=TrialReporter(lake_root, study_name, base.seed, trial.number),
+                )
             finally:
                 sync_journal(lake_root, study_name)
             values = [float(r[OBJECTIVE]) for r in result["history"] if OBJECTIVE in r]
@@ -189,14 +221,17 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
             best = max(values) if values else float("nan")
             mlflow.log_metric(f"best_{OBJECTIVE}", best)
             mlflow.set_tag("stop_reason", result["stop_reason"])
-        run.log.event("trial finished", trial=trial.number, value=best, stop_reason=result["stop_reason"], **params)
+        run.log.event(
+            "trial finished", trial=trial.number, value=best, stop_reason=result["stop_reason"], **params
+        )
         if result["stop_reason"] == "stopped_by_callback":
             raise optuna.TrialPruned(f"pruned after epoch {len(values) - 1}: {best:.4f}")
         return best
 
     with mlflow.start_run(run_name=f"tune {training_set}"):
-        mlflow.set_tags({"training_set": training_set, "training_set_version": str(version),
-                         "optuna_study": study_name})
+        mlflow.set_tags(
+            {"training_set": training_set, "training_set_version": str(version), "optuna_study": study_name}
+        )
         remaining = max(0, trials - done)
         if remaining:
             optuna_study.optimize(objective, n_trials=remaining, catch=())
@@ -212,9 +247,16 @@ def execute(run: JobRun, training_set: str, *, trials: int, study: str | None = 
     states: dict[str, int] = {}
     for t in optuna_study.trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    return {"study": study_name, "storage": storage.join(study_dir(lake_root, study_name), JOURNAL),
-            "trials": states, "resumed_from": done, "best_trial": best.number, f"best_{OBJECTIVE}": best.value,
-            "best_params": best.params, "config_file": str(target)}
+    return {
+        "study": study_name,
+        "storage": storage.join(study_dir(lake_root, study_name), JOURNAL),
+        "trials": states,
+        "resumed_from": done,
+        "best_trial": best.number,
+        f"best_{OBJECTIVE}": best.value,
+        "best_params": best.params,
+        "config_file": str(target),
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -222,9 +264,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_common_args(parser, dates=False)
     parser.add_argument("--training-set", required=True, help="name of training/sets/<name>")
     parser.add_argument("--trials", type=int, required=True, help="total trials the study should hold")
-    parser.add_argument("--study", help="study name (default: <training set>-v<its Delta version>); reuse it to resume")
+    parser.add_argument(
+        "--study", help="study name (default: <training set>-v<its Delta version>); reuse it to resume"
+    )
     parser.add_argument("--epochs", type=int, help="epochs per trial (default: training.epochs)")
-    parser.add_argument("--num-processes", type=int, help="training processes per trial (default: training.num_processes)")
+    parser.add_argument(
+        "--num-processes", type=int, help="training processes per trial (default: training.num_processes)"
+    )
     parser.add_argument("--out", help="where to write the best configuration (YAML for --config)")
     args = parser.parse_args(argv)
     if args.trials < 1:
@@ -235,13 +281,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     named_table_spec("training_set", name=args.training_set)  # a bad name fails before Spark starts
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
     with job_run(JOB, args) as run:
-        summary = execute(run, args.training_set, trials=args.trials, study=args.study, epochs=args.epochs,
-                          num_processes=args.num_processes, out=args.out)
-    print(f"best trial {summary['best_trial']}: {OBJECTIVE} {summary[f'best_{OBJECTIVE}']:.4f} "
-          f"with {summary['best_params']}; config written to {summary['config_file']} "
-          f"(tracelake train --config {summary['config_file']} ...)")
+        summary = execute(
+            run,
+            args.training_set,
+            trials=args.trials,
+            study=args.study,
+            epochs=args.epochs,
+            num_processes=args.num_processes,
+            out=args.out,
+        )
+    print(
+        f"best trial {summary['best_trial']}: {OBJECTIVE} {summary[f'best_{OBJECTIVE}']:.4f} "
+        f"with {summary['best_params']}; config written to {summary['config_file']} "
+        f"(tracelake train --config {summary['config_file']} ...)"
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -21,11 +21,15 @@ from tracelake.validation import validate_table
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="validate", description=__doc__.split("\n\n")[0],
+        prog="validate",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--table", required=True,
-                        help="table to validate, e.g. bronze_scan_events, silver_scan_events, silver_labels")
+    parser.add_argument(
+        "--table",
+        required=True,
+        help="table to validate, e.g. bronze_scan_events, silver_scan_events, silver_labels",
+    )
     parser.add_argument("--name", help="which table of a named family, e.g. the training set's --name")
     add_common_args(parser)
     return parser.parse_args(argv)

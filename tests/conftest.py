@@ -152,12 +152,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         timeout=180,
     )
     if started.returncode != 0:
-        pytest.fail(
-            f"loopback S3 server did not start: {started.stderr.strip()}", pytrace=False
-        )
-    server = S3Server(
-        started.stdout.strip().splitlines()[-1], access_key, secret_key, region
-    )
+        pytest.fail(f"loopback S3 server did not start: {started.stderr.strip()}", pytrace=False)
+    server = S3Server(started.stdout.strip().splitlines()[-1], access_key, secret_key, region)
     saved = {key: os.environ.get(key) for key in S3_ENV_KEYS}
     os.environ.update(credentials)
     try:

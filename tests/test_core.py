@@ -18,7 +18,9 @@ def test_settings_layering_env_then_cli(tmp_path):
         environ={"TRACELAKE_LAKE_ROOT": "/from/env", "TRACELAKE_SPARK__MASTER": "local[4]"},
     )
     assert (settings.lake_root, settings.spark.master, settings.spark.shuffle_partitions) == (
-        "/from/env", "local[4]", 5,
+        "/from/env",
+        "local[4]",
+        5,
     )
 
 
@@ -33,7 +35,10 @@ def test_settings_errors_name_the_value(tmp_path):
 
 def test_dates():
     assert days_between(dt.date(2025, 7, 30), dt.date(2025, 8, 1)) == [
-        dt.date(2025, 7, 30), dt.date(2025, 7, 31), dt.date(2025, 8, 1)]
+        dt.date(2025, 7, 30),
+        dt.date(2025, 7, 31),
+        dt.date(2025, 8, 1),
+    ]
     with pytest.raises(DateRangeError, match="before start"):
         days_between(dt.date(2025, 8, 2), dt.date(2025, 8, 1))
     with pytest.raises(DateRangeError, match="'2025-13-01'"):
@@ -55,10 +60,21 @@ def test_range_write_replaces_only_owned_partitions(spark, lake_settings):
 
     ts = dt.datetime(2025, 7, 1, 10)
     day1, day2 = dt.date(2025, 7, 1), dt.date(2025, 7, 2)
-    write_table(frame([("e1", "x", "jump", ts, day1, "r1"), ("e2", "x", "jump", ts, day2, "r1")]),
-                spec, lake, start=day1, end=day2)
-    version = write_table(frame([("e3", "x", "loc_err", ts, day2, "r2")]), spec, lake, start=day2, end=day2,
-                          metadata={"run_id": "r2"})
+    write_table(
+        frame([("e1", "x", "jump", ts, day1, "r1"), ("e2", "x", "jump", ts, day2, "r1")]),
+        spec,
+        lake,
+        start=day1,
+        end=day2,
+    )
+    version = write_table(
+        frame([("e3", "x", "loc_err", ts, day2, "r2")]),
+        spec,
+        lake,
+        start=day2,
+        end=day2,
+        metadata={"run_id": "r2"},
+    )
     assertDataFrameEqual(
         read_range(spark, spec, lake, day1, day2).select("event_id", "_run_id"),
         spark.createDataFrame([("e1", "r1"), ("e3", "r2")], "event_id string, _run_id string"),
@@ -82,7 +98,9 @@ def test_snapshot_files_are_the_versions_own_files(spark, lake_settings):
     first, second = snapshot_files(spark, spec, lake, 0), snapshot_files(spark, spec, lake, 1)
     assert first and second and not set(first) & set(second)
     paths = [f.removeprefix("file:") for f in first]
-    assert pads.dataset(paths, format="parquet").to_table(columns=["event_id"]).column(0).to_pylist() == ["e1"]
+    assert pads.dataset(paths, format="parquet").to_table(columns=["event_id"]).column(0).to_pylist() == [
+        "e1"
+    ]
 
 
 def test_conform_names_missing_columns(spark):

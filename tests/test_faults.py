@@ -41,9 +41,15 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version(tmp_path):
     env.pop("TRACELAKE_CONFIG", None)
 
     def writer(role: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(WRITER), str(lake), role, "-", "0"], cwd=tmp_path / role,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, str(WRITER), str(lake), role, "-", "0"],
+            cwd=tmp_path / role,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
 
     for role in ("fast", "slow"):
         (tmp_path / role).mkdir()
@@ -62,8 +68,9 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version(tmp_path):
     killed.wait(timeout=60)
 
     assert DeltaTable(str(table)).version() == versions and _rows(table) == before
-    assert query.run_datafusion(lake, "SELECT feature FROM drift", query.lake_views(None, lake)) \
-        .column("feature").to_pylist() == ["fast0"]
+    assert query.run_datafusion(lake, "SELECT feature FROM drift", query.lake_views(None, lake)).column(
+        "feature"
+    ).to_pylist() == ["fast0"]
 
 
 def test_a_truncated_data_file_fails_only_the_queries_reading_it_in_one_line(tmp_path):
@@ -85,11 +92,19 @@ def test_a_truncated_data_file_fails_only_the_queries_reading_it_in_one_line(tmp
 
 def test_malformed_statement_inputs_change_nothing(tmp_path):
     lake = tmp_path / "lake"
-    write_deltalake(lake / "gold" / "scored_events", pa.table({"event_id": ["e1"], "event_date": [dt.date(2025, 7, 1)]}))
+    write_deltalake(
+        lake / "gold" / "scored_events", pa.table({"event_id": ["e1"], "event_date": [dt.date(2025, 7, 1)]})
+    )
     before = _rows(lake / "gold" / "scored_events")
     views = query.lake_views(None, lake)
-    for sql in ("SELECT 'unterminated", "SELECT * FROM scored_events WHERE", "\x00", "SELECT " + "(" * 5000 + "1",
-                "SELECT * FROM scored_events; DELETE FROM scored_events", "SELECT 1 /* never closed"):
+    for sql in (
+        "SELECT 'unterminated",
+        "SELECT * FROM scored_events WHERE",
+        "\x00",
+        "SELECT " + "(" * 5000 + "1",
+        "SELECT * FROM scored_events; DELETE FROM scored_events",
+        "SELECT 1 /* never closed",
+    ):
         with pytest.raises(query.DataFusionQueryError) as error:
             query.run_datafusion(lake, sql, views)
         assert "\n" not in str(error.value)

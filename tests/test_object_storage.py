@@ -43,8 +43,16 @@ def _free_port() -> int:
 
 
 def _lake_args(s3_server, lake: str) -> list[str]:
-    return ["--lake-root", lake, "--set", f"storage.s3_endpoint={s3_server.endpoint}",
-            "--set", "storage.s3_path_style=true", "--set", f"storage.s3_region={s3_server.region}"]
+    return [
+        "--lake-root",
+        lake,
+        "--set",
+        f"storage.s3_endpoint={s3_server.endpoint}",
+        "--set",
+        "storage.s3_path_style=true",
+        "--set",
+        f"storage.s3_region={s3_server.region}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +64,31 @@ def s3_lake(s3_server, s3a_spark_module, tmp_path_factory):
     previous = os.getcwd()
     os.chdir(cwd)  # a stray local write under the lake's name would show up here
     try:
-        code = demo_main(["--days", str(DAYS), "--epcs", str(EPCS), "--start-date", START,
-                          *_lake_args(s3_server, lake),
-                          "--set", "generator.label_delay_days_max=2", "--set", "spark.master=local[2]"])
+        code = demo_main(
+            [
+                "--days",
+                str(DAYS),
+                "--epcs",
+                str(EPCS),
+                "--start-date",
+                START,
+                *_lake_args(s3_server, lake),
+                "--set",
+                "generator.label_delay_days_max=2",
+                "--set",
+                "spark.master=local[2]",
+            ]
+        )
     finally:
         os.chdir(previous)
-    settings = load_settings(overrides=[f"lake_root={lake}", f"storage.s3_endpoint={s3_server.endpoint}",
-                                        "storage.s3_path_style=true", f"storage.s3_region={s3_server.region}"])
+    settings = load_settings(
+        overrides=[
+            f"lake_root={lake}",
+            f"storage.s3_endpoint={s3_server.endpoint}",
+            "storage.s3_path_style=true",
+            f"storage.s3_region={s3_server.region}",
+        ]
+    )
     yield {"lake": lake, "settings": settings, "code": code, "cwd": cwd}
     storage.use(storage.ObjectStore())
     database = Path(tracking_target(settings).tracking_uri.removeprefix("sqlite:///"))
@@ -96,29 +122,51 @@ def test_delta_rs_reads_the_gold_table_from_the_same_bucket(s3_lake, s3_server, 
     table = DeltaTable(storage.arrow_uri(gold), storage_options=storage.delta_rs_options())
     assert table.to_pyarrow_table(columns=["anomaly_score"]).num_rows == rows
     # The analysts' tool: `tracelake query` on its DataFusion engine, straight from the bucket.
-    code = query_main(["SELECT count(*) AS scored_rows FROM scored_events", *_lake_args(s3_server, s3_lake["lake"])])
+    code = query_main(
+        ["SELECT count(*) AS scored_rows FROM scored_events", *_lake_args(s3_server, s3_lake["lake"])]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "scored_rows" in out and str(rows) in out
 
 
-def test_the_daily_steps_run_on_a_standalone_cluster_against_the_same_bucket(s3_lake, s3_server, s3a_spark_module,
-                                                                             tmp_path):
+def test_the_daily_steps_run_on_a_standalone_cluster_against_the_same_bucket(
+    s3_lake, s3_server, s3a_spark_module, tmp_path
+):
     """ingest -> validate -> features -> score -> monitor for one day, each a `tracelake` command
     submitted to a loopback master with one worker (the executors reach the bucket themselves)."""
-    state = standalone.start(tmp_path / "cluster", workers=1, memory_per_worker="1g",
-                             port=_free_port(), webui_port=_free_port())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    common = [*_lake_args(s3_server, s3_lake["lake"]), "--master", state.master_url,
-              "--set", "spark.shuffle_partitions=2", "--set", "generator.label_delay_days_max=2",
-              "--start-date", LAST_DAY]
+    state = standalone.start(
+        tmp_path / "cluster", workers=1, memory_per_worker="1g", port=_free_port(), webui_port=_free_port()
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    common = [
+        *_lake_args(s3_server, s3_lake["lake"]),
+        "--master",
+        state.master_url,
+        "--set",
+        "spark.shuffle_partitions=2",
+        "--set",
+        "generator.label_delay_days_max=2",
+        "--start-date",
+        LAST_DAY,
+    ]
     steps = [["ingest"], ["validate", "--table", "silver_scan_events"], ["features"], ["score"], ["monitor"]]
     gold = table_spec("gold_scored_events")
     before = latest_version(s3a_spark_module, gold, s3_lake["lake"])
     try:
         for step in steps:
-            done = subprocess.run([sys.executable, "-m", "tracelake.cli", *step, *common], check=False, env=env,
-                                  capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                [sys.executable, "-m", "tracelake.cli", *step, *common],
+                check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert done.returncode == 0, f"{step}: {done.stderr[-2000:]}"
     finally:
         standalone.stop(tmp_path / "cluster")

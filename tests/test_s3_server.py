@@ -24,9 +24,7 @@ def _new_bucket(s3_server: S3Server) -> str:
 
 def _write_delta(spark: SparkSession, uri: str) -> None:
     """Version 0 with 40 rows, version 1 appends 10 more: two commits in _delta_log."""
-    rows = spark.range(0, 40).withColumn(
-        "site", F.concat(F.lit("site-"), (F.col("id") % 3).cast("string"))
-    )
+    rows = spark.range(0, 40).withColumn("site", F.concat(F.lit("site-"), (F.col("id") % 3).cast("string")))
     rows.write.format("delta").mode("overwrite").save(uri)
     more = spark.range(40, 50).withColumn("site", F.lit("site-9"))
     more.write.format("delta").mode("append").save(uri)
@@ -69,9 +67,7 @@ def test_the_server_refuses_unsigned_and_wrongly_signed_requests(
         impostor.list_buckets()
 
     bucket = _new_bucket(s3_server)
-    assert bucket in {
-        entry["Name"] for entry in s3_server.client().list_buckets()["Buckets"]
-    }
+    assert bucket in {entry["Name"] for entry in s3_server.client().list_buckets()["Buckets"]}
 
 
 @pytest.mark.slow
@@ -85,11 +81,7 @@ def test_spark_writes_a_delta_table_to_s3a_and_reads_it_back(
     table = s3a_spark.read.format("delta").load(uri)
     assert table.count() == 50
     assert table.agg(F.sum("id")).first()[0] == sum(range(50))
-    history = (
-        s3a_spark.sql(f"DESCRIBE HISTORY delta.`{uri}`")
-        .select("version", "operation")
-        .collect()
-    )
+    history = s3a_spark.sql(f"DESCRIBE HISTORY delta.`{uri}`").select("version", "operation").collect()
     assert sorted((row.version, row.operation) for row in history) == [
         (0, "WRITE"),
         (1, "WRITE"),
@@ -100,9 +92,7 @@ def test_spark_writes_a_delta_table_to_s3a_and_reads_it_back(
 
 @pytest.mark.slow
 @pytest.mark.spark35
-def test_delta_rs_reads_the_table_spark_wrote(
-    s3a_spark: SparkSession, s3_server: S3Server
-) -> None:
+def test_delta_rs_reads_the_table_spark_wrote(s3a_spark: SparkSession, s3_server: S3Server) -> None:
     from deltalake import DeltaTable
 
     bucket = _new_bucket(s3_server)
@@ -119,10 +109,7 @@ def test_delta_rs_reads_the_table_spark_wrote(
     assert table.version() == 1
     assert {field.name for field in table.schema().fields} == {"id", "site"}
     files = table.file_uris()
-    assert files and all(
-        uri.startswith(f"s3://{bucket}/t/") and uri.endswith(".parquet")
-        for uri in files
-    )
+    assert files and all(uri.startswith(f"s3://{bucket}/t/") and uri.endswith(".parquet") for uri in files)
     older = DeltaTable(f"s3://{bucket}/t", storage_options=storage_options, version=0)
     assert len(older.file_uris()) < len(files)
 
@@ -131,9 +118,7 @@ def test_delta_rs_reads_the_table_spark_wrote(
     ids = [
         value
         for uri in files
-        for value in pq.read_table(
-            uri.removeprefix("s3://"), filesystem=arrow, columns=["id"]
-        )
+        for value in pq.read_table(uri.removeprefix("s3://"), filesystem=arrow, columns=["id"])
         .column("id")
         .to_pylist()
     ]
@@ -142,35 +127,21 @@ def test_delta_rs_reads_the_table_spark_wrote(
 
 @pytest.mark.slow
 @pytest.mark.spark35
-def test_pyarrow_lists_the_delta_table_spark_wrote(
-    s3a_spark: SparkSession, s3_server: S3Server
-) -> None:
+def test_pyarrow_lists_the_delta_table_spark_wrote(s3a_spark: SparkSession, s3_server: S3Server) -> None:
     bucket = _new_bucket(s3_server)
     _write_delta(s3a_spark, f"s3a://{bucket}/t")
 
     arrow = _arrow_s3(s3_server)
     listed = arrow.get_file_info(pafs.FileSelector(f"{bucket}/t", recursive=True))
     files = {
-        info.path.removeprefix(f"{bucket}/t/"): info
-        for info in listed
-        if info.type == pafs.FileType.File
+        info.path.removeprefix(f"{bucket}/t/"): info for info in listed if info.type == pafs.FileType.File
     }
-    commits = sorted(
-        name
-        for name in files
-        if name.startswith("_delta_log/") and name.endswith(".json")
-    )
+    commits = sorted(name for name in files if name.startswith("_delta_log/") and name.endswith(".json"))
     assert commits == [
         "_delta_log/00000000000000000000.json",
         "_delta_log/00000000000000000001.json",
     ]
-    data_files = [
-        name
-        for name in files
-        if name.endswith(".parquet") and not name.startswith("_delta_log/")
-    ]
+    data_files = [name for name in files if name.endswith(".parquet") and not name.startswith("_delta_log/")]
     assert data_files and all(files[name].size > 0 for name in data_files)
-    with arrow.open_input_stream(
-        f"{bucket}/t/_delta_log/00000000000000000000.json"
-    ) as commit:
+    with arrow.open_input_stream(f"{bucket}/t/_delta_log/00000000000000000000.json") as commit:
         assert b'"protocol"' in commit.read()

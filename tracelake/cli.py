@@ -17,14 +17,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("spark_jobs.ingest", "landing files -> bronze (+ quarantine) -> silver"),
     "validate": ("spark_jobs.validate", "validate a table's partitions with Great Expectations"),
     "features": ("spark_jobs.build_features", "snapshot features and point-in-time event features"),
-    "training-set": ("spark_jobs.build_training_set", "event features + labels known as of T, temporal split"),
-    "train": ("spark_jobs.train", "train the rules, MLlib baseline and LSTM (TorchDistributor), compare, register"),
+    "training-set": (
+        "spark_jobs.build_training_set",
+        "event features + labels known as of T, temporal split",
+    ),
+    "train": (
+        "spark_jobs.train",
+        "train the rules, MLlib baseline and LSTM (TorchDistributor), compare, register",
+    ),
     "tune": ("spark_jobs.tune", "hyper-parameter search for the sequence model (Optuna, resumable)"),
     "promote": ("spark_jobs.promote", "move the champion alias to the challenger if it is better"),
     "rollback": ("spark_jobs.rollback", "move the champion alias back to the previous champion"),
-    "score": ("batch_scoring.score", "score event features with the champion ONNX model -> gold/scored_events"),
-    "monitor": ("batch_scoring.monitor", "drift (PSI) of model inputs and scores vs the training set; retrain markers"),
-    "query": ("tracelake.query", "read-only Spark SQL over the lake's tables (scored_events, scan_events, ...)"),
+    "score": (
+        "batch_scoring.score",
+        "score event features with the champion ONNX model -> gold/scored_events",
+    ),
+    "monitor": (
+        "batch_scoring.monitor",
+        "drift (PSI) of model inputs and scores vs the training set; retrain markers",
+    ),
+    "query": (
+        "tracelake.query",
+        "read-only Spark SQL over the lake's tables (scored_events, scan_events, ...)",
+    ),
     "cluster": ("tracelake.standalone", "start/stop a Spark standalone master and workers on loopback"),
     "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
 }
@@ -33,8 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "usage: tracelake <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
-        "\n\n`tracelake <command> --help` shows a command's options."
+    return (
+        "usage: tracelake <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\n`tracelake <command> --help` shows a command's options.")
     )
 
 

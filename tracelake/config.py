@@ -73,7 +73,9 @@ class AnomalyRates(_Section):
     def _at_most_one_per_epc(self) -> AnomalyRates:
         total = sum(self.model_dump().values())
         if total > 1:
-            raise ValueError(f"anomaly rates add up to {total:g}; each EPC carries at most one anomaly, so keep the sum <= 1")
+            raise ValueError(
+                f"anomaly rates add up to {total:g}; each EPC carries at most one anomaly, so keep the sum <= 1"
+            )
         return self
 
 
@@ -97,7 +99,11 @@ DOMAIN_FILE = PROJECT_ROOT / "schemas" / "domain.yaml"
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -184,7 +190,7 @@ class GeneratorSettings(_Section):
     dup_near_km_min: float = Field(20.0, ge=0)
     dup_near_km_max: float = Field(100.0, ge=0)
     # Confounders (see CONFOUNDERS): legitimate events, never labelled.
-    confounder_rates: dict[str, float] = Field(default_factory=lambda: {c: 0.0 for c in CONFOUNDERS})
+    confounder_rates: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(CONFOUNDERS, 0.0))
     # air_freight: hub -> hub flights on the air lanes (hub pairs at least air_lane_min_km apart).
     air_lane_min_km: float = Field(500.0, ge=0)
     air_speed_kmh_min: float = Field(600.0, gt=0)
@@ -232,7 +238,7 @@ class GeneratorSettings(_Section):
         unknown = sorted(set(value) - set(CONFOUNDERS))
         if unknown:
             raise ValueError(f"unknown confounder(s) {unknown}; known: {list(CONFOUNDERS)}")
-        rates = {c: 0.0 for c in CONFOUNDERS} | value
+        rates = dict.fromkeys(CONFOUNDERS, 0.0) | value
         bad = {c: r for c, r in rates.items() if not 0 <= float(r) <= 1}
         if bad:
             raise ValueError(f"confounder rates must lie in [0, 1]: {bad}")
@@ -258,11 +264,15 @@ class GeneratorSettings(_Section):
                 raise ValueError(f"generator {name}: minimum {low} is above maximum {high}; swap them")
         per_epc = sum(r for c, r in self.confounder_rates.items() if c != "clock_skew")
         if per_epc + sum(self.rates.model_dump().values()) > 1:
-            raise ValueError(f"anomaly and per-EPC confounder rates add up to more than 1 (confounders {per_epc:g}); "
-                             "each EPC carries at most one of them")
+            raise ValueError(
+                f"anomaly and per-EPC confounder rates add up to more than 1 (confounders {per_epc:g}); "
+                "each EPC carries at most one of them"
+            )
         if self.serial_stride and self.serial_issued > self.serial_stride // 2:
-            raise ValueError(f"generator serial_issued {self.serial_issued} must be at most half of serial_stride "
-                             f"{self.serial_stride}, to leave room for serials that were never issued")
+            raise ValueError(
+                f"generator serial_issued {self.serial_issued} must be at most half of serial_stride "
+                f"{self.serial_stride}, to leave room for serials that were never issued"
+            )
         return self
 
 
@@ -368,7 +378,9 @@ class TrainingSetSettings(_Section):
             try:
                 datetime.date.fromisoformat(str(value))
             except ValueError:
-                raise ValueError(f"training_set split boundary {value!r} is not a day; use YYYY-MM-DD") from None
+                raise ValueError(
+                    f"training_set split boundary {value!r} is not a day; use YYYY-MM-DD"
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -380,7 +392,11 @@ class TrainingSetSettings(_Section):
             )
         if (self.validation_start is None) != (self.test_start is None):
             raise ValueError("training_set validation_start and test_start go together; give both or neither")
-        if self.validation_start is not None and self.test_start is not None and self.test_start <= self.validation_start:
+        if (
+            self.validation_start is not None
+            and self.test_start is not None
+            and self.test_start <= self.validation_start
+        ):
             raise ValueError(
                 f"training_set test_start {self.test_start} must come after validation_start {self.validation_start}"
             )
@@ -485,7 +501,9 @@ class TrainingSettings(_Section):
     # Test rows (the first this many of the test split) the ONNX parity check runs on; 0 = all.
     onnx_parity_rows: int = Field(4096, ge=0)
     # Training job (spark_jobs/train.py): which models `tracelake train` trains by default.
-    models: list[Literal["lstm", "baseline", "rules"]] = Field(default_factory=lambda: ["lstm", "baseline", "rules"])
+    models: list[Literal["lstm", "baseline", "rules"]] = Field(
+        default_factory=lambda: ["lstm", "baseline", "rules"]
+    )
     # Registered model names.
     lstm_model_name: str = "tracelake-anomaly-lstm"
     baseline_model_name: str = "tracelake-anomaly-baseline"
@@ -556,7 +574,9 @@ class MonitoringSettings(_Section):
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> MonitoringSettings:
         if self.warn_psi > self.drift_psi:
-            raise ValueError(f"monitoring warn_psi {self.warn_psi} is above drift_psi {self.drift_psi}; swap them")
+            raise ValueError(
+                f"monitoring warn_psi {self.warn_psi} is above drift_psi {self.drift_psi}; swap them"
+            )
         return self
 
 
@@ -597,7 +617,9 @@ class StorageSettings(_Section):
     s3_region: str = "us-east-1"
 
     def object_store(self) -> storage.ObjectStore:
-        return storage.ObjectStore(endpoint=self.s3_endpoint, path_style=self.s3_path_style, region=self.s3_region)
+        return storage.ObjectStore(
+            endpoint=self.s3_endpoint, path_style=self.s3_path_style, region=self.s3_region
+        )
 
 
 class Settings(_Section):
@@ -660,7 +682,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.upper().startswith(ENV_PREFIX) or name.upper() == ENV_PREFIX + "CONFIG":
             continue
-        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         if key.split(".")[0] not in Settings.model_fields:
             continue  # e.g. TRACELAKE_RUN_ID is not a setting
         _set_path(tree, key, yaml.safe_load(raw) if raw else raw)
@@ -725,13 +747,22 @@ def _allowed(error: Any) -> str:
     ctx = error.get("ctx") or {}
     if "expected" in ctx:
         return f"one of {ctx['expected']}"
-    bounds = [f"{word} {ctx[key]}" for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if key in ctx]
+    bounds = [
+        f"{word} {ctx[key]}"
+        for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if key in ctx
+    ]
     if bounds:
         return "a number " + " and ".join(bounds)
     kind = str(error.get("type", ""))
-    for prefix, text in (("int", "a whole number"), ("float", "a number"), ("bool", "true or false"),
-                         ("string", "text"), ("dict", "a mapping"), ("list", "a list")):
+    for prefix, text in (
+        ("int", "a whole number"),
+        ("float", "a number"),
+        ("bool", "true or false"),
+        ("string", "text"),
+        ("dict", "a mapping"),
+        ("list", "a list"),
+    ):
         if kind.startswith(prefix):
             return text
     return str(error.get("msg", "a valid value"))
@@ -761,4 +792,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             continue
         given = f"{error.get('input')!r}"[:60]
         lines.append(f"setting {key}={given} is invalid: expected {_allowed(error)}")
-    return "invalid configuration:\n" + "\n".join(lines) if len(lines) > 1 else f"invalid configuration: {lines[0]}"
+    return (
+        "invalid configuration:\n" + "\n".join(lines)
+        if len(lines) > 1
+        else f"invalid configuration: {lines[0]}"
+    )

@@ -33,7 +33,7 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def start_of_day(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
 
 
 def describe_days(days: Iterable[dt.date], max_runs: int = 4) -> str:
@@ -50,7 +50,9 @@ def describe_days(days: Iterable[dt.date], max_runs: int = 4) -> str:
             runs[-1] = (runs[-1][0], day)
         else:
             runs.append((day, day))
-    text = ", ".join(a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in runs[:max_runs])
+    text = ", ".join(
+        a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in runs[:max_runs]
+    )
     if len(runs) > max_runs:
         text += f", and {len(runs) - max_runs} more run(s)"
     return f"{text} ({len(ordered)} day{'s' if len(ordered) != 1 else ''})"

@@ -47,28 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracelake demo", description=__doc__)
     add_common_args(parser, dates=False)
     parser.add_argument("--start-date", help="first simulated day (default: generator.start_date)")
-    parser.add_argument("--days", type=int, default=35,
-                        help="simulated days (default: 35: labels.max_delay_days of them wait for their labels, "
-                             "the rest make the training set)")
-    parser.add_argument("--label-maturity-days", type=int, default=None,
-                        help="the training set leaves out the last N days, whose labels may still be on their "
-                             "way (default: labels.max_delay_days)")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=35,
+        help="simulated days (default: 35: labels.max_delay_days of them wait for their labels, "
+        "the rest make the training set)",
+    )
+    parser.add_argument(
+        "--label-maturity-days",
+        type=int,
+        default=None,
+        help="the training set leaves out the last N days, whose labels may still be on their "
+        "way (default: labels.max_delay_days)",
+    )
     parser.add_argument("--epcs", type=int, default=10_000, help="EPCs to simulate (default: 10000)")
     parser.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
-    parser.add_argument("--anomaly-rate", type=float, default=0.04,
-                        help="share of EPCs carrying each anomaly type (default: 0.04, above the generator's "
-                             "0.01 so that the demo's mature test days hold some 50 positives per type)")
-    parser.add_argument("--corrupt-rate", type=float, default=0.001,
-                        help="share of landing rows made unreadable, to show quarantine (default: 0.001)")
-    parser.add_argument("--full-training", action="store_true",
-                        help="train with the configured training settings instead of the demo-sized ones")
+    parser.add_argument(
+        "--anomaly-rate",
+        type=float,
+        default=0.04,
+        help="share of EPCs carrying each anomaly type (default: 0.04, above the generator's "
+        "0.01 so that the demo's mature test days hold some 50 positives per type)",
+    )
+    parser.add_argument(
+        "--corrupt-rate",
+        type=float,
+        default=0.001,
+        help="share of landing rows made unreadable, to show quarantine (default: 0.001)",
+    )
+    parser.add_argument(
+        "--full-training",
+        action="store_true",
+        help="train with the configured training settings instead of the demo-sized ones",
+    )
     return parser
 
 
 def _demo_settings(args: argparse.Namespace) -> tuple[Settings, dt.date, dt.date]:
-    overrides = [f"generator.epcs={args.epcs}", f"generator.days={args.days}",
-                 f"generator.corrupt_rate={args.corrupt_rate}",
-                 *(f"generator.rates.{label}={args.anomaly_rate}" for label in domain()["anomaly_types"])]
+    overrides = [
+        f"generator.epcs={args.epcs}",
+        f"generator.days={args.days}",
+        f"generator.corrupt_rate={args.corrupt_rate}",
+        *(f"generator.rates.{label}={args.anomaly_rate}" for label in domain()["anomaly_types"]),
+    ]
     if args.seed is not None:
         overrides.append(f"generator.seed={args.seed}")
     args.overrides = overrides + list(args.overrides or [])
@@ -85,7 +107,9 @@ class Pipeline:
         self.spark = build_spark(settings, "demo")
         self.summaries: dict[str, Any] = {}
 
-    def step(self, job: str, start: dt.date, end: dt.date, body: Callable[[JobRun], Any], label: str = "") -> Any:
+    def step(
+        self, job: str, start: dt.date, end: dt.date, body: Callable[[JobRun], Any], label: str = ""
+    ) -> Any:
         print(f"\n== {label or job} {start}..{end}", flush=True)
         with job_run(job, settings=self.settings, spark=self.spark, start=start, end=end) as run:
             result = body(run)
@@ -106,7 +130,13 @@ def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tu
     rows = []
     for spec in specs:
         if spec.format == "delta" and "{" not in spec.path and table_exists(spark, spec, lake_root):
-            rows.append((spec.path, read_table(spark, spec, lake_root).count(), latest_version(spark, spec, lake_root)))
+            rows.append(
+                (
+                    spec.path,
+                    read_table(spark, spec, lake_root).count(),
+                    latest_version(spark, spec, lake_root),
+                )
+            )
     return rows
 
 
@@ -123,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     settings, start, end = _demo_settings(args)
-    print(f"tracelake demo: lake at {settings.lake_uri} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})")
+    print(
+        f"tracelake demo: lake at {settings.lake_uri} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})"
+    )
     pipeline = Pipeline(settings)
 
     pipeline.step("generate", start, end, generate.execute)
@@ -142,17 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     set_end = end - dt.timedelta(days=maturity)
     usable = [(s, min(e, set_end)) for s, e in ranges if s <= set_end]
     if len(usable) != 1:
-        raise DemoError(f"the training set needs one unbroken run of validated days up to {set_end}; "
-                        f"validated ranges: {ranges}")
+        raise DemoError(
+            f"the training set needs one unbroken run of validated days up to {set_end}; "
+            f"validated ranges: {ranges}"
+        )
     set_start, set_end = usable[0]
-    pipeline.step("training-set", set_start, set_end,
-                  lambda run: build_training_set.execute(run, as_of, DEMO_TRAINING_SET,
-                                                         allow_immature_labels=maturity < settings.label_max_delay_days))
+    pipeline.step(
+        "training-set",
+        set_start,
+        set_end,
+        lambda run: build_training_set.execute(
+            run, as_of, DEMO_TRAINING_SET, allow_immature_labels=maturity < settings.label_max_delay_days
+        ),
+    )
     if not pipeline.validate(named_table_spec("training_set", name=DEMO_TRAINING_SET), set_start, set_end):
         raise DemoError(f"training set {DEMO_TRAINING_SET!r} failed validation; see the report above")
 
-    pipeline.step("train", set_start, set_end,
-                  lambda run: train.execute(run, DEMO_TRAINING_SET, quick=not args.full_training))
+    pipeline.step(
+        "train",
+        set_start,
+        set_end,
+        lambda run: train.execute(run, DEMO_TRAINING_SET, quick=not args.full_training),
+    )
     pipeline.step("promote", set_start, set_end, lambda run: promote.execute(run))
     # Scoring validates each scored day before the run succeeds; the last
     # range's step also prints the top anomalies of its last day.
@@ -165,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = table_summary(pipeline.spark, specs, settings.lake_uri)
     print(f"\nlake: {settings.lake_uri}")
     target = tracking_target(settings)
-    print(f"MLflow: {target.tracking_uri} (experiment {target.experiment}; "
-          f"`mlflow ui --backend-store-uri {target.tracking_uri}` to browse)")
+    print(
+        f"MLflow: {target.tracking_uri} (experiment {target.experiment}; "
+        f"`mlflow ui --backend-store-uri {target.tracking_uri}` to browse)"
+    )
     width = max(len(path) for path, _, _ in summary)
     print(f"{'table'.ljust(width)}  {'rows':>10}  version")
     for path, count, version in summary:

@@ -95,7 +95,7 @@ class RegistrationBatch:
         for name, version in reversed(self.created):
             try:
                 client.delete_model_version(name, version)
-            except Exception:  # noqa: BLE001 - keep deleting the others; the caller reports what is left
+            except Exception:
                 left.append((name, version))
         return left
 
@@ -118,7 +118,8 @@ def atomic_registration() -> Iterator[RegistrationBatch]:
             import logging
 
             logging.getLogger("tracelake.model_registry").error(
-                "could not unregister the failed run's model versions", extra={"versions": left})
+                "could not unregister the failed run's model versions", extra={"versions": left}
+            )
         raise
     _BATCH.reset(token)
     batch.commit()
@@ -247,12 +248,21 @@ def fetch_onnx_model(uri: str, dest_dir: str | os.PathLike[str]) -> ResolvedOnnx
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest_dir)))
     model_file = local / MODEL_FILE if local.is_dir() else local
     if not model_file.is_file():
-        raise ModelResolutionError(f"{name} version {version.version} ({version.source}) holds no {MODEL_FILE}")
+        raise ModelResolutionError(
+            f"{name} version {version.version} ({version.source}) holds no {MODEL_FILE}"
+        )
     actual = sha256_of(model_file)
     if actual != expected:
         raise ModelChecksumError(
             f"{name} version {version.version}: {model_file.name} has SHA-256 {actual[:16]}…, the registry "
             f"recorded {expected[:16]}…; the artifact was changed after registration — refusing to score with it"
         )
-    return ResolvedOnnxModel(uri=uri, name=name, version=str(version.version), run_id=version.run_id or "",
-                             path=model_file, sha256=actual, tags=tags)
+    return ResolvedOnnxModel(
+        uri=uri,
+        name=name,
+        version=str(version.version),
+        run_id=version.run_id or "",
+        path=model_file,
+        sha256=actual,
+        tags=tags,
+    )

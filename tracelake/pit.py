@@ -227,7 +227,9 @@ class _Plan:
         return F.struct(*[_col(c) for c in self.tie_order]) if self.tie_order else F.lit(0)
 
 
-def _plan(index: int, spec: AsOfSpec, left_types: dict[str, DataType], left_ts: str, ts_type: DataType) -> _Plan:
+def _plan(
+    index: int, spec: AsOfSpec, left_types: dict[str, DataType], left_ts: str, ts_type: DataType
+) -> _Plan:
     where = f"as-of spec {index} ({spec.prefix or 'no prefix'})"
     if not isinstance(spec, AsOfSpec):
         raise AsOfJoinError(f"spec {index} is a {type(spec).__name__}, not an AsOfSpec")
@@ -236,19 +238,23 @@ def _plan(index: int, spec: AsOfSpec, left_types: dict[str, DataType], left_ts: 
     right_types = _column_types(spec.right, f"right of {where}")
     keys = list(spec.keys) if not isinstance(spec.keys, str) else [spec.keys]
     if not keys:
-        raise AsOfJoinError(f"{where}: keys is empty; give at least one key column "
-                            "(a constant column works for a join on time alone)")
+        raise AsOfJoinError(
+            f"{where}: keys is empty; give at least one key column "
+            "(a constant column works for a join on time alone)"
+        )
     if len(set(keys)) != len(keys):
         raise AsOfJoinError(f"{where}: keys {keys} repeat a column")
     for key in keys:
         for side, types in (("left", left_types), ("right", right_types)):
             if key not in types:
-                raise AsOfJoinError(f"{where}: key {key!r} is not a column of the {side} frame "
-                                    f"(columns: {', '.join(types)})")
+                raise AsOfJoinError(
+                    f"{where}: key {key!r} is not a column of the {side} frame (columns: {', '.join(types)})"
+                )
         if left_types[key] != right_types[key]:
             raise AsOfJoinError(
                 f"{where}: key {key!r} is {left_types[key].simpleString()} on the left but "
-                f"{right_types[key].simpleString()} on the right; cast one side so that both match")
+                f"{right_types[key].simpleString()} on the right; cast one side so that both match"
+            )
     if spec.right_ts in keys:
         raise AsOfJoinError(f"{where}: right_ts {spec.right_ts!r} is also a key")
     if left_ts in keys:
@@ -257,7 +263,8 @@ def _plan(index: int, spec: AsOfSpec, left_types: dict[str, DataType], left_ts: 
     if right_ts_type != ts_type:
         raise AsOfJoinError(
             f"{where}: right_ts {spec.right_ts!r} is {right_ts_type.simpleString()} but left_ts {left_ts!r} "
-            f"is {ts_type.simpleString()}; cast one side so that both match")
+            f"is {ts_type.simpleString()}; cast one side so that both match"
+        )
     if spec.ttl is not None:
         if not isinstance(spec.ttl, dt.timedelta):
             raise AsOfJoinError(f"{where}: ttl {spec.ttl!r} is not a datetime.timedelta")
@@ -273,10 +280,13 @@ def _plan(index: int, spec: AsOfSpec, left_types: dict[str, DataType], left_ts: 
         if spec.tiebreak not in values:
             raise AsOfJoinError(
                 f"{where}: tiebreak {spec.tiebreak!r} is not a value column of the right frame "
-                f"(value columns: {', '.join(values) or 'none'})")
+                f"(value columns: {', '.join(values) or 'none'})"
+            )
         if spec.tiebreak not in orderable:
-            raise AsOfJoinError(f"{where}: tiebreak {spec.tiebreak!r} has type "
-                                f"{right_types[spec.tiebreak].simpleString()}, which cannot be ordered")
+            raise AsOfJoinError(
+                f"{where}: tiebreak {spec.tiebreak!r} has type "
+                f"{right_types[spec.tiebreak].simpleString()}, which cannot be ordered"
+            )
         tie_order = [spec.tiebreak] + [c for c in orderable if c != spec.tiebreak]
     return _Plan(index, spec.right, tuple(keys), spec.right_ts, values, tie_order, spec.prefix, spec.ttl)
 
@@ -285,20 +295,27 @@ def _column_types(df: DataFrame, side: str) -> dict[str, DataType]:
     types: dict[str, DataType] = {}
     for f in df.schema.fields:
         if f.name.lower() in (n.lower() for n in types):
-            raise AsOfJoinError(f"the {side} frame has the column {f.name!r} twice (names are case-insensitive)")
+            raise AsOfJoinError(
+                f"the {side} frame has the column {f.name!r} twice (names are case-insensitive)"
+            )
         if f.name.startswith(_INTERNAL):
-            raise AsOfJoinError(f"the {side} frame's column {f.name!r} uses the reserved prefix {_INTERNAL!r}")
+            raise AsOfJoinError(
+                f"the {side} frame's column {f.name!r} uses the reserved prefix {_INTERNAL!r}"
+            )
         types[f.name] = f.dataType
     return types
 
 
 def _timestamp_type(types: dict[str, DataType], name: str, side: str, arg: str) -> DataType:
     if name not in types:
-        raise AsOfJoinError(f"{arg} {name!r} is not a column of the {side} frame (columns: {', '.join(types)})")
+        raise AsOfJoinError(
+            f"{arg} {name!r} is not a column of the {side} frame (columns: {', '.join(types)})"
+        )
     if not isinstance(types[name], _TS_TYPES):
         raise AsOfJoinError(
             f"{arg} {name!r} is {types[name].simpleString()}; it must be timestamp, timestamp_ntz or date "
-            f"(e.g. F.to_timestamp({name!r}))")
+            f"(e.g. F.to_timestamp({name!r}))"
+        )
     return types[name]
 
 
@@ -320,7 +337,8 @@ def _check_output_names(left_columns: list[str], plans: list[_Plan]) -> None:
             if name.lower() in seen:
                 raise AsOfJoinError(
                     f"right column {value!r} of spec {plan.index} would be named {name!r}, which clashes with "
-                    f"{seen[name.lower()]}; choose a different prefix (now {plan.prefix!r}) or drop the column")
+                    f"{seen[name.lower()]}; choose a different prefix (now {plan.prefix!r}) or drop the column"
+                )
             seen[name.lower()] = f"{value!r} of spec {plan.index}"
 
 
@@ -328,7 +346,7 @@ def _estimated_bytes(df: DataFrame) -> int:
     """Spark's size estimate of a plan (no job runs); -1 when it cannot be had."""
     try:
         return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
-    except Exception:  # noqa: BLE001 - an unknown size just means "do not broadcast"
+    except Exception:
         return -1
 
 
@@ -375,34 +393,46 @@ def _sort_pass(left: DataFrame, plans: list[_Plan], left_ts: str, ts_type: DataT
 
     def tagged(owner: _Plan | None) -> list[Column]:
         cols = []
-        for plan, (carried, carried_type, order, order_type) in zip(plans, slots):
+        for plan, (carried, carried_type, order, order_type) in zip(plans, slots, strict=False):
             mine = plan is owner
             cols.append((plan.struct() if mine else F.lit(None).cast(carried_type)).alias(carried))
             cols.append((plan.order() if mine else F.lit(None).cast(order_type)).alias(order))
         return cols
 
-    union = left.select(*[_col(c) for c in left.columns], _col(left_ts).alias(ts), F.lit(1).alias(tag),
-                        *tagged(None))
+    union = left.select(
+        *[_col(c) for c in left.columns], _col(left_ts).alias(ts), F.lit(1).alias(tag), *tagged(None)
+    )
     for plan in plans:
         aligned = [_col(c) if c in keys else F.lit(None).cast(t).alias(c) for c, t in left_types.items()]
-        union = union.union(_usable(plan, plan.right).select(
-            *aligned, _col(plan.right_ts).alias(ts), F.lit(0).alias(tag), *tagged(plan)))
+        union = union.union(
+            _usable(plan, plan.right).select(
+                *aligned, _col(plan.right_ts).alias(ts), F.lit(0).alias(tag), *tagged(plan)
+            )
+        )
 
     # Right rows sort before left rows of the same instant (right_ts <= left_ts
     # matches); among right rows of one instant the greatest tie order is last.
-    window = (Window.partitionBy(*[_col(k) for k in keys])
-              .orderBy(_col(ts), _col(tag), *[_col(order) for _, _, order, _ in slots])
-              .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    window = (
+        Window.partitionBy(*[_col(k) for k in keys])
+        .orderBy(_col(ts), _col(tag), *[_col(order) for _, _, order, _ in slots])
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
     scanned = union.select(
-        *[_col(c) for c in left.columns], _col(tag),
+        *[_col(c) for c in left.columns],
+        _col(tag),
         *[F.last(_col(carried), ignorenulls=True).over(window).alias(carried) for carried, *_ in slots],
     ).where(_col(tag) == 1)
 
     out = [_col(c) for c in left.columns]
     for plan in plans:
         matched = _col(plan.carried)
-        out.append((F.when(_within_ttl(plan, _col(left_ts), matched.getField(_TS_FIELD), ts_type), matched)
-                    if plan.ttl is not None else matched).alias(plan.carried))
+        out.append(
+            (
+                F.when(_within_ttl(plan, _col(left_ts), matched.getField(_TS_FIELD), ts_type), matched)
+                if plan.ttl is not None
+                else matched
+            ).alias(plan.carried)
+        )
     return scanned.select(*out)
 
 
@@ -411,8 +441,12 @@ def _tick(ts: Column, ts_type: DataType) -> Column:
     if isinstance(ts_type, DateType):
         return F.unix_date(ts)
     if isinstance(ts_type, TimestampNTZType):  # wall-clock seconds, independent of the session time zone
-        return (F.unix_date(F.to_date(ts)).cast("long") * 86_400
-                + F.hour(ts) * 3_600 + F.minute(ts) * 60 + F.second(ts))
+        return (
+            F.unix_date(F.to_date(ts)).cast("long") * 86_400
+            + F.hour(ts) * 3_600
+            + F.minute(ts) * 60
+            + F.second(ts)
+        )
     return F.unix_micros(ts)
 
 
@@ -435,40 +469,64 @@ def _broadcast_pass(left: DataFrame, plan: _Plan, left_ts: str, ts_type: DataTyp
     keys = [_col(n) for n in key_names]
 
     # The right table is small: one task prepares it, with no shuffle.
-    rows = _usable(plan, plan.right).coalesce(1).select(
-        *[_col(k).alias(n) for k, n in zip(plan.keys, key_names)], plan.struct().alias(name),
-        plan.order().alias(order))
+    rows = (
+        _usable(plan, plan.right)
+        .coalesce(1)
+        .select(
+            *[_col(k).alias(n) for k, n in zip(plan.keys, key_names, strict=False)],
+            plan.struct().alias(name),
+            plan.order().alias(order),
+        )
+    )
     by_time = Window.partitionBy(*keys).orderBy(ts, _col(order))
     per_key = Window.partitionBy(*keys)
     tick = _tick(ts, ts_type)
-    rows = (rows.withColumn(next_ts, F.lead(ts).over(by_time))
-            # The last row of each instant is its tie winner; the next row starts the next instant.
-            .where(_col(next_ts).isNull() | (_col(next_ts) != ts))
-            .select(*keys, _col(name), _col(next_ts), F.min(tick).over(per_key).alias(origin),
-                    # mean interval length of the key, at least one tick
-                    F.greatest(F.ceil((F.max(tick).over(per_key) - F.min(tick).over(per_key))
-                                      / F.greatest(F.count(F.lit(1)).over(per_key) - 1, F.lit(1))),
-                               F.lit(1)).alias(width)))
+    rows = (
+        rows.withColumn(next_ts, F.lead(ts).over(by_time))
+        # The last row of each instant is its tie winner; the next row starts the next instant.
+        .where(_col(next_ts).isNull() | (_col(next_ts) != ts))
+        .select(
+            *keys,
+            _col(name),
+            _col(next_ts),
+            F.min(tick).over(per_key).alias(origin),
+            # mean interval length of the key, at least one tick
+            F.greatest(
+                F.ceil(
+                    (F.max(tick).over(per_key) - F.min(tick).over(per_key))
+                    / F.greatest(F.count(F.lit(1)).over(per_key) - 1, F.lit(1))
+                ),
+                F.lit(1),
+            ).alias(width),
+        )
+    )
 
     def bucket_of(t: Column) -> Column:
         return F.floor((_tick(t, ts_type) - _col(origin)) / _col(width))
 
-    tails = rows.where(_col(next_ts).isNull()).select(*keys, _col(origin), _col(width), _col(name).alias(tail))
+    tails = rows.where(_col(next_ts).isNull()).select(
+        *keys, _col(origin), _col(width), _col(name).alias(tail)
+    )
     # Bucket of the start to bucket of the end, both included: every instant inside is covered.
     spans = rows.where(_col(next_ts).isNotNull()).select(
         *[_col(n).alias(n + "_") for n in key_names],
         F.explode(F.sequence(bucket_of(ts), bucket_of(_col(next_ts)))).alias(bucket + "_"),
-        _col(name), _col(next_ts))
+        _col(name),
+        _col(next_ts),
+    )
 
     at = _col(left_ts)
     by_key = F.lit(True)
-    for key, key_name in zip(plan.keys, key_names):
+    for key, key_name in zip(plan.keys, key_names, strict=False):
         by_key = by_key & (_col(key) == _col(key_name))
     tail_ts = _col(tail).getField(_TS_FIELD)
     with_tail = left.join(F.broadcast(tails), by_key, "left").select(
-        *[_col(c) for c in left.columns], *keys, _col(tail),
+        *[_col(c) for c in left.columns],
+        *keys,
+        _col(tail),
         # Only rows before the tail look for a closed interval.
-        F.when(at < tail_ts, bucket_of(at)).alias(bucket))
+        F.when(at < tail_ts, bucket_of(at)).alias(bucket),
+    )
 
     span_cond = (_col(bucket) == _col(bucket + "_")) & (ts <= at) & (at < _col(next_ts))
     for key_name in key_names:
@@ -478,5 +536,6 @@ def _broadcast_pass(left: DataFrame, plan: _Plan, left_ts: str, ts_type: DataTyp
         tail_ok = tail_ok & _within_ttl(plan, at, tail_ts, ts_type)
         span_cond = span_cond & _within_ttl(plan, at, ts, ts_type)
     joined = with_tail.join(F.broadcast(spans), span_cond, "left")
-    return joined.select(*[_col(c) for c in left.columns],
-                         F.coalesce(F.when(tail_ok, _col(tail)), _col(name)).alias(name))
+    return joined.select(
+        *[_col(c) for c in left.columns], F.coalesce(F.when(tail_ok, _col(tail)), _col(name)).alias(name)
+    )

@@ -47,38 +47,131 @@ ENGINES = ("datafusion", "spark")
 # Short names go to the first table claiming them, in this order of layers.
 LAYER_ORDER = ("gold", "monitoring", "features", "silver", "reference", "training", "bronze")
 # Commands that only read metadata (class simple names of the parsed plan).
-READ_ONLY_COMMANDS = frozenset({
-    "DescribeRelation", "DescribeColumn", "DescribeFunction", "DescribeNamespace", "ShowTables", "ShowViews",
-    "ShowColumns", "ShowFunctions", "ShowNamespaces", "ShowTableProperties", "ShowCreateTable",
-    "DescribeDeltaHistory", "DescribeDeltaDetailCommand", "ExplainCommand",
-})
+READ_ONLY_COMMANDS = frozenset(
+    {
+        "DescribeRelation",
+        "DescribeColumn",
+        "DescribeFunction",
+        "DescribeNamespace",
+        "ShowTables",
+        "ShowViews",
+        "ShowColumns",
+        "ShowFunctions",
+        "ShowNamespaces",
+        "ShowTableProperties",
+        "ShowCreateTable",
+        "DescribeDeltaHistory",
+        "DescribeDeltaDetailCommand",
+        "ExplainCommand",
+    }
+)
 # Plan nodes of a query (as Spark's parser builds them, before analysis); anything else is refused.
-QUERY_NODES = frozenset({
-    "Project", "Filter", "Aggregate", "Join", "Sort", "GlobalLimit", "LocalLimit", "Offset", "Tail", "Union",
-    "Intersect", "Except", "SubqueryAlias", "UnresolvedRelation", "UnresolvedWith", "CTERelationDef",
-    "CTERelationRef", "Distinct", "Deduplicate", "Window", "WithWindowDefinition", "Generate",
-    "UnresolvedTableValuedFunction", "Pivot", "Unpivot", "LateralJoin", "OneRowRelation", "LocalRelation",
-    "UnresolvedInlineTable", "Sample", "RepartitionByExpression", "Repartition", "UnresolvedHint",
-    "UnresolvedHaving", "UnresolvedSubqueryColumnAliases", "UnresolvedTableOrView", "UnresolvedTable",
-    "UnresolvedView", "UnresolvedNamespace", "CurrentNamespace$", "UnresolvedFunctionName",
-    "UnresolvedIdentifier", "ResolvedIdentifier", "UnresolvedDeltaPathOrIdentifier", "Expand",
-})
+QUERY_NODES = frozenset(
+    {
+        "Project",
+        "Filter",
+        "Aggregate",
+        "Join",
+        "Sort",
+        "GlobalLimit",
+        "LocalLimit",
+        "Offset",
+        "Tail",
+        "Union",
+        "Intersect",
+        "Except",
+        "SubqueryAlias",
+        "UnresolvedRelation",
+        "UnresolvedWith",
+        "CTERelationDef",
+        "CTERelationRef",
+        "Distinct",
+        "Deduplicate",
+        "Window",
+        "WithWindowDefinition",
+        "Generate",
+        "UnresolvedTableValuedFunction",
+        "Pivot",
+        "Unpivot",
+        "LateralJoin",
+        "OneRowRelation",
+        "LocalRelation",
+        "UnresolvedInlineTable",
+        "Sample",
+        "RepartitionByExpression",
+        "Repartition",
+        "UnresolvedHint",
+        "UnresolvedHaving",
+        "UnresolvedSubqueryColumnAliases",
+        "UnresolvedTableOrView",
+        "UnresolvedTable",
+        "UnresolvedView",
+        "UnresolvedNamespace",
+        "CurrentNamespace$",
+        "UnresolvedFunctionName",
+        "UnresolvedIdentifier",
+        "ResolvedIdentifier",
+        "UnresolvedDeltaPathOrIdentifier",
+        "Expand",
+    }
+)
 # Spark's built-in function groups whose functions compute on values only.
-ALLOWED_FUNCTION_GROUPS = frozenset({
-    "agg_funcs", "array_funcs", "bitwise_funcs", "collection_funcs", "conditional_funcs", "conversion_funcs",
-    "datetime_funcs", "generator_funcs", "hash_funcs", "json_funcs", "lambda_funcs", "map_funcs", "math_funcs",
-    "predicate_funcs", "string_funcs", "struct_funcs", "window_funcs", "csv_funcs", "variant_funcs",
-    "sketch_funcs", "vector_funcs", "url_funcs",
-})
+ALLOWED_FUNCTION_GROUPS = frozenset(
+    {
+        "agg_funcs",
+        "array_funcs",
+        "bitwise_funcs",
+        "collection_funcs",
+        "conditional_funcs",
+        "conversion_funcs",
+        "datetime_funcs",
+        "generator_funcs",
+        "hash_funcs",
+        "json_funcs",
+        "lambda_funcs",
+        "map_funcs",
+        "math_funcs",
+        "predicate_funcs",
+        "string_funcs",
+        "struct_funcs",
+        "window_funcs",
+        "csv_funcs",
+        "variant_funcs",
+        "sketch_funcs",
+        "vector_funcs",
+        "url_funcs",
+    }
+)
 # Of the "misc" group (where reflect/java_method live), only these.
-ALLOWED_MISC_FUNCTIONS = frozenset({
-    "typeof", "monotonically_increasing_id", "spark_partition_id", "uuid", "raise_error", "assert_true",
-    "current_catalog", "current_database", "current_schema", "version",
-})
-ALLOWED_TABLE_FUNCTIONS = frozenset({
-    "range", "explode", "explode_outer", "inline", "inline_outer", "posexplode", "posexplode_outer", "stack",
-    "json_tuple", "variant_explode", "variant_explode_outer",
-})
+ALLOWED_MISC_FUNCTIONS = frozenset(
+    {
+        "typeof",
+        "monotonically_increasing_id",
+        "spark_partition_id",
+        "uuid",
+        "raise_error",
+        "assert_true",
+        "current_catalog",
+        "current_database",
+        "current_schema",
+        "version",
+    }
+)
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "explode",
+        "explode_outer",
+        "inline",
+        "inline_outer",
+        "posexplode",
+        "posexplode_outer",
+        "stack",
+        "json_tuple",
+        "variant_explode",
+        "variant_explode_outer",
+    }
+)
 
 
 class QueryError(TracelakeError, ValueError):
@@ -132,7 +225,7 @@ def _nodes(plan: Any) -> list[Any]:
         for accessor in ("children", "innerChildren", "subqueries"):
             try:
                 seq = getattr(node, accessor)()
-            except Exception:  # noqa: BLE001, S112 - not every node has every accessor
+            except Exception:
                 continue
             stack.extend(_seq(seq))
         if node.getClass().getSimpleName() == "ExplainCommand":
@@ -144,7 +237,7 @@ def _expressions(node: Any) -> list[Any]:
     """Every expression of a plan node, nested ones included."""
     try:
         stack = _seq(node.expressions())
-    except Exception:  # noqa: BLE001 - commands without expressions
+    except Exception:
         return []
     found = []
     while stack:
@@ -169,14 +262,15 @@ def allowed_functions(spark: SparkSession) -> frozenset[str]:
 def _refuse(sql: str, what: str) -> ReadOnlyQueryError:
     return ReadOnlyQueryError(
         f"tracelake query runs read-only statements only, over the lake's views; {sql.strip()[:80]!r} {what}. "
-        "Use SELECT / WITH / EXPLAIN / DESCRIBE / SHOW over the views (tracelake query --tables lists them)")
+        "Use SELECT / WITH / EXPLAIN / DESCRIBE / SHOW over the views (tracelake query --tables lists them)"
+    )
 
 
 def _identifier(node: Any) -> list[str] | None:
     for accessor in ("multipartIdentifier", "nameParts"):
         try:
             return [str(part) for part in _seq(getattr(node, accessor)())]
-        except Exception:  # noqa: BLE001, S112 - the node has another accessor
+        except Exception:
             continue
     return None
 
@@ -192,12 +286,16 @@ def check_read_only(spark: SparkSession, sql: str, views: Collection[str] | None
     """
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
-    except Exception as error:  # noqa: BLE001 - py4j wraps the JVM's ParseException
+    except Exception as error:
         message = str(error).strip().splitlines()
-        detail = next((line for line in message if "PARSE_SYNTAX_ERROR" in line or "Syntax error" in line),
-                      message[0] if message else "")
-        raise QueryError(f"cannot parse the statement ({detail.strip()[:300]}); pass one Spark SQL statement, "
-                         "e.g. \"SELECT * FROM scored_events LIMIT 10\"") from None
+        detail = next(
+            (line for line in message if "PARSE_SYNTAX_ERROR" in line or "Syntax error" in line),
+            message[0] if message else "",
+        )
+        raise QueryError(
+            f"cannot parse the statement ({detail.strip()[:300]}); pass one Spark SQL statement, "
+            'e.g. "SELECT * FROM scored_events LIMIT 10"'
+        ) from None
     functions = allowed_functions(spark)
     nodes = _nodes(plan)
     ctes = set()
@@ -208,17 +306,26 @@ def check_read_only(spark: SparkSession, sql: str, views: Collection[str] | None
     for node in nodes:
         name = node.getClass().getSimpleName()
         if name == "RelationTimeTravel":
-            raise _refuse(sql, "uses time travel, which the Spark engine does not run over views; drop "
-                               "--engine spark (the default engine reads <view> VERSION AS OF <n>)")
+            raise _refuse(
+                sql,
+                "uses time travel, which the Spark engine does not run over views; drop "
+                "--engine spark (the default engine reads <view> VERSION AS OF <n>)",
+            )
         if name not in READ_ONLY_COMMANDS and name not in QUERY_NODES:
-            raise _refuse(sql, f"is a {name}, which would change the lake, the catalog or the session, or read "
-                               "outside the lake")
+            raise _refuse(
+                sql,
+                f"is a {name}, which would change the lake, the catalog or the session, or read "
+                "outside the lake",
+            )
         if name in ("UnresolvedRelation", "UnresolvedTableOrView", "UnresolvedTable", "UnresolvedView"):
             parts = _identifier(node) or []
             target = ".".join(parts)
             if len(parts) != 1 or (views is not None and parts[0].lower() not in set(views) | ctes):
-                raise _refuse(sql, f"reads {target!r}, which is not a view over the lake (paths and catalog "
-                                   "tables are refused)")
+                raise _refuse(
+                    sql,
+                    f"reads {target!r}, which is not a view over the lake (paths and catalog "
+                    "tables are refused)",
+                )
             if parts[0].lower() not in ctes:
                 relations.add(parts[0].lower())
         if name == "UnresolvedDeltaPathOrIdentifier" or "PathBased" in name:
@@ -238,13 +345,17 @@ def check_read_only(spark: SparkSession, sql: str, views: Collection[str] | None
             else:
                 continue
             if len(parts) != 1 or parts[0].lower() not in functions:
-                raise _refuse(sql, f"calls function {'.'.join(parts)!r}, which is not on the allowlist (functions "
-                                   "that reach the JVM or the file system are refused)")
+                raise _refuse(
+                    sql,
+                    f"calls function {'.'.join(parts)!r}, which is not on the allowlist (functions "
+                    "that reach the JVM or the file system are refused)",
+                )
     return relations
 
 
-def register_views(spark: SparkSession, lake_root: str | Path, names: Collection[str] | None = None
-                   ) -> dict[str, TableSpec]:
+def register_views(
+    spark: SparkSession, lake_root: str | Path, names: Collection[str] | None = None
+) -> dict[str, TableSpec]:
     """Register the lake's views named in ``names`` (all when None) as temporary views; returns every view."""
     views = lake_views(spark, lake_root)
     for name, spec in views.items():
@@ -252,9 +363,10 @@ def register_views(spark: SparkSession, lake_root: str | Path, names: Collection
             continue
         try:
             spark.read.format("delta").load(spec.location(lake_root)).createOrReplaceTempView(name)
-        except Exception as error:  # noqa: BLE001 - an unreadable table fails only statements naming it
-            raise QueryError(f"table {name} ({spec.location(lake_root)}) cannot be read: {_first_line(error)}") \
-                from None
+        except Exception as error:
+            raise QueryError(
+                f"table {name} ({spec.location(lake_root)}) cannot be read: {_first_line(error)}"
+            ) from None
     return views
 
 
@@ -267,8 +379,9 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:400]
 
 
-def _delta_metadata(spark: SparkSession, sql: str, views: dict[str, TableSpec],
-                    relations: set[str], lake_root: str | Path) -> DataFrame | None:
+def _delta_metadata(
+    spark: SparkSession, sql: str, views: dict[str, TableSpec], relations: set[str], lake_root: str | Path
+) -> DataFrame | None:
     """``DESCRIBE HISTORY / DETAIL <view>`` through Delta's API (Delta's SQL takes tables or paths only)."""
     from delta.tables import DeltaTable
 
@@ -293,10 +406,11 @@ def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame
     try:
         metadata = _delta_metadata(spark, sql, views, relations, lake_root)
         return metadata if metadata is not None else spark.sql(sql)
-    except Exception as error:  # noqa: BLE001 - AnalysisException: unknown view or column, type errors
+    except Exception as error:
         listed = ", ".join(sorted(views))
-        raise QueryError(f"{_first_line(error)}; views over the lake at {lake_root}: "
-                         f"{listed or 'none (run the pipeline)'}") from None
+        raise QueryError(
+            f"{_first_line(error)}; views over the lake at {lake_root}: {listed or 'none (run the pipeline)'}"
+        ) from None
     finally:
         spark.conf.set("spark.sql.runSQLOnFiles", previous)
 
@@ -305,7 +419,7 @@ def show(frame: DataFrame, rows: int, truncate: int) -> str:
     """The first ``rows`` rows as a text table (Spark's own layout); a runtime error is one line."""
     try:
         return frame._jdf.showString(rows, truncate, False)
-    except Exception as error:  # noqa: BLE001 - raise_error, ANSI cast failures, unreadable files
+    except Exception as error:
         raise QueryError(f"the query failed while running: {_first_line(error)}") from None
 
 
@@ -314,16 +428,19 @@ def show(frame: DataFrame, rows: int, truncate: int) -> str:
 
 def show_arrow(table: pa.Table, rows: int, truncate: int) -> str:
     """The first ``rows`` rows of an Arrow table in Spark's text-table layout."""
+
     def cell(value: Any) -> str:
         text = "NULL" if value is None else str(value).replace("\n", "\\n")
-        return text[:max(truncate - 3, 0)] + "..." if truncate and len(text) > truncate else text
+        return text[: max(truncate - 3, 0)] + "..." if truncate and len(text) > truncate else text
 
     head = table.slice(0, rows).to_pylist()
     grid = [list(table.column_names)] + [[cell(row[c]) for c in table.column_names] for row in head]
     widths = [max(3, *(len(line[i]) for line in grid)) for i in range(len(table.column_names))]
     rule = "+" + "+".join("-" * w for w in widths) + "+"
-    lines = [rule, "|" + "|".join(h.rjust(w) for h, w in zip(grid[0], widths)) + "|", rule]
-    lines += ["|" + "|".join(v.rjust(w) for v, w in zip(line, widths)) + "|" for line in grid[1:]]
+    lines = [rule, "|" + "|".join(h.rjust(w) for h, w in zip(grid[0], widths, strict=False)) + "|", rule]
+    lines += [
+        "|" + "|".join(v.rjust(w) for v, w in zip(line, widths, strict=False)) + "|" for line in grid[1:]
+    ]
     lines.append(rule)
     if table.num_rows > rows:
         lines.append(f"only showing top {rows} row{'s' if rows > 1 else ''}")
@@ -334,23 +451,30 @@ def check_csv_target(path: str | Path, lake_root: str | Path, force: bool) -> Pa
     """Refuse a CSV path inside the lake (links followed) or an existing file unless ``force``."""
     target = Path(path).expanduser()
     resolved = Path(os.path.realpath(target))
-    if not storage.is_local(str(lake_root)):
-        lake = None  # a lake on object storage cannot hold a local file
-    else:
-        lake = Path(os.path.realpath(lake_root))
+    # A lake on object storage cannot hold a local file.
+    lake = Path(os.path.realpath(lake_root)) if storage.is_local(str(lake_root)) else None
     if lake is not None and (resolved == lake or lake in resolved.parents):
         raise QueryError(f"--csv {str(path)!r} lies inside the lake ({lake}); write the result outside it")
     if target.is_symlink() or target.exists():
         if not force:
-            raise QueryError(f"--csv {str(path)!r} exists; pass --force to overwrite it, or choose another path")
+            raise QueryError(
+                f"--csv {str(path)!r} exists; pass --force to overwrite it, or choose another path"
+            )
         if not resolved.is_file() or resolved.stat().st_nlink > 1:
-            raise QueryError(f"--csv {str(path)!r} is not a plain file of its own (a folder, device or hard "
-                             "link); choose another path")
+            raise QueryError(
+                f"--csv {str(path)!r} is not a plain file of its own (a folder, device or hard "
+                "link); choose another path"
+            )
     return target
 
 
-def write_csv(data: pd.DataFrame | DataFrame, path: str | Path, lake_root: str | Path | None = None,
-              *, force: bool = False) -> int:
+def write_csv(
+    data: pd.DataFrame | DataFrame,
+    path: str | Path,
+    lake_root: str | Path | None = None,
+    *,
+    force: bool = False,
+) -> int:
     """Every row of the result to one CSV file with a header; returns the row count."""
     target = check_csv_target(path, lake_root, force) if lake_root is not None else Path(path)
     frame = data if hasattr(data, "to_csv") else data.toPandas()
@@ -372,13 +496,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake query",
         description="Run one read-only SQL statement over the lake's tables (views named like scored_events, "
-                    "scan_events, event_features, quarantine, labels, drift); print a table.",
+        "scan_events, event_features, quarantine, labels, drift); print a table.",
     )
-    parser.add_argument("sql", nargs="?", help="the statement, e.g. \"SELECT * FROM scored_events LIMIT 10\"")
-    parser.add_argument("--engine", choices=ENGINES,
-                        help="datafusion (default: no JVM, starts at once) or spark (heavy queries)")
-    parser.add_argument("--csv", metavar="PATH", help="also write every row of the result to this CSV file "
-                                                      "(outside the lake)")
+    parser.add_argument("sql", nargs="?", help='the statement, e.g. "SELECT * FROM scored_events LIMIT 10"')
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="datafusion (default: no JVM, starts at once) or spark (heavy queries)",
+    )
+    parser.add_argument(
+        "--csv", metavar="PATH", help="also write every row of the result to this CSV file (outside the lake)"
+    )
     parser.add_argument("--force", action="store_true", help="let --csv overwrite an existing file")
     parser.add_argument("--rows", type=int, help="rows to print (default: query.show_rows)")
     parser.add_argument("--tables", action="store_true", help="list the views and the tables behind them")
@@ -436,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.csv:
             try:
                 data = frame.toPandas()
-            except Exception as error:  # noqa: BLE001 - a runtime error of the query is one line
+            except Exception as error:
                 raise QueryError(f"the query failed while running: {_first_line(error)}") from None
             count = write_csv(data, args.csv, run.lake_root, force=args.force)
             print(f"wrote {count} row(s) to {args.csv}")

@@ -34,12 +34,40 @@ if TYPE_CHECKING:
 QUERY_STARTS = frozenset({"select", "with", "values"})
 EXPLAIN_OPTIONS = frozenset({"analyze", "verbose", "format", "indent", "tree", "graphviz", "pgjson"})
 # Words that only statements changing something (or reading outside the lake) use; refused anywhere.
-REFUSED_WORDS = frozenset({
-    "insert", "update", "delete", "merge", "copy", "create", "drop", "alter", "truncate", "set", "reset",
-    "prepare", "execute", "deallocate", "attach", "detach", "load", "install", "external", "location",
-    "vacuum", "optimize", "restore", "grant", "revoke", "use", "call", "into",
-})
-_TOKEN = re.compile(r"""
+REFUSED_WORDS = frozenset(
+    {
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "copy",
+        "create",
+        "drop",
+        "alter",
+        "truncate",
+        "set",
+        "reset",
+        "prepare",
+        "execute",
+        "deallocate",
+        "attach",
+        "detach",
+        "load",
+        "install",
+        "external",
+        "location",
+        "vacuum",
+        "optimize",
+        "restore",
+        "grant",
+        "revoke",
+        "use",
+        "call",
+        "into",
+    }
+)
+_TOKEN = re.compile(
+    r"""
     (?P<space>\s+)
   | (?P<comment>--[^\n]*|/\*.*?\*/)
   | (?P<string>'(?:[^']|'')*')
@@ -47,7 +75,9 @@ _TOKEN = re.compile(r"""
   | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
   | (?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)
   | (?P<other>.)
-""", re.VERBOSE | re.DOTALL)
+""",
+    re.VERBOSE | re.DOTALL,
+)
 
 
 class DataFusionQueryError(TracelakeError, ValueError):
@@ -79,8 +109,10 @@ def tokenize(sql: str) -> list[Token]:
     while position < len(sql):
         match = _TOKEN.match(sql, position)
         if match is None or (match.lastgroup == "other" and match.group() in "'\"`"):
-            raise DataFusionQueryError(f"unterminated quote at character {position} of the statement; "
-                                       "close every '...', \"...\" and `...`")
+            raise DataFusionQueryError(
+                f"unterminated quote at character {position} of the statement; "
+                "close every '...', \"...\" and `...`"
+            )
         if match.lastgroup not in ("space", "comment"):
             tokens.append(Token(match.lastgroup or "other", match.group(), match.start(), match.end()))
         position = match.end()
@@ -111,7 +143,9 @@ def check_statement(sql: str, views: Mapping[str, object]) -> tuple[str, list[Ta
     while tokens and tokens[-1].text == ";":
         tokens.pop()
     if not tokens:
-        raise DataFusionQueryError("the statement is empty; pass one query, e.g. \"SELECT * FROM scored_events LIMIT 10\"")
+        raise DataFusionQueryError(
+            'the statement is empty; pass one query, e.g. "SELECT * FROM scored_events LIMIT 10"'
+        )
     if any(t.text == ";" for t in tokens):
         raise DataFusionQueryError("pass one statement only (a ';' separates two)")
     _check_start(tokens)
@@ -120,7 +154,8 @@ def check_statement(sql: str, views: Mapping[str, object]) -> tuple[str, list[Ta
             raise DataFusionQueryError(
                 f"tracelake query runs read-only statements only; {token.text.upper()!r} is refused (it writes, "
                 "changes the session or reads outside the lake's tables). Use SELECT / WITH / VALUES / EXPLAIN / "
-                "DESCRIBE; tables are written by the pipeline's jobs")
+                "DESCRIBE; tables are written by the pipeline's jobs"
+            )
     return _rewrite_tables(sql, tokens, views)
 
 
@@ -131,8 +166,10 @@ def _check_start(tokens: list[Token]) -> None:
     if first in ("describe", "desc") and len(tokens) == 2 and tokens[1].word:
         return
     if first == "describe" and len(tokens) == 3 and tokens[1].word == "history":
-        raise DataFusionQueryError(f"DESCRIBE HISTORY {tokens[2].text}: not a view over the lake; "
-                                   "tracelake query --tables lists them")
+        raise DataFusionQueryError(
+            f"DESCRIBE HISTORY {tokens[2].text}: not a view over the lake; "
+            "tracelake query --tables lists them"
+        )
     if first == "explain":
         rest = [t.word for t in tokens[1:]]
         while rest and rest[0] in EXPLAIN_OPTIONS:
@@ -141,7 +178,8 @@ def _check_start(tokens: list[Token]) -> None:
             return
     raise DataFusionQueryError(
         f"tracelake query runs read-only statements only; a statement starting with {tokens[0].text!r} is "
-        "refused. Use SELECT / WITH / VALUES / EXPLAIN <query> / DESCRIBE <view>")
+        "refused. Use SELECT / WITH / VALUES / EXPLAIN <query> / DESCRIBE <view>"
+    )
 
 
 _TRAVEL = ("version", "timestamp")
@@ -157,22 +195,26 @@ def _rewrite_tables(sql: str, tokens: list[Token], views: Mapping[str, object]) 
         name = token.word if token.kind in ("word", "quoted") else ""
         if name in views:
             ref = TableRef(name)
-            following = [t.word for t in tokens[i + 1:i + 4]]
+            following = [t.word for t in tokens[i + 1 : i + 4]]
             if following[:1] and following[0] in _TRAVEL and following[1:3] == ["as", "of"]:
                 if i + 4 >= len(tokens):
                     raise DataFusionQueryError(f"{name} {following[0].upper()} AS OF needs a value")
                 value = tokens[i + 4]
                 if following[0] == "version":
                     if value.kind != "number" or not value.text.isdigit():
-                        raise DataFusionQueryError(f"{name} VERSION AS OF {value.text}: the version must be a "
-                                                   "whole number, e.g. VERSION AS OF 3 (DESCRIBE HISTORY lists them)")
+                        raise DataFusionQueryError(
+                            f"{name} VERSION AS OF {value.text}: the version must be a "
+                            "whole number, e.g. VERSION AS OF 3 (DESCRIBE HISTORY lists them)"
+                        )
                     ref = TableRef(name, version=int(value.text))
                 else:
                     if value.kind != "string":
-                        raise DataFusionQueryError(f"{name} TIMESTAMP AS OF {value.text}: quote the time, e.g. "
-                                                   "TIMESTAMP AS OF '2025-07-01T00:00:00Z'")
+                        raise DataFusionQueryError(
+                            f"{name} TIMESTAMP AS OF {value.text}: quote the time, e.g. "
+                            "TIMESTAMP AS OF '2025-07-01T00:00:00Z'"
+                        )
                     ref = TableRef(name, timestamp=value.text[1:-1].replace("''", "'"))
-                pieces.append(sql[cursor:token.start])
+                pieces.append(sql[cursor : token.start])
                 pieces.append(f'"{ref.alias}"')
                 cursor = value.end
                 i += 5
@@ -208,10 +250,15 @@ def _open_table(ref: TableRef, spec: TableSpec, lake_root: str | Path) -> DeltaT
         table = DeltaTable(storage.arrow_uri(location), version=ref.version, storage_options=options)
         if ref.timestamp is not None:
             table.load_as_version(ref.timestamp)
-    except Exception as error:  # noqa: BLE001 - delta-rs raises several kinds; each becomes one line
-        at = f" at version {ref.version}" if ref.version is not None else (
-            f" as of {ref.timestamp}" if ref.timestamp is not None else "")
-        raise DataFusionQueryError(f"table {ref.view} ({location}) cannot be read{at}: {_first_line(error)}") from None
+    except Exception as error:
+        at = (
+            f" at version {ref.version}"
+            if ref.version is not None
+            else (f" as of {ref.timestamp}" if ref.timestamp is not None else "")
+        )
+        raise DataFusionQueryError(
+            f"table {ref.view} ({location}) cannot be read{at}: {_first_line(error)}"
+        ) from None
     return table
 
 
@@ -226,16 +273,22 @@ def history(table: DeltaTable) -> pa.Table:
 
     rows = []
     for entry in table.history():
-        row = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-               for key, value in entry.items()}
+        row = {
+            key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+            for key, value in entry.items()
+        }
         if isinstance(row.get("timestamp"), int):
             row["timestamp"] = dt.datetime.fromtimestamp(row["timestamp"] / 1000, dt.UTC)
         rows.append(row)
     keys = {key for row in rows for key in row}
     columns = [k for k in HISTORY_FIRST if k in keys] + sorted(keys - set(HISTORY_FIRST))
     as_text = [c for c in columns if c not in ("version", "timestamp")]
-    return pa.Table.from_pylist([{c: (str(r[c]) if c in as_text and r.get(c) is not None else r.get(c))
-                                  for c in columns} for r in rows])
+    return pa.Table.from_pylist(
+        [
+            {c: (str(r[c]) if c in as_text and r.get(c) is not None else r.get(c)) for c in columns}
+            for r in rows
+        ]
+    )
 
 
 def run_datafusion(lake_root: str | Path, sql: str, views: Mapping[str, TableSpec]) -> pa.Table:
@@ -252,7 +305,7 @@ def run_datafusion(lake_root: str | Path, sql: str, views: Mapping[str, TableSpe
         builder.register(ref.alias, _open_table(ref, views[ref.view], lake_root))
     try:
         return pa.table(builder.execute(statement))
-    except Exception as error:  # noqa: BLE001 - planning and execution errors of DataFusion
+    except Exception as error:
         message = _first_line(error)
         if "not found" in message and "table" in message:
             message += "; views over the lake: " + (", ".join(sorted(views)) or "none (run the pipeline)")

@@ -38,11 +38,17 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
@@ -51,7 +57,10 @@ def code_version() -> str:
 
 def new_run_id(job: str) -> str:
     """The run id: TRACELAKE_RUN_ID when an orchestrator sets one, else a fresh one."""
-    return os.environ.get("TRACELAKE_RUN_ID") or f"{job}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return (
+        os.environ.get("TRACELAKE_RUN_ID")
+        or f"{job}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    )
 
 
 @dataclass
@@ -98,10 +107,16 @@ def add_common_args(parser: argparse.ArgumentParser, *, dates: bool = True) -> N
         parser.add_argument("--end-date", help="last day, inclusive (default: the start date)")
     parser.add_argument("--config", help="YAML config file (default: $TRACELAKE_CONFIG)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a setting, e.g. --set spark.shuffle_partitions=4 (repeatable)",
     )
-    parser.add_argument("--lake-root", help="lake folder or object-store URI, e.g. s3a://bucket/lake (overrides lake_root)")
+    parser.add_argument(
+        "--lake-root", help="lake folder or object-store URI, e.g. s3a://bucket/lake (overrides lake_root)"
+    )
     parser.add_argument("--master", help="Spark master, e.g. local[2] or spark://host:7077")
 
 
@@ -145,7 +160,8 @@ def job_run(
         settings = load_settings()
     run_id = new_run_id(job)
     log = job_logger(
-        job, run_id=run_id,
+        job,
+        run_id=run_id,
         start_date=start.isoformat() if start else None,
         end_date=end.isoformat() if end else None,
     )

@@ -41,7 +41,11 @@ def spark_line() -> str:
 
 def jars_dir(settings: Settings) -> Path:
     """The configured Delta JAR folder, or this Spark line's folder that `make setup` fills."""
-    return Path(settings.spark.jars_dir) if settings.spark.jars_dir else PROJECT_ROOT / ".jars" / f"spark{spark_line()}"
+    return (
+        Path(settings.spark.jars_dir)
+        if settings.spark.jars_dir
+        else PROJECT_ROOT / ".jars" / f"spark{spark_line()}"
+    )
 
 
 def delta_jars(settings: Settings) -> list[str]:

@@ -13,6 +13,7 @@ reach the executors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -69,7 +70,9 @@ def _port_taken(host: str, port: int) -> bool:
     start() asks the old one (e.g. Airflow's API server) for the workers.
     """
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of a stopped cluster is no owner
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # TIME_WAIT of a stopped cluster is no owner
         try:
             sock.bind((host, port))
         except OSError:
@@ -81,7 +84,10 @@ def _launch(args: list[str], log_file: Path, env: dict[str, str]) -> int:
     spark_class = _spark_home() / "bin" / "spark-class"
     with log_file.open("ab") as log:
         process = subprocess.Popen(
-            [str(spark_class), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            [str(spark_class), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,  # outlives this command; stopped by `stop`
         )
     return process.pid
@@ -101,9 +107,14 @@ def start(
     """Start a master and ``workers`` workers; returns once all have registered."""
     state_file = state_dir / "cluster.json"
     if state_file.exists():
-        raise ClusterError(f"a cluster is already recorded in {state_file}; run `tracelake cluster stop` first")
-    taken = [f"{what} {number}" for what, number in (("master port", port), ("web UI port", webui_port))
-             if _port_taken(host, number)]
+        raise ClusterError(
+            f"a cluster is already recorded in {state_file}; run `tracelake cluster stop` first"
+        )
+    taken = [
+        f"{what} {number}"
+        for what, number in (("master port", port), ("web UI port", webui_port))
+        if _port_taken(host, number)
+    ]
     if taken:
         raise ClusterError(
             f"{' and '.join(taken)} on {host} already in use (another Spark cluster, Airflow's API server?); "
@@ -117,14 +128,24 @@ def start(
     env.setdefault("SPARK_LOG_DIR", str(state_dir))
     master_pid = _launch(
         [MASTER_CLASS, "--host", host, "--port", str(port), "--webui-port", str(webui_port)],
-        state_dir / "master.log", env,
+        state_dir / "master.log",
+        env,
     )
     state = ClusterState(master_url=f"spark://{host}:{port}", master_pid=master_pid, log_dir=str(state_dir))
     state_file.write_text(json.dumps(asdict(state)))
     try:
-        _start_workers(state, state_dir, env, workers=workers, cores_per_worker=cores_per_worker,
-                       memory_per_worker=memory_per_worker, host=host, port=port, webui_port=webui_port,
-                       timeout_s=timeout_s)
+        _start_workers(
+            state,
+            state_dir,
+            env,
+            workers=workers,
+            cores_per_worker=cores_per_worker,
+            memory_per_worker=memory_per_worker,
+            host=host,
+            port=port,
+            webui_port=webui_port,
+            timeout_s=timeout_s,
+        )
     except ClusterError as exc:
         stop(state_dir)  # a failed start leaves no JVM behind
         raise ClusterError(f"{exc}; stopped what had started, logs in {state_dir}") from exc
@@ -134,9 +155,19 @@ def start(
     return state
 
 
-def _start_workers(state: ClusterState, state_dir: Path, env: dict[str, str], *, workers: int,
-                   cores_per_worker: int, memory_per_worker: str, host: str, port: int, webui_port: int,
-                   timeout_s: float) -> None:
+def _start_workers(
+    state: ClusterState,
+    state_dir: Path,
+    env: dict[str, str],
+    *,
+    workers: int,
+    cores_per_worker: int,
+    memory_per_worker: str,
+    host: str,
+    port: int,
+    webui_port: int,
+    timeout_s: float,
+) -> None:
     """Wait for the master, launch the workers (recorded one by one), wait until all registered."""
     state_file = state_dir / "cluster.json"
     _wait_for_port(host, port, timeout_s)
@@ -145,9 +176,22 @@ def _start_workers(state: ClusterState, state_dir: Path, env: dict[str, str], *,
         work_dir.mkdir(exist_ok=True)
         state.worker_pids.append(
             _launch(
-                [WORKER_CLASS, state.master_url, "--host", host, "--cores", str(cores_per_worker),
-                 "--memory", memory_per_worker, "--work-dir", str(work_dir), "--webui-port", str(webui_port + 1 + index)],
-                state_dir / f"worker-{index}.log", env,
+                [
+                    WORKER_CLASS,
+                    state.master_url,
+                    "--host",
+                    host,
+                    "--cores",
+                    str(cores_per_worker),
+                    "--memory",
+                    memory_per_worker,
+                    "--work-dir",
+                    str(work_dir),
+                    "--webui-port",
+                    str(webui_port + 1 + index),
+                ],
+                state_dir / f"worker-{index}.log",
+                env,
             )
         )
         state_file.write_text(json.dumps(asdict(state)))
@@ -170,7 +214,9 @@ def _wait_for_workers(state: ClusterState, webui_port: int, expected: int, timeo
         except (OSError, ValueError):  # not up yet, or not a Spark master answering
             pass
         time.sleep(1)
-    raise ClusterError(f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:g}s")
+    raise ClusterError(
+        f"only {alive} of {expected} workers registered with {state.master_url} in {timeout_s:g}s"
+    )
 
 
 def stop(state_dir: Path) -> bool:
@@ -191,10 +237,8 @@ def stop(state_dir: Path) -> bool:
                 break
             time.sleep(0.2)
         else:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             _exited(pid)
     state_file.unlink()
     return True
@@ -223,14 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores-per-worker", type=int, default=1)
     parser.add_argument("--memory-per-worker", default="2g")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="master port (default %(default)s)")
-    parser.add_argument("--webui-port", type=int, default=DEFAULT_WEBUI_PORT,
-                        help="master web UI port; workers use the next ones (default %(default)s)")
+    parser.add_argument(
+        "--webui-port",
+        type=int,
+        default=DEFAULT_WEBUI_PORT,
+        help="master web UI port; workers use the next ones (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir).resolve()
     if args.action == "start":
         state = start(
-            state_dir, workers=args.workers, cores_per_worker=args.cores_per_worker,
-            memory_per_worker=args.memory_per_worker, port=args.port, webui_port=args.webui_port,
+            state_dir,
+            workers=args.workers,
+            cores_per_worker=args.cores_per_worker,
+            memory_per_worker=args.memory_per_worker,
+            port=args.port,
+            webui_port=args.webui_port,
         )
         print(f"master {state.master_url} with {len(state.worker_pids)} workers; logs in {state.log_dir}")
     else:

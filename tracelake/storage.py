@@ -83,7 +83,9 @@ def is_local(uri: str) -> bool:
 def normalize_root(raw: str) -> str:
     """The lake root as every job uses it: an absolute local path, or the object URI without a trailing '/'."""
     if not raw.strip():
-        raise StorageError("lake_root is empty; set it to a folder or an object-store URI such as s3a://bucket/lake")
+        raise StorageError(
+            "lake_root is empty; set it to a folder or an object-store URI such as s3a://bucket/lake"
+        )
     if is_local(raw):
         return str(local_path(raw).expanduser().resolve())
     parsed = urlsplit(raw)
@@ -110,7 +112,7 @@ def local_path(uri: str) -> Path:
 def spark_uri(uri: str) -> str:
     """The form Spark/Hadoop wants: local paths as they are, ``s3``/``s3n`` as ``s3a`` (the maintained connector)."""
     if scheme(uri) in ("s3", "s3n"):
-        return "s3a" + uri[len(scheme(uri)):]
+        return "s3a" + uri[len(scheme(uri)) :]
     return uri
 
 
@@ -118,9 +120,9 @@ def arrow_uri(uri: str) -> str:
     """The form Arrow and delta-rs want: ``s3a://`` as ``s3://``, ``abfss://`` as ``abfs://``."""
     found = scheme(uri)
     if found in S3_SCHEMES:
-        return "s3" + uri[len(found):]
+        return "s3" + uri[len(found) :]
     if found == "abfss":
-        return "abfs" + uri[len(found):]
+        return "abfs" + uri[len(found) :]
     return uri
 
 
@@ -207,8 +209,11 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     """URIs of every file under ``uri`` (recursively) whose name ends with ``suffix``."""
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sorted(join(uri, i.path[len(path):]) for i in infos
-                  if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    return sorted(
+        join(uri, i.path[len(path) :])
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(suffix)
+    )
 
 
 def mtime(uri: str) -> float:
@@ -291,7 +296,7 @@ def download(uri: str, local: str | os.PathLike[str]) -> Path:
         target.write_bytes(read_bytes(uri))
         return target
     for file in list_files(uri):
-        destination = target / file[len(uri.rstrip("/")) + 1:]
+        destination = target / file[len(uri.rstrip("/")) + 1 :]
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(read_bytes(file))
     return target

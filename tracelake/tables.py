@@ -44,8 +44,14 @@ def _simple_types() -> dict[str, DataType]:
     from pyspark.sql import types as T
 
     return {
-        "string": T.StringType(), "int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(),
-        "float": T.FloatType(), "boolean": T.BooleanType(), "date": T.DateType(), "timestamp": T.TimestampType(),
+        "string": T.StringType(),
+        "int": T.IntegerType(),
+        "bigint": T.LongType(),
+        "double": T.DoubleType(),
+        "float": T.FloatType(),
+        "boolean": T.BooleanType(),
+        "date": T.DateType(),
+        "timestamp": T.TimestampType(),
     }
 
 
@@ -57,8 +63,10 @@ def parse_type(text: str) -> DataType:
     if name in _SIMPLE_TYPE_NAMES:
         return _simple_types()[name]
     if name.startswith("array<") and name.endswith(">"):
-        return ArrayType(parse_type(name[len("array<"):-1]), containsNull=True)
-    raise TableError(f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPE_NAMES)} or array<...>")
+        return ArrayType(parse_type(name[len("array<") : -1]), containsNull=True)
+    raise TableError(
+        f"unsupported column type {text!r} in schemas/; use one of {sorted(_SIMPLE_TYPE_NAMES)} or array<...>"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,9 +100,7 @@ class TableSpec:
     def schema(self) -> StructType:
         from pyspark.sql.types import StructField, StructType
 
-        return StructType(
-            [StructField(c.name, parse_type(c.type), c.nullable) for c in self.columns]
-        )
+        return StructType([StructField(c.name, parse_type(c.type), c.nullable) for c in self.columns])
 
     @property
     def ddl(self) -> str:
@@ -119,8 +125,17 @@ class TableSpec:
 
 
 def _spec_from_yaml(data: dict[str, Any]) -> TableSpec:
-    known = {"name", "path", "format", "columns", "columns_from", "partition_by", "owned_by_column",
-             "expectations", "description"}
+    known = {
+        "name",
+        "path",
+        "format",
+        "columns",
+        "columns_from",
+        "partition_by",
+        "owned_by_column",
+        "expectations",
+        "description",
+    }
     # `columns_from: <table>` starts the column list with that table's columns.
     inherited = table_spec(data["columns_from"]).columns if data.get("columns_from") else ()
     return TableSpec(
@@ -170,7 +185,9 @@ def named_table_spec(table: str, /, **params: str) -> TableSpec:
     try:
         path = spec.path.format(**params)
     except KeyError as exc:
-        raise TableError(f"table {table!r} has path {spec.path!r}; pass {exc.args[0]}=... to name it") from None
+        raise TableError(
+            f"table {table!r} has path {spec.path!r}; pass {exc.args[0]}=... to name it"
+        ) from None
     return replace(spec, path=path)
 
 
@@ -190,9 +207,7 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 
     missing = [c for c in spec.column_names if c not in df.columns]
     if missing:
-        raise TableError(
-            f"frame for table {spec.name!r} lacks column(s) {missing}; it has {df.columns}"
-        )
+        raise TableError(f"frame for table {spec.name!r} lacks column(s) {missing}; it has {df.columns}")
     return df.select(*[F.col(c.name).cast(c.type).alias(c.name) for c in spec.columns])
 
 
@@ -202,7 +217,9 @@ def table_exists(spark: SparkSession, spec: TableSpec, lake_root: str | Path) ->
     return DeltaTable.isDeltaTable(spark, spec.location(lake_root))
 
 
-def read_table(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int | None = None) -> DataFrame:
+def read_table(
+    spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int | None = None
+) -> DataFrame:
     """Read a Delta table (optionally at a version); a clear error when it is absent."""
     location = spec.location(lake_root)
     if not table_exists(spark, spec, lake_root):
@@ -239,13 +256,20 @@ def latest_version(spark: SparkSession, spec: TableSpec, lake_root: str | Path) 
     return int(row["version"]) if row else None
 
 
-def commit_metadata(spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int) -> dict[str, Any]:
+def commit_metadata(
+    spark: SparkSession, spec: TableSpec, lake_root: str | Path, version: int
+) -> dict[str, Any]:
     """The ``userMetadata`` the writer recorded in the commit of ``version`` ({} when none)."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    row = (DeltaTable.forPath(spark, spec.location(lake_root)).history()
-           .where(F.col("version") == version).select("userMetadata").first())
+    row = (
+        DeltaTable.forPath(spark, spec.location(lake_root))
+        .history()
+        .where(F.col("version") == version)
+        .select("userMetadata")
+        .first()
+    )
     return json.loads(row["userMetadata"]) if row and row["userMetadata"] else {}
 
 
@@ -260,9 +284,11 @@ def snapshot_files(spark: SparkSession, spec: TableSpec, lake_root: str | Path, 
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{location}`").first()
     properties = (detail["properties"] if detail else None) or {}
     if str(properties.get("delta.enableDeletionVectors", "false")).lower() == "true":
-        raise TableError(f"table {spec.name!r} at {location} has deletion vectors enabled; its Parquet files "
-                         "cannot be read without Delta. Disable them (ALTER TABLE ... SET TBLPROPERTIES "
-                         "('delta.enableDeletionVectors' = false)) and rewrite the table")
+        raise TableError(
+            f"table {spec.name!r} at {location} has deletion vectors enabled; its Parquet files "
+            "cannot be read without Delta. Disable them (ALTER TABLE ... SET TBLPROPERTIES "
+            "('delta.enableDeletionVectors' = false)) and rewrite the table"
+        )
     return sorted(read_table(spark, spec, lake_root, version=version).inputFiles())
 
 
@@ -270,7 +296,9 @@ def rows_written(spark: SparkSession, spec: TableSpec, lake_root: str | Path) ->
     """Rows the table's latest commit wrote, as Delta records it (no scan of the data)."""
     from delta.tables import DeltaTable
 
-    metrics = DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("operationMetrics").first()
+    metrics = (
+        DeltaTable.forPath(spark, spec.location(lake_root)).history(1).select("operationMetrics").first()
+    )
     return int((metrics[0] or {}).get("numOutputRows", 0)) if metrics else 0
 
 
@@ -305,7 +333,9 @@ def write_table(
     if dates is not None:
         column = spec.date_column
         if column is None or not dates:
-            raise TableError(f"table {spec.name!r}: a write of chosen dates needs a date column and at least one date")
+            raise TableError(
+                f"table {spec.name!r}: a write of chosen dates needs a date column and at least one date"
+            )
         listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
         writer = writer.option("replaceWhere", f"`{column}` IN ({listed})")
     elif start is not None or end is not None:
@@ -326,7 +356,9 @@ def write_table(
             if not is_write_conflict(error):
                 raise
             if attempt == retries:
-                raise WriteConflictError(conflict_message(spark, spec, location, metadata, error, retries)) from None
+                raise WriteConflictError(
+                    conflict_message(spark, spec, location, metadata, error, retries)
+                ) from None
             # The write replaces what the run owns: redoing it is safe; wait so that the other writer finishes.
             time.sleep(backoff * 2**attempt * random.uniform(1.0, 1.5))
     row = DeltaTable.forPath(spark, location).history(1).select("version").first()
@@ -340,10 +372,19 @@ class WriteConflictError(TableError):
 # Session settings that job_run sets from ``tables.*`` (a session without them uses the defaults).
 CONFLICT_RETRIES_CONF = "spark.tracelake.tables.conflictRetries"
 CONFLICT_BACKOFF_CONF = "spark.tracelake.tables.conflictBackoffSeconds"
-_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
-              "ConcurrentWriteException", "ConcurrentTransactionException", "MetadataChangedException",
-              "ProtocolChangedException", "DeltaConcurrentModificationException", "DELTA_CONCURRENT",
-              "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentWriteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DeltaConcurrentModificationException",
+    "DELTA_CONCURRENT",
+    "DELTA_METADATA_CHANGED",
+    "DELTA_PROTOCOL_CHANGED",
+)
 
 
 def conflict_policy(spark: SparkSession) -> tuple[int, float]:
@@ -365,27 +406,43 @@ def is_write_conflict(error: BaseException) -> bool:
 
 def _conflict_kind(error: BaseException) -> str:
     head = str(error)[:2000]
-    return next((name for name in _CONFLICTS if name in {c.__name__ for c in type(error).__mro__} or name in head),
-                type(error).__name__)
+    return next(
+        (name for name in _CONFLICTS if name in {c.__name__ for c in type(error).__mro__} or name in head),
+        type(error).__name__,
+    )
 
 
-def conflict_message(spark: SparkSession, spec: TableSpec, location: str, metadata: dict[str, Any] | None,
-                     error: BaseException, retries: int) -> str:
+def conflict_message(
+    spark: SparkSession,
+    spec: TableSpec,
+    location: str,
+    metadata: dict[str, Any] | None,
+    error: BaseException,
+    retries: int,
+) -> str:
     """One line: the table, the other writer's run (from its commit info) and what to do."""
     from delta.tables import DeltaTable
 
     own = (metadata or {}).get("run_id")
     other = "a writer without tracelake commit info"
     try:
-        for row in DeltaTable.forPath(spark, location).history(10).select(
-                "version", "timestamp", "operation", "userMetadata").collect():
+        for row in (
+            DeltaTable.forPath(spark, location)
+            .history(10)
+            .select("version", "timestamp", "operation", "userMetadata")
+            .collect()
+        ):
             info = json.loads(row["userMetadata"] or "{}")
             if info.get("run_id") != own:
-                other = (f"run {info.get('run_id') or 'unknown'} (job {info.get('job') or 'unknown'}, "
-                         f"{row['operation']} at version {row['version']}, {row['timestamp']})")
+                other = (
+                    f"run {info.get('run_id') or 'unknown'} (job {info.get('job') or 'unknown'}, "
+                    f"{row['operation']} at version {row['version']}, {row['timestamp']})"
+                )
                 break
-    except Exception:  # noqa: BLE001, S110 - the table may not exist yet (both writers creating it)
+    except Exception:
         pass
-    return (f"table {spec.name} at {location}: another writer committed while this run was writing ({other}); "
-            f"{_conflict_kind(error)} after {retries} retr{'y' if retries == 1 else 'ies'}. Rerun when that run "
-            f"has finished (or raise tables.conflict_retries)")
+    return (
+        f"table {spec.name} at {location}: another writer committed while this run was writing ({other}); "
+        f"{_conflict_kind(error)} after {retries} retr{'y' if retries == 1 else 'ies'}. Rerun when that run "
+        f"has finished (or raise tables.conflict_retries)"
+    )

@@ -39,6 +39,7 @@ under ``<lake>/<validation.results_dir>/<table>/<run_id>/``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -133,7 +134,9 @@ def _domain_value(spec: dict[str, Any], where: str) -> Any:
             return [[k, v] for k, v in value.items()]
     elif take is None:
         return copy.deepcopy(value)
-    raise SuiteError(f"{where}: cannot take {take!r} of domain key {key!r}; use keys, values or pairs of a mapping")
+    raise SuiteError(
+        f"{where}: cannot take {take!r} of domain key {key!r}; use keys, values or pairs of a mapping"
+    )
 
 
 def _resolve(value: Any, spec: TableSpec, where: str, column: Any = None) -> Any:
@@ -146,7 +149,7 @@ def _resolve(value: Any, spec: TableSpec, where: str, column: Any = None) -> Any
         return _domain_value(value, where)
     if "$table" in value:
         if value["$table"] != "column_names":
-            raise SuiteError(f"{where}: unknown $table value {value['$table']!r}; use \"column_names\"")
+            raise SuiteError(f'{where}: unknown $table value {value["$table"]!r}; use "column_names"')
         return spec.column_names
     if "$column" in value:
         if column is None:
@@ -163,21 +166,27 @@ def _resolve(value: Any, spec: TableSpec, where: str, column: Any = None) -> Any
             raise SuiteError(f"{where}: $row_count_of needs a non-empty list of terms")
         for term in terms:
             if not isinstance(term, dict) or "table" not in term or set(term) - _TERM_KEYS:
-                raise SuiteError(f"{where}: $row_count_of term {term!r} must be an object with "
-                                 f"'table' and optionally {sorted(_TERM_KEYS - {'table'})}")
+                raise SuiteError(
+                    f"{where}: $row_count_of term {term!r} must be an object with "
+                    f"'table' and optionally {sorted(_TERM_KEYS - {'table'})}"
+                )
             table_spec(term["table"])  # fails early, naming the known tables
         return value
     unknown = [k for k in value if k.startswith("$")]
     if unknown:
-        raise SuiteError(f"{where}: unknown placeholder {unknown[0]!r}; use $domain, $table, $column or $row_count_of")
+        raise SuiteError(
+            f"{where}: unknown placeholder {unknown[0]!r}; use $domain, $table, $column or $row_count_of"
+        )
     return {k: _resolve(v, spec, where, column) for k, v in value.items()}
 
 
 def _expand(raw: dict[str, Any], index: int, spec: TableSpec, where: str) -> list[SuiteEntry]:
     unknown = set(raw) - _ENTRY_KEYS
     if unknown or "type" not in raw:
-        raise SuiteError(f"{where}: an expectation needs 'type' and may have {sorted(_ENTRY_KEYS - {'type'})}; "
-                         f"got {sorted(raw)}")
+        raise SuiteError(
+            f"{where}: an expectation needs 'type' and may have {sorted(_ENTRY_KEYS - {'type'})}; "
+            f"got {sorted(raw)}"
+        )
     severity = raw.get("severity")
     if severity not in SEVERITIES:
         raise SuiteError(f"{where} ({raw['type']}): severity {severity!r} must be one of {list(SEVERITIES)}")
@@ -198,7 +207,7 @@ def _expand(raw: dict[str, Any], index: int, spec: TableSpec, where: str) -> lis
             raise SuiteError(f"{where}: for_each_column names {missing}, not columns of {spec.name}")
         targets = [by_name[n] for n in selector]
     else:
-        raise SuiteError(f"{where}: for_each_column must be \"all\", \"required\" or a list of column names")
+        raise SuiteError(f'{where}: for_each_column must be "all", "required" or a list of column names')
     entries = []
     for column in targets:
         entry = SuiteEntry(
@@ -211,16 +220,20 @@ def _expand(raw: dict[str, Any], index: int, spec: TableSpec, where: str) -> lis
         )
         unknown_columns = [c for c in entry.columns if c not in spec.column_names]
         if unknown_columns:
-            raise SuiteError(f"{where} ({entry.type}): column(s) {unknown_columns} are not columns of table "
-                             f"{spec.name!r} ({', '.join(spec.column_names)})")
+            raise SuiteError(
+                f"{where} ({entry.type}): column(s) {unknown_columns} are not columns of table "
+                f"{spec.name!r} ({', '.join(spec.column_names)})"
+            )
         entries.append(entry)
     return entries
 
 
 def suite_path(spec: TableSpec) -> Path:
     if not spec.expectations_file:
-        raise SuiteError(f"table {spec.name!r} has no expectation suite; add `expectations: <file>.json` "
-                         f"to schemas/tables/{spec.name}.yaml and the file under {SCHEMAS_DIR / 'expectations'}")
+        raise SuiteError(
+            f"table {spec.name!r} has no expectation suite; add `expectations: <file>.json` "
+            f"to schemas/tables/{spec.name}.yaml and the file under {SCHEMAS_DIR / 'expectations'}"
+        )
     return spec.expectations_file
 
 
@@ -229,24 +242,39 @@ def load_suite(table: str | TableSpec) -> Suite:
     spec = table_spec(table) if isinstance(table, str) else table
     path = suite_path(spec)
     if not path.is_file():
-        raise SuiteError(f"expectation suite {path} (named by schemas/tables/{spec.name}.yaml) does not exist")
+        raise SuiteError(
+            f"expectation suite {path} (named by schemas/tables/{spec.name}.yaml) does not exist"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SuiteError(f"expectation suite {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or set(data) - _SUITE_KEYS or not isinstance(data.get("expectations"), list):
-        raise SuiteError(f"expectation suite {path} must be an object with 'expectations' (a list) "
-                         f"and optionally 'table', 'description'")
+    if (
+        not isinstance(data, dict)
+        or set(data) - _SUITE_KEYS
+        or not isinstance(data.get("expectations"), list)
+    ):
+        raise SuiteError(
+            f"expectation suite {path} must be an object with 'expectations' (a list) "
+            f"and optionally 'table', 'description'"
+        )
     if data.get("table", spec.name) != spec.name:
-        raise SuiteError(f"expectation suite {path} is for table {data['table']!r}, "
-                         f"but schemas/tables/{spec.name}.yaml names it")
+        raise SuiteError(
+            f"expectation suite {path} is for table {data['table']!r}, "
+            f"but schemas/tables/{spec.name}.yaml names it"
+        )
     entries: list[SuiteEntry] = []
     for index, raw in enumerate(data["expectations"]):
         if not isinstance(raw, dict):
             raise SuiteError(f"{path.name} expectation #{index}: must be an object")
         entries.extend(_expand(raw, index, spec, f"{path.name} expectation #{index}"))
-    return Suite(name=spec.name, table=spec.name, path=path,
-                 description=data.get("description", ""), entries=tuple(entries))
+    return Suite(
+        name=spec.name,
+        table=spec.name,
+        path=path,
+        description=data.get("description", ""),
+        entries=tuple(entries),
+    )
 
 
 def gx_suite(suite: Suite, row_counts: Mapping[str, int] | None = None) -> Any:
@@ -266,15 +294,22 @@ def gx_suite(suite: Suite, row_counts: Mapping[str, int] | None = None) -> Any:
         meta = {"severity": entry.severity, "tracelake_key": entry.key}
         try:
             expectation = ExpectationConfiguration(
-                type=entry.type, kwargs=kwargs, meta=meta, notes=entry.notes,
-                description=entry.description, severity=entry.severity,
+                type=entry.type,
+                kwargs=kwargs,
+                meta=meta,
+                notes=entry.notes,
+                description=entry.description,
+                severity=entry.severity,
             ).to_domain_obj()
         except Exception as exc:  # GX raises several types for unknown types / bad kwargs
-            raise SuiteError(f"{suite.path.name} expectation {entry.key} ({entry.type}): "
-                             f"Great Expectations refuses it: {exc}") from None
+            raise SuiteError(
+                f"{suite.path.name} expectation {entry.key} ({entry.type}): "
+                f"Great Expectations refuses it: {exc}"
+            ) from None
         expectations.append(expectation)
-    return gx.ExpectationSuite(name=suite.name, expectations=expectations,
-                               meta={"tracelake_suite_file": str(suite.path)})
+    return gx.ExpectationSuite(
+        name=suite.name, expectations=expectations, meta={"tracelake_suite_file": str(suite.path)}
+    )
 
 
 # --------------------------------------------------------------------------- reports
@@ -315,8 +350,11 @@ class Outcome:
                 parts.append(f"mostly={self.kwargs['mostly']}")
         elif self.observed is not None:
             parts.append(f"observed={_short(self.observed)}")
-            bounds = {k: self.kwargs[k] for k in ("value", "min_value", "max_value", "quantile_ranges", "type_")
-                      if k in self.kwargs}
+            bounds = {
+                k: self.kwargs[k]
+                for k in ("value", "min_value", "max_value", "quantile_ranges", "type_")
+                if k in self.kwargs
+            }
             if bounds:
                 parts.append(f"expected={_short(bounds)}")
         if self.examples:
@@ -385,13 +423,17 @@ class ValidationReport:
 
     def summary_text(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
-        head = (f"validation of {self.table} {self.start}..{self.end} ({self.row_count} rows): {verdict} — "
-                f"{len(self.outcomes)} expectations, {len(self.critical_failures)} critical failure(s), "
-                f"{len(self.warnings)} warning(s)")
+        head = (
+            f"validation of {self.table} {self.start}..{self.end} ({self.row_count} rows): {verdict} — "
+            f"{len(self.outcomes)} expectations, {len(self.critical_failures)} critical failure(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
         lines = [head]
         lines += ["  " + o.line() for o in self.critical_failures + self.warnings]
         if not self.passed:
-            lines.append(f"failed days (next step must skip them): {_days_text([d.isoformat() for d in self.failed_partitions])}")
+            lines.append(
+                f"failed days (next step must skip them): {_days_text([d.isoformat() for d in self.failed_partitions])}"
+            )
         if self.results_path:
             lines.append(f"results: {self.results_path}")
         if self.docs_path:
@@ -401,8 +443,10 @@ class ValidationReport:
     def failure_message(self) -> str:
         failures = "; ".join(f"{o.type} on {o.column}" for o in self.critical_failures)
         where = f" (details: {self.results_path})" if self.results_path else ""
-        return (f"{self.table} {self.start}..{self.end} failed validation: {failures}; "
-                f"fix the data or the step that wrote it, then rerun{where}")
+        return (
+            f"{self.table} {self.start}..{self.end} failed validation: {failures}; "
+            f"fix the data or the step that wrote it, then rerun{where}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -454,20 +498,30 @@ def validate_table(
     if start is None or end is None:
         raise SuiteError(f"validating {table!r} needs a date range (--start-date/--end-date)")
     if spec.date_column is None:
-        raise SuiteError(f"table {table!r} has neither partition_by nor owned_by_column; "
-                         "a range of it cannot be validated")
+        raise SuiteError(
+            f"table {table!r} has neither partition_by nor owned_by_column; a range of it cannot be validated"
+        )
     suite = load_suite(spec)
     run.record_input(spec)
     frame = read_range(run.spark, spec, run.lake_root, start, end)
     clock = time.perf_counter()
     reference = {
         entry.key: reference_counts(run, entry.row_count_terms, start, end)
-        for entry in suite.entries if entry.row_count_terms is not None
+        for entry in suite.entries
+        if entry.row_count_terms is not None
     }
     out_dir = storage.join(run.lake_root, run.settings.validation.results_dir, spec.name, run.run_id)
     return validate_frame(
-        frame, suite, date_column=spec.date_column, start=start, end=end, run_id=run.run_id,
-        settings=run.settings.validation, log=run.log, reference_counts=reference, out_dir=out_dir,
+        frame,
+        suite,
+        date_column=spec.date_column,
+        start=start,
+        end=end,
+        run_id=run.run_id,
+        settings=run.settings.validation,
+        log=run.log,
+        reference_counts=reference,
+        out_dir=out_dir,
         timings={"reference_counts_s": time.perf_counter() - clock},
     )
 
@@ -537,7 +591,9 @@ def landing_row_counts(
         lines = spark.read.text(text_files).select("value", key)
         header_rows = spark.createDataFrame(headers or [("", "")], "file string, header string")
         lines = lines.join(F.broadcast(header_rows), "file", "left")
-        frames.append(lines.where(F.col("header").isNull() | (F.col("value") != F.col("header"))).select("file"))
+        frames.append(
+            lines.where(F.col("header").isNull() | (F.col("value") != F.col("header"))).select("file")
+        )
     if parquet_files:
         frames.append(spark.read.parquet(*parquet_files).select(key))
     for frame in frames:
@@ -577,9 +633,15 @@ def validate_frame(
     all_days = [d.isoformat() for d in days_between(start, end)]
     # GX renders Data Docs into a local folder: the lake's own when it is local, else a temporary
     # one that is uploaded beside the results.
-    docs_dir = None if out_dir is None else (
-        storage.local_path(storage.join(out_dir, "data_docs")) if storage.is_local(out_dir)
-        else Path(tempfile.mkdtemp(prefix="tracelake-docs-")))
+    docs_dir = (
+        None
+        if out_dir is None
+        else (
+            storage.local_path(storage.join(out_dir, "data_docs"))
+            if storage.is_local(out_dir)
+            else Path(tempfile.mkdtemp(prefix="tracelake-docs-"))
+        )
+    )
     frame = df.persist(getattr(StorageLevel, settings.storage_level))
     try:
         with log.step("validate", table=suite.table, expectations=len(suite.entries)) as step:
@@ -597,16 +659,26 @@ def validate_frame(
             graded.sort(key=lambda pair: order[pair[0].key])  # GX regroups results by column
             outcomes = [_outcome(entry, result, settings.examples) for entry, result in graded]
             _trace_failures(
-                frame, [(e, r, o) for (e, r), o in zip(graded, outcomes) if not o.success],
-                date_column, all_days, reference_counts, settings.examples,
+                frame,
+                [(e, r, o) for (e, r), o in zip(graded, outcomes, strict=False) if not o.success],
+                date_column,
+                all_days,
+                reference_counts,
+                settings.examples,
             )
             timings["trace_failures_s"] = time.perf_counter() - clock
             step.update(rows=row_count, failed=sum(not o.success for o in outcomes))
     finally:
         frame.unpersist()
     report = ValidationReport(
-        table=suite.table, suite=suite.name, run_id=run_id, start=start, end=end,
-        date_column=date_column, outcomes=outcomes, row_count=row_count,
+        table=suite.table,
+        suite=suite.name,
+        run_id=run_id,
+        start=start,
+        end=end,
+        date_column=date_column,
+        outcomes=outcomes,
+        row_count=row_count,
     )
     if out_dir is not None:
         clock = time.perf_counter()
@@ -654,7 +726,9 @@ def _gx_batch(frame: DataFrame, name: str, docs_dir: Path | None) -> tuple[Any, 
     context = gx.get_context(mode="ephemeral", project_config=config)
     # persist=False: the caller caches the frame (and unpersists it); GX would cache and never release it.
     asset = context.data_sources.add_spark(name="lake", persist=False).add_dataframe_asset(name=name)
-    batch = asset.add_batch_definition_whole_dataframe("range").get_batch(batch_parameters={"dataframe": frame})
+    batch = asset.add_batch_definition_whole_dataframe("range").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
     return context, batch
 
 
@@ -667,21 +741,34 @@ def _run_suite(batch: Any, expectations: Any, examples: int) -> Any:
     """
     import great_expectations as gx
 
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 0, "return_unexpected_index_query": True}
+    result_format = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": 0,
+        "return_unexpected_index_query": True,
+    }
     suite_result = batch.validate(expectations, result_format=result_format)
-    failed = {r.expectation_config.meta["tracelake_key"]: i for i, r in enumerate(suite_result.results)
-              if not r.success and (r.result or {}).get("unexpected_count")}
+    failed = {
+        r.expectation_config.meta["tracelake_key"]: i
+        for i, r in enumerate(suite_result.results)
+        if not r.success and (r.result or {}).get("unexpected_count")
+    }
     if failed and examples:
-        again = gx.ExpectationSuite(name=expectations.name, expectations=[
-            e for e in expectations.expectations if e.meta["tracelake_key"] in failed])
-        detailed = batch.validate(again, result_format={**result_format, "partial_unexpected_count": examples})
+        again = gx.ExpectationSuite(
+            name=expectations.name,
+            expectations=[e for e in expectations.expectations if e.meta["tracelake_key"] in failed],
+        )
+        detailed = batch.validate(
+            again, result_format={**result_format, "partial_unexpected_count": examples}
+        )
         for result in detailed.results:
             suite_result.results[failed[result.expectation_config.meta["tracelake_key"]]] = result
     _to_builtin_results(suite_result)
     return suite_result
 
 
-def _write_data_docs(context: Any, batch: Any, expectations: Any, suite_result: Any, run_id: str) -> Path | None:
+def _write_data_docs(
+    context: Any, batch: Any, expectations: Any, suite_result: Any, run_id: str
+) -> Path | None:
     """Store the result in the context and render the Data Docs site; returns its index.html."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
@@ -692,7 +779,7 @@ def _write_data_docs(context: Any, batch: Any, expectations: Any, suite_result: 
     if not context.get_config().data_docs_sites:
         return None
     context.suites.add(expectations)
-    run = RunIdentifier(run_name=run_id, run_time=dt.datetime.now(dt.timezone.utc))
+    run = RunIdentifier(run_name=run_id, run_time=dt.datetime.now(dt.UTC))
     suite_result.meta["run_id"] = run
     suite_result.meta["validation_time"] = run.run_time
     key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=expectations.name), run, batch.id)
@@ -706,7 +793,11 @@ def _outcome(entry: SuiteEntry, result: Any, examples: int) -> Outcome:
     details = result.result or {}
     error = None
     if not result.success and not details and result.exception_info:
-        infos = result.exception_info.values() if "raised_exception" not in result.exception_info else [result.exception_info]
+        infos = (
+            result.exception_info.values()
+            if "raised_exception" not in result.exception_info
+            else [result.exception_info]
+        )
         messages = [str(i.get("exception_message")) for i in infos if i.get("exception_message")]
         error = (messages[0] if messages else "metric could not be computed")[:300]
     observed = details.get("observed_value")
@@ -735,10 +826,12 @@ def _outcome(entry: SuiteEntry, result: Any, examples: int) -> Outcome:
 
 # Row conditions GX renders in a form F.expr cannot parse (window functions).
 _ROW_CONDITIONS = {
-    "expect_column_values_to_be_unique":
-        lambda kw: f"`{kw['column']}` IS NOT NULL AND count(1) OVER (PARTITION BY `{kw['column']}`) > 1",
-    "expect_compound_columns_to_be_unique":
-        lambda kw: "count(1) OVER (PARTITION BY {}) > 1".format(", ".join(f"`{c}`" for c in kw["column_list"])),
+    "expect_column_values_to_be_unique": lambda kw: (
+        f"`{kw['column']}` IS NOT NULL AND count(1) OVER (PARTITION BY `{kw['column']}`) > 1"
+    ),
+    "expect_compound_columns_to_be_unique": lambda kw: "count(1) OVER (PARTITION BY {}) > 1".format(
+        ", ".join(f"`{c}`" for c in kw["column_list"])
+    ),
 }
 _QUERY = re.compile(r"^df\.filter\(F\.expr\((?P<literal>.*)\)\)$", re.S)
 
@@ -753,14 +846,12 @@ def _unexpected_flag(frame: DataFrame, entry: SuiteEntry, result: Any) -> Any:
         candidates.append(_ROW_CONDITIONS[entry.type](entry.kwargs))
     match = _QUERY.match(str((result.result or {}).get("unexpected_index_query") or ""))
     if match:
-        try:
+        with contextlib.suppress(ValueError, SyntaxError):
             candidates.append(ast.literal_eval(match.group("literal")))
-        except (ValueError, SyntaxError):
-            pass
     for condition in candidates:
         try:
             flag = F.expr(condition)
-            frame.select(flag).schema  # analysis only: proves Spark can evaluate it
+            _ = frame.select(flag).schema  # analysis only: proves Spark can evaluate it
             return flag
         except (AnalysisException, ParseException):
             continue
@@ -805,26 +896,37 @@ def _trace_failures(
                 continue
             column = entry.kwargs.get("column") if "missing_count" in (result.result or {}) else None
             flagged = flagged.withColumn(f"_unexpected_{i}", flag)
-            measures += [F.sum(F.col(f"_unexpected_{i}").cast("int")).alias(f"_unexpected_{i}"),
-                         F.count(F.col(column) if column else F.lit(1)).alias(f"_counted_{i}")]
+            measures += [
+                F.sum(F.col(f"_unexpected_{i}").cast("int")).alias(f"_unexpected_{i}"),
+                F.count(F.col(column) if column else F.lit(1)).alias(f"_counted_{i}"),
+            ]
             judged.append((i, outcome, float(entry.kwargs.get("mostly", 1.0))))
     if not judged and not reconciled:
         return
     per_day = {r["day"]: r for r in flagged.groupBy(day).agg(*measures).collect()}
     for i, outcome, mostly in judged:
-        bad = [d for d in all_days if d in per_day and per_day[d][f"_unexpected_{i}"]
-               and 1 - per_day[d][f"_unexpected_{i}"] / per_day[d][f"_counted_{i}"] < mostly]
+        bad = [
+            d
+            for d in all_days
+            if d in per_day
+            and per_day[d][f"_unexpected_{i}"]
+            and 1 - per_day[d][f"_unexpected_{i}"] / per_day[d][f"_counted_{i}"] < mostly
+        ]
         outcome.partitions = bad or all_days
     for outcome in reconciled:
         expected = reference_counts[outcome.key]
         rows = {d: per_day[d]["_rows"] if d in per_day else 0 for d in all_days}
         bad = [d for d in all_days if rows[d] != expected.get(d, 0)]
-        outcome.observed = {"rows": outcome.observed,
-                            "by_day": {d: {"rows": rows[d], "expected": expected.get(d, 0)} for d in bad}}
+        outcome.observed = {
+            "rows": outcome.observed,
+            "by_day": {d: {"rows": rows[d], "expected": expected.get(d, 0)} for d in bad},
+        }
         outcome.partitions = bad or all_days
 
 
-def _query_days(frame: DataFrame, entry: SuiteEntry, date_column: str, examples: int, outcome: Outcome) -> list[str]:
+def _query_days(
+    frame: DataFrame, entry: SuiteEntry, date_column: str, examples: int, outcome: Outcome
+) -> list[str]:
     """Days (and example rows) of an unexpected_rows_expectation's query; [] when it has no date column."""
     from pyspark.sql import functions as F
 
@@ -835,7 +937,12 @@ def _query_days(frame: DataFrame, entry: SuiteEntry, date_column: str, examples:
         if date_column not in rows.columns:
             return []
         outcome.examples = [_plain(r.asDict()) for r in rows.limit(examples).collect()]
-        return sorted({r["day"] for r in rows.select(F.col(date_column).cast("string").alias("day")).distinct().collect()})
+        return sorted(
+            {
+                r["day"]
+                for r in rows.select(F.col(date_column).cast("string").alias("day")).distinct().collect()
+            }
+        )
     finally:
         frame.sparkSession.catalog.dropTempView(view)
 
@@ -882,18 +989,30 @@ def _write_json(uri: str, payload: Mapping[str, Any]) -> None:
 
 def _log_report(report: ValidationReport, log: JobLogger) -> None:
     for outcome in report.critical_failures + report.warnings:
-        fields = {"table": report.table, "expectation": outcome.type, "column": outcome.column,
-                  "severity": outcome.severity, "unexpected_count": outcome.unexpected_count,
-                  "observed": _short(outcome.observed) if outcome.observed is not None else None,
-                  "examples": [_short(v, 40) for v in outcome.examples], "days": outcome.partitions,
-                  "error": outcome.error}
-        log.warning(f"{outcome.severity} expectation failed: {outcome.type} on {outcome.column}", extra=fields)
+        fields = {
+            "table": report.table,
+            "expectation": outcome.type,
+            "column": outcome.column,
+            "severity": outcome.severity,
+            "unexpected_count": outcome.unexpected_count,
+            "observed": _short(outcome.observed) if outcome.observed is not None else None,
+            "examples": [_short(v, 40) for v in outcome.examples],
+            "days": outcome.partitions,
+            "error": outcome.error,
+        }
+        log.warning(
+            f"{outcome.severity} expectation failed: {outcome.type} on {outcome.column}", extra=fields
+        )
     log.event(
         f"validation {'passed' if report.passed else 'failed'}: {report.table}",
-        table=report.table, passed=report.passed, rows=report.row_count,
-        critical_failures=len(report.critical_failures), warnings=len(report.warnings),
+        table=report.table,
+        passed=report.passed,
+        rows=report.row_count,
+        critical_failures=len(report.critical_failures),
+        warnings=len(report.warnings),
         failed_partitions=[d.isoformat() for d in report.failed_partitions],
-        duration_s=report.duration_s, timings_s=report.timings,
+        duration_s=report.duration_s,
+        timings_s=report.timings,
         results=str(report.results_path) if report.results_path else None,
         data_docs=str(report.docs_path) if report.docs_path else None,
     )

@@ -55,7 +55,9 @@ def clean_features(df: DataFrame, features: Sequence[str]) -> DataFrame:
 
 def class_weights(train: DataFrame, labels: Sequence[str], cap: float) -> dict[str, float]:
     """Per label, the weight of a positive row: negatives / positives, at most ``cap`` (1 without positives)."""
-    row = train.agg(F.count(F.lit(1)).alias("_n"), *[F.sum(F.col(l).cast("double")).alias(l) for l in labels]).first()
+    row = train.agg(
+        F.count(F.lit(1)).alias("_n"), *[F.sum(F.col(l).cast("double")).alias(l) for l in labels]
+    ).first()
     n = float(row["_n"] or 0)
     weights = {}
     for label in labels:
@@ -66,8 +68,13 @@ def class_weights(train: DataFrame, labels: Sequence[str], cap: float) -> dict[s
 
 def with_weights(df: DataFrame, weights: dict[str, float]) -> DataFrame:
     """One weight column per label: the positive weight on positive rows, 1 elsewhere."""
-    return df.select("*", *[F.when(F.col(l) == 1, F.lit(w)).otherwise(F.lit(1.0)).alias(weight_column(l))
-                            for l, w in weights.items()])
+    return df.select(
+        "*",
+        *[
+            F.when(F.col(l) == 1, F.lit(w)).otherwise(F.lit(1.0)).alias(weight_column(l))
+            for l, w in weights.items()
+        ],
+    )
 
 
 def build_pipeline(features: Sequence[str], labels: Sequence[str], settings: TrainingSettings) -> Pipeline:
@@ -82,18 +89,34 @@ def build_pipeline(features: Sequence[str], labels: Sequence[str], settings: Tra
         outputs = {"probabilityCol": probability_column(label), "rawPredictionCol": f"_raw_{label}"}
         if settings.baseline_classifier == "gbt":
             # GBTClassifier's constructor does not take the output columns: set them after.
-            stages.append(GBTClassifier(weightCol=weight_column(label), maxIter=settings.baseline_max_iter,
-                                        maxDepth=settings.baseline_gbt_max_depth, seed=settings.seed, **common)
-                          .setProbabilityCol(outputs["probabilityCol"])
-                          .setRawPredictionCol(outputs["rawPredictionCol"]))
+            stages.append(
+                GBTClassifier(
+                    weightCol=weight_column(label),
+                    maxIter=settings.baseline_max_iter,
+                    maxDepth=settings.baseline_gbt_max_depth,
+                    seed=settings.seed,
+                    **common,
+                )
+                .setProbabilityCol(outputs["probabilityCol"])
+                .setRawPredictionCol(outputs["rawPredictionCol"])
+            )
         else:
-            stages.append(LogisticRegression(weightCol=weight_column(label), maxIter=settings.baseline_max_iter,
-                                             regParam=settings.baseline_reg_param,
-                                             elasticNetParam=settings.baseline_elastic_net, **common, **outputs))
+            stages.append(
+                LogisticRegression(
+                    weightCol=weight_column(label),
+                    maxIter=settings.baseline_max_iter,
+                    regParam=settings.baseline_reg_param,
+                    elasticNetParam=settings.baseline_elastic_net,
+                    **common,
+                    **outputs,
+                )
+            )
     return Pipeline(stages=stages)
 
 
-def prepare(df: DataFrame, features: Sequence[str], labels: Sequence[str], keep: Sequence[str] = ()) -> DataFrame:
+def prepare(
+    df: DataFrame, features: Sequence[str], labels: Sequence[str], keep: Sequence[str] = ()
+) -> DataFrame:
     """The columns the baseline reads: features (cleaned), labels as double, split (and ``keep``)."""
     selected = df.select(*keep, *features, *[F.col(l).cast("double").alias(l) for l in labels], SPLIT_COLUMN)
     return clean_features(selected, features)
@@ -106,7 +129,9 @@ class BaselineFit:
     train_rows: int
 
 
-def fit(df: DataFrame, features: Sequence[str], labels: Sequence[str], settings: TrainingSettings) -> BaselineFit:
+def fit(
+    df: DataFrame, features: Sequence[str], labels: Sequence[str], settings: TrainingSettings
+) -> BaselineFit:
     """Fit the pipeline on the ``train`` split of ``df`` (a training set)."""
     train = prepare(df, features, labels).where(F.col(SPLIT_COLUMN) == "train").cache()
     try:
@@ -118,17 +143,27 @@ def fit(df: DataFrame, features: Sequence[str], labels: Sequence[str], settings:
     return BaselineFit(model, weights, rows)
 
 
-def predict_split(model: PipelineModel, df: DataFrame, split: str, features: Sequence[str],
-                  labels: Sequence[str], group_column: str | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def predict_split(
+    model: PipelineModel,
+    df: DataFrame,
+    split: str,
+    features: Sequence[str],
+    labels: Sequence[str],
+    group_column: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(labels [N, L], probabilities [N, L], ``group_column``'s values or None) of one split, on the driver."""
     rows = prepare(df, features, labels, keep=[group_column] if group_column else []).where(
-        F.col(SPLIT_COLUMN) == split)
-    scored = model.transform(rows).select(
-        *([F.col(group_column).alias("_group")] if group_column else []),
-        *[F.col(l).alias(f"y_{i}") for i, l in enumerate(labels)],
-        *[vector_to_array(probability_column(l))[1].alias(f"p_{i}") for i, l in enumerate(labels)],
-    ).toPandas()
+        F.col(SPLIT_COLUMN) == split
+    )
+    scored = (
+        model.transform(rows)
+        .select(
+            *([F.col(group_column).alias("_group")] if group_column else []),
+            *[F.col(l).alias(f"y_{i}") for i, l in enumerate(labels)],
+            *[vector_to_array(probability_column(l))[1].alias(f"p_{i}") for i, l in enumerate(labels)],
+        )
+        .toPandas()
+    )
     y = scored[[f"y_{i}" for i in range(len(labels))]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
     p = scored[[f"p_{i}" for i in range(len(labels))]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
     return y, p, (scored["_group"].to_numpy() if group_column else None)

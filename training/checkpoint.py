@@ -83,7 +83,9 @@ def load_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read {str(file)!r} ({exc}); it is not a tracelake checkpoint or model file") from exc
+        raise CheckpointError(
+            f"cannot read {str(file)!r} ({exc}); it is not a tracelake checkpoint or model file"
+        ) from exc
 
 
 def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
@@ -91,8 +93,13 @@ def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": None,
     }
@@ -104,8 +111,15 @@ def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(_tuples(state["python"]))
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if device is not None and device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -142,5 +156,7 @@ def checkpoint_payload(
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     payload = load_payload(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a training checkpoint (format {payload.get('format')!r})")
+        raise CheckpointError(
+            f"{str(path)!r} is not a training checkpoint (format {payload.get('format')!r})"
+        )
     return payload

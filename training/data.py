@@ -127,8 +127,12 @@ class FeatureSpec:
         missing = {"seq_features", "tab_features", "seq_len", "label_names"} - set(data)
         if missing:
             raise DataError(f"feature spec lacks {sorted(missing)}; got keys {sorted(data)}")
-        return cls(tuple(data["seq_features"]), tuple(data["tab_features"]), int(data["seq_len"]),
-                   tuple(data["label_names"]))
+        return cls(
+            tuple(data["seq_features"]),
+            tuple(data["tab_features"]),
+            int(data["seq_len"]),
+            tuple(data["label_names"]),
+        )
 
 
 def default_label_names() -> tuple[str, ...]:
@@ -293,7 +297,7 @@ class DataSource(ABC):
         """This rank's share of the training split, each row once (for preprocessing statistics)."""
         return self.eval_batches(TRAIN, batch_size)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a source without readers has nothing to release
         """Release readers and memory."""
 
 
@@ -315,8 +319,14 @@ class InMemorySource(DataSource):
         if name not in self._splits:
             arrays = read_split(self.path, name, self.spec)
             if arrays.n_rows == 0:
-                where = self.path if isinstance(self.path, str) else f"{len(self.path)} file(s) from {self.path[0]!r}"
-                raise DataError(f"split {name!r} of {where} has no rows; the training set needs all of {SPLITS}")
+                where = (
+                    self.path
+                    if isinstance(self.path, str)
+                    else f"{len(self.path)} file(s) from {self.path[0]!r}"
+                )
+                raise DataError(
+                    f"split {name!r} of {where} has no rows; the training set needs all of {SPLITS}"
+                )
             self._splits[name] = arrays
         return self._splits[name]
 
@@ -409,15 +419,27 @@ class PetastormSource(DataSource):
             if info.type == pafs.FileType.File:
                 files, base = [info], url
             else:
-                files = sorted((f for f in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-                                if f.type == pafs.FileType.File and f.path.endswith(".parquet")), key=lambda f: f.path)
+                files = sorted(
+                    (
+                        f
+                        for f in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                    ),
+                    key=lambda f: f.path,
+                )
                 base = None
             for file in files:
                 with filesystem.open_input_file(file.path) as handle:
                     meta = pq.ParquetFile(handle).metadata
                 groups, rows = groups + meta.num_row_groups, rows + meta.num_rows
-                urls.append(base or (f"{url.rstrip('/')}/{file.path[len(path):].lstrip('/')}" if "://" in url
-                                     else file.path))
+                urls.append(
+                    base
+                    or (
+                        f"{url.rstrip('/')}/{file.path[len(path) :].lstrip('/')}"
+                        if "://" in url
+                        else file.path
+                    )
+                )
         if not urls:
             raise DataError(f"petastorm data {self._urls(split)} for split {split!r} holds no parquet files")
         self._layout[split] = (urls, groups, rows)
@@ -434,8 +456,9 @@ class PetastormSource(DataSource):
             rows = self.rows[TRAIN] = self._row_groups_and_rows(TRAIN)[1]
         return max(1, rows // (self.world_size * self.batch_size))
 
-    def _loader(self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None,
-                shuffle: bool) -> tuple[Any, bool]:
+    def _loader(
+        self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None, shuffle: bool
+    ) -> tuple[Any, bool]:
         """``make_torch_dataloader`` over this rank's row groups, and whether rows must still be dealt out by position."""
         from petastorm.pytorch import BatchedDataLoader
         from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
@@ -443,7 +466,9 @@ class PetastormSource(DataSource):
         # petastorm 0.12 trips over many pyarrow deprecations; they say nothing about our data.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
         # BatchedDataLoader wraps Arrow's read-only buffers in tensors; nothing writes to them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="The given NumPy array is not writable", category=UserWarning
+        )
         files, groups, rows = self._files(split)
         shard = {}
         if self.world_size > 1 and groups >= self.world_size:
@@ -462,15 +487,19 @@ class PetastormSource(DataSource):
         )
         return loader, self.world_size > 1 and not shard
 
-    def _stream(self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None,
-                shuffle: bool) -> Iterator[Arrays]:
+    def _stream(
+        self, split: str, *, chunk_rows: int, num_epochs: int | None, seed: int | None, shuffle: bool
+    ) -> Iterator[Arrays]:
         """Chunks of this rank's share (rows are dealt out by position when row groups are too few)."""
-        context, manual_shard = self._loader(split, chunk_rows=chunk_rows, num_epochs=num_epochs, seed=seed,
-                                             shuffle=shuffle)
+        context, manual_shard = self._loader(
+            split, chunk_rows=chunk_rows, num_epochs=num_epochs, seed=seed, shuffle=shuffle
+        )
         position = 0
         with context as loader:
             for chunk in loader:
-                arrays = columns_to_arrays({name: tensor.numpy() for name, tensor in chunk.items()}, self.spec)
+                arrays = columns_to_arrays(
+                    {name: tensor.numpy() for name, tensor in chunk.items()}, self.spec
+                )
                 if manual_shard:
                     index = np.arange(position, position + arrays.n_rows)
                     position += arrays.n_rows
@@ -488,18 +517,21 @@ class PetastormSource(DataSource):
         for number in itertools.count():
             seed = int(np.random.default_rng([self.seed, epoch, number]).integers(2**31 - 1))
             passed = 0
-            with contextlib.closing(self._stream(TRAIN, chunk_rows=chunk_rows, num_epochs=1, seed=seed,
-                                                 shuffle=True)) as stream:
+            with contextlib.closing(
+                self._stream(TRAIN, chunk_rows=chunk_rows, num_epochs=1, seed=seed, shuffle=True)
+            ) as stream:
                 for chunk in stream:
                     passed += chunk.n_rows
                     yield chunk
             if not passed:
-                raise DataError(f"this rank's share of the training split is empty (rank {self.rank} of "
-                                f"{self.world_size}); write the training set with more rows or row groups")
+                raise DataError(
+                    f"this rank's share of the training split is empty (rank {self.rank} of "
+                    f"{self.world_size}); write the training set with more rows or row groups"
+                )
 
     @staticmethod
     def _concat(parts: list[Arrays]) -> Arrays:
-        return Arrays(*(np.concatenate(column) for column in zip(*parts)))
+        return Arrays(*(np.concatenate(column) for column in zip(*parts, strict=False)))
 
     def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         steps = self.steps_per_epoch()
@@ -587,19 +619,33 @@ def make_source(
         elif data.get("path"):
             files = str(data["path"])
         else:
-            raise DataError(f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of "
-                            "training/data.py) or 'files' (its parquet files)")
+            raise DataError(
+                f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of "
+                "training/data.py) or 'files' (its parquet files)"
+            )
         return StagedSource(
-            files, spec, placement=str(data.get("placement", placement)), device=device,
-            device_memory_fraction=device_memory_fraction, host_memory_fraction=host_memory_fraction,
-            reader_threads=reader_threads, shuffle_window_rows=shuffle_buffer_rows, **common,
+            files,
+            spec,
+            placement=str(data.get("placement", placement)),
+            device=device,
+            device_memory_fraction=device_memory_fraction,
+            host_memory_fraction=host_memory_fraction,
+            reader_threads=reader_threads,
+            shuffle_window_rows=shuffle_buffer_rows,
+            **common,
         )
     if kind == "petastorm":
         if not data.get("urls"):
-            raise DataError(f"data config {dict(data)!r} needs 'urls' (split -> petastorm converter file URLs)")
+            raise DataError(
+                f"data config {dict(data)!r} needs 'urls' (split -> petastorm converter file URLs)"
+            )
         return PetastormSource(
-            data["urls"], spec, rows=data.get("rows"), workers=loader_workers,
-            shuffle_buffer_rows=shuffle_buffer_rows, **common,
+            data["urls"],
+            spec,
+            rows=data.get("rows"),
+            workers=loader_workers,
+            shuffle_buffer_rows=shuffle_buffer_rows,
+            **common,
         )
     raise DataError(f"data kind {kind!r} is unknown; use 'parquet', 'delta' or 'petastorm'")
 
@@ -620,8 +666,9 @@ def synthetic_feature_spec(
     )
 
 
-def synthetic_arrays(n_rows: int, spec: FeatureSpec, seed: int = 0, positive_rate: float = 0.08,
-                     label_noise: float = 0.01) -> Arrays:
+def synthetic_arrays(
+    n_rows: int, spec: FeatureSpec, seed: int = 0, positive_rate: float = 0.08, label_noise: float = 0.01
+) -> Arrays:
     """Random rows whose labels depend learnably on the sequence and tabular features.
 
     Each label is a thresholded score (top ``positive_rate`` of rows, a few
@@ -658,7 +705,9 @@ def arrays_to_table(arrays: Arrays, spec: FeatureSpec, split: str | Sequence[str
     """:class:`Arrays` -> a pyarrow table in the column layout."""
     n = arrays.n_rows
     flat = arrays.seq.reshape(n, -1).astype(np.float32)
-    columns: dict[str, pa.Array] = {name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)}
+    columns: dict[str, pa.Array] = {
+        name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)
+    }
     offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
     columns[SEQ_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))
     columns[SEQ_LEN_COLUMN] = pa.array(arrays.seq_len.astype(np.int32))
@@ -684,6 +733,9 @@ def write_synthetic_dataset(
     split = [TRAIN] * n_train + [VALIDATION] * n_val + [TEST] * (n_rows - n_train - n_val)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(arrays_to_table(arrays, spec, split), folder / "part-00000.parquet",
-                   row_group_size=row_group_rows or n_rows)
+    pq.write_table(
+        arrays_to_table(arrays, spec, split),
+        folder / "part-00000.parquet",
+        row_group_size=row_group_rows or n_rows,
+    )
     return str(folder)

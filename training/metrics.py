@@ -27,7 +27,9 @@ METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
 _BOOTSTRAP_CELLS = 20_000_000
 
 
-def _check(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _check(
+    y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     y_true, y_prob = np.asarray(y_true, dtype=np.float64), np.asarray(y_prob, dtype=np.float64)
     if y_true.ndim == 1:
         y_true, y_prob = y_true[:, None], y_prob.reshape(-1, 1)
@@ -74,7 +76,9 @@ def _auc_ap(tp: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return roc, ap
 
 
-def _at_threshold(y: np.ndarray, score: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+def _at_threshold(
+    y: np.ndarray, score: np.ndarray, threshold: float, weights: np.ndarray
+) -> dict[str, np.ndarray]:
     predicted = score >= threshold
     tp = weights @ (y * predicted)
     fp = weights @ ((1.0 - y) * predicted)
@@ -87,7 +91,9 @@ def _at_threshold(y: np.ndarray, score: np.ndarray, threshold: float, weights: n
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def _label_metrics(y: np.ndarray, score: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+def _label_metrics(
+    y: np.ndarray, score: np.ndarray, threshold: float, weights: np.ndarray
+) -> dict[str, np.ndarray]:
     ranked = _Ranked(y, score)
     roc, ap = _auc_ap(*ranked.curves(weights))
     return {"roc_auc": roc, "pr_auc": ap, **_at_threshold(y, score, threshold, weights)}
@@ -115,8 +121,13 @@ def macro(values: Mapping[str, float] | Sequence[float]) -> float:
     return float(np.nanmean(array)) if np.isfinite(array).any() else float("nan")
 
 
-def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str],
-                      rule: str = "max_f1", default: float = 0.5) -> dict[str, float]:
+def choose_thresholds(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    label_names: Sequence[str],
+    rule: str = "max_f1",
+    default: float = 0.5,
+) -> dict[str, float]:
     """Per label, the probability threshold (predict positive when prob >= threshold) that the rule picks.
 
     ``max_f1``: the threshold with the highest F1 on these (validation) rows. A
@@ -138,8 +149,9 @@ def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray, label_names: Seque
     return thresholds
 
 
-def _bootstrap_weights(n_rows: int, n_samples: int, rng: np.random.Generator,
-                       groups: np.ndarray | None = None) -> Any:
+def _bootstrap_weights(
+    n_rows: int, n_samples: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> Any:
     """Yields [b, n_rows] row-count matrices of multinomial resamples, in chunks.
 
     With ``groups`` (one key per row, e.g. the EPC), whole groups are resampled: a row's
@@ -187,16 +199,21 @@ def evaluate(
         raise ValueError(f"no threshold for label(s) {missing}; choose them on validation first")
     n_rows = len(y_true)
     ones = np.ones((1, n_rows))
-    point = {name: _label_metrics(y_true[:, j], y_prob[:, j], thresholds[name], ones)
-             for j, name in enumerate(label_names)}
+    point = {
+        name: _label_metrics(y_true[:, j], y_prob[:, j], thresholds[name], ones)
+        for j, name in enumerate(label_names)
+    }
     samples: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in METRICS} for name in label_names}
     if n_bootstrap > 0 and n_rows > 0:
         ranked = [_Ranked(y_true[:, j], y_prob[:, j]) for j in range(len(label_names))]
         for weights in _bootstrap_weights(n_rows, n_bootstrap, np.random.default_rng(seed), groups):
             for j, name in enumerate(label_names):
                 roc, ap = _auc_ap(*ranked[j].curves(weights))
-                values = {"roc_auc": roc, "pr_auc": ap,
-                          **_at_threshold(y_true[:, j], y_prob[:, j], thresholds[name], weights)}
+                values = {
+                    "roc_auc": roc,
+                    "pr_auc": ap,
+                    **_at_threshold(y_true[:, j], y_prob[:, j], thresholds[name], weights),
+                }
                 for metric in METRICS:
                     samples[name][metric].append(values[metric])
     tail = (1.0 - ci_level) / 2.0 * 100.0
@@ -226,8 +243,14 @@ def evaluate(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 draws = np.nanmean(matrix, axis=0)
         macro_summary[metric] = summary(value, draws)
-    return {"n_rows": n_rows, "n_bootstrap": n_bootstrap, "ci_level": ci_level, "labels": labels,
-            "macro": macro_summary, "bootstrap_unit": "row" if groups is None else "group"}
+    return {
+        "n_rows": n_rows,
+        "n_bootstrap": n_bootstrap,
+        "ci_level": ci_level,
+        "labels": labels,
+        "macro": macro_summary,
+        "bootstrap_unit": "row" if groups is None else "group",
+    }
 
 
 def flat_metrics(report: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
@@ -251,7 +274,9 @@ def _cell(entry: Mapping[str, float]) -> str:
     return f"{value:.3f}"
 
 
-def comparison_rows(reports: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, str]]:
+def comparison_rows(
+    reports: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = METRICS
+) -> list[dict[str, str]]:
     """One row per (label, metric), then the macro rows; a column per model."""
     names = list(reports)
     labels = list(next(iter(reports.values()))["labels"])
@@ -272,10 +297,12 @@ def comparison_table(reports: Mapping[str, Mapping[str, Any]], metrics: Sequence
     header = ["label", "metric", *reports]
     widths = [max(len(h), *(len(r[h]) for r in rows)) for h in header]
     lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |",
         "| " + " | ".join("-" * w for w in widths) + " |",
     ]
-    lines += ["| " + " | ".join(r[h].ljust(w) for h, w in zip(header, widths)) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join(r[h].ljust(w) for h, w in zip(header, widths, strict=False)) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -312,16 +339,26 @@ def plot_loss_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("loss (BCE, pos-weighted)")
     right = axes.twinx()
-    right.plot(epochs, [h.get("val_macro_pr_auc", np.nan) for h in history], color="tab:green", marker="s",
-               label="validation macro PR-AUC")
+    right.plot(
+        epochs,
+        [h.get("val_macro_pr_auc", np.nan) for h in history],
+        color="tab:green",
+        marker="s",
+        label="validation macro PR-AUC",
+    )
     right.set_ylabel("macro PR-AUC")
     lines = axes.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     axes.legend(lines, [line.get_label() for line in lines], loc="best")
     return _save(figure, path)
 
 
-def plot_pr_curves(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str], path: str | Path,
-                   title: str = "precision-recall") -> str:
+def plot_pr_curves(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    label_names: Sequence[str],
+    path: str | Path,
+    title: str = "precision-recall",
+) -> str:
     """One precision-recall curve per label, its PR-AUC in the legend."""
     y_true, y_prob = _check(y_true, y_prob, label_names)
     figure = _figure(7, 5)
@@ -331,8 +368,12 @@ def plot_pr_curves(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence
         tp, fp = (c[0] for c in ranked.curves(np.ones((1, len(y_true)))))
         if tp[-1] == 0:
             continue
-        axes.plot(np.r_[0.0, tp / tp[-1]], np.r_[1.0, tp / (tp + fp)], drawstyle="steps-post",
-                  label=f"{name} (PR-AUC {pr_auc(y_true[:, j], y_prob[:, j]):.3f})")
+        axes.plot(
+            np.r_[0.0, tp / tp[-1]],
+            np.r_[1.0, tp / (tp + fp)],
+            drawstyle="steps-post",
+            label=f"{name} (PR-AUC {pr_auc(y_true[:, j], y_prob[:, j]):.3f})",
+        )
     axes.set_xlabel("recall")
     axes.set_ylabel("precision")
     axes.set_xlim(0, 1)
@@ -342,20 +383,35 @@ def plot_pr_curves(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence
     return _save(figure, path)
 
 
-def plot_confusion_matrices(y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping[str, float],
-                            label_names: Sequence[str], path: str | Path) -> str:
+def plot_confusion_matrices(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    thresholds: Mapping[str, float],
+    label_names: Sequence[str],
+    path: str | Path,
+) -> str:
     """A 2x2 confusion matrix per label at its threshold (rows: actual, columns: predicted)."""
     y_true, y_prob = _check(y_true, y_prob, label_names)
     figure = _figure(3.2 * len(label_names), 3.4)
     for j, name in enumerate(label_names):
         axes = figure.add_subplot(1, len(label_names), j + 1)
         actual, predicted = y_true[:, j] == 1, y_prob[:, j] >= thresholds[name]
-        matrix = np.array([[np.sum(~actual & ~predicted), np.sum(~actual & predicted)],
-                           [np.sum(actual & ~predicted), np.sum(actual & predicted)]])
+        matrix = np.array(
+            [
+                [np.sum(~actual & ~predicted), np.sum(~actual & predicted)],
+                [np.sum(actual & ~predicted), np.sum(actual & predicted)],
+            ]
+        )
         axes.imshow(matrix, cmap="Blues")
         for (r, c), count in np.ndenumerate(matrix):
-            axes.text(c, r, str(count), ha="center", va="center",
-                      color="white" if count > matrix.max() / 2 else "black")
+            axes.text(
+                c,
+                r,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > matrix.max() / 2 else "black",
+            )
         axes.set_xticks([0, 1], ["0", "1"])
         axes.set_yticks([0, 1], ["0", "1"])
         axes.set_xlabel("predicted")

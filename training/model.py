@@ -63,7 +63,9 @@ class ModelConfig:
             raise ValueError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
         unknown = sorted(set(self.categorical_features) - set(self.feature_spec.seq_features))
         if unknown:
-            raise ValueError(f"categorical features {unknown} are not sequence features of {self.feature_spec}")
+            raise ValueError(
+                f"categorical features {unknown} are not sequence features of {self.feature_spec}"
+            )
 
     @classmethod
     def from_settings(cls, spec: FeatureSpec, settings: Any) -> ModelConfig:
@@ -72,13 +74,25 @@ class ModelConfig:
         The sequence features named in :data:`CATEGORICAL_SEQUENCE_FEATURES` get embeddings sized
         from schemas/domain.yaml.
         """
-        fields = ("cell", "hidden_size", "num_layers", "tab_hidden_size", "head_hidden_size", "dropout", "feature_clip")
+        fields = (
+            "cell",
+            "hidden_size",
+            "num_layers",
+            "tab_hidden_size",
+            "head_hidden_size",
+            "dropout",
+            "feature_clip",
+        )
         categorical = {}
         if any(name in CATEGORICAL_SEQUENCE_FEATURES for name in spec.seq_features):
             sizes = domain_vocabulary_sizes()
             categorical = {name: sizes[name] for name in spec.seq_features if name in sizes}
-        return cls(spec, **{name: getattr(settings, name) for name in fields}, categorical_features=categorical,
-                   embedding_dim=getattr(settings, "categorical_embedding_dim", 8))
+        return cls(
+            spec,
+            **{name: getattr(settings, name) for name in fields},
+            categorical_features=categorical,
+            embedding_dim=getattr(settings, "categorical_embedding_dim", 8),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,23 +125,34 @@ class PreprocessingStats:
         seq, tab, labels = batch.seq.double(), batch.tab.double(), batch.labels.double()
         if self.vector.device != seq.device:
             self.vector = self.vector.to(seq.device)
-        steps = (torch.arange(seq.shape[1], device=seq.device)[None, :, None]
-                 < batch.seq_len.clamp(1, seq.shape[1])[:, None, None])
+        steps = (
+            torch.arange(seq.shape[1], device=seq.device)[None, :, None]
+            < batch.seq_len.clamp(1, seq.shape[1])[:, None, None]
+        )
         seq_ok = torch.isfinite(seq) & steps
         tab_ok = torch.isfinite(tab)
         seq0, tab0 = torch.where(seq_ok, seq, 0.0), torch.where(tab_ok, tab, 0.0)
-        delta = torch.cat([
-            seq_ok.sum((0, 1)), seq0.sum((0, 1)), (seq0 * seq0).sum((0, 1)),
-            tab_ok.sum(0), tab0.sum(0), (tab0 * tab0).sum(0),
-            labels.sum(0), torch.tensor([float(batch.n_rows)], dtype=torch.float64, device=seq.device),
-        ])
+        delta = torch.cat(
+            [
+                seq_ok.sum((0, 1)),
+                seq0.sum((0, 1)),
+                (seq0 * seq0).sum((0, 1)),
+                tab_ok.sum(0),
+                tab0.sum(0),
+                (tab0 * tab0).sum(0),
+                labels.sum(0),
+                torch.tensor([float(batch.n_rows)], dtype=torch.float64, device=seq.device),
+            ]
+        )
         self.vector += delta
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         self.vector = self.vector.cpu()
         s_n, s_sum, s_sq, t_n, t_sum, t_sq, _, _ = self._parts()
 
-        def finish(n: torch.Tensor, total: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def finish(
+            n: torch.Tensor, total: torch.Tensor, sq: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             n = n.clamp(min=1)
             mean = total / n
             std = (sq / n - mean * mean).clamp(min=0).sqrt()
@@ -140,7 +165,9 @@ class PreprocessingStats:
         self.vector = self.vector.cpu()
         positives, rows = self._parts()[6], self._parts()[7]
         negatives = rows - positives
-        weight = torch.where(positives > 0, negatives / positives.clamp(min=1), torch.full_like(positives, cap))
+        weight = torch.where(
+            positives > 0, negatives / positives.clamp(min=1), torch.full_like(positives, cap)
+        )
         return weight.clamp(max=cap).float()
 
     @property
@@ -163,14 +190,21 @@ class SequenceAnomalyModel(nn.Module):
         self.register_buffer("continuous_index", torch.tensor(continuous, dtype=torch.long), persistent=False)
         self.categorical_positions = categorical
         self.embeddings = nn.ModuleList(
-            nn.Embedding(config.categorical_features[spec.seq_features[i]], config.embedding_dim) for i in categorical)
+            nn.Embedding(config.categorical_features[spec.seq_features[i]], config.embedding_dim)
+            for i in categorical
+        )
         rnn_inputs = len(continuous) + len(categorical) * config.embedding_dim
         self.rnn = rnn_cls(
-            rnn_inputs, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            rnn_inputs,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.tab_mlp = nn.Sequential(
-            nn.Linear(spec.n_tab, config.tab_hidden_size), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(spec.n_tab, config.tab_hidden_size),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
         )
         self.head = nn.Sequential(
             nn.Linear(config.hidden_size + config.tab_hidden_size, config.head_hidden_size),
@@ -191,8 +225,13 @@ class SequenceAnomalyModel(nn.Module):
     def set_preprocessing(self, stats: PreprocessingStats, pos_weight_cap: float) -> None:
         seq_mean, seq_std, tab_mean, tab_std = stats.mean_std()
         with torch.no_grad():
-            for buffer, value in ((self.seq_mean, seq_mean), (self.seq_std, seq_std), (self.tab_mean, tab_mean),
-                                  (self.tab_std, tab_std), (self.pos_weight, stats.pos_weight(pos_weight_cap))):
+            for buffer, value in (
+                (self.seq_mean, seq_mean),
+                (self.seq_std, seq_std),
+                (self.tab_mean, tab_mean),
+                (self.tab_std, tab_std),
+                (self.pos_weight, stats.pos_weight(pos_weight_cap)),
+            ):
                 buffer.copy_(value)
 
     def _standardise(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -205,14 +244,18 @@ class SequenceAnomalyModel(nn.Module):
         """[B, T, F] raw -> [B, T, inputs]: continuous features standardised, categorical ones embedded."""
         if not len(self.embeddings):
             return self._standardise(seq, self.seq_mean, self.seq_std)
-        continuous = self._standardise(seq.index_select(2, self.continuous_index),
-                                       self.seq_mean.index_select(0, self.continuous_index),
-                                       self.seq_std.index_select(0, self.continuous_index))
+        continuous = self._standardise(
+            seq.index_select(2, self.continuous_index),
+            self.seq_mean.index_select(0, self.continuous_index),
+            self.seq_std.index_select(0, self.continuous_index),
+        )
         parts = [continuous]
         for j, embedding in enumerate(self.embeddings):
             raw = torch.nan_to_num(seq[:, :, self.categorical_positions[j]].float(), nan=0.0).round()
             index = raw.long()
-            index = torch.where((index >= 0) & (index < embedding.num_embeddings), index, torch.zeros_like(index))
+            index = torch.where(
+                (index >= 0) & (index < embedding.num_embeddings), index, torch.zeros_like(index)
+            )
             parts.append(embedding(index))
         return torch.cat(parts, dim=2)
 
@@ -254,7 +297,7 @@ class SequenceAnomalyModel(nn.Module):
     def load(cls, path: str | Path) -> SequenceAnomalyModel:
         """Load a model file written by :meth:`save`, or the model inside a training checkpoint."""
         payload = load_payload(path)
-        return cls.from_payload(payload["model"] if "model" in payload else payload)
+        return cls.from_payload(payload.get("model", payload))
 
 
 class ProbabilityModel(nn.Module):
@@ -269,8 +312,12 @@ class ProbabilityModel(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu",
-            autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels (numpy [N, L]) of ``model`` over ``batches``."""
     device = torch.device(device)
     was_training = model.training
@@ -279,7 +326,9 @@ def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device | s
     try:
         for batch in batches:
             batch = batch.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 logits = model(batch.seq, batch.seq_len, batch.tab)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch.labels.cpu().numpy())

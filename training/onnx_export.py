@@ -45,26 +45,33 @@ class OnnxParityError(TracelakeError, RuntimeError):
 
 
 def _inputs(arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(np.ascontiguousarray(arrays.seq, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(arrays.seq_len, dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(arrays.tab, dtype=np.float32)))
+    return (
+        torch.from_numpy(np.ascontiguousarray(arrays.seq, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(arrays.seq_len, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(arrays.tab, dtype=np.float32)),
+    )
 
 
 def onnx_feeds(arrays: Arrays) -> dict[str, np.ndarray]:
     """The ONNX Runtime input dict for rows in the data layout."""
-    return {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, _inputs(arrays))}
+    return {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, _inputs(arrays), strict=False)}
 
 
-def _export(wrapper: ProbabilityModel, sample: tuple[torch.Tensor, ...], path: Path, *, exporter: str,
-            opset: int) -> None:
+def _export(
+    wrapper: ProbabilityModel, sample: tuple[torch.Tensor, ...], path: Path, *, exporter: str, opset: int
+) -> None:
     common = {"input_names": list(INPUT_NAMES), "output_names": [OUTPUT_NAME], "opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and LSTM batch notes
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(
-                wrapper, sample, dynamo=True, verbose=False,
-                dynamic_shapes={"seq": {0: batch}, "seq_len": {0: batch}, "tab": {0: batch}}, **common,
+                wrapper,
+                sample,
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes={"seq": {0: batch}, "seq_len": {0: batch}, "tab": {0: batch}},
+                **common,
             )
             program.save(str(path))
         elif exporter == "torchscript":
@@ -81,21 +88,29 @@ def run_onnx(path: str | os.PathLike[str], arrays: Arrays, batch_size: int = 409
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    out = [session.run([OUTPUT_NAME], onnx_feeds(arrays.take(slice(start, start + batch_size))))[0]
-           for start in range(0, arrays.n_rows, batch_size)]
+    out = [
+        session.run([OUTPUT_NAME], onnx_feeds(arrays.take(slice(start, start + batch_size))))[0]
+        for start in range(0, arrays.n_rows, batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
 def torch_probabilities(model: SequenceAnomalyModel, arrays: Arrays, batch_size: int = 4096) -> np.ndarray:
     wrapper = ProbabilityModel(model).eval()
-    out = [wrapper(*_inputs(arrays.take(slice(start, start + batch_size)))).numpy()
-           for start in range(0, arrays.n_rows, batch_size)]
+    out = [
+        wrapper(*_inputs(arrays.take(slice(start, start + batch_size)))).numpy()
+        for start in range(0, arrays.n_rows, batch_size)
+    ]
     return np.concatenate(out)
 
 
-def parity(path: str | os.PathLike[str], model: SequenceAnomalyModel, arrays: Arrays,
-           batch_sizes: tuple[int, ...] = ()) -> float:
+def parity(
+    path: str | os.PathLike[str],
+    model: SequenceAnomalyModel,
+    arrays: Arrays,
+    batch_sizes: tuple[int, ...] = (),
+) -> float:
     """Max |ONNX - torch| over all rows, fed at each of ``batch_sizes`` (default: all rows at once)."""
     worst = 0.0
     for batch_size in batch_sizes or (max(1, arrays.n_rows),):
@@ -109,8 +124,11 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {prop.key[len(METADATA_PREFIX):]: json.loads(prop.value)
-            for prop in model.metadata_props if prop.key.startswith(METADATA_PREFIX)}
+    return {
+        prop.key[len(METADATA_PREFIX) :]: json.loads(prop.value)
+        for prop in model.metadata_props
+        if prop.key.startswith(METADATA_PREFIX)
+    }
 
 
 def export_onnx(
@@ -136,11 +154,15 @@ def export_onnx(
     if rows.n_rows == 0:
         raise ValueError("the parity check needs at least one real row")
     if not 0 < tolerance <= MAX_PARITY_TOLERANCE:
-        raise ValueError(f"parity tolerance {tolerance:g} must lie in (0, {MAX_PARITY_TOLERANCE:g}]; "
-                         "a looser check would register models that score differently from torch")
+        raise ValueError(
+            f"parity tolerance {tolerance:g} must lie in (0, {MAX_PARITY_TOLERANCE:g}]; "
+            "a looser check would register models that score differently from torch"
+        )
     spec = model.feature_spec
     if thresholds is not None and set(thresholds) != set(spec.label_names):
-        raise ValueError(f"thresholds {sorted(thresholds)} must name exactly the labels {list(spec.label_names)}")
+        raise ValueError(
+            f"thresholds {sorted(thresholds)} must name exactly the labels {list(spec.label_names)}"
+        )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

@@ -69,19 +69,29 @@ def _squash(ratio: Column) -> Column:
 
 def _jump(limit_kmh: float, air_kmh: float | None) -> _Rule:
     def rule() -> Column:
-        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        limit = (
+            F.lit(limit_kmh)
+            if air_kmh is None
+            else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        )
         moved = 1.0 - _is("same_location")
         return _squash(_speed_kmh("speed_log") * moved / limit)
+
     return rule
 
 
 def _dup(limit_kmh: float, same_tier_only: bool, air_kmh: float | None) -> _Rule:
     def rule() -> Column:
-        limit = F.lit(limit_kmh) if air_kmh is None else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        limit = (
+            F.lit(limit_kmh)
+            if air_kmh is None
+            else F.when(_is("air_lane") > 0, F.lit(air_kmh)).otherwise(limit_kmh)
+        )
         moved = (1.0 - _is("same_location")) * _is("has_prev")
         if same_tier_only:
             moved = moved * F.when(_col("tier_change") == 0, F.lit(1.0)).otherwise(F.lit(0.0))
         return _squash(_speed_kmh("speed_log") * moved / limit)
+
     return rule
 
 
@@ -92,6 +102,7 @@ def _loc(skip_allowed: int, returns_exempt: bool) -> _Rule:
         skipped = F.greatest(change - F.lit(float(skip_allowed)), F.lit(0.0))
         score = _squash(backward + skipped)
         return score * (1.0 - _is("is_return")) if returns_exempt else score
+
     return rule
 
 
@@ -103,21 +114,32 @@ def _order(use_inbound_after_outbound: bool, use_prev_inbound: bool) -> _Rule:
         score = outbound_alone
         if use_inbound_after_outbound:
             # prev scan at this place was its Outbound, and this is the Inbound: the pair is swapped.
-            swapped = _is("is_inbound") * _is("same_location") * F.when(
-                _col("prev_event_type_idx").isin(*_outbound_indexes()), F.lit(1.0)).otherwise(F.lit(0.0))
+            swapped = (
+                _is("is_inbound")
+                * _is("same_location")
+                * F.when(_col("prev_event_type_idx").isin(*_outbound_indexes()), F.lit(1.0)).otherwise(
+                    F.lit(0.0)
+                )
+            )
             score = F.greatest(score, swapped)
         return score
+
     return rule
 
 
 def _fake(use_serial: bool, use_manufacture: bool) -> _Rule:
     def rule() -> Column:
-        checks = [1.0 - _is("epc_format_valid"), 1.0 - _is("epc_company_known"), 1.0 - _is("epc_product_known")]
+        checks = [
+            1.0 - _is("epc_format_valid"),
+            1.0 - _is("epc_company_known"),
+            1.0 - _is("epc_product_known"),
+        ]
         if use_manufacture:
             checks.append(1.0 - _is("epc_manufacture_date_valid"))
         if use_serial:
             checks.append(F.when(F.col("serial_issued") == 0, F.lit(1.0)).otherwise(F.lit(0.0)))
         return F.greatest(*checks)
+
     return rule
 
 
@@ -147,7 +169,9 @@ VARIANTS: dict[str, dict[str, _Rule]] = {
     "evt_order_err": {
         "outbound_without_inbound": _order(use_inbound_after_outbound=False, use_prev_inbound=False),
         "plus_inbound_after_outbound": _order(use_inbound_after_outbound=True, use_prev_inbound=False),
-        "plus_inbound_after_outbound_prev_inbound": _order(use_inbound_after_outbound=True, use_prev_inbound=True),
+        "plus_inbound_after_outbound_prev_inbound": _order(
+            use_inbound_after_outbound=True, use_prev_inbound=True
+        ),
     },
     "jump": {
         "faster_than_200": _jump(200.0, air_kmh=None),
@@ -163,8 +187,14 @@ def variant_column(label: str, variant: str) -> str:
 
 def all_variant_scores(features: DataFrame, labels: Sequence[str]) -> DataFrame:
     """``features`` plus one score column per (label, variant) (:func:`variant_column`)."""
-    return features.select("*", *[_unit(rule()).alias(variant_column(label, name))
-                                  for label in labels for name, rule in VARIANTS[label].items()])
+    return features.select(
+        "*",
+        *[
+            _unit(rule()).alias(variant_column(label, name))
+            for label in labels
+            for name, rule in VARIANTS[label].items()
+        ],
+    )
 
 
 @dataclass(frozen=True)
@@ -181,40 +211,69 @@ class RulesDetector:
 
     def scores(self, features: DataFrame, prefix: str = "p_") -> DataFrame:
         """``features`` plus one ``<prefix><label>`` score column per label, in [0, 1]."""
-        return features.select("*", *[_unit(VARIANTS[label][variant]()).alias(f"{prefix}{label}")
-                                      for label, variant in self.variants.items()])
+        return features.select(
+            "*",
+            *[
+                _unit(VARIANTS[label][variant]()).alias(f"{prefix}{label}")
+                for label, variant in self.variants.items()
+            ],
+        )
 
     def labels_and_scores(self, rows: DataFrame, group_column: str | None = None) -> tuple[Any, Any, Any]:
         """(labels [N, L], scores [N, L], ``group_column``'s values or None) of ``rows``, on the driver."""
         import numpy as np
 
         labels = self.labels
-        local = self.scores(rows).select(*([group_column] if group_column else []), *labels,
-                                         *[f"p_{label}" for label in labels]).toPandas()
+        local = (
+            self.scores(rows)
+            .select(*([group_column] if group_column else []), *labels, *[f"p_{label}" for label in labels])
+            .toPandas()
+        )
         y = local[labels].to_numpy(dtype=np.float64).reshape(-1, len(labels))
         p = local[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64).reshape(-1, len(labels))
         return y, p, (local[group_column].to_numpy() if group_column else None)
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "variants": dict(self.variants), "thresholds": dict(self.thresholds),
-                           "tuning": dict(self.tuning)}, indent=2, sort_keys=True)
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "variants": dict(self.variants),
+                "thresholds": dict(self.thresholds),
+                "tuning": dict(self.tuning),
+            },
+            indent=2,
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> RulesDetector:
         data = json.loads(text)
         if data.get("format") != FORMAT:
-            raise ValueError(f"not a rules detector document (format {data.get('format')!r}, expected {FORMAT!r})")
+            raise ValueError(
+                f"not a rules detector document (format {data.get('format')!r}, expected {FORMAT!r})"
+            )
         unknown = {label: v for label, v in data["variants"].items() if v not in VARIANTS.get(label, {})}
         if unknown:
-            raise ValueError(f"rules detector names unknown rule variants {unknown}; this code knows "
-                             f"{ {label: list(v) for label, v in VARIANTS.items()} }")
-        return cls(dict(data["variants"]), {k: float(v) for k, v in data["thresholds"].items()},
-                   dict(data.get("tuning", {})))
+            raise ValueError(
+                f"rules detector names unknown rule variants {unknown}; this code knows "
+                f"{ {label: list(v) for label, v in VARIANTS.items()} }"
+            )
+        return cls(
+            dict(data["variants"]),
+            {k: float(v) for k, v in data["thresholds"].items()},
+            dict(data.get("tuning", {})),
+        )
 
 
-def tune(train_validation: DataFrame, labels: Sequence[str], *, pr_auc: Callable[[Any, Any], float],
-         choose_threshold: Callable[[Any, Any], float], split_column: str = "split",
-         validation: str = "validation") -> RulesDetector:
+def tune(
+    train_validation: DataFrame,
+    labels: Sequence[str],
+    *,
+    pr_auc: Callable[[Any, Any], float],
+    choose_threshold: Callable[[Any, Any], float],
+    split_column: str = "split",
+    validation: str = "validation",
+) -> RulesDetector:
     """Pick each label's variant by PR-AUC on the train and validation rows and its threshold by F1 on validation.
 
     ``pr_auc(y, score)`` and ``choose_threshold(y, score)`` are the metric functions the
@@ -230,8 +289,10 @@ def tune(train_validation: DataFrame, labels: Sequence[str], *, pr_auc: Callable
     variants, thresholds, tuning = {}, {}, {}
     for label in labels:
         y = local[label].to_numpy(dtype=np.float64)
-        ranked = {name: pr_auc(y, local[variant_column(label, name)].to_numpy(dtype=np.float64))
-                  for name in VARIANTS[label]}
+        ranked = {
+            name: pr_auc(y, local[variant_column(label, name)].to_numpy(dtype=np.float64))
+            for name in VARIANTS[label]
+        }
         finite = {name: value for name, value in ranked.items() if math.isfinite(value)}
         best = max(finite, key=lambda n: finite[n]) if finite else next(iter(VARIANTS[label]))
         variants[label] = best

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,9 @@ def model_columns(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """The model's columns in layout order: tabular features as float, seq, seq_len as int, labels as int."""
     missing = [c for c in spec.columns if c not in df.columns]
     if missing:
-        raise SparkDataError(f"the training set lacks column(s) {missing}; rebuild it with `tracelake training-set`")
+        raise SparkDataError(
+            f"the training set lacks column(s) {missing}; rebuild it with `tracelake training-set`"
+        )
     return df.select(
         *[F.col(name).cast("float").alias(name) for name in spec.tab_features],
         F.col(SEQ_COLUMN).cast("array<float>").alias(SEQ_COLUMN),
@@ -62,7 +64,10 @@ def model_columns(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 
 def split_counts(df: DataFrame) -> dict[str, int]:
     """Rows per split (every split of training.data.SPLITS present, 0 when absent)."""
-    counts = {row[SPLIT_COLUMN]: int(row["n"]) for row in df.groupBy(SPLIT_COLUMN).agg(F.count("*").alias("n")).collect()}
+    counts = {
+        row[SPLIT_COLUMN]: int(row["n"])
+        for row in df.groupBy(SPLIT_COLUMN).agg(F.count("*").alias("n")).collect()
+    }
     return {split: counts.get(split, 0) for split in SPLITS}
 
 
@@ -83,7 +88,11 @@ def cache_url(lake_root: str | Path, run_id: str, configured: str | None = None)
     if configured:
         return f"{configured.rstrip('/')}/{run_id}"
     folder = storage.join(str(lake_root), CACHE_DIR, run_id)
-    return storage.local_path(folder).resolve().as_uri() if storage.is_local(folder) else storage.spark_uri(folder)
+    return (
+        storage.local_path(folder).resolve().as_uri()
+        if storage.is_local(folder)
+        else storage.spark_uri(folder)
+    )
 
 
 def _remove(url: str) -> None:
@@ -116,16 +125,16 @@ def spark_converters(
             part = model_columns(df.where(F.col(SPLIT_COLUMN) == split), spec)
             converter = make_spark_converter(part, parquet_row_group_size_bytes=row_group_bytes)
             if len(converter) == 0:
-                raise SparkDataError(f"split {split!r} of the training set has no rows; the training set needs "
-                                     f"rows in each of {list(splits)} (check the training_set split settings)")
+                raise SparkDataError(
+                    f"split {split!r} of the training set has no rows; the training set needs "
+                    f"rows in each of {list(splits)} (check the training_set split settings)"
+                )
             converted[split] = Converted(converter, len(converter))
         yield converted
     finally:
         for item in converted.values():
-            try:
+            with suppress(Exception):
                 item.converter.delete()
-            except Exception:  # noqa: BLE001 - the folder is removed below anyway
-                pass
         _remove(cache_dir_url)
         if previous is None:
             spark.conf.unset(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF)
@@ -135,9 +144,11 @@ def spark_converters(
 
 def petastorm_data_config(converted: Mapping[str, Converted]) -> dict[str, Any]:
     """The ``data`` entry of the train function's config for these converters."""
-    return {"kind": "petastorm",
-            "urls": {split: item.file_urls for split, item in converted.items()},
-            "rows": {split: item.rows for split, item in converted.items()}}
+    return {
+        "kind": "petastorm",
+        "urls": {split: item.file_urls for split, item in converted.items()},
+        "rows": {split: item.rows for split, item in converted.items()},
+    }
 
 
 def read_converted(item: Converted, spec: FeatureSpec, limit: int | None = None) -> Arrays:

@@ -81,8 +81,9 @@ def _mix(*values: int) -> int:
     return 1 + state % (_M31 - 1)
 
 
-def epoch_permutation(n_rows: int, seed: int, epoch: int, window: int = 0,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def epoch_permutation(
+    n_rows: int, seed: int, epoch: int, window: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """A permutation of ``range(n_rows)`` (int64, on ``device``), a pure function of its arguments.
 
     Keys are a few rounds of multiply-mod-prime and xor-shift over the row index (all products
@@ -110,16 +111,21 @@ def parquet_files(path: str | os.PathLike[str] | Sequence[str]) -> list[str]:
             return [location]
         if not storage.is_dir(location):
             raise DataError(f"training data {location!r} does not exist; write the training set first")
-        files = [f for f in storage.list_files(location, ".parquet")
-                 if not any(part.startswith((".", "_")) for part in f[len(location):].split("/"))]
+        files = [
+            f
+            for f in storage.list_files(location, ".parquet")
+            if not any(part.startswith((".", "_")) for part in f[len(location) :].split("/"))
+        ]
         if not files:
             raise DataError(f"training data folder {location!r} holds no parquet files")
         return files
     files = [_local_path(f) for f in path]
     absent = [f for f in files if not storage.is_file(f)]
     if not files or absent:
-        raise DataError(f"training data file(s) {absent[:3] or '(none listed)'} do not exist; "
-                        "the training set's snapshot changed or was vacuumed: rebuild it")
+        raise DataError(
+            f"training data file(s) {absent[:3] or '(none listed)'} do not exist; "
+            "the training set's snapshot changed or was vacuumed: rebuild it"
+        )
     return files
 
 
@@ -138,8 +144,10 @@ def delta_snapshot_files(table_uri: str, version: int | None = None) -> list[str
     try:
         from deltalake import DeltaTable
     except ImportError as exc:  # the GPU hosts may lack it: pass the file list instead
-        raise DataError("reading a Delta snapshot without Spark needs the 'deltalake' package; install it or "
-                        "pass the snapshot's file list ({'kind': 'parquet', 'files': [...]})") from exc
+        raise DataError(
+            "reading a Delta snapshot without Spark needs the 'deltalake' package; install it or "
+            "pass the snapshot's file list ({'kind': 'parquet', 'files': [...]})"
+        ) from exc
     options = None if storage.is_local(table_uri) else storage.delta_rs_options()
     table = DeltaTable(storage.arrow_uri(table_uri), version=version, storage_options=options)
     configured = str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower()
@@ -148,9 +156,11 @@ def delta_snapshot_files(table_uri: str, version: int | None = None) -> list[str
         vectors = table.deletion_vectors()
         has_vectors = (vectors.read_all().num_rows if hasattr(vectors, "read_all") else len(vectors)) > 0
     if has_vectors:
-        raise DataError(f"Delta table {table_uri} (version {table.version()}) has deletion vectors; its Parquet "
-                        "files cannot be read without Delta. Disable them (ALTER TABLE ... SET TBLPROPERTIES "
-                        "('delta.enableDeletionVectors' = false)) and rewrite the table")
+        raise DataError(
+            f"Delta table {table_uri} (version {table.version()}) has deletion vectors; its Parquet "
+            "files cannot be read without Delta. Disable them (ALTER TABLE ... SET TBLPROPERTIES "
+            "('delta.enableDeletionVectors' = false)) and rewrite the table"
+        )
     return sorted(table.file_uris())
 
 
@@ -168,8 +178,10 @@ def _row_group_split_counts(parquet: pq.ParquetFile, index: int, file: str) -> d
     meta = parquet.metadata.row_group(index)
     column = parquet.schema_arrow.get_field_index(SPLIT_COLUMN)
     if column < 0:
-        raise DataError(f"training data file {file!r} lacks the {SPLIT_COLUMN!r} column; it is not a training set "
-                        "in the layout of training/data.py (a table partitioned by split is not either)")
+        raise DataError(
+            f"training data file {file!r} lacks the {SPLIT_COLUMN!r} column; it is not a training set "
+            "in the layout of training/data.py (a table partitioned by split is not either)"
+        )
     stats = meta.column(column).statistics
     if stats is not None and stats.has_min_max and stats.null_count == 0 and stats.min == stats.max:
         value = stats.min.decode() if isinstance(stats.min, bytes) else str(stats.min)
@@ -184,8 +196,12 @@ def row_groups(files: Sequence[str], threads: int = 2) -> list[RowGroup]:
 
     def one_file(file: str) -> list[RowGroup]:
         parquet = open_parquet(file)
-        return [RowGroup(file, i, parquet.metadata.row_group(i).num_rows, _row_group_split_counts(parquet, i, file))
-                for i in range(parquet.metadata.num_row_groups)]
+        return [
+            RowGroup(
+                file, i, parquet.metadata.row_group(i).num_rows, _row_group_split_counts(parquet, i, file)
+            )
+            for i in range(parquet.metadata.num_row_groups)
+        ]
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return [group for groups in pool.map(one_file, files) for group in groups]
@@ -234,11 +250,17 @@ class Staged:
         return int(self.seq_len.shape[0])
 
     def rows(self, start: int, stop: int) -> Batch:
-        return Batch(self.seq[start:stop], self.seq_len[start:stop], self.tab[start:stop], self.labels[start:stop])
+        return Batch(
+            self.seq[start:stop], self.seq_len[start:stop], self.tab[start:stop], self.labels[start:stop]
+        )
 
     def gather(self, index: torch.Tensor) -> Batch:
-        return Batch(self.seq.index_select(0, index), self.seq_len.index_select(0, index),
-                     self.tab.index_select(0, index), self.labels.index_select(0, index))
+        return Batch(
+            self.seq.index_select(0, index),
+            self.seq_len.index_select(0, index),
+            self.tab.index_select(0, index),
+            self.labels.index_select(0, index),
+        )
 
 
 def _row_bytes(spec: FeatureSpec) -> int:
@@ -308,8 +330,10 @@ class StagedSource(DataSource):
         """This rank's rows ``[lo, hi)`` of ``split`` (disjoint across ranks, covering the split)."""
         total = self.split_rows(split)
         if total == 0:
-            raise DataError(f"split {split!r} of {len(self.files)} file(s) from {self.files[0]!r} has no rows; "
-                            f"the training set needs all of {SPLITS}")
+            raise DataError(
+                f"split {split!r} of {len(self.files)} file(s) from {self.files[0]!r} has no rows; "
+                f"the training set needs all of {SPLITS}"
+            )
         return rank_block(total, self.rank, self.world_size)
 
     def _rows_per_rank(self) -> int:
@@ -329,8 +353,9 @@ class StagedSource(DataSource):
         choice = self.requested_placement
         if choice != "auto":
             return "device" if choice == "host" and self.device.type == "cpu" else choice
-        needed = sum(math.ceil(self.split_rows(s) / self.world_size) for s in (TRAIN, VALIDATION)) * \
-            _row_bytes(self.spec)
+        needed = sum(
+            math.ceil(self.split_rows(s) / self.world_size) for s in (TRAIN, VALIDATION)
+        ) * _row_bytes(self.spec)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if needed <= self.device_memory_fraction * free:
@@ -345,7 +370,9 @@ class StagedSource(DataSource):
     def _read_piece(self, piece: Piece, split: str) -> Batch:
         """One row-group piece decoded to CPU tensors (float32, int64)."""
         group = piece.group
-        table = open_parquet(group.file).read_row_group(group.index, columns=[*self.spec.columns, SPLIT_COLUMN])
+        table = open_parquet(group.file).read_row_group(
+            group.index, columns=[*self.spec.columns, SPLIT_COLUMN]
+        )
         if len(group.split_rows) > 1 or split not in group.split_rows:
             table = table.filter(pc.equal(table[SPLIT_COLUMN], pa.scalar(split)))
         table = table.slice(piece.start, piece.stop - piece.start)
@@ -379,17 +406,23 @@ class StagedSource(DataSource):
         def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=target, pin_memory=pin)
 
-        staged = Staged(empty(n, spec.seq_len, spec.n_seq), empty(n, dtype=torch.int64), empty(n, spec.n_tab),
-                        empty(n, spec.n_labels))
+        staged = Staged(
+            empty(n, spec.seq_len, spec.n_seq),
+            empty(n, dtype=torch.int64),
+            empty(n, spec.n_tab),
+            empty(n, spec.n_labels),
+        )
         at = 0
         for part in self._pieces(split, block_pieces(self.groups, split, lo, hi)):
             m = part.n_rows
-            for dest, src in zip((staged.seq, staged.seq_len, staged.tab, staged.labels), part):
+            for dest, src in zip((staged.seq, staged.seq_len, staged.tab, staged.labels), part, strict=False):
                 dest[at : at + m].copy_(src)
             at += m
         if at != n:
-            raise DataError(f"split {split!r}: read {at} rows of this rank's block of {n}; the files changed "
-                            "while they were read")
+            raise DataError(
+                f"split {split!r}: read {at} rows of this rank's block of {n}; the files changed "
+                "while they were read"
+            )
         self._staged[split] = staged
         return staged
 
@@ -419,9 +452,17 @@ class StagedSource(DataSource):
         if not self._buffers:
             b, spec = self.batch_size, self.spec
             for _ in range(2):
-                buffer = Staged(*(torch.empty(shape, dtype=dtype, pin_memory=True) for shape, dtype in (
-                    ((b, spec.seq_len, spec.n_seq), torch.float32), ((b,), torch.int64),
-                    ((b, spec.n_tab), torch.float32), ((b, spec.n_labels), torch.float32))))
+                buffer = Staged(
+                    *(
+                        torch.empty(shape, dtype=dtype, pin_memory=True)
+                        for shape, dtype in (
+                            ((b, spec.seq_len, spec.n_seq), torch.float32),
+                            ((b,), torch.int64),
+                            ((b, spec.n_tab), torch.float32),
+                            ((b, spec.n_labels), torch.float32),
+                        )
+                    )
+                )
                 self._buffers.append((buffer, None))
         for number, start in enumerate(starts):
             slot = number % 2
@@ -431,8 +472,11 @@ class StagedSource(DataSource):
             index = order[start : start + self.batch_size]
             m = int(index.shape[0])
             parts = []
-            for dest, src in zip((buffer.seq, buffer.seq_len, buffer.tab, buffer.labels),
-                                 (staged.seq, staged.seq_len, staged.tab, staged.labels)):
+            for dest, src in zip(
+                (buffer.seq, buffer.seq_len, buffer.tab, buffer.labels),
+                (staged.seq, staged.seq_len, staged.tab, staged.labels),
+                strict=False,
+            ):
                 torch.index_select(src, 0, index, out=dest[:m])
                 parts.append(dest[:m].to(self.device, non_blocking=True))
             event = torch.cuda.Event()
@@ -456,7 +500,7 @@ class StagedSource(DataSource):
                 else:
                     carried.append(part)
                     held += part.n_rows
-            pool = Staged(*(torch.cat(column) for column in zip(*carried)))
+            pool = Staged(*(torch.cat(column) for column in zip(*carried, strict=False)))
             order = epoch_permutation(pool.n_rows, self.seed, epoch, window)
             if exhausted and pad > 0:
                 order = torch.cat([order, order[:pad]])
@@ -485,13 +529,15 @@ class StagedSource(DataSource):
                 pending.append(part)
                 count += part.n_rows
                 if count >= batch_size:
-                    pool = Staged(*(torch.cat(column) for column in zip(*pending)))
+                    pool = Staged(*(torch.cat(column) for column in zip(*pending, strict=False)))
                     full = count // batch_size * batch_size
                     for start in range(0, full, batch_size):
                         yield self._pinned(pool.rows(start, start + batch_size))
                     pending, count = ([pool.rows(full, count)] if full < count else []), count - full
             if count:
-                yield self._pinned(Staged(*(torch.cat(column) for column in zip(*pending))).rows(0, count))
+                yield self._pinned(
+                    Staged(*(torch.cat(column) for column in zip(*pending, strict=False))).rows(0, count)
+                )
             return
         staged = self._stage(split)
         for start in range(0, staged.n_rows, batch_size):

@@ -96,10 +96,26 @@ GRAPH_WARMUP_STEPS = 3
 
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = {
-    "log_every_steps", "checkpoint_every_steps", "torch_threads", "loader_workers", "eval_batch_size",
-    "data_placement", "device_memory_fraction", "host_memory_fraction", "stream_reader_threads", "cuda_graph", "compile",
-    "num_processes", "local_mode", "max_nonfinite_steps", "bootstrap_samples", "ci_level",
-    "onnx_parity_tolerance", "onnx_opset", "onnx_exporter", "threshold_rule",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "torch_threads",
+    "loader_workers",
+    "eval_batch_size",
+    "data_placement",
+    "device_memory_fraction",
+    "host_memory_fraction",
+    "stream_reader_threads",
+    "cuda_graph",
+    "compile",
+    "num_processes",
+    "local_mode",
+    "max_nonfinite_steps",
+    "bootstrap_samples",
+    "ci_level",
+    "onnx_parity_tolerance",
+    "onnx_opset",
+    "onnx_exporter",
+    "threshold_rule",
 }
 
 
@@ -141,9 +157,16 @@ def make_train_config(
     run_id: str = "",
 ) -> dict[str, Any]:
     """The JSON-serialisable config dict for :func:`train_fn`."""
-    job = TrainJob(training=settings, feature_spec=feature_spec.to_dict(), data=dict(data),
-                   output_dir=str(output_dir), resume=resume, max_steps=max_steps, run_id=run_id,
-                   object_store=dataclasses.asdict(storage.current()))
+    job = TrainJob(
+        training=settings,
+        feature_spec=feature_spec.to_dict(),
+        data=dict(data),
+        output_dir=str(output_dir),
+        resume=resume,
+        max_steps=max_steps,
+        run_id=run_id,
+        object_store=dataclasses.asdict(storage.current()),
+    )
     return job.model_dump(mode="json")
 
 
@@ -213,12 +236,18 @@ def scaled_learning_rate(settings: TrainingSettings, world_size: int) -> float:
     return settings.learning_rate * factor
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings, total_steps: int,
-                   max_lr: float | None = None) -> Any:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    settings: TrainingSettings,
+    total_steps: int,
+    max_lr: float | None = None,
+) -> Any:
     warmup = int(settings.warmup_fraction * total_steps)
     if settings.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr or settings.learning_rate, total_steps=max(total_steps, 2),
+            optimizer,
+            max_lr=max_lr or settings.learning_rate,
+            total_steps=max(total_steps, 2),
             pct_start=max(settings.warmup_fraction, 1.0 / max(total_steps, 2)),
         )
 
@@ -280,9 +309,13 @@ class _Collective:
 
 def _check_resumable(saved: dict[str, Any], job: TrainJob) -> None:
     if saved["feature_spec"] != job.feature_spec:
-        raise CheckpointError("the checkpoint was trained on other features; resume needs the same feature_spec")
+        raise CheckpointError(
+            "the checkpoint was trained on other features; resume needs the same feature_spec"
+        )
     now = job.training.model_dump(mode="json")
-    changed = sorted(k for k, v in saved["training"].items() if now.get(k) != v and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k for k, v in saved["training"].items() if now.get(k) != v and k not in RESUMABLE_CHANGES
+    )
     if changed:
         raise CheckpointError(
             "cannot resume: these training settings differ from the checkpoint's: "
@@ -294,8 +327,14 @@ def _check_resumable(saved: dict[str, Any], job: TrainJob) -> None:
 class Trainer:
     """One process's share of a training run. Use through :func:`train_fn`."""
 
-    def __init__(self, job: TrainJob, env: DistEnv, device: torch.device, log: JobLogger,
-                 on_epoch_end: EpochCallback | None = None):
+    def __init__(
+        self,
+        job: TrainJob,
+        env: DistEnv,
+        device: torch.device,
+        log: JobLogger,
+        on_epoch_end: EpochCallback | None = None,
+    ):
         self.job, self.env, self.device, self.log = job, env, device, log
         self.on_epoch_end = on_epoch_end
         self.settings = job.training
@@ -316,12 +355,19 @@ class Trainer:
         seed_everything(settings.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         self.model = SequenceAnomalyModel(ModelConfig.from_settings(self.spec, settings))
         self.source: DataSource = data_module.make_source(
-            self.job.data, self.spec, rank=env.rank, world_size=env.world_size,
-            batch_size=settings.batch_size, seed=settings.seed,
-            loader_workers=settings.loader_workers, shuffle_buffer_rows=settings.shuffle_buffer_rows,
-            placement=settings.data_placement, device=self.device,
+            self.job.data,
+            self.spec,
+            rank=env.rank,
+            world_size=env.world_size,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            loader_workers=settings.loader_workers,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows,
+            placement=settings.data_placement,
+            device=self.device,
             device_memory_fraction=settings.device_memory_fraction,
-            host_memory_fraction=settings.host_memory_fraction, reader_threads=settings.stream_reader_threads,
+            host_memory_fraction=settings.host_memory_fraction,
+            reader_threads=settings.stream_reader_threads,
         )
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.total_steps = settings.epochs * self.steps_per_epoch
@@ -335,17 +381,22 @@ class Trainer:
         self.model.to(self.device)
         # Fused on CUDA: one kernel for all parameters, and a skipped step (found_inf) without a host sync.
         # A captured step reads the learning rate from a device tensor the scheduler fills in place.
-        self.use_graph = (settings.cuda_graph and self.device.type == "cuda" and env.world_size == 1
-                          and settings.lr_schedule != "onecycle"  # onecycle also moves betas: not capturable
-                          and not settings.compile)
+        self.use_graph = (
+            settings.cuda_graph
+            and self.device.type == "cuda"
+            and env.world_size == 1
+            and settings.lr_schedule != "onecycle"  # onecycle also moves betas: not capturable
+            and not settings.compile
+        )
         variant: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         self.learning_rate = scaled_learning_rate(settings, env.world_size)
         lr: Any = self.learning_rate
         if self.use_graph:
             variant["capturable"] = True
             lr = torch.tensor(self.learning_rate, dtype=torch.float32, device=self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=settings.weight_decay,
-                                           **variant)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=lr, weight_decay=settings.weight_decay, **variant
+        )
         self.scheduler = make_scheduler(self.optimizer, settings, self.total_steps, self.learning_rate)
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -353,10 +404,15 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
             self.scheduler.load_state_dict(checkpoint["scheduler"])
-            if self.use_graph:  # as a fresh run has them: float32 on the device (the lr is computed from them)
-                self.scheduler.base_lrs = [torch.tensor(float(v), dtype=torch.float32, device=self.device)
-                                           if not isinstance(v, torch.Tensor) else v.to(self.device)
-                                           for v in self.scheduler.base_lrs]
+            if (
+                self.use_graph
+            ):  # as a fresh run has them: float32 on the device (the lr is computed from them)
+                self.scheduler.base_lrs = [
+                    torch.tensor(float(v), dtype=torch.float32, device=self.device)
+                    if not isinstance(v, torch.Tensor)
+                    else v.to(self.device)
+                    for v in self.scheduler.base_lrs
+                ]
             self.state = TrainState.from_dict(checkpoint["state"])
             self.resumed_from = self.state.global_step
             if checkpoint["world_size"] == env.world_size:
@@ -364,7 +420,9 @@ class Trainer:
             else:
                 self.log.warning(
                     "resuming with another number of processes: data shards and random streams differ "
-                    "from the interrupted run", extra={"saved_world_size": checkpoint["world_size"]})
+                    "from the interrupted run",
+                    extra={"saved_world_size": checkpoint["world_size"]},
+                )
                 torch.manual_seed(settings.seed + 7919 * (env.rank + 1) + self.state.global_step)
         else:
             # Dropout streams differ per rank but are fixed by (seed, rank).
@@ -372,7 +430,8 @@ class Trainer:
         self.net: nn.Module = self.model
         if env.world_size > 1:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if settings.compile:  # evaluation keeps the eager model: its batch sizes vary
             self.net = torch.compile(self.net)
         self.loss_fn = self.model.loss_fn()
@@ -382,7 +441,8 @@ class Trainer:
         self.static_loss: torch.Tensor | None = None
         self.acc_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.acc_ok_steps, self.acc_bad_total, self.acc_in_row, self.acc_max_in_row = (
-            torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(4))
+            torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(4)
+        )
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:
@@ -401,16 +461,33 @@ class Trainer:
     def _fold(self) -> None:
         """Read the device-side sums into the loop state (one host sync); abort after too many bad steps."""
         state = self.state
-        values = torch.stack([self.acc_loss_sum, self.acc_ok_steps.double(), self.acc_bad_total.double(),
-                              self.acc_in_row.double(), self.acc_max_in_row.double()]).tolist()
+        values = torch.stack(
+            [
+                self.acc_loss_sum,
+                self.acc_ok_steps.double(),
+                self.acc_bad_total.double(),
+                self.acc_in_row.double(),
+                self.acc_max_in_row.double(),
+            ]
+        ).tolist()
         state.epoch_loss_sum, state.epoch_loss_steps = values[0], int(values[1])
-        state.nonfinite_total, state.nonfinite_in_row, max_in_row = int(values[2]), int(values[3]), int(values[4])
+        state.nonfinite_total, state.nonfinite_in_row, max_in_row = (
+            int(values[2]),
+            int(values[3]),
+            int(values[4]),
+        )
         self.acc_max_in_row.copy_(self.acc_in_row)
         if state.nonfinite_total > self._reported_bad:
-            self.log.warning("non-finite loss or gradient: steps skipped", extra={
-                "global_step": state.global_step, "epoch": state.epoch,
-                "skipped_since_last_report": state.nonfinite_total - self._reported_bad,
-                "in_a_row": state.nonfinite_in_row, "total": state.nonfinite_total})
+            self.log.warning(
+                "non-finite loss or gradient: steps skipped",
+                extra={
+                    "global_step": state.global_step,
+                    "epoch": state.epoch,
+                    "skipped_since_last_report": state.nonfinite_total - self._reported_bad,
+                    "in_a_row": state.nonfinite_in_row,
+                    "total": state.nonfinite_total,
+                },
+            )
             self._reported_bad = state.nonfinite_total
         if max_in_row >= self.settings.max_nonfinite_steps:
             raise TrainingError(
@@ -442,14 +519,21 @@ class Trainer:
                 )
             return None
         if not exists:
-            self.log.warning("resume asked for but no checkpoint exists yet; starting from scratch",
-                             extra={"checkpoint": self.folder.uri_of(self.last_path)})
+            self.log.warning(
+                "resume asked for but no checkpoint exists yet; starting from scratch",
+                extra={"checkpoint": self.folder.uri_of(self.last_path)},
+            )
             return None
         checkpoint = load_checkpoint(self.last_path)
         _check_resumable(checkpoint["config"], self.job)
         self.folder.fetch(self.best_path)  # the best model so far, chosen again at the end
-        self.log.event("resuming", checkpoint=self.folder.uri_of(self.last_path), global_step=checkpoint["state"]["global_step"],
-                       epoch=checkpoint["state"]["epoch"], batches_done=checkpoint["state"]["batches_done"])
+        self.log.event(
+            "resuming",
+            checkpoint=self.folder.uri_of(self.last_path),
+            global_step=checkpoint["state"]["global_step"],
+            epoch=checkpoint["state"]["epoch"],
+            batches_done=checkpoint["state"]["batches_done"],
+        )
         return checkpoint
 
     def _fit_preprocessing(self) -> None:
@@ -461,12 +545,17 @@ class Trainer:
         stats.vector = stats.vector.cpu()
         stats.vector = self.comm.sum_tensor(stats.vector)
         if stats.n_rows == 0:
-            raise TrainingError("the training split has no rows; build a training set with a train split first")
+            raise TrainingError(
+                "the training split has no rows; build a training set with a train split first"
+            )
         self.model.set_preprocessing(stats, self.settings.pos_weight_cap)
         self.stats_s = time.perf_counter() - started
-        self.log.event("preprocessing fit on the training split", rows=stats.n_rows,
-                       pos_weight=[round(v, 3) for v in self.model.pos_weight.tolist()],
-                       duration_s=round(self.stats_s, 3))
+        self.log.event(
+            "preprocessing fit on the training split",
+            rows=stats.n_rows,
+            pos_weight=[round(v, 3) for v in self.model.pos_weight.tolist()],
+            duration_s=round(self.stats_s, 3),
+        )
 
     # --- checkpoints -----------------------------------------------------------------------------
 
@@ -477,14 +566,21 @@ class Trainer:
         if not self.env.is_main:
             return
         payload = checkpoint_payload(
-            model_payload=self.model.payload(), optimizer=self.optimizer, scheduler=self.scheduler,
-            state=self.state, rng_per_rank=rng, config=self.job.model_dump(mode="json"),
+            model_payload=self.model.payload(),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            rng_per_rank=rng,
+            config=self.job.model_dump(mode="json"),
         )
         for path in paths:
             atomic_torch_save(payload, path)
             self.folder.publish(path)
-        self.log.event("checkpoint written", paths=[self.folder.uri_of(p) for p in paths],
-                       global_step=self.state.global_step)
+        self.log.event(
+            "checkpoint written",
+            paths=[self.folder.uri_of(p) for p in paths],
+            global_step=self.state.global_step,
+        )
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -511,8 +607,9 @@ class Trainer:
 
     def _step(self, batch: data_module.Batch) -> torch.Tensor:
         """Forward, backward, clip, optimizer step and the running sums (what a graph captures)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
-                            cache_enabled=not self.use_graph):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=not self.use_graph
+        ):
             logits = self.net(batch.seq, batch.seq_len, batch.tab)
         loss = self.loss_fn(logits.float(), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -541,7 +638,7 @@ class Trainer:
         """The step through static input buffers: eager warm-up steps on a side stream, then capture and replays."""
         if self.static_batch is None:
             self.static_batch = data_module.Batch(*(torch.empty_like(t) for t in batch))
-        for static, value in zip(self.static_batch, batch):
+        for static, value in zip(self.static_batch, batch, strict=False):
             static.copy_(value)
         if self.graph is not None:
             self.graph.replay()
@@ -561,15 +658,20 @@ class Trainer:
             with torch.cuda.graph(graph):
                 self.static_loss = self._step(self.static_batch)
         except RuntimeError as exc:  # an op that cannot be captured: nothing ran, so train on eagerly
-            self.log.warning("the training step cannot be captured as a CUDA graph; training on without one",
-                             extra={"error": str(exc)[:500], "global_step": self.state.global_step})
+            self.log.warning(
+                "the training step cannot be captured as a CUDA graph; training on without one",
+                extra={"error": str(exc)[:500], "global_step": self.state.global_step},
+            )
             self.use_graph = False
             torch.cuda.synchronize(self.device)
             return self._step(self.static_batch)
         self.graph = graph
         graph.replay()  # capturing ran nothing: this is the step
-        self.log.event("training step captured as a CUDA graph", global_step=self.state.global_step,
-                       batch_size=self.settings.batch_size)
+        self.log.event(
+            "training step captured as a CUDA graph",
+            global_step=self.state.global_step,
+            batch_size=self.settings.batch_size,
+        )
         return self.static_loss
 
     def evaluate(self, split: str) -> tuple[float, np.ndarray, np.ndarray]:
@@ -618,10 +720,16 @@ class Trainer:
         started = time.perf_counter()
         eval_s = 0.0
         stop_reason = "completed"
-        self.log.event("training started", world_size=env.world_size, device=str(self.device),
-                       steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                       resumed_from=self.resumed_from, threads=torch.get_num_threads(),
-                       autocast_bf16=self.autocast)
+        self.log.event(
+            "training started",
+            world_size=env.world_size,
+            device=str(self.device),
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            resumed_from=self.resumed_from,
+            threads=torch.get_num_threads(),
+            autocast_bf16=self.autocast,
+        )
         self.model.train()
         while state.epoch < settings.epochs:
             epoch = state.epoch
@@ -640,8 +748,12 @@ class Trainer:
                     elapsed = time.perf_counter() - window_t
                     done = state.global_step / max(1, self.total_steps)
                     self.log.event(
-                        "train step", epoch=epoch, step=state.global_step, batch=state.batches_done,
-                        loss=round(float(loss), 6), lr=float(self.scheduler.get_last_lr()[0]),
+                        "train step",
+                        epoch=epoch,
+                        step=state.global_step,
+                        batch=state.batches_done,
+                        loss=round(float(loss), 6),
+                        lr=float(self.scheduler.get_last_lr()[0]),
                         samples_per_s=round(window_samples * env.world_size / max(elapsed, 1e-9), 1),
                         progress=round(done, 4),
                         eta_s=round((time.perf_counter() - started) * (1 - done) / max(done, 1e-9), 1),
@@ -663,7 +775,8 @@ class Trainer:
             per_label = metrics.per_label_pr_auc(val_labels, val_probs, self.spec.label_names)
             eval_s += time.perf_counter() - eval_started
             train_loss_sum, train_steps, samples = self.comm.sum(
-                [state.epoch_loss_sum, float(state.epoch_loss_steps), float(state.epoch_samples)])
+                [state.epoch_loss_sum, float(state.epoch_loss_steps), float(state.epoch_samples)]
+            )
             train_s = max(self.comm.gather(state.epoch_train_s))
             record = {
                 "epoch": epoch,
@@ -686,13 +799,21 @@ class Trainer:
             else:
                 state.bad_epochs += 1
             state.epoch, state.batches_done = epoch + 1, 0
-            state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_samples, state.epoch_train_s = 0.0, 0, 0, 0.0
+            state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_samples, state.epoch_train_s = (
+                0.0,
+                0,
+                0,
+                0.0,
+            )
             self._reset_accumulators()
             if env.is_main:
-                self.log.event("epoch done", **{k: (round(v, 6) if isinstance(v, float) else v)
-                                                for k, v in record.items()},
-                               improved=improved, bad_epochs=state.bad_epochs,
-                               progress=round(state.global_step / max(1, self.total_steps), 4))
+                self.log.event(
+                    "epoch done",
+                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()},
+                    improved=improved,
+                    bad_epochs=state.bad_epochs,
+                    progress=round(state.global_step / max(1, self.total_steps), 4),
+                )
             self.save_checkpoint(self.last_path, *([self.best_path] if improved else []))
             if self._callback_says_stop(epoch, record):
                 stop_reason = "stopped_by_callback"
@@ -700,8 +821,13 @@ class Trainer:
                 break
             if state.bad_epochs >= settings.early_stopping_patience:
                 stop_reason = "early_stopping"
-                self.log.event("early stopping", epoch=epoch, best_epoch=state.best_epoch,
-                               metric=settings.early_stopping_metric, best=state.best_metric)
+                self.log.event(
+                    "early stopping",
+                    epoch=epoch,
+                    best_epoch=state.best_epoch,
+                    metric=settings.early_stopping_metric,
+                    best=state.best_metric,
+                )
                 break
         return self._finish(stop_reason, time.perf_counter() - started, eval_s)
 
@@ -713,7 +839,7 @@ class Trainer:
         if self.env.is_main:
             try:
                 outcome = ("ok", bool(self.on_epoch_end(epoch, dict(record))))
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank, so none waits forever
+            except Exception as exc:
                 outcome = ("error", exc)
         status, value = self.comm.broadcast(outcome)
         if status == "error":
@@ -729,14 +855,21 @@ class Trainer:
             best = load_checkpoint(self.best_path)["model"]["state_dict"] if self.env.is_main else None
             self.model.load_state_dict(self.comm.broadcast(best))
             _, val_probs, val_labels = self.evaluate(VALIDATION)
-            thresholds = metrics.choose_thresholds(val_labels, val_probs, self.spec.label_names,
-                                                   self.settings.threshold_rule)
+            thresholds = metrics.choose_thresholds(
+                val_labels, val_probs, self.spec.label_names, self.settings.threshold_rule
+            )
             best_val = {k: v for k, v in state.history[state.best_epoch].items() if k.startswith("val_")}
             if self.env.is_main:
-                self.model.save(self.model_path, extra={
-                    "thresholds": thresholds, "best_epoch": state.best_epoch, "validation": best_val,
-                    "run_id": self.job.run_id, "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                })
+                self.model.save(
+                    self.model_path,
+                    extra={
+                        "thresholds": thresholds,
+                        "best_epoch": state.best_epoch,
+                        "validation": best_val,
+                        "run_id": self.job.run_id,
+                        "saved_at": dt.datetime.now(dt.UTC).isoformat(),
+                    },
+                )
                 self.folder.publish(self.model_path)
         samples = sum(h["samples"] for h in state.history)
         train_s = sum(h["train_s"] for h in state.history)
@@ -765,12 +898,21 @@ class Trainer:
             "device_type": self.device.type,
             "data_placement": getattr(self.source, "placement", None),
             "cuda_graph_captured": self.graph is not None,
-            "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s,
-                       "preprocessing_s": getattr(self, "stats_s", 0.0),
-                       "per_epoch_train_s": [h["train_s"] for h in state.history]},
+            "timing": {
+                "total_s": total_s,
+                "train_s": train_s,
+                "eval_s": eval_s,
+                "preprocessing_s": getattr(self, "stats_s", 0.0),
+                "per_epoch_train_s": [h["train_s"] for h in state.history],
+            },
         }
-        self.log.event("training finished", stop_reason=stop_reason, global_step=state.global_step,
-                       best_epoch=state.best_epoch, best_metric=state.best_metric)
+        self.log.event(
+            "training finished",
+            stop_reason=stop_reason,
+            global_step=state.global_step,
+            best_epoch=state.best_epoch,
+            best_metric=state.best_metric,
+        )
         return result
 
 
@@ -794,17 +936,28 @@ def train_fn(config: dict[str, Any], on_epoch_end: EpochCallback | None = None) 
     owns_group = env.world_size > 1 and not dist.is_initialized()
     if owns_group:
         if device.type == "cuda":  # binding the device lets NCCL set up eagerly and barriers know their GPU
-            dist.init_process_group(backend="nccl", rank=env.rank, world_size=env.world_size, device_id=device)
+            dist.init_process_group(
+                backend="nccl", rank=env.rank, world_size=env.world_size, device_id=device
+            )
         else:
             dist.init_process_group(backend="gloo", rank=env.rank, world_size=env.world_size)
-    log.event("train_fn started", local_rank=env.local_rank, world_size=env.world_size, device=str(device),
-              threads=threads, output_dir=job.output_dir, resume=job.resume)
+    log.event(
+        "train_fn started",
+        local_rank=env.local_rank,
+        world_size=env.world_size,
+        device=str(device),
+        threads=threads,
+        output_dir=job.output_dir,
+        resume=job.resume,
+    )
     trainer = Trainer(job, env, device, log, on_epoch_end)
     try:
         trainer.build()
         result = trainer.run()
         if env.is_main:
-            storage.write_text(storage.join(job.output_dir, "result.json"), json.dumps(result, indent=2, default=str))
+            storage.write_text(
+                storage.join(job.output_dir, "result.json"), json.dumps(result, indent=2, default=str)
+            )
         return result if env.is_main else None
     finally:
         if hasattr(trainer, "source"):
@@ -817,10 +970,16 @@ def train_fn(config: dict[str, Any], on_epoch_end: EpochCallback | None = None) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.train_fn",
-        description="Run the train function (under torchrun for several processes).")
-    parser.add_argument("--config-json", required=True,
-                        help="the config: a JSON file, or the JSON text itself (see training.train_fn.TrainJob)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+        description="Run the train function (under torchrun for several processes).",
+    )
+    parser.add_argument(
+        "--config-json",
+        required=True,
+        help="the config: a JSON file, or the JSON text itself (see training.train_fn.TrainJob)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in output_dir"
+    )
     parser.add_argument("--result-json", help="rank 0 writes the result here too")
     args = parser.parse_args(argv)
     text = args.config_json

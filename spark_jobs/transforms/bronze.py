@@ -38,8 +38,15 @@ BAD_TYPE = "bad_type"
 UNKNOWN_LOCATION = "unknown_location"
 UNKNOWN_ANOMALY_TYPE = "unknown_anomaly_type"
 OUTSIDE_PARTITION = "outside_partition"
-REASON_CODES = (NON_UTF8, UNPARSEABLE, MISSING_REQUIRED, BAD_TYPE, UNKNOWN_LOCATION, UNKNOWN_ANOMALY_TYPE,
-                OUTSIDE_PARTITION)
+REASON_CODES = (
+    NON_UTF8,
+    UNPARSEABLE,
+    MISSING_REQUIRED,
+    BAD_TYPE,
+    UNKNOWN_LOCATION,
+    UNKNOWN_ANOMALY_TYPE,
+    OUTSIDE_PARTITION,
+)
 
 SCANS = "scans"
 LABELS = "labels"
@@ -98,19 +105,22 @@ def classify_scans(parsed: DataFrame, locations: DataFrame, required: Sequence[s
     the landing columns that must not be empty.
     """
     known = locations.select("location_id", F.lit(True).alias("_location_known"))
-    rows = (
-        parsed.join(F.broadcast(known), "location_id", "left")
-        .withColumn("event_ts", parse_timestamp(F.col("event_time")))
+    rows = parsed.join(F.broadcast(known), "location_id", "left").withColumn(
+        "event_ts", parse_timestamp(F.col("event_time"))
     )
     missing = _missing(required)
     checks = [
         Check(MISSING_REQUIRED, F.size(missing) > 0, F.array_join(missing, ", ")),
-        Check(BAD_TYPE, F.col("event_ts").isNull(), F.concat(F.lit("event_time="), _quoted(F.col("event_time")))),
+        Check(
+            BAD_TYPE, F.col("event_ts").isNull(), F.concat(F.lit("event_time="), _quoted(F.col("event_time")))
+        ),
         Check(UNKNOWN_LOCATION, F.col("_location_known").isNull(), F.col("location_id")),
         Check(
             OUTSIDE_PARTITION,
             F.to_date("event_ts") != F.col("landing_date"),
-            F.format_string("event_time %s not in date=%s", F.col("event_time"), F.col("landing_date").cast("string")),
+            F.format_string(
+                "event_time %s not in date=%s", F.col("event_time"), F.col("landing_date").cast("string")
+            ),
         ),
     ]
     return classify(rows, checks).drop("_location_known")
@@ -122,12 +132,20 @@ def classify_labels(parsed: DataFrame, anomaly_types: Sequence[str], required: S
     missing = _missing(required)
     checks = [
         Check(MISSING_REQUIRED, F.size(missing) > 0, F.array_join(missing, ", ")),
-        Check(BAD_TYPE, F.col("confirmed_ts").isNull(), F.concat(F.lit("confirmed_at="), _quoted(F.col("confirmed_at")))),
-        Check(UNKNOWN_ANOMALY_TYPE, ~F.col("anomaly_type").isin(*anomaly_types), _quoted(F.col("anomaly_type"))),
+        Check(
+            BAD_TYPE,
+            F.col("confirmed_ts").isNull(),
+            F.concat(F.lit("confirmed_at="), _quoted(F.col("confirmed_at"))),
+        ),
+        Check(
+            UNKNOWN_ANOMALY_TYPE, ~F.col("anomaly_type").isin(*anomaly_types), _quoted(F.col("anomaly_type"))
+        ),
         Check(
             OUTSIDE_PARTITION,
             F.to_date("confirmed_ts") != F.col("landing_date"),
-            F.format_string("confirmed_at %s not in date=%s", F.col("confirmed_at"), F.col("landing_date").cast("string")),
+            F.format_string(
+                "confirmed_at %s not in date=%s", F.col("confirmed_at"), F.col("landing_date").cast("string")
+            ),
         ),
     ]
     return classify(rows, checks)
@@ -140,20 +158,34 @@ def _lineage(run_id: str, ingested_at: dt.datetime) -> list[Column]:
 def bronze_scan_events(classified: DataFrame, run_id: str, ingested_at: dt.datetime) -> DataFrame:
     """Accepted scan rows, typed, with lineage columns (columns of bronze_scan_events)."""
     return classified.where(F.col("reason_code").isNull()).select(
-        "event_id", "epc_code", F.col("event_ts").alias("event_time"),
+        "event_id",
+        "epc_code",
+        F.col("event_ts").alias("event_time"),
         # Optional: null where a file predates the column or the value does not parse.
-        (parse_timestamp(F.col("record_time")) if "record_time" in classified.columns
-         else F.lit(None).cast("timestamp")).alias("record_time"),
-        "location_id", "business_step",
-        "event_type", "operator_id", "device_id", "product_name",
-        F.to_date("event_ts").alias("event_date"), "_source_file", *_lineage(run_id, ingested_at),
+        (
+            parse_timestamp(F.col("record_time"))
+            if "record_time" in classified.columns
+            else F.lit(None).cast("timestamp")
+        ).alias("record_time"),
+        "location_id",
+        "business_step",
+        "event_type",
+        "operator_id",
+        "device_id",
+        "product_name",
+        F.to_date("event_ts").alias("event_date"),
+        "_source_file",
+        *_lineage(run_id, ingested_at),
     )
 
 
 def accepted_labels(classified: DataFrame) -> DataFrame:
     """Accepted label rows, typed: event_id, epc_code, anomaly_type, confirmed_at, label_date."""
     return classified.where(F.col("reason_code").isNull()).select(
-        "event_id", "epc_code", "anomaly_type", F.col("confirmed_ts").alias("confirmed_at"),
+        "event_id",
+        "epc_code",
+        "anomaly_type",
+        F.col("confirmed_ts").alias("confirmed_at"),
         F.col("landing_date").alias("label_date"),
     )
 
@@ -161,7 +193,11 @@ def accepted_labels(classified: DataFrame) -> DataFrame:
 def quarantine_rows(classified: DataFrame, run_id: str, ingested_at: dt.datetime) -> DataFrame:
     """Rejected rows of any source (columns of bronze_quarantine)."""
     return classified.where(F.col("reason_code").isNotNull()).select(
-        "source", "raw_payload", "reason", F.col("landing_date").alias("ingest_date"), "_source_file",
+        "source",
+        "raw_payload",
+        "reason",
+        F.col("landing_date").alias("ingest_date"),
+        "_source_file",
         *_lineage(run_id, ingested_at),
     )
 
@@ -190,18 +226,30 @@ def typed_reference(raw: DataFrame, spec: TableSpec, key: Sequence[str]) -> Data
     empty or untyped required value, or a key that occurs more than once.
     """
     # An optional column a file predates (e.g. gln) is null; a missing required one fails check_header first.
-    raw = raw.select("*", *[F.lit(None).cast("string").alias(c.name) for c in spec.columns
-                            if c.nullable and c.name not in raw.columns])
+    raw = raw.select(
+        "*",
+        *[
+            F.lit(None).cast("string").alias(c.name)
+            for c in spec.columns
+            if c.nullable and c.name not in raw.columns
+        ],
+    )
     typed = raw.select(
         *[F.col(f"`{c.name}`").alias(f"_raw_{c.name}") for c in spec.columns],
         *[F.expr(f"try_cast(nullif(trim(`{c.name}`), '') AS {c.type})").alias(c.name) for c in spec.columns],
     )
     key_count = F.count(F.lit(1)).over(Window.partitionBy(*key))
     problems = [
-        F.when(F.col(c.name).isNull(), F.concat(
-            F.lit(f"{c.name}="), F.coalesce(_quoted(F.col(f"_raw_{c.name}")), F.lit("<empty>")), F.lit(f" is not a {c.type}"),
-        ))
-        for c in spec.columns if not c.nullable
+        F.when(
+            F.col(c.name).isNull(),
+            F.concat(
+                F.lit(f"{c.name}="),
+                F.coalesce(_quoted(F.col(f"_raw_{c.name}")), F.lit("<empty>")),
+                F.lit(f" is not a {c.type}"),
+            ),
+        )
+        for c in spec.columns
+        if not c.nullable
     ]
     problems.append(F.when(key_count > 1, F.format_string(f"{'/'.join(key)} occurs %d times", key_count)))
     problem = F.concat_ws("; ", *problems)
@@ -222,7 +270,9 @@ def reconcile(
     """
     counts = {s: {"landing_rows": 0, "accepted_rows": 0, "quarantine_rows": 0} for s in (SCANS, LABELS)}
     for row in outcomes:
-        source = counts.setdefault(row["source"], {"landing_rows": 0, "accepted_rows": 0, "quarantine_rows": 0})
+        source = counts.setdefault(
+            row["source"], {"landing_rows": 0, "accepted_rows": 0, "quarantine_rows": 0}
+        )
         source["landing_rows"] += row["rows"]
         source["accepted_rows" if row["reason_code"] is None else "quarantine_rows"] += row["rows"]
     counts[SCANS]["bronze_rows"] = written["bronze_scan_events"]

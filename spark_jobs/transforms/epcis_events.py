@@ -40,7 +40,13 @@ from tracelake.tables import SCHEMAS_DIR
 
 MAPPING_FILE = SCHEMAS_DIR / "epcis_mapping.yaml"
 
-EVENT_TYPES = ("ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent", "AssociationEvent")
+EVENT_TYPES = (
+    "ObjectEvent",
+    "AggregationEvent",
+    "TransactionEvent",
+    "TransformationEvent",
+    "AssociationEvent",
+)
 # Where the events of each document type lie (ijson prefixes, ``item`` = an array element).
 EVENT_LIST_PREFIXES = {
     "EPCISDocument": "epcisBody.eventList",
@@ -55,29 +61,69 @@ SCHEMA_VIOLATION = "schema_violation"
 BAD_TYPE = "bad_type"
 
 # EPC fields of each event type -> the role of the EPCs they name.
-EPC_FIELDS = (("epcList", "epc"), ("parentID", "parent"), ("childEPCs", "child"),
-              ("inputEPCList", "input"), ("outputEPCList", "output"))
+EPC_FIELDS = (
+    ("epcList", "epc"),
+    ("parentID", "parent"),
+    ("childEPCs", "child"),
+    ("inputEPCList", "input"),
+    ("outputEPCList", "output"),
+)
 QUANTITY_FIELDS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
 # Members with a column of their own; every other member of an event is an extension.
 MODELLED = {
-    "type", "eventID", "eventTime", "eventTimeZoneOffset", "recordTime", "action", "bizStep", "disposition",
-    "readPoint", "bizLocation", "bizTransactionList", "sourceList", "destinationList", "sensorElementList",
-    "errorDeclaration", "@context", *[f for f, _ in EPC_FIELDS], *QUANTITY_FIELDS,
+    "type",
+    "eventID",
+    "eventTime",
+    "eventTimeZoneOffset",
+    "recordTime",
+    "action",
+    "bizStep",
+    "disposition",
+    "readPoint",
+    "bizLocation",
+    "bizTransactionList",
+    "sourceList",
+    "destinationList",
+    "sensorElementList",
+    "errorDeclaration",
+    "@context",
+    *[f for f, _ in EPC_FIELDS],
+    *QUANTITY_FIELDS,
 }
 
 # CBV vocabularies in their three spellings.
 _CBV_FORMS = {
-    "bizStep": ("https://ref.gs1.org/cbv/BizStep-", "http://ref.gs1.org/cbv/BizStep-", "urn:epcglobal:cbv:bizstep:",
-                "cbv:BizStep-", "https://gs1.org/voc/BizStep-"),
-    "disposition": ("https://ref.gs1.org/cbv/Disp-", "http://ref.gs1.org/cbv/Disp-", "urn:epcglobal:cbv:disp:",
-                    "cbv:Disp-", "https://gs1.org/voc/Disp-"),
+    "bizStep": (
+        "https://ref.gs1.org/cbv/BizStep-",
+        "http://ref.gs1.org/cbv/BizStep-",
+        "urn:epcglobal:cbv:bizstep:",
+        "cbv:BizStep-",
+        "https://gs1.org/voc/BizStep-",
+    ),
+    "disposition": (
+        "https://ref.gs1.org/cbv/Disp-",
+        "http://ref.gs1.org/cbv/Disp-",
+        "urn:epcglobal:cbv:disp:",
+        "cbv:Disp-",
+        "https://gs1.org/voc/Disp-",
+    ),
 }
 CBV_URI = {"bizStep": "https://ref.gs1.org/cbv/BizStep-", "disposition": "https://ref.gs1.org/cbv/Disp-"}
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 _HAS_ZONE = re.compile(r"(Z|z|[+-]\d{2}:?\d{2})$")
-_GS1_DL_KEYS = {"01": "sgtin", "00": "sscc", "8003": "grai", "8004": "giai", "414": "sgln", "8018": "gsrn",
-                "253": "gdti", "255": "sgcn", "8010": "cpi", "417": "pgln"}
+_GS1_DL_KEYS = {
+    "01": "sgtin",
+    "00": "sscc",
+    "8003": "grai",
+    "8004": "giai",
+    "414": "sgln",
+    "8018": "gsrn",
+    "253": "gdti",
+    "255": "sgcn",
+    "8010": "cpi",
+    "417": "pgln",
+}
 # Digital Link key qualifiers: the serial-like component that follows a primary key.
 _DL_QUALIFIERS = {"01": "21", "414": "254", "8010": "8011"}
 
@@ -103,7 +149,7 @@ def normalize_cbv(value: Any, field: str) -> str | None:
     text = str(value).strip()
     for prefix in _CBV_FORMS[field]:
         if text.lower().startswith(prefix.lower()):
-            return text[len(prefix):].lower()
+            return text[len(prefix) :].lower()
     return text if ":" in text else text.lower()
 
 
@@ -132,7 +178,7 @@ def utc_time(text: Any, zone_offset: Any = None) -> dt.datetime | None:
         if delta is None:
             return None
         return parsed - delta
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def gs1_check_digit(digits: str) -> str:
@@ -155,7 +201,7 @@ class Epc:
 def parse_epc(uri: str, dl_company_prefix_length: int) -> Epc:
     """EPC pure-identity URN or GS1 Digital Link URI -> scheme, company prefix, item reference, serial."""
     if uri.startswith("urn:epc:id:"):
-        scheme, _, rest = uri[len("urn:epc:id:"):].partition(":")
+        scheme, _, rest = uri[len("urn:epc:id:") :].partition(":")
         parts = rest.split(".", 2)
         company = parts[0] or None
         item = parts[1] if len(parts) > 1 else None
@@ -168,7 +214,7 @@ def parse_epc(uri: str, dl_company_prefix_length: int) -> Epc:
         segments = [unquote(s) for s in split.path.split("/") if s]
         for i, key in enumerate(segments[:-1]):
             if key in _GS1_DL_KEYS and segments[i + 1]:
-                return _digital_link(key, segments[i + 1], segments[i + 2:], dl_company_prefix_length)
+                return _digital_link(key, segments[i + 1], segments[i + 2 :], dl_company_prefix_length)
     return Epc(None, "other")
 
 
@@ -179,13 +225,15 @@ def _digital_link(key: str, value: str, rest: list[str], length: int) -> Epc:
     if qualifier is not None and len(rest) >= 2 and rest[0] == qualifier:
         serial = rest[1]
     if key == "01" and len(value) == 14 and value.isdigit():  # indicator, company, item, check
-        return Epc(scheme, "digital_link", value[1:1 + length], value[0] + value[1 + length:13], serial)
+        return Epc(scheme, "digital_link", value[1 : 1 + length], value[0] + value[1 + length : 13], serial)
     if key == "00" and len(value) == 18 and value.isdigit():  # extension, company, serial reference, check
-        return Epc(scheme, "digital_link", value[1:1 + length], value[0] + value[1 + length:17], None)
+        return Epc(scheme, "digital_link", value[1 : 1 + length], value[0] + value[1 + length : 17], None)
     if key in ("414", "417") and len(value) == 13 and value.isdigit():
         return Epc(scheme, "digital_link", value[:length], value[length:12], serial)
-    if key == "8003" and len(value) >= 14 and value[:14].isdigit():  # 0 + company + asset type + check + serial
-        return Epc(scheme, "digital_link", value[1:1 + length], value[1 + length:13], value[14:] or None)
+    if (
+        key == "8003" and len(value) >= 14 and value[:14].isdigit()
+    ):  # 0 + company + asset type + check + serial
+        return Epc(scheme, "digital_link", value[1 : 1 + length], value[1 + length : 13], value[14:] or None)
     if key in ("01", "00", "414", "417", "8003"):  # a numeric key of the wrong shape: not a Digital Link
         return Epc(None, "other")
     return Epc(scheme, "digital_link", value[:length], None, value[length:] or None)
@@ -196,7 +244,7 @@ def location_gln(uri: Any) -> str | None:
     if not isinstance(uri, str):
         return None
     if uri.startswith("urn:epc:id:sgln:"):
-        parts = uri[len("urn:epc:id:sgln:"):].split(".")
+        parts = uri[len("urn:epc:id:sgln:") :].split(".")
         body = "".join(parts[:2])
         if len(parts) >= 2 and len(body) == 12 and body.isdigit():
             return body + gs1_check_digit(body)
@@ -319,7 +367,11 @@ def validators(schema_text: str) -> Validators:
         schema = json.loads(schema_text)
         schema.pop("$id", None)  # resolved locally, never fetched
         item_ref = schema["definitions"]["eventList"]["items"]["$ref"]
-        event_schema = {"$schema": schema.get("$schema"), "definitions": schema["definitions"], "$ref": item_ref}
+        event_schema = {
+            "$schema": schema.get("$schema"),
+            "definitions": schema["definitions"],
+            "$ref": item_ref,
+        }
         _VALIDATORS[key] = Validators(fastjsonschema.compile(schema), fastjsonschema.compile(event_schema))
     return _VALIDATORS[key]
 
@@ -342,8 +394,10 @@ def document_problem(envelope: Envelope, validate_document: Callable[[Any], Any]
         return f"{SCHEMA_VIOLATION}: the document is a JSON {type(document).__name__}, not an EPCIS document object"
     prefix = event_list_prefix(document)
     if prefix is None:
-        return (f"{SCHEMA_VIOLATION}: document type {document.get('type')!r} is not one of "
-                f"{sorted(EVENT_LIST_PREFIXES)} (rule 'enum' at data.type)")
+        return (
+            f"{SCHEMA_VIOLATION}: document type {document.get('type')!r} is not one of "
+            f"{sorted(EVENT_LIST_PREFIXES)} (rule 'enum' at data.type)"
+        )
     if envelope.event_prefix not in (None, prefix):
         return f"{SCHEMA_VIOLATION}: events under {envelope.event_prefix}, but a {document['type']} keeps them under {prefix}"
     problem = schema_problem(validate_document, document)
@@ -355,7 +409,11 @@ def document_problem(envelope: Envelope, validate_document: Callable[[Any], Any]
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return (
+        None
+        if value is None
+        else json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    )
 
 
 def _place(value: Any) -> str | None:
@@ -383,14 +441,19 @@ def event_records(
     """The bronze records of a schema-valid event (one per EPC), or none and a reason."""
     event_time = utc_time(event.get("eventTime"), event.get("eventTimeZoneOffset"))
     if event_time is None:
-        return [], (f"{BAD_TYPE}: eventTime={event.get('eventTime')!r} has no time zone and eventTimeZoneOffset="
-                    f"{event.get('eventTimeZoneOffset')!r} gives none")
+        return [], (
+            f"{BAD_TYPE}: eventTime={event.get('eventTime')!r} has no time zone and eventTimeZoneOffset="
+            f"{event.get('eventTimeZoneOffset')!r} gives none"
+        )
     record_time = utc_time(event.get("recordTime"), event.get("eventTimeZoneOffset"))
     given_id = event.get("eventID")
     try:
         event_id = given_id if isinstance(given_id, str) and given_id else event_hash(event, context)
-    except Exception as exc:  # noqa: BLE001 - the reference implementation raises many kinds; the event is quarantined
-        return [], f"{BAD_TYPE}: no eventID and the event hash cannot be computed ({type(exc).__name__}: {exc})"
+    except Exception as exc:
+        return (
+            [],
+            f"{BAD_TYPE}: no eventID and the event hash cannot be computed ({type(exc).__name__}: {exc})",
+        )
     prefixes = context_prefixes(context)
     quantities = {f: event[f] for f in QUANTITY_FIELDS if f in event}
     extensions = _extensions(event, prefixes)
@@ -418,17 +481,26 @@ def event_records(
     records = []
     for epc, role in named:
         parts = parse_epc(epc, dl_company_prefix_length) if epc else Epc(None, "other")
-        records.append({
-            **common, "epc": epc, "epc_role": role,
-            "epc_scheme": parts.scheme, "epc_form": parts.form if epc else None,
-            "epc_company_prefix": parts.company_prefix, "epc_item_reference": parts.item_reference,
-            "epc_serial": parts.serial,
-        })
+        records.append(
+            {
+                **common,
+                "epc": epc,
+                "epc_role": role,
+                "epc_scheme": parts.scheme,
+                "epc_form": parts.form if epc else None,
+                "epc_company_prefix": parts.company_prefix,
+                "epc_item_reference": parts.item_reference,
+                "epc_serial": parts.serial,
+            }
+        )
     return records, None
 
 
 def check_and_flatten(
-    payload: str, context_json: str | None, validate_event: Callable[[Any], Any], dl_company_prefix_length: int
+    payload: str,
+    context_json: str | None,
+    validate_event: Callable[[Any], Any],
+    dl_company_prefix_length: int,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One event (JSON text) -> its bronze records, or a quarantine reason naming the schema rule."""
     event = json.loads(payload)
@@ -439,7 +511,9 @@ def check_and_flatten(
     return event_records(event, context, dl_company_prefix_length)
 
 
-def records_of(events: Sequence[Mapping[str, Any]], context: Any, dl_company_prefix_length: int) -> list[dict[str, Any]]:
+def records_of(
+    events: Sequence[Mapping[str, Any]], context: Any, dl_company_prefix_length: int
+) -> list[dict[str, Any]]:
     """Records of several valid events (tests and the generator's round trip)."""
     out: list[dict[str, Any]] = []
     for event in events:

@@ -67,8 +67,10 @@ def location_keys(location_ids: Any, company_prefix: str) -> tuple[list[str], li
         number = int(str(location_id).rsplit("-", 1)[-1])
         reference = f"{number:0{width}d}"
         if len(reference) > width:
-            raise ValueError(f"location {location_id} does not fit a GLN under company prefix {company_prefix}: "
-                             f"{width} digits of location reference; use a shorter epcis.location_company_prefix")
+            raise ValueError(
+                f"location {location_id} does not fit a GLN under company prefix {company_prefix}: "
+                f"{width} digits of location reference; use a shorter epcis.location_company_prefix"
+            )
         glns.append(company_prefix + reference + gs1_check_digit(company_prefix + reference))
         sglns.append(f"urn:epc:id:sgln:{company_prefix}.{reference}.0")
     return glns, sglns
@@ -98,7 +100,11 @@ def encode_epc(code: str) -> str:
         header, company, product, lot, made, serial = match.groups()
         width = 12 - len(company)
         digits = int(ids["product_digits"])
-        item = product[-width:] if len(product) > width and set(product[:-width]) <= {"0"} else product.zfill(width)
+        item = (
+            product[-width:]
+            if len(product) > width and set(product[:-width]) <= {"0"}
+            else product.zfill(width)
+        )
         decoded = item.zfill(digits) if len(item) < digits else item
         if header == ids["epc_header"] and width > 0 and len(item) == width and decoded == product:
             return f"urn:epc:id:sgtin:{company}.{ids['sgtin_indicator']}{item}.{lot}.{made}.{serial}"
@@ -127,7 +133,9 @@ def _local_times(iso_utc: np.ndarray, offset: str) -> np.ndarray:
     sign = -1 if offset.startswith("-") else 1
     seconds = sign * (int(offset[1:3]) * SECONDS_PER_HOUR + int(offset[4:6]) * 60)
     utc = np.array([t.removesuffix("Z") for t in iso_utc], dtype="datetime64[s]")
-    return np.char.add(np.datetime_as_string(utc + np.timedelta64(seconds, "s"), unit="s").astype(str), offset)
+    return np.char.add(
+        np.datetime_as_string(utc + np.timedelta64(seconds, "s"), unit="s").astype(str), offset
+    )
 
 
 def render_events(scans: pd.DataFrame, sgln: Mapping[str, str], offset: str) -> list[str]:
@@ -140,7 +148,9 @@ def render_events(scans: pd.DataFrame, sgln: Mapping[str, str], offset: str) -> 
     for i, row in enumerate(scans.itertuples(index=False)):
         shape = shapes.get(row.event_type)
         if shape is None:
-            raise ValueError(f"event type {row.event_type!r} has no EPCIS shape in schemas/epcis_mapping.yaml")
+            raise ValueError(
+                f"event type {row.event_type!r} has no EPCIS shape in schemas/epcis_mapping.yaml"
+            )
         place = {"id": sgln[row.location_id]}
         epcs = [encode_epc(row.epc_code)]
         event: dict[str, Any] = {
@@ -166,8 +176,15 @@ def render_events(scans: pd.DataFrame, sgln: Mapping[str, str], offset: str) -> 
 
 def document_header(day: str) -> str:
     """Everything of a day's document before its first event (creation date: the day's end, deterministic)."""
-    head = json.dumps({"@context": context(), "type": "EPCISDocument", "schemaVersion": SCHEMA_VERSION,
-                       "creationDate": f"{day}T23:59:59Z"}, separators=(",", ":"))
+    head = json.dumps(
+        {
+            "@context": context(),
+            "type": "EPCISDocument",
+            "schemaVersion": SCHEMA_VERSION,
+            "creationDate": f"{day}T23:59:59Z",
+        },
+        separators=(",", ":"),
+    )
     return head[:-1] + ',"epcisBody":{"eventList":['
 
 
@@ -178,38 +195,70 @@ DOCUMENT_FOOTER = "]}}"
 # Spark
 
 
-def document_lines(scans: DataFrame, sgln: Mapping[str, str], offset: str, events_per_document: int) -> DataFrame:
+def document_lines(
+    scans: DataFrame, sgln: Mapping[str, str], offset: str, events_per_document: int
+) -> DataFrame:
     """Scan rows (``date, k1, k2`` + landing columns) -> ``date, doc, k1, k2, value``: every line of every document."""
     columns = list(scans.columns)
     text_columns = [c for c in columns if c not in ("date", "k1", "k2")]
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            yield pd.DataFrame({"date": batch["date"], "k1": batch["k1"], "k2": batch["k2"],
-                                "value": render_events(batch[text_columns], sgln, offset)})
+            yield pd.DataFrame(
+                {
+                    "date": batch["date"],
+                    "k1": batch["k1"],
+                    "k2": batch["k2"],
+                    "value": render_events(batch[text_columns], sgln, offset),
+                }
+            )
 
     events = scans.mapInPandas(run, "date string, k1 long, k2 string, value string")
     position = F.row_number().over(Window.partitionBy("date").orderBy("k1", "k2")) - 1
     events = events.withColumn("_n", position)
-    doc = (F.col("_n") / F.lit(events_per_document)).cast("long") if events_per_document else F.lit(0).cast("long")
+    doc = (
+        (F.col("_n") / F.lit(events_per_document)).cast("long")
+        if events_per_document
+        else F.lit(0).cast("long")
+    )
     first = (F.col("_n") % F.lit(events_per_document) == 0) if events_per_document else (F.col("_n") == 0)
     lines = events.select(
-        "date", doc.alias("doc"), "k1", "k2",
+        "date",
+        doc.alias("doc"),
+        "k1",
+        "k2",
         F.when(first, F.col("value")).otherwise(F.concat(F.lit(","), F.col("value"))).alias("value"),
     )
-    before, _, after = document_header(_DAY_MARK).partition(_DAY_MARK)  # the header is the same but for the day
+    before, _, after = document_header(_DAY_MARK).partition(
+        _DAY_MARK
+    )  # the header is the same but for the day
     bounds = lines.select("date", "doc").distinct()
-    heads = bounds.select("date", "doc", F.lit(-1).cast("long").alias("k1"), F.lit("").alias("k2"),
-                          F.concat(F.lit(before), F.col("date"), F.lit(after)).alias("value"))
-    feet = bounds.select("date", "doc", F.lit(_FOOTER_KEY).cast("long").alias("k1"), F.lit("").alias("k2"),
-                         F.lit(DOCUMENT_FOOTER).alias("value"))
+    heads = bounds.select(
+        "date",
+        "doc",
+        F.lit(-1).cast("long").alias("k1"),
+        F.lit("").alias("k2"),
+        F.concat(F.lit(before), F.col("date"), F.lit(after)).alias("value"),
+    )
+    feet = bounds.select(
+        "date",
+        "doc",
+        F.lit(_FOOTER_KEY).cast("long").alias("k1"),
+        F.lit("").alias("k2"),
+        F.lit(DOCUMENT_FOOTER).alias("value"),
+    )
     return lines.unionByName(heads).unionByName(feet)
 
 
 def write_documents(lines: DataFrame, staged: Path, partitions: int) -> None:
     """One text file per document under ``staged/date=D/doc=N/``."""
-    (lines.repartition(partitions, "date", "doc").sortWithinPartitions("date", "doc", "k1", "k2")
-     .select("date", "doc", "value").write.partitionBy("date", "doc").text(str(staged)))
+    (
+        lines.repartition(partitions, "date", "doc")
+        .sortWithinPartitions("date", "doc", "k1", "k2")
+        .select("date", "doc", "value")
+        .write.partitionBy("date", "doc")
+        .text(str(staged))
+    )
 
 
 def publish(staged: Path, root: Path, days: list[dt.date], tmp: Path) -> list[Path]:
@@ -217,7 +266,7 @@ def publish(staged: Path, root: Path, days: list[dt.date], tmp: Path) -> list[Pa
     published: list[Path] = []
     for day in days:
         name = f"date={day.isoformat()}"
-        folders = sorted((staged / name).glob("doc=*"), key=lambda p: int(p.name[len("doc="):]))
+        folders = sorted((staged / name).glob("doc=*"), key=lambda p: int(p.name[len("doc=") :]))
         target = root / name
         old = tmp / "old-epcis" / name
         if target.exists():
@@ -231,7 +280,7 @@ def publish(staged: Path, root: Path, days: list[dt.date], tmp: Path) -> list[Pa
             parts = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
             if len(parts) != 1:
                 raise RuntimeError(f"document {folder} was written as {len(parts)} files instead of one")
-            dest = ready / f"part-{int(folder.name[len('doc='):]):05d}.{EXTENSION}"
+            dest = ready / f"part-{int(folder.name[len('doc=') :]):05d}.{EXTENSION}"
             os.rename(parts[0], dest)
             published.append(target / dest.name)
         target.parent.mkdir(parents=True, exist_ok=True)

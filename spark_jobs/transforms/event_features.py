@@ -100,22 +100,36 @@ def _serial_issued(silver: DataFrame, serial_ranges: DataFrame | None) -> DataFr
         return silver.withColumn("serial_issued", F.lit(None).cast("int"))
     number = "decimal(38,0)"
     ranges = serial_ranges.select(
-        F.col("company_prefix").alias("_r_company"), F.col("item_reference").alias("_r_product"),
-        F.col("serial_from").cast(number).alias("_r_from"), F.col("serial_to").cast(number).alias("_r_to"))
-    serials = silver.select("event_id", "epc_company", "epc_product",
-                            F.expr(f"try_cast(epc_serial AS {number})").alias("_serial"))
-    matched = (serials.join(ranges, (F.col("epc_company") == F.col("_r_company"))
-                            & (F.col("epc_product") == F.col("_r_product")))
-               .groupBy("event_id")
-               .agg(F.max(F.coalesce(F.col("_serial").between(F.col("_r_from"), F.col("_r_to")), F.lit(False))
-                          .cast("int")).alias("serial_issued")))
+        F.col("company_prefix").alias("_r_company"),
+        F.col("item_reference").alias("_r_product"),
+        F.col("serial_from").cast(number).alias("_r_from"),
+        F.col("serial_to").cast(number).alias("_r_to"),
+    )
+    serials = silver.select(
+        "event_id", "epc_company", "epc_product", F.expr(f"try_cast(epc_serial AS {number})").alias("_serial")
+    )
+    matched = (
+        serials.join(
+            ranges,
+            (F.col("epc_company") == F.col("_r_company")) & (F.col("epc_product") == F.col("_r_product")),
+        )
+        .groupBy("event_id")
+        .agg(
+            F.max(
+                F.coalesce(F.col("_serial").between(F.col("_r_from"), F.col("_r_to")), F.lit(False)).cast(
+                    "int"
+                )
+            ).alias("serial_issued")
+        )
+    )
     return silver.join(matched, "event_id", "left")
 
 
 def _undirected(air_lanes: DataFrame) -> DataFrame:
     """(from, to) of every air lane in both directions."""
-    lanes = air_lanes.select(F.col("origin_location_id").alias("_lane_from"),
-                             F.col("destination_location_id").alias("_lane_to"))
+    lanes = air_lanes.select(
+        F.col("origin_location_id").alias("_lane_from"), F.col("destination_location_id").alias("_lane_to")
+    )
     swapped = lanes.select(F.col("_lane_to").alias("_lane_from"), F.col("_lane_from").alias("_lane_to"))
     return lanes.unionByName(swapped).distinct().withColumn("_on_lane", F.lit(True))
 
@@ -147,34 +161,49 @@ def scan_steps(
     doms = domain()
     by_epc = Window.partitionBy("epc_code")
     micros = F.unix_micros("event_time")
-    tie = F.row_number().over(by_epc.orderBy("event_time", "event_id")) - F.rank().over(by_epc.orderBy("event_time"))
+    tie = F.row_number().over(by_epc.orderBy("event_time", "event_id")) - F.rank().over(
+        by_epc.orderBy("event_time")
+    )
     silver = _serial_issued(silver, serial_ranges)
-    offset = ((F.unix_micros("event_time") - F.unix_micros("record_time")) / F.lit(float(_MICROS))
-              if "record_time" in silver.columns else F.lit(None).cast("double"))
-    steps = silver.withColumn("micros", micros).withColumn(
-        "ord", F.col("micros") * TIE_SLOTS + F.least(tie, F.lit(TIE_SLOTS - 1))
-    ).withColumn("_record_offset_s", offset)
+    offset = (
+        (F.unix_micros("event_time") - F.unix_micros("record_time")) / F.lit(float(_MICROS))
+        if "record_time" in silver.columns
+        else F.lit(None).cast("double")
+    )
+    steps = (
+        silver.withColumn("micros", micros)
+        .withColumn("ord", F.col("micros") * TIE_SLOTS + F.least(tie, F.lit(TIE_SLOTS - 1)))
+        .withColumn("_record_offset_s", offset)
+    )
     in_order = by_epc.orderBy("ord")
     steps = steps.select(
         "*",
-        *[F.lag(c).over(in_order).alias(f"_prev_{c}")
-          for c in ("ord", "micros", "location_id", "location_tier", "latitude", "longitude", "event_type")],
+        *[
+            F.lag(c).over(in_order).alias(f"_prev_{c}")
+            for c in ("ord", "micros", "location_id", "location_tier", "latitude", "longitude", "event_type")
+        ],
     )
     if air_lanes is not None:
         lanes = _undirected(air_lanes)
-        steps = steps.join(F.broadcast(lanes), (F.col("_prev_location_id") == F.col("_lane_from"))
-                           & (F.col("location_id") == F.col("_lane_to")), "left").drop("_lane_from", "_lane_to")
+        steps = steps.join(
+            F.broadcast(lanes),
+            (F.col("_prev_location_id") == F.col("_lane_from")) & (F.col("location_id") == F.col("_lane_to")),
+            "left",
+        ).drop("_lane_from", "_lane_to")
     else:
         steps = steps.withColumn("_on_lane", F.lit(None).cast("boolean"))
     prev_ord = F.col("_prev_ord")
     steps = steps.withColumn(
-        "has_prev", prev_ord.isNotNull() & (prev_ord >= F.col("ord") - F.lit(history_span(settings))))
+        "has_prev", prev_ord.isNotNull() & (prev_ord >= F.col("ord") - F.lit(history_span(settings)))
+    )
 
     def when_prev(value: Column) -> Column:
         return F.when(F.col("has_prev"), value)
 
     gap_s = (F.col("micros") - F.col("_prev_micros")) / F.lit(float(_MICROS))
-    dist = _haversine_km(F.col("_prev_latitude"), F.col("_prev_longitude"), F.col("latitude"), F.col("longitude"))
+    dist = _haversine_km(
+        F.col("_prev_latitude"), F.col("_prev_longitude"), F.col("latitude"), F.col("longitude")
+    )
     hours = F.greatest(gap_s, F.lit(settings.min_gap_seconds)) / F.lit(3600.0)
     event_type = F.coalesce(F.col("event_type"), F.lit(""))
     is_outbound = event_type.endswith("_Outbound")
@@ -194,7 +223,9 @@ def scan_steps(
         when_prev(dist / hours).alias("speed_kmh"),
         when_prev(F.col("location_tier") - F.col("_prev_location_tier")).alias("tier_change"),
         when_prev(same_location).alias("same_location"),
-        when_prev(F.coalesce(_index_of("_prev_event_type", event_types), F.lit(0))).alias("prev_event_type_idx"),
+        when_prev(F.coalesce(_index_of("_prev_event_type", event_types), F.lit(0))).alias(
+            "prev_event_type_idx"
+        ),
         when_prev(F.coalesce(F.col("_on_lane"), F.lit(False))).alias("air_lane"),
         event_type.endswith("_Inbound").alias("is_inbound"),
         is_outbound.alias("is_outbound"),
@@ -207,14 +238,21 @@ def scan_steps(
         F.col("_record_offset_s"),
     )
     # The hop before the previous scan, when both of its scans lie in this event's history.
-    linked_before = F.col("has_prev") & (F.lag("prev_ord").over(in_order) >= F.col("ord") - F.lit(history_span(settings)))
-    device_day = (Window.partitionBy("device_id").orderBy("micros")
-                  .rangeBetween(-86_400 * _MICROS, Window.currentRow))
+    linked_before = F.col("has_prev") & (
+        F.lag("prev_ord").over(in_order) >= F.col("ord") - F.lit(history_span(settings))
+    )
+    device_day = (
+        Window.partitionBy("device_id").orderBy("micros").rangeBetween(-86_400 * _MICROS, Window.currentRow)
+    )
     return steps.select(
         *[c for c in steps.columns if not c.startswith("_")],
-        *[F.when(linked_before, F.lag(c).over(in_order)).alias(f"prev_{c}")
-          for c in ("speed_kmh", "tier_change", "same_location")],
-        F.when(F.col("device_id").isNotNull(), F.avg("_record_offset_s").over(device_day)).alias("device_offset_s"),
+        *[
+            F.when(linked_before, F.lag(c).over(in_order)).alias(f"prev_{c}")
+            for c in ("speed_kmh", "tier_change", "same_location")
+        ],
+        F.when(F.col("device_id").isNotNull(), F.avg("_record_offset_s").over(device_day)).alias(
+            "device_offset_s"
+        ),
     )
 
 
@@ -232,10 +270,29 @@ def _log1p(column: Column) -> Column:
 
 def _step_struct() -> Column:
     """One sequence step as collected by the window: its order keys and raw values."""
-    return F.struct(*[F.col(c) for c in (
-        "ord", "prev_ord", "gap_s", "location_tier", "tier_change", "dist_km", "speed_kmh", "event_type_idx",
-        "business_step_idx", "hour_sin", "hour_cos", "same_location", "is_inbound", "is_outbound", "is_return",
-        "air_lane")])
+    return F.struct(
+        *[
+            F.col(c)
+            for c in (
+                "ord",
+                "prev_ord",
+                "gap_s",
+                "location_tier",
+                "tier_change",
+                "dist_km",
+                "speed_kmh",
+                "event_type_idx",
+                "business_step_idx",
+                "hour_sin",
+                "hour_cos",
+                "same_location",
+                "is_inbound",
+                "is_outbound",
+                "is_return",
+                "air_lane",
+            )
+        ]
+    )
 
 
 def _step_values(step: Column, bound: Column) -> dict[str, Column]:
@@ -259,7 +316,9 @@ def _step_values(step: Column, bound: Column) -> dict[str, Column]:
         "same_location": if_linked(_flag(step["same_location"])),
         "is_inbound": _flag(step["is_inbound"]),
         "is_outbound": _flag(step["is_outbound"]),
-        "out_without_in": _flag(step["is_outbound"] & ~(linked & F.coalesce(step["same_location"], F.lit(False)))),
+        "out_without_in": _flag(
+            step["is_outbound"] & ~(linked & F.coalesce(step["same_location"], F.lit(False)))
+        ),
         "is_return": _flag(step["is_return"]),
         "air_lane": if_linked(_flag(step["air_lane"])),
     }
@@ -278,8 +337,11 @@ def _in_order(names: list[str], values: dict[str, Column], what: str) -> list[Co
 def _recent_steps(settings: FeatureSettings) -> Column:
     """The event's last ``sequence_length`` events that lie in its history, oldest first (step structs)."""
     bound = F.col("ord") - F.lit(history_span(settings))
-    last_rows = (Window.partitionBy("epc_code").orderBy("ord")
-                 .rowsBetween(-(settings.sequence_length - 1), Window.currentRow))
+    last_rows = (
+        Window.partitionBy("epc_code")
+        .orderBy("ord")
+        .rowsBetween(-(settings.sequence_length - 1), Window.currentRow)
+    )
     return F.filter(F.collect_list(_step_struct()).over(last_rows), lambda s: s["ord"] >= bound)
 
 
@@ -287,16 +349,28 @@ def _sequence(recent: Column, settings: FeatureSettings) -> Column:
     """``seq``: the steps' sequence features flattened time-major, right-padded with 0."""
     names = sequence_features()
     bound = F.col("ord") - F.lit(history_span(settings))
-    flat = F.flatten(F.transform(
-        recent, lambda s: F.array(*[c.cast("float") for c in _in_order(names, _step_values(s, bound), "sequence")])
-    ))
-    padding = F.array_repeat(F.lit(0.0).cast("float"), F.lit(settings.sequence_length * len(names)) - F.size(flat))
+    flat = F.flatten(
+        F.transform(
+            recent,
+            lambda s: F.array(
+                *[c.cast("float") for c in _in_order(names, _step_values(s, bound), "sequence")]
+            ),
+        )
+    )
+    padding = F.array_repeat(
+        F.lit(0.0).cast("float"), F.lit(settings.sequence_length * len(names)) - F.size(flat)
+    )
     return F.concat(flat, padding)
 
 
 # Values of the pair (scan -> the EPC's next scan), read from the next scan.
-_NEXT = {"_next_gap_s": "gap_s", "_next_speed_kmh": "speed_kmh", "_next_tier_change": "tier_change",
-         "_next_same_location": "same_location", "_next_out_without_in": "out_without_in"}
+_NEXT = {
+    "_next_gap_s": "gap_s",
+    "_next_speed_kmh": "speed_kmh",
+    "_next_tier_change": "tier_change",
+    "_next_same_location": "same_location",
+    "_next_out_without_in": "out_without_in",
+}
 
 
 def _history(settings: FeatureSettings) -> dict[str, Column]:
@@ -320,10 +394,13 @@ def _history(settings: FeatureSettings) -> dict[str, Column]:
         "hist_max_tier_jump": F.max("_next_tier_change").over(earlier),
         "hist_backward_moves": F.sum((F.col("_next_tier_change") < 0).cast("int")).over(earlier),
         "hist_min_gap_other_location_log": F.min(
-            F.when(~F.col("_next_same_location"), F.col("_next_gap_s"))).over(earlier),
+            F.when(~F.col("_next_same_location"), F.col("_next_gap_s"))
+        ).over(earlier),
         # Outbound scans not preceded in the history by a scan at their location:
         # the pairs' second scans, plus the first scan of the history if outbound.
-        "hist_out_without_in": F.coalesce(F.sum(F.col("_next_out_without_in").cast("int")).over(earlier), F.lit(0))
+        "hist_out_without_in": F.coalesce(
+            F.sum(F.col("_next_out_without_in").cast("int")).over(earlier), F.lit(0)
+        )
         + F.first(F.col("is_outbound").cast("int")).over(history),
     }
 
@@ -354,33 +431,49 @@ def _current(settings: FeatureSettings) -> dict[str, Column]:
         "business_step_idx": F.col("business_step_idx").cast("double"),
         "hour_sin": F.col("hour_sin"),
         "hour_cos": F.col("hour_cos"),
-        "days_since_manufacture": (F.col("micros") - F.unix_date("epc_manufacture_date").cast("bigint")
-                                   * F.lit(86_400 * _MICROS)) / F.lit(86_400.0 * _MICROS),
+        "days_since_manufacture": (
+            F.col("micros") - F.unix_date("epc_manufacture_date").cast("bigint") * F.lit(86_400 * _MICROS)
+        )
+        / F.lit(86_400.0 * _MICROS),
         "route_gap_ratio_p05": F.when(F.col("route_transit_p05_s") > 0, gap / F.col("route_transit_p05_s")),
-        "route_gap_z": F.when(F.col("route_transit_std_s") > 0,
-                              (gap - F.col("route_transit_mean_s")) / F.col("route_transit_std_s")),
+        "route_gap_z": F.when(
+            F.col("route_transit_std_s") > 0,
+            (gap - F.col("route_transit_mean_s")) / F.col("route_transit_std_s"),
+        ),
     }
     validity = ("epc_format_valid", "epc_company_known", "epc_product_known", "epc_manufacture_date_valid")
     for flag in validity:
         values[flag] = _flag(F.col(flag))
     tier_change = F.col("tier_change")
-    values.update({
-        "tier_change_unusual": _flag(~tier_change.isin(0, 1)),
-        "prev_event_type_idx": _flag(F.col("prev_event_type_idx")),
-        "same_event_type_as_prev": _flag(F.col("has_prev") & (F.col("prev_event_type_idx") == F.col("event_type_idx"))),
-        # An Inbound here right before this scan: what an Outbound should follow.
-        "prev_inbound_here": _flag(F.col("same_location") & F.col("prev_event_type_idx").isin(_inbound_indexes())),
-        "prev_speed_log": _log1p(F.col("prev_speed_kmh")),
-        "prev_tier_change": F.col("prev_tier_change").cast("double"),
-        "prev_same_location": F.col("prev_same_location").cast("double"),
-        "serial_issued": F.col("serial_issued").cast("double"),
-        "epc_any_invalid": _flag(~(F.col("epc_format_valid") & F.col("epc_company_known") & F.col("epc_product_known")
-                                   & F.col("epc_manufacture_date_valid")
-                                   & F.coalesce(F.col("serial_issued") == 1, F.lit(True)))),
-        "air_lane": _flag(F.col("air_lane")),
-        "is_return": _flag(F.col("is_return")),
-        "device_offset_s": F.col("device_offset_s"),
-    })
+    values.update(
+        {
+            "tier_change_unusual": _flag(~tier_change.isin(0, 1)),
+            "prev_event_type_idx": _flag(F.col("prev_event_type_idx")),
+            "same_event_type_as_prev": _flag(
+                F.col("has_prev") & (F.col("prev_event_type_idx") == F.col("event_type_idx"))
+            ),
+            # An Inbound here right before this scan: what an Outbound should follow.
+            "prev_inbound_here": _flag(
+                F.col("same_location") & F.col("prev_event_type_idx").isin(_inbound_indexes())
+            ),
+            "prev_speed_log": _log1p(F.col("prev_speed_kmh")),
+            "prev_tier_change": F.col("prev_tier_change").cast("double"),
+            "prev_same_location": F.col("prev_same_location").cast("double"),
+            "serial_issued": F.col("serial_issued").cast("double"),
+            "epc_any_invalid": _flag(
+                ~(
+                    F.col("epc_format_valid")
+                    & F.col("epc_company_known")
+                    & F.col("epc_product_known")
+                    & F.col("epc_manufacture_date_valid")
+                    & F.coalesce(F.col("serial_issued") == 1, F.lit(True))
+                )
+            ),
+            "air_lane": _flag(F.col("air_lane")),
+            "is_return": _flag(F.col("is_return")),
+            "device_offset_s": F.col("device_offset_s"),
+        }
+    )
     return values
 
 
@@ -415,29 +508,51 @@ def event_features(
     with_next = in_reach.select("*", *[F.lead(c).over(by_epc).alias(n) for n, c in _NEXT.items()])
     history = _history(settings)
     # Window values first, then what is derived from them (each window aggregate computed once).
-    windowed = with_next.select(
-        *in_reach.columns, _recent_steps(settings).alias("_recent"), *[v.alias(k) for k, v in history.items()],
-    ).where(F.col("event_date").between(F.lit(start), F.lit(end))).select(
-        *in_reach.columns,
-        _sequence(F.col("_recent"), settings).alias(SEQUENCE_COLUMN),
-        F.size("_recent").alias(SEQUENCE_LENGTH_COLUMN),
-        *[_HISTORY_FINISH.get(k, lambda c: c.cast("double"))(F.col(k)).alias(k) for k in history],
+    windowed = (
+        with_next.select(
+            *in_reach.columns,
+            _recent_steps(settings).alias("_recent"),
+            *[v.alias(k) for k, v in history.items()],
+        )
+        .where(F.col("event_date").between(F.lit(start), F.lit(end)))
+        .select(
+            *in_reach.columns,
+            _sequence(F.col("_recent"), settings).alias(SEQUENCE_COLUMN),
+            F.size("_recent").alias(SEQUENCE_LENGTH_COLUMN),
+            *[_HISTORY_FINISH.get(k, lambda c: c.cast("double"))(F.col(k)).alias(k) for k in history],
+        )
     )
 
     ttl = snapshot_ttl(settings)
-    routes = (route_snapshots.withColumnRenamed("from_location_id", "prev_location_id")
-              .withColumnRenamed("to_location_id", "location_id"))
-    joined = as_of_join_many(windowed, [
-        AsOfSpec(location_snapshots, ["location_id"], "snapshot_ts", ttl=ttl, prefix="loc_"),
-        AsOfSpec(routes, ["prev_location_id", "location_id"], "snapshot_ts", ttl=ttl, prefix="route_"),
-    ], left_ts="event_time")
+    routes = route_snapshots.withColumnRenamed("from_location_id", "prev_location_id").withColumnRenamed(
+        "to_location_id", "location_id"
+    )
+    joined = as_of_join_many(
+        windowed,
+        [
+            AsOfSpec(location_snapshots, ["location_id"], "snapshot_ts", ttl=ttl, prefix="loc_"),
+            AsOfSpec(routes, ["prev_location_id", "location_id"], "snapshot_ts", ttl=ttl, prefix="route_"),
+        ],
+        left_ts="event_time",
+    )
 
     values = {**_current(settings), **{k: F.col(k) for k in history}}
-    snapshot_columns = [c for c in joined.columns if c.startswith(("loc_", "route_"))
-                        and c not in ("loc_snapshot_date", "route_snapshot_date")]
+    snapshot_columns = [
+        c
+        for c in joined.columns
+        if c.startswith(("loc_", "route_")) and c not in ("loc_snapshot_date", "route_snapshot_date")
+    ]
     values.update({c: F.col(c).cast("double") for c in snapshot_columns})
     return joined.select(
-        "event_id", "epc_code", "event_time", "event_date", "location_id", "prev_location_id",
-        "loc_snapshot_date", "route_snapshot_date", SEQUENCE_COLUMN, SEQUENCE_LENGTH_COLUMN,
+        "event_id",
+        "epc_code",
+        "event_time",
+        "event_date",
+        "location_id",
+        "prev_location_id",
+        "loc_snapshot_date",
+        "route_snapshot_date",
+        SEQUENCE_COLUMN,
+        SEQUENCE_LENGTH_COLUMN,
         *_in_order(tabular_features(), values, "tabular"),
     )

@@ -59,8 +59,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
-from tracelake.config import CONFOUNDERS, GeneratorSettings
 from spark_jobs.transforms.network import LOCATION_ID_FORMAT, Network, serial_digits
+from tracelake.config import CONFOUNDERS, GeneratorSettings
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SECONDS_PER_DAY = 86_400
@@ -128,13 +128,15 @@ class SimulationPlan:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.anomaly_types) - set(SIMULATED_ANOMALIES))
         if unknown:
-            raise ValueError(f"schemas/domain.yaml lists anomaly type(s) {unknown} the generator cannot simulate")
+            raise ValueError(
+                f"schemas/domain.yaml lists anomaly type(s) {unknown} the generator cannot simulate"
+            )
         if self.format not in CORRUPTIONS:
             raise ValueError(f"format {self.format!r} is not one of {sorted(CORRUPTIONS)}")
 
     @property
     def start_s(self) -> int:
-        return int(dt.datetime.combine(self.start, dt.time.min, tzinfo=dt.timezone.utc).timestamp())
+        return int(dt.datetime.combine(self.start, dt.time.min, tzinfo=dt.UTC).timestamp())
 
     @property
     def end_s(self) -> int:
@@ -216,8 +218,8 @@ def _prefixed_hex(prefix: str, values: np.ndarray) -> np.ndarray:
     raw = values.astype(">u8").view(np.uint8).reshape(-1, 8)
     out = np.empty((len(values), width), dtype=np.uint8)
     out[:, : len(head)] = head
-    out[:, len(head)::2] = _HEX[raw >> 4]
-    out[:, len(head) + 1::2] = _HEX[raw & 15]
+    out[:, len(head) :: 2] = _HEX[raw >> 4]
+    out[:, len(head) + 1 :: 2] = _HEX[raw & 15]
     return out.view(f"S{width}").ravel().astype(str).astype(object)
 
 
@@ -234,7 +236,9 @@ def event_ids(plan: SimulationPlan, epc_index: np.ndarray, slot: np.ndarray) -> 
 
 def incident_ids(plan: SimulationPlan, epc_index: np.ndarray) -> np.ndarray:
     """One id per anomalous EPC (an EPC carries at most one incident): the code of a slot no event uses."""
-    return _prefixed_hex(INCIDENT_ID_PREFIX, _id_codes(plan, epc_index, np.full(len(epc_index), INCIDENT_SLOT)))
+    return _prefixed_hex(
+        INCIDENT_ID_PREFIX, _id_codes(plan, epc_index, np.full(len(epc_index), INCIDENT_SLOT))
+    )
 
 
 def _pick_where(mask: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -275,8 +279,13 @@ def _air_kmh(plan: SimulationPlan, draws: _Draws) -> np.ndarray:
 
 
 def _timeline(
-    plan: SimulationPlan, path: np.ndarray, t0: np.ndarray, factory: np.ndarray, draws: _Draws,
-    mode: np.ndarray, fixed: np.ndarray,
+    plan: SimulationPlan,
+    path: np.ndarray,
+    t0: np.ndarray,
+    factory: np.ndarray,
+    draws: _Draws,
+    mode: np.ndarray,
+    fixed: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Locations and first/second event times of each leg of each journey (NaN where none).
 
@@ -321,7 +330,9 @@ def _timeline(
             dist = net.distance_km[prev_loc, safe]
             transit_s = _truck_transit_s(plan, dist, draws, j)
             jump_kmh = s.jump_speed_kmh_min + draws.jump_speed * (s.jump_speed_kmh_max - s.jump_speed_kmh_min)
-            transit_s = np.where(jumping, np.maximum(dist / jump_kmh * SECONDS_PER_HOUR, JUMP_MIN_TRANSIT_S), transit_s)
+            transit_s = np.where(
+                jumping, np.maximum(dist / jump_kmh * SECONDS_PER_HOUR, JUMP_MIN_TRANSIT_S), transit_s
+            )
             transit_s = np.where(flying, dist / _air_kmh(plan, draws) * SECONDS_PER_HOUR, transit_s)
             arrive = prev_t + transit_s
         st = np.where(active, stage, 0)
@@ -338,7 +349,10 @@ def _timeline(
 
 
 def _fake_epcs(
-    plan: SimulationPlan, rng: np.random.Generator, parts: list[np.ndarray], product: np.ndarray,
+    plan: SimulationPlan,
+    rng: np.random.Generator,
+    parts: list[np.ndarray],
+    product: np.ndarray,
     u_serial: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """EPC strings that are fake in one of five ways, built from genuine-looking parts, and the way."""
@@ -383,7 +397,9 @@ def _fake_epcs(
             m = (f"{year}13{m[6:]}", f"{year}0230", "00000000")[sub[i]]
             variant.append("invalid_date")
         else:  # manufactured after every scan of the window
-            future = end + dt.timedelta(days=int(rng.integers(s.fake_future_days_min, s.fake_future_days_max + 1)))
+            future = end + dt.timedelta(
+                days=int(rng.integers(s.fake_future_days_min, s.fake_future_days_max + 1))
+            )
             m = future.strftime("%Y%m%d")
             variant.append("future_date")
         out.append(f"{h}.{c}.{p}.{lt}.{m}.{sr}")
@@ -426,8 +442,11 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     t0 = plan.start_s + rng.random(n) * (plan.end_s - plan.start_s)
     u_kind = rng.random(n)
     draws = _Draws(
-        loc=rng.random((n, legs)), dwell=rng.random((n, legs)), handling=rng.random((n, legs)),
-        speed=rng.random((n, legs)), jump_speed=rng.random(n),
+        loc=rng.random((n, legs)),
+        dwell=rng.random((n, legs)),
+        handling=rng.random((n, legs)),
+        speed=rng.random((n, legs)),
+        jump_speed=rng.random(n),
     )
     u_place = rng.random((n, 3))
     u_operator = rng.random((n, slots - 1))
@@ -462,11 +481,19 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     slot_leg = np.arange(2 * legs) // 2
     hub = base_loc[:, hub_leg]
     partner = net.members[2][_choose(net.air_cum, np.maximum(hub, 0), draws.loc[:, hub_leg + 1])]
-    flight_end = b2[:, hub_leg] + net.distance_km[np.maximum(hub, 0), partner] / _air_kmh(plan, draws) * SECONDS_PER_HOUR
+    flight_end = (
+        b2[:, hub_leg]
+        + net.distance_km[np.maximum(hub, 0), partner] / _air_kmh(plan, draws) * SECONDS_PER_HOUR
+    )
     retailer = np.maximum(base_loc[:, retail_leg], 0)
-    back_to = {RETURN: np.maximum(base_loc[:, wholesale_leg], 0), RECALL: np.maximum(base_loc[:, warehouse_leg], 0)}
-    back_arrival = {k: b2[:, retail_leg] + _truck_transit_s(plan, net.distance_km[retailer, v], draws, retail_leg + 1)
-                    for k, v in back_to.items()}
+    back_to = {
+        RETURN: np.maximum(base_loc[:, wholesale_leg], 0),
+        RECALL: np.maximum(base_loc[:, warehouse_leg], 0),
+    }
+    back_arrival = {
+        k: b2[:, retail_leg] + _truck_transit_s(plan, net.distance_km[retailer, v], draws, retail_leg + 1)
+        for k, v in back_to.items()
+    }
     where = {
         EPC_FAKE: np.ones((n, 1), dtype=bool),
         JUMP: middle[None, :] & (b1 < end),
@@ -479,14 +506,18 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
         MISSED_READ: middle[None, :] & (b2 < end),
         RESCAN: base_times < end - s.rescan_minutes_max * 60,
     }
-    rates = np.array([getattr(s.rates, a) for a in plan.anomaly_types] + [s.confounder_rates[c] for c in EPC_CONFOUNDERS])
+    rates = np.array(
+        [getattr(s.rates, a) for a in plan.anomaly_types] + [s.confounder_rates[c] for c in EPC_CONFOUNDERS]
+    )
     kind = _assign_kinds(rates, np.column_stack([where[k].any(axis=1) for k in kinds]), u_kind)
     genuine = kind >= len(plan.anomaly_types)  # no anomaly (maybe a confounder)
 
     def place(what: str, u: np.ndarray) -> np.ndarray:
         return np.where(kind == code[what], _pick_where(where[what], u), -1)
 
-    jump_leg, order_leg, bad_from, dup_slot = (place(a, u_place[:, 0]) for a in (JUMP, EVT_ORDER_ERR, LOC_ERR, EPC_DUP))
+    jump_leg, order_leg, bad_from, dup_slot = (
+        place(a, u_place[:, 0]) for a in (JUMP, EVT_ORDER_ERR, LOC_ERR, EPC_DUP)
+    )
     missed_leg, rescanned = place(MISSED_READ, u_conf[:, 0]), place(RESCAN, u_conf[:, 1])
 
     # loc_err paths: stages 0..a, then b, b+1, .. last, with b in {1..a-1} or {a+2..last}.
@@ -494,11 +525,13 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     lr = np.flatnonzero(bad_from >= 0)
     if lr.size:
         a = bad_from[lr]
-        options = np.array([[b for b in range(1, n_stages) if b != a_ + 1 and b != a_] for a_ in range(n_stages - 1)],
-                           dtype=object)
+        options = np.array(
+            [[b for b in range(1, n_stages) if b != a_ + 1 and b != a_] for a_ in range(n_stages - 1)],
+            dtype=object,
+        )
         width = np.array([len(o) for o in options])
         pick = np.minimum((u_place[lr, 1] * width[a]).astype(int), width[a] - 1)
-        b = np.array([options[a_][k] for a_, k in zip(a, pick)])
+        b = np.array([options[a_][k] for a_, k in zip(a, pick, strict=False)])
         shifted = b[:, None] + legs_idx[None, :] - a[:, None] - 1
         new = np.where(legs_idx[None, :] <= a[:, None], legs_idx[None, :], shifted)
         path[lr] = np.where(new < n_stages, new, -1)
@@ -514,7 +547,7 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     backward = {k: np.flatnonzero(kind == code[k]) for k in (RETURN, RECALL)}
     for k, rows in backward.items():
         path[rows, retail_leg + 1] = net.tier[back_to[k][rows]]
-        path[rows, retail_leg + 2:] = -1
+        path[rows, retail_leg + 2 :] = -1
         fixed[rows, retail_leg + 1] = back_to[k][rows]
 
     loc, t1, t2 = _timeline(plan, path, t0, factory, draws, mode, fixed)
@@ -524,8 +557,9 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     # Event slots: (leg, first|second) plus the clone and re-scan slots at the end.
     stage = np.where(path >= 0, path, 0)
     first_type = np.array([plan.event_types.index(st.event_types[0]) for st in net.stages])
-    second_type = np.array([plan.event_types.index(st.event_types[-1]) if len(st.event_types) == 2 else -1
-                            for st in net.stages])
+    second_type = np.array(
+        [plan.event_types.index(st.event_types[-1]) if len(st.event_types) == 2 else -1 for st in net.stages]
+    )
     times = np.full((n, slots), np.nan)
     times[:, : 2 * legs] = np.stack([t1, t2], axis=2).reshape(n, 2 * legs)
     locs = np.full((n, slots), -1)
@@ -555,8 +589,9 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
         for t in np.unique(tier):
             sel = tier == t
             far_cum = np.where(near[sel][:, None], net.dup_near_cum[t][src[sel]], net.dup_cum[t][src[sel]])
-            clone[sel] = net.members[t][np.minimum((far_cum < u_dup[rows[sel], 0][:, None]).sum(axis=1),
-                                                   far_cum.shape[1] - 1)]
+            clone[sel] = net.members[t][
+                np.minimum((far_cum < u_dup[rows[sel], 0][:, None]).sum(axis=1), far_cum.shape[1] - 1)
+            ]
         delay = s.dup_delay_minutes_min + u_dup[rows, 1] * (s.dup_delay_minutes_max - s.dup_delay_minutes_min)
         times[rows, clone_slot] = times[rows, source_slot] + delay * 60
         locs[rows, clone_slot] = clone
@@ -613,16 +648,24 @@ def simulate_block(plan: SimulationPlan, block: int) -> BlockEvents:
     made_text = np.char.replace(np.datetime_as_string(made, unit="D"), "-", "")
     day_of_year = (made - made.astype("datetime64[Y]")).astype(int) + 1
     year = made.astype("datetime64[Y]").astype(int) % 100
-    lot = [f"{y:02d}{d:03d}{k}" for y, d, k in zip(year, day_of_year, shift)]
+    lot = [f"{y:02d}{d:03d}{k}" for y, d, k in zip(year, day_of_year, shift, strict=False)]
     digits = serial_digits(s.serial_stride, s.epcs, len(net.product_code))
     serial = [f"{v:0{digits}d}" for v in net.serials(product, epc_index)]
     company = net.company_code[net.product_company[product]]
-    parts = [np.full(n, EPC_HEADER, dtype=object), company, net.product_code[product],
-             np.array(lot, dtype=object), made_text.astype(object), np.array(serial, dtype=object)]
-    epc = np.array([".".join(p) for p in zip(*parts)], dtype=object)
+    parts = [
+        np.full(n, EPC_HEADER, dtype=object),
+        company,
+        net.product_code[product],
+        np.array(lot, dtype=object),
+        made_text.astype(object),
+        np.array(serial, dtype=object),
+    ]
+    epc = np.array([".".join(p) for p in zip(*parts, strict=False)], dtype=object)
     fake = np.flatnonzero(kind == code[EPC_FAKE])
     if fake.size:
-        epc[fake], variant[fake] = _fake_epcs(plan, rng_fake, [p[fake] for p in parts], product[fake], u_conf[fake, 5])
+        epc[fake], variant[fake] = _fake_epcs(
+            plan, rng_fake, [p[fake] for p in parts], product[fake], u_conf[fake, 5]
+        )
 
     # Incidents: one per anomalous EPC whose evidence is in the window, confirmed all at once after one delay.
     fake_epc = kind == code[EPC_FAKE]
@@ -692,7 +735,9 @@ def _iso(seconds: np.ndarray) -> np.ndarray:
 
 
 def _day(seconds: np.ndarray) -> np.ndarray:
-    return np.datetime_as_string((seconds // SECONDS_PER_DAY).astype("datetime64[D]"), unit="D").astype(object)
+    return np.datetime_as_string((seconds // SECONDS_PER_DAY).astype("datetime64[D]"), unit="D").astype(
+        object
+    )
 
 
 @dataclass
@@ -721,7 +766,9 @@ def block_rows(plan: SimulationPlan, block: int) -> BlockRows:
         "event_time": _iso(ev.time_s),
         "record_time": _iso(ev.record_s),
         "location_id": net.location_id[ev.location],
-        "business_step": np.array([st.business_step for st in net.stages], dtype=object)[net.tier[ev.location]],
+        "business_step": np.array([st.business_step for st in net.stages], dtype=object)[
+            net.tier[ev.location]
+        ],
         "event_type": np.array(plan.event_types, dtype=object)[ev.event_type],
         "operator_id": ev.operator_id,
         "device_id": ev.device_id,
@@ -759,16 +806,27 @@ def block_rows(plan: SimulationPlan, block: int) -> BlockRows:
         "labels": dict(Counter(labels["anomaly_type"].tolist())),
         "corrupted": dict(Counter(corruption[hit].tolist())),
     }
-    return BlockRows(scans, scan_day, ev.time_s, ev.event_id, corruption, corruption_u,
-                     labels, _day(confirmed), confirmed, stats)
+    return BlockRows(
+        scans,
+        scan_day,
+        ev.time_s,
+        ev.event_id,
+        corruption,
+        corruption_u,
+        labels,
+        _day(confirmed),
+        confirmed,
+        stats,
+    )
 
 
 def _variant(u: float, count: int) -> int:
     return min(int(u * count), count - 1)
 
 
-def _corrupt_fields(plan: SimulationPlan, scans: dict[str, np.ndarray], corruption: np.ndarray,
-                    corruption_u: np.ndarray) -> None:
+def _corrupt_fields(
+    plan: SimulationPlan, scans: dict[str, np.ndarray], corruption: np.ndarray, corruption_u: np.ndarray
+) -> None:
     """Apply the field-level corruptions in place; the line-level ones are left to :func:`_text_lines`."""
     for i in np.flatnonzero(corruption != ""):
         what, u = corruption[i], corruption_u[i]
@@ -777,7 +835,8 @@ def _corrupt_fields(plan: SimulationPlan, scans: dict[str, np.ndarray], corrupti
         elif what == BAD_TIMESTAMP:
             t = scans["event_time"][i]
             scans["event_time"][i] = _BAD_TIMESTAMPS[_variant(u, len(_BAD_TIMESTAMPS))].format(
-                date=t[:10], yyyy=t[:4], mm=t[5:7], dd=t[8:10], hh=t[11:13], mmss=t[14:19])
+                date=t[:10], yyyy=t[:4], mm=t[5:7], dd=t[8:10], hh=t[11:13], mmss=t[14:19]
+            )
         elif what == UNKNOWN_LOCATION:
             number = _UNKNOWN_LOCATION_OFFSET + int(u * 9_999)
             scans["location_id"][i] = LOCATION_ID_FORMAT.format(number)
@@ -788,7 +847,9 @@ def _corrupt_fields(plan: SimulationPlan, scans: dict[str, np.ndarray], corrupti
 
 
 def _text_lines(
-    plan: SimulationPlan, fields: dict[str, np.ndarray], corruption: np.ndarray | None = None,
+    plan: SimulationPlan,
+    fields: dict[str, np.ndarray],
+    corruption: np.ndarray | None = None,
     corruption_u: np.ndarray | None = None,
 ) -> list[bytes]:
     """CSV or JSON lines; the line-level corruptions break their bytes here."""
@@ -798,7 +859,7 @@ def _text_lines(
     else:
         template = "{" + ",".join(f'"{c}":"%s"' for c in names) + "}"
     columns = [fields[c] for c in names]
-    clean_rows = zip(*columns)
+    clean_rows = zip(*columns, strict=False)
     if corruption is None or corruption_u is None or not (corruption != "").any():
         return [(template % row).encode() for row in clean_rows]
     lines = []
@@ -809,7 +870,9 @@ def _text_lines(
         elif what == MISSING_FIELD:
             lines.append(_line_with_gaps(plan.format, names, row).encode())
         elif what == NON_UTF8:
-            row = tuple(v + _LATIN1_SUFFIX if c == "product_name" else v for c, v in zip(names, row))
+            row = tuple(
+                v + _LATIN1_SUFFIX if c == "product_name" else v for c, v in zip(names, row, strict=False)
+            )
             lines.append((template % row).encode("latin-1"))
         else:  # UNPARSEABLE: CSV with a field too few or too many, JSON cut short
             u = corruption_u[i]
@@ -825,7 +888,7 @@ def _text_lines(
 def _line_with_gaps(fmt: str, names: list[str], row: tuple) -> str:
     if fmt == "csv":
         return ",".join("" if v is None else v for v in row)
-    return "{" + ",".join(f'"{c}":"{v}"' for c, v in zip(names, row) if v is not None) + "}"
+    return "{" + ",".join(f'"{c}":"{v}"' for c, v in zip(names, row, strict=False) if v is not None) + "}"
 
 
 # ---------------------------------------------------------------------------
@@ -853,10 +916,16 @@ def render_block(plan: SimulationPlan, block: int) -> Iterator[pd.DataFrame]:
     text = plan.format in TEXT_FORMATS
     n_labels = len(rows.label_day)
     scans = pd.DataFrame({"kind": SCANS, "date": rows.scan_day, "k1": rows.scan_time, "k2": rows.scan_key})
-    labels = pd.DataFrame({
-        "kind": LABELS, "date": rows.label_day, "k1": rows.label_time,
-        "k2": rows.labels["event_id"] + "|" + rows.labels["anomaly_type"] if n_labels else np.array([], dtype=object),
-    })
+    labels = pd.DataFrame(
+        {
+            "kind": LABELS,
+            "date": rows.label_day,
+            "k1": rows.label_time,
+            "k2": rows.labels["event_id"] + "|" + rows.labels["anomaly_type"]
+            if n_labels
+            else np.array([], dtype=object),
+        }
+    )
     if text:
         scans["value"] = _text_lines(plan, rows.scans, rows.corruption, rows.corruption_u)
         labels["value"] = _text_lines(plan, rows.labels)
@@ -869,16 +938,25 @@ def render_block(plan: SimulationPlan, block: int) -> Iterator[pd.DataFrame]:
             scans[c] = v
         for c, v in rows.labels.items():
             labels[c] = v
-    stats = pd.DataFrame({"kind": [STATS], "date": ["-"], "k1": [block], "k2": [""],
-                          "value": [json.dumps(rows.stats, sort_keys=True).encode()]})
+    stats = pd.DataFrame(
+        {
+            "kind": [STATS],
+            "date": ["-"],
+            "k1": [block],
+            "k2": [""],
+            "value": [json.dumps(rows.stats, sort_keys=True).encode()],
+        }
+    )
     columns = simulated_schema(plan).fieldNames()
     for frame in (scans, labels, stats):
         # Columns a frame lacks are null objects: reindex would add float NaN, which Spark 4's
         # Arrow conversion refuses for a string column.
-        frame = frame.assign(**{c: np.full(len(frame), None, dtype=object) for c in columns if c not in frame})
+        frame = frame.assign(
+            **{c: np.full(len(frame), None, dtype=object) for c in columns if c not in frame}
+        )
         frame = frame[columns]
         for offset in range(0, max(len(frame), 1), ROWS_PER_BATCH):
-            part = frame.iloc[offset: offset + ROWS_PER_BATCH]
+            part = frame.iloc[offset : offset + ROWS_PER_BATCH]
             if len(part):
                 yield part
 
@@ -887,13 +965,15 @@ def _headers(plan: SimulationPlan) -> pd.DataFrame:
     if plan.format != "csv":
         return pd.DataFrame(columns=["kind", "date", "k1", "k2", "value"])
     keys = [(SCANS, d) for d in plan.window_days] + [(LABELS, d) for d in plan.label_days]
-    return pd.DataFrame({
-        "kind": [k for k, _ in keys],
-        "date": [d.isoformat() for _, d in keys],
-        "k1": -1,
-        "k2": "",
-        "value": [plan.header(k).encode() for k, _ in keys],
-    })
+    return pd.DataFrame(
+        {
+            "kind": [k for k, _ in keys],
+            "date": [d.isoformat() for _, d in keys],
+            "k1": -1,
+            "k2": "",
+            "value": [plan.header(k).encode() for k, _ in keys],
+        }
+    )
 
 
 TRUTH_COLUMNS = ("event_id", "epc_code", "anomaly_type", "incident_id", "variant", "confounder")
@@ -908,42 +988,64 @@ def truth_rows(plan: SimulationPlan, block: int) -> pd.DataFrame:
     event that shows a confounder (``kind`` tells the two tables apart)."""
     ev = simulate_block(plan, block)
     labelled = ev.label >= 0
-    labels = pd.DataFrame({
-        "kind": TRUTH_LABELS, "event_id": ev.event_id[labelled], "epc_code": ev.epc_code[labelled],
-        "anomaly_type": np.array(plan.anomaly_types, dtype=object)[ev.label[labelled]],
-        "incident_id": ev.incident_id[labelled], "variant": ev.variant[labelled], "confounder": None,
-    })
+    labels = pd.DataFrame(
+        {
+            "kind": TRUTH_LABELS,
+            "event_id": ev.event_id[labelled],
+            "epc_code": ev.epc_code[labelled],
+            "anomaly_type": np.array(plan.anomaly_types, dtype=object)[ev.label[labelled]],
+            "incident_id": ev.incident_id[labelled],
+            "variant": ev.variant[labelled],
+            "confounder": None,
+        }
+    )
     per_epc = ev.confounder >= 0
-    confounders = pd.DataFrame({
-        "kind": TRUTH_CONFOUNDERS,
-        "event_id": np.concatenate([ev.event_id[per_epc], ev.event_id[ev.skewed]]),
-        "epc_code": np.concatenate([ev.epc_code[per_epc], ev.epc_code[ev.skewed]]),
-        "anomaly_type": None, "incident_id": None, "variant": None,
-        "confounder": np.concatenate([np.array(CONFOUNDERS, dtype=object)[ev.confounder[per_epc]],
-                                      np.full(int(ev.skewed.sum()), CLOCK_SKEW, dtype=object)]),
-    })
+    confounders = pd.DataFrame(
+        {
+            "kind": TRUTH_CONFOUNDERS,
+            "event_id": np.concatenate([ev.event_id[per_epc], ev.event_id[ev.skewed]]),
+            "epc_code": np.concatenate([ev.epc_code[per_epc], ev.epc_code[ev.skewed]]),
+            "anomaly_type": None,
+            "incident_id": None,
+            "variant": None,
+            "confounder": np.concatenate(
+                [
+                    np.array(CONFOUNDERS, dtype=object)[ev.confounder[per_epc]],
+                    np.full(int(ev.skewed.sum()), CLOCK_SKEW, dtype=object),
+                ]
+            ),
+        }
+    )
     return pd.concat([labels, confounders], ignore_index=True).astype(object)
 
 
 def simulate_truth(blocks: DataFrame, plan: SimulationPlan) -> DataFrame:
     """Block ids (column ``id``) -> the ground-truth rows of those blocks (see :func:`truth_rows`)."""
-    schema = StructType([StructField("kind", StringType(), False),
-                         *[StructField(c, StringType(), True) for c in TRUTH_COLUMNS]])
+    schema = StructType(
+        [
+            StructField("kind", StringType(), False),
+            *[StructField(c, StringType(), True) for c in TRUTH_COLUMNS],
+        ]
+    )
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             for block in batch["id"].tolist():
                 frame = truth_rows(plan, int(block))
                 for offset in range(0, len(frame), ROWS_PER_BATCH):
-                    yield frame.iloc[offset: offset + ROWS_PER_BATCH]
+                    yield frame.iloc[offset : offset + ROWS_PER_BATCH]
 
     return blocks.mapInPandas(run, schema)
 
 
 def truth_files(truth: DataFrame, kind: str) -> DataFrame:
     """One sorted file's rows of a truth table (it is small beside the scans: one task writes it)."""
-    return (truth.where(F.col("kind") == kind).repartition(1)
-            .sortWithinPartitions(*TRUTH_TABLES[kind]).select(*TRUTH_TABLES[kind]))
+    return (
+        truth.where(F.col("kind") == kind)
+        .repartition(1)
+        .sortWithinPartitions(*TRUTH_TABLES[kind])
+        .select(*TRUTH_TABLES[kind])
+    )
 
 
 def simulate(blocks: DataFrame, plan: SimulationPlan) -> DataFrame:

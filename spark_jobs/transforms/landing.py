@@ -94,10 +94,23 @@ def csv_records(lines: DataFrame, max_record_lines: int) -> DataFrame:
         .withColumn("_record", F.sum("_starts").over(so_far))
         .withColumn("_lines", F.count(F.lit(1)).over(Window.partitionBy("_uri", "_record")))
         # A stray quote: each of its lines keeps a key of its own.
-        .withColumn("_key", F.when(F.col("_lines") <= max_record_lines, F.struct(
-            F.col("_record").alias("record"), F.lit(-1).cast("long").alias("block"), F.lit(-1).cast("long").alias("line"),
-        )).otherwise(F.struct(F.col("_record").alias("record"), F.col("_block_start").cast("long").alias("block"),
-                              F.col("_line_index").cast("long").alias("line"))))
+        .withColumn(
+            "_key",
+            F.when(
+                F.col("_lines") <= max_record_lines,
+                F.struct(
+                    F.col("_record").alias("record"),
+                    F.lit(-1).cast("long").alias("block"),
+                    F.lit(-1).cast("long").alias("line"),
+                ),
+            ).otherwise(
+                F.struct(
+                    F.col("_record").alias("record"),
+                    F.col("_block_start").cast("long").alias("block"),
+                    F.col("_line_index").cast("long").alias("line"),
+                )
+            ),
+        )
         .groupBy("_uri", "_key")
         .agg(F.sort_array(F.collect_list(F.struct("_block_start", "_line_index", "value"))).alias("_parts"))
         .select(F.array_join(F.transform("_parts", lambda part: part["value"]), "\n").alias("value"), "_uri")
@@ -137,7 +150,9 @@ def parse_text_lines(
     csv_records, csv_widths = [], []
     for header_id, header in sorted(csv_headers.items()):
         positional = ", ".join(f"`_c{i}` string" for i in range(len(header))) + f", `{_CORRUPT}` string"
-        parsed = F.from_csv(F.col("raw_payload"), positional, {**CSV_OPTIONS, "columnNameOfCorruptRecord": _CORRUPT})
+        parsed = F.from_csv(
+            F.col("raw_payload"), positional, {**CSV_OPTIONS, "columnNameOfCorruptRecord": _CORRUPT}
+        )
         fields = [
             (parsed[f"_c{header.index(n)}"] if n in header else F.lit(None).cast("string")).alias(n)
             for n in names
@@ -153,23 +168,39 @@ def parse_text_lines(
 
     csv_fields = F.size(F.split(F.col("raw_payload"), _CSV_SEPARATOR))
     parse_error = (
-        F.when(F.col("raw_payload").contains(_REPLACEMENT_CHAR),
-               F.lit(f"{NON_UTF8}: invalid UTF-8 bytes (shown as U+FFFD)"))
+        F.when(
+            F.col("raw_payload").contains(_REPLACEMENT_CHAR),
+            F.lit(f"{NON_UTF8}: invalid UTF-8 bytes (shown as U+FFFD)"),
+        )
         .when(F.trim(F.col("raw_payload")) == "", F.lit(f"{UNPARSEABLE}: blank line"))
-        .when((F.col("format") == "csv") & odd_quotes(F.col("raw_payload")),
-              F.lit(f"{UNPARSEABLE}: a quoted field is never closed"))
-        .when((F.col("format") == "csv") & F.col(f"_record.{_CORRUPT}").isNotNull(),
-              F.format_string(f"{UNPARSEABLE}: expected %d fields, got %d", _case(csv_widths), csv_fields))
-        .when((F.col("format") == "json") & (F.col("_record").isNull() | F.col(f"_record.{_CORRUPT}").isNotNull()),
-              F.lit(f"{UNPARSEABLE}: not a JSON object"))
+        .when(
+            (F.col("format") == "csv") & odd_quotes(F.col("raw_payload")),
+            F.lit(f"{UNPARSEABLE}: a quoted field is never closed"),
+        )
+        .when(
+            (F.col("format") == "csv") & F.col(f"_record.{_CORRUPT}").isNotNull(),
+            F.format_string(f"{UNPARSEABLE}: expected %d fields, got %d", _case(csv_widths), csv_fields),
+        )
+        .when(
+            (F.col("format") == "json")
+            & (F.col("_record").isNull() | F.col(f"_record.{_CORRUPT}").isNotNull()),
+            F.lit(f"{UNPARSEABLE}: not a JSON object"),
+        )
     )
     known = F.array(*[F.lit(n) for n in names])
     extra = F.when(
         F.col("format") == "json",
-        F.array_sort(F.array_except(F.coalesce(F.json_object_keys("raw_payload"), F.array().cast("array<string>")), known)),
+        F.array_sort(
+            F.array_except(
+                F.coalesce(F.json_object_keys("raw_payload"), F.array().cast("array<string>")), known
+            )
+        ),
     ).otherwise(F.array().cast("array<string>"))
     return lines.select(
-        "source", "_source_file", "landing_date", "raw_payload",
+        "source",
+        "_source_file",
+        "landing_date",
+        "raw_payload",
         *[F.when(parse_error.isNull(), _clean(F.col(f"_record.{n}"))).alias(n) for n in names],
         parse_error.alias("parse_error"),
         F.when(parse_error.isNull(), extra).otherwise(F.array().cast("array<string>")).alias("extra_columns"),
@@ -186,13 +217,20 @@ def parse_parquet_rows(rows: DataFrame, spec: TableSpec) -> DataFrame:
     """
     present = set(rows.schema["_payload"].dataType.fieldNames())  # type: ignore[attr-defined]
     payload = F.to_json(F.col("_payload"))
-    parse_error = F.when(payload.contains(_REPLACEMENT_CHAR), F.lit(f"{NON_UTF8}: invalid UTF-8 bytes (shown as U+FFFD)"))
+    parse_error = F.when(
+        payload.contains(_REPLACEMENT_CHAR), F.lit(f"{NON_UTF8}: invalid UTF-8 bytes (shown as U+FFFD)")
+    )
     return rows.select(
-        "source", "_source_file", "landing_date",
+        "source",
+        "_source_file",
+        "landing_date",
         payload.alias("raw_payload"),
         *[
-            (F.when(parse_error.isNull(), _clean(F.col("_payload").getField(n).cast("string"))) if n in present
-             else F.lit(None).cast("string")).alias(n)
+            (
+                F.when(parse_error.isNull(), _clean(F.col("_payload").getField(n).cast("string")))
+                if n in present
+                else F.lit(None).cast("string")
+            ).alias(n)
             for n in spec.column_names
         ],
         parse_error.alias("parse_error"),
@@ -203,5 +241,7 @@ def parse_parquet_rows(rows: DataFrame, spec: TableSpec) -> DataFrame:
 def parsed_ddl(spec: TableSpec) -> str:
     """DDL of the parsed frame of a landing table (e.g. for an empty one)."""
     columns = ", ".join(f"`{n}` string" for n in spec.column_names)
-    return (f"source string, _source_file string, landing_date date, raw_payload string, {columns}, "
-            "parse_error string, extra_columns array<string>")
+    return (
+        f"source string, _source_file string, landing_date date, raw_payload string, {columns}, "
+        "parse_error string, extra_columns array<string>"
+    )

@@ -44,14 +44,44 @@ _LOCATION_NAMES = {
     "POS": "Retailer {n:03d} Checkout",
 }
 _BRANDS = (
-    "Nordvik", "Sunhaven", "Bluecrest", "Maplewood", "Ironleaf", "Goldfield", "Riverstone",
-    "Silverpine", "Oakridge", "Clearwater", "Redcliff", "Greenvale",
+    "Nordvik",
+    "Sunhaven",
+    "Bluecrest",
+    "Maplewood",
+    "Ironleaf",
+    "Goldfield",
+    "Riverstone",
+    "Silverpine",
+    "Oakridge",
+    "Clearwater",
+    "Redcliff",
+    "Greenvale",
 )
 _ITEMS = (
-    "Sparkling Water", "Green Tea", "Instant Noodles", "Rice Crackers", "Face Cream", "Shampoo",
-    "Vitamin C Tablets", "Hand Soap", "Coffee Beans", "Soy Sauce", "Sunscreen", "Toothpaste",
-    "Protein Bar", "Laundry Detergent", "Olive Oil", "Dark Chocolate", "Energy Drink", "Lip Balm",
-    "Baby Wipes", "Kimchi", "Red Ginseng Extract", "Honey", "Body Lotion", "Cold Brew",
+    "Sparkling Water",
+    "Green Tea",
+    "Instant Noodles",
+    "Rice Crackers",
+    "Face Cream",
+    "Shampoo",
+    "Vitamin C Tablets",
+    "Hand Soap",
+    "Coffee Beans",
+    "Soy Sauce",
+    "Sunscreen",
+    "Toothpaste",
+    "Protein Bar",
+    "Laundry Detergent",
+    "Olive Oil",
+    "Dark Chocolate",
+    "Energy Drink",
+    "Lip Balm",
+    "Baby Wipes",
+    "Kimchi",
+    "Red Ginseng Extract",
+    "Honey",
+    "Body Lotion",
+    "Cold Brew",
 )
 _SIZES = ("50ml", "100ml", "250ml", "500ml", "1L", "100g", "250g", "500g", "1kg", "12pk", "30ct")
 
@@ -84,7 +114,7 @@ def journey_stages(domain: dict[str, Any]) -> tuple[Stage, ...]:
             f"schemas/domain.yaml: {len(groups)} event-type groups {groups} do not match the "
             f"business steps {dict(steps)} (tiers 0..n-1, one group per step, each ending at *_Outbound)"
         )
-    return tuple(Stage(tier, step, tuple(g)) for (step, tier), g in zip(steps, groups))
+    return tuple(Stage(tier, step, tuple(g)) for (step, tier), g in zip(steps, groups, strict=False))
 
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
@@ -118,7 +148,9 @@ class Network:
     pos_of: np.ndarray  # location index -> its point of sale (retailers), else -1
     operators: np.ndarray  # (n_locations, operators_per_location) str
     devices: np.ndarray  # (n_locations, devices_per_location) str
-    device_skew_s: np.ndarray  # (n_locations, devices_per_location): clock offset in seconds (0: correct clock)
+    device_skew_s: (
+        np.ndarray
+    )  # (n_locations, devices_per_location): clock offset in seconds (0: correct clock)
     company_code: np.ndarray  # str, per company
     product_company: np.ndarray  # company index per product
     product_code: np.ndarray  # str, per product
@@ -133,23 +165,27 @@ class Network:
 
     def locations_frame(self) -> pd.DataFrame:
         """The locations reference (landing_locations columns, all text)."""
-        return pd.DataFrame({
-            "location_id": self.location_id,
-            "location_name": self.location_name,
-            "business_step": [self.stages[t].business_step for t in self.tier],
-            "tier": [str(t) for t in self.tier],
-            "latitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.latitude],
-            "longitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.longitude],
-        })
+        return pd.DataFrame(
+            {
+                "location_id": self.location_id,
+                "location_name": self.location_name,
+                "business_step": [self.stages[t].business_step for t in self.tier],
+                "tier": [str(t) for t in self.tier],
+                "latitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.latitude],
+                "longitude": [f"{v:.{COORDINATE_DECIMALS}f}" for v in self.longitude],
+            }
+        )
 
     def air_lanes_frame(self) -> pd.DataFrame:
         """Designated air lanes (landing_air_lanes columns): both directions of each hub pair."""
         hubs = self.members[2]
         origin, dest = np.nonzero(self.air_lanes)
-        return pd.DataFrame({
-            "origin_location_id": self.location_id[hubs[origin]].astype(object),
-            "destination_location_id": self.location_id[hubs[dest]].astype(object),
-        })
+        return pd.DataFrame(
+            {
+                "origin_location_id": self.location_id[hubs[origin]].astype(object),
+                "destination_location_id": self.location_id[hubs[dest]].astype(object),
+            }
+        )
 
     def serial_ranges_frame(self, epcs: int) -> pd.DataFrame:
         """The serials each product issued (landing_serial_ranges columns), as silver's EPC parts."""
@@ -159,12 +195,14 @@ class Network:
         else:
             low, high = np.ones_like(k), np.full_like(k, max(epcs, 1))
         width = serial_digits(self.serial_stride, epcs, len(k))
-        return pd.DataFrame({
-            "company_prefix": self.company_code[self.product_company],
-            "item_reference": self.product_code,
-            "serial_from": [f"{v:0{width}d}" for v in low],
-            "serial_to": [f"{v:0{width}d}" for v in high],
-        })
+        return pd.DataFrame(
+            {
+                "company_prefix": self.company_code[self.product_company],
+                "item_reference": self.product_code,
+                "serial_from": [f"{v:0{width}d}" for v in low],
+                "serial_to": [f"{v:0{width}d}" for v in high],
+            }
+        )
 
     def serials(self, product: np.ndarray, number: np.ndarray) -> np.ndarray:
         """Issued serial (as an integer) of the EPC with global ``number`` of each ``product``."""
@@ -180,11 +218,13 @@ class Network:
 
     def products_frame(self) -> pd.DataFrame:
         """The genuine company/product pairs (landing_products columns)."""
-        return pd.DataFrame({
-            "company_code": self.company_code[self.product_company],
-            "product_code": self.product_code,
-            "product_name": self.product_name,
-        })
+        return pd.DataFrame(
+            {
+                "company_code": self.company_code[self.product_company],
+                "product_code": self.product_code,
+                "product_name": self.product_name,
+            }
+        )
 
 
 def _cumulative(weights: np.ndarray) -> np.ndarray:
@@ -234,7 +274,9 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     if unknown:
         raise NetworkError(f"generator.dwell_hours names unknown business step(s) {unknown}; known: {steps}")
     if len(stages) != 6:
-        raise NetworkError(f"the generator simulates 6 business steps (factory .. point of sale), domain.yaml has {steps}")
+        raise NetworkError(
+            f"the generator simulates 6 business steps (factory .. point of sale), domain.yaml has {steps}"
+        )
     seed = settings.seed if settings.network_seed is None else settings.network_seed
     rng = np.random.default_rng([seed, 0x6E6574])  # "net"
 
@@ -245,7 +287,13 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
         centre = cities[rng.integers(settings.cities, size=n)]
         return np.clip(centre + rng.normal(0, settings.city_spread_km, size=(n, 2)), -half, half)
 
-    counts = [settings.factories, settings.warehouses, settings.hubs, settings.wholesalers, settings.retailers]
+    counts = [
+        settings.factories,
+        settings.warehouses,
+        settings.hubs,
+        settings.wholesalers,
+        settings.retailers,
+    ]
     xy_parts = [
         _in_region(rng, settings.factories, half),
         _in_region(rng, settings.warehouses, half),
@@ -268,7 +316,11 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     n = len(tier)
     location_id = np.array([LOCATION_ID_FORMAT.format(i + 1) for i in range(n)], dtype=object)
     location_name = np.array(
-        [_LOCATION_NAMES.get(steps[t], steps[t] + " {n:03d}").format(n=k) for t, k in zip(tier, number)], dtype=object
+        [
+            _LOCATION_NAMES.get(steps[t], steps[t] + " {n:03d}").format(n=k)
+            for t, k in zip(tier, number, strict=False)
+        ],
+        dtype=object,
     )
     distance = haversine_km(latitude[:, None], longitude[:, None], latitude[None, :], longitude[None, :])
 
@@ -277,7 +329,9 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     jump_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.jump_min_km)) for m in members)
     dup_cum = tuple(_cumulative(_far_weights(distance[:, m], settings.dup_min_km)) for m in members)
     dup_near_cum = tuple(
-        _cumulative(_band_weights(distance[:, m], settings.dup_near_km_min, settings.dup_near_km_max)) for m in members)
+        _cumulative(_band_weights(distance[:, m], settings.dup_near_km_min, settings.dup_near_km_max))
+        for m in members
+    )
     hubs = members[2]
     lanes = distance[np.ix_(hubs, hubs)] >= settings.air_lane_min_km
     np.fill_diagonal(lanes, False)
@@ -290,28 +344,37 @@ def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Networ
     pos_of[members[4]] = members[5]
 
     operators = np.array(
-        [[f"OPR-{i + 1:05d}-{k + 1:02d}" for k in range(settings.operators_per_location)] for i in range(n)], dtype=object
+        [[f"OPR-{i + 1:05d}-{k + 1:02d}" for k in range(settings.operators_per_location)] for i in range(n)],
+        dtype=object,
     )
     devices = np.array(
-        [[f"DEV-{i + 1:05d}-{k + 1:02d}" for k in range(settings.devices_per_location)] for i in range(n)], dtype=object
+        [[f"DEV-{i + 1:05d}-{k + 1:02d}" for k in range(settings.devices_per_location)] for i in range(n)],
+        dtype=object,
     )
 
     # Clock skew from a stream of its own, so that the rest of the network does not depend on it.
     rng_skew = np.random.default_rng([seed, 0x736B6577])  # "skew"
     skewed = rng_skew.random(devices.shape) < settings.confounder_rates.get("clock_skew", 0.0)
-    magnitude = rng_skew.uniform(settings.clock_skew_seconds_min, settings.clock_skew_seconds_max, size=devices.shape)
+    magnitude = rng_skew.uniform(
+        settings.clock_skew_seconds_min, settings.clock_skew_seconds_max, size=devices.shape
+    )
     sign = np.where(rng_skew.random(devices.shape) < 0.5, -1.0, 1.0)
     device_skew_s = np.where(skewed, np.round(sign * magnitude), 0.0)
 
     low, high = COMPANY_CODE_RANGE
     company_code = np.array(
-        [f"{c:0{COMPANY_CODE_DIGITS}d}" for c in rng.choice(np.arange(low, high + 1), settings.companies, replace=False)],
+        [
+            f"{c:0{COMPANY_CODE_DIGITS}d}"
+            for c in rng.choice(np.arange(low, high + 1), settings.companies, replace=False)
+        ],
         dtype=object,
     )
     per = settings.products_per_company
     product_company = np.repeat(np.arange(settings.companies), per)
-    product_code = np.array([f"{k + 1:0{PRODUCT_CODE_DIGITS}d}" for _ in range(settings.companies) for k in range(per)],
-                            dtype=object)
+    product_code = np.array(
+        [f"{k + 1:0{PRODUCT_CODE_DIGITS}d}" for _ in range(settings.companies) for k in range(per)],
+        dtype=object,
+    )
     brands = rng.permutation(len(_BRANDS))
     names = []
     for c in range(settings.companies):

@@ -14,8 +14,18 @@ EPC_PARTS = ("epc_header", "epc_company", "epc_product", "epc_lot", "epc_manufac
 # Tie-break of duplicate event_ids: the earliest event, then the first file by
 # name, then every other column, so that the surviving row never depends on
 # the order Spark happens to read files in.
-_DEDUP_ORDER = ("event_time", "_source_file", "epc_code", "location_id", "business_step", "event_type",
-                "operator_id", "device_id", "product_name", "record_time")
+_DEDUP_ORDER = (
+    "event_time",
+    "_source_file",
+    "epc_code",
+    "location_id",
+    "business_step",
+    "event_type",
+    "operator_id",
+    "device_id",
+    "product_name",
+    "record_time",
+)
 
 
 def _first_per(df: DataFrame, keys: list[str], order: list[str]) -> DataFrame:
@@ -41,8 +51,11 @@ def _manufacture_date(text: Column) -> Column:
     # Only eight-digit text is cast: under ANSI (Spark 4's default) casting "0A" raises, and
     # Spark does not promise to skip the right side of an AND whose left side is false.
     digits = F.when(text.rlike(r"^[0-9]{8}$"), text)
-    year, month, day = (digits.substr(1, 4).cast("int"), digits.substr(5, 2).cast("int"),
-                        digits.substr(7, 2).cast("int"))
+    year, month, day = (
+        digits.substr(1, 4).cast("int"),
+        digits.substr(5, 2).cast("int"),
+        digits.substr(7, 2).cast("int"),
+    )
     in_range = digits.isNotNull() & (year >= 1) & month.between(1, 12) & day.between(1, 31)
     candidate = F.date_add(F.make_date(year, month, F.lit(1)), day - 1)
     # Day 31 of a 30-day month rolls into the next month: not a real day.
@@ -60,10 +73,18 @@ def parse_epc(events: DataFrame, products: DataFrame, epc_regex: str) -> DataFra
     """
     parts = F.split(F.col("epc_code"), r"\.", -1)
     six = F.size(parts) == len(EPC_PARTS)
-    companies = products.select(F.col("company_code").alias("epc_company")).distinct() \
+    companies = (
+        products.select(F.col("company_code").alias("epc_company"))
+        .distinct()
         .withColumn("_company_known", F.lit(True))
-    pairs = products.select(F.col("company_code").alias("epc_company"), F.col("product_code").alias("epc_product")) \
-        .distinct().withColumn("_product_known", F.lit(True))
+    )
+    pairs = (
+        products.select(
+            F.col("company_code").alias("epc_company"), F.col("product_code").alias("epc_product")
+        )
+        .distinct()
+        .withColumn("_product_known", F.lit(True))
+    )
     parsed = events.select(
         "*", *[F.when(six, parts.getItem(i)).alias(name) for i, name in enumerate(EPC_PARTS)]
     )

@@ -41,7 +41,9 @@ def steps_needed_from(first_day: dt.date, settings: FeatureSettings) -> dt.date:
     return first_day - dt.timedelta(days=reach)
 
 
-def _spread(df: DataFrame, from_day: Column, to_day: Column, first_day: dt.date, last_day: dt.date) -> DataFrame:
+def _spread(
+    df: DataFrame, from_day: Column, to_day: Column, first_day: dt.date, last_day: dt.date
+) -> DataFrame:
     """Each row once per snapshot day in [from_day, to_day] ∩ [first_day, last_day]."""
     low = F.greatest(from_day, F.lit(first_day))
     high = F.least(to_day, F.lit(last_day))
@@ -69,8 +71,11 @@ _MICROS_PER_S = 1_000_000.0
 def _exact_moments(value_us: Column, prefix: str) -> list[Column]:
     """Count, sum and sum of squares of an integer microsecond value, all exact (order-independent)."""
     exact = value_us.cast(_EXACT)
-    return [F.count(value_us).alias(f"{prefix}_n"), F.sum(exact).alias(f"{prefix}_sum"),
-            F.sum(exact * exact).alias(f"{prefix}_sumsq")]
+    return [
+        F.count(value_us).alias(f"{prefix}_n"),
+        F.sum(exact).alias(f"{prefix}_sum"),
+        F.sum(exact * exact).alias(f"{prefix}_sumsq"),
+    ]
 
 
 def _mean_std(prefix: str, unit_us: float) -> tuple[Column, Column]:
@@ -108,32 +113,71 @@ def location_snapshots(
         count_if(arrival).alias("arrivals"),
         count_if(arrival & (F.col("tier_change") < 0)).alias("backward"),
     )
-    sums = ["events", "inbound_events", "outbound_events", "out_without_in", "dwell_n", "dwell_sum",
-            "dwell_sumsq", "arrivals", "backward"]
-    in_window = _spread(daily, *_window_days(F.col("event_date"), window), first_day, last_day).groupBy(
-        "location_id", SNAPSHOT_DATE).agg(*[F.sum(c).alias(c) for c in sums])
-    label_events = _spread(daily, *_window_days(F.col("event_date"), label_window), first_day, last_day).groupBy(
-        "location_id", SNAPSHOT_DATE).agg(F.sum("events").alias("label_window_events"))
-    epcs = _spread(
-        steps.select("location_id", "event_date", "epc_code").distinct(),
-        *_window_days(F.col("event_date"), window), first_day, last_day,
-    ).groupBy("location_id", SNAPSHOT_DATE).agg(F.countDistinct("epc_code").alias("epcs"))
+    sums = [
+        "events",
+        "inbound_events",
+        "outbound_events",
+        "out_without_in",
+        "dwell_n",
+        "dwell_sum",
+        "dwell_sumsq",
+        "arrivals",
+        "backward",
+    ]
+    in_window = (
+        _spread(daily, *_window_days(F.col("event_date"), window), first_day, last_day)
+        .groupBy("location_id", SNAPSHOT_DATE)
+        .agg(*[F.sum(c).alias(c) for c in sums])
+    )
+    label_events = (
+        _spread(daily, *_window_days(F.col("event_date"), label_window), first_day, last_day)
+        .groupBy("location_id", SNAPSHOT_DATE)
+        .agg(F.sum("events").alias("label_window_events"))
+    )
+    epcs = (
+        _spread(
+            steps.select("location_id", "event_date", "epc_code").distinct(),
+            *_window_days(F.col("event_date"), window),
+            first_day,
+            last_day,
+        )
+        .groupBy("location_id", SNAPSHOT_DATE)
+        .agg(F.countDistinct("epc_code").alias("epcs"))
+    )
 
     # A label counts from the day after its confirmation (confirmed_at < start of D).
     types = list(domain()["anomaly_types"])
-    known = (labels.where(F.col("anomaly_type").isin(types))
-             .groupBy("event_id", "anomaly_type").agg(F.min("confirmed_at").alias("confirmed_at"))
-             .join(steps.select("event_id", "location_id", "event_date"), "event_id"))
+    known = (
+        labels.where(F.col("anomaly_type").isin(types))
+        .groupBy("event_id", "anomaly_type")
+        .agg(F.min("confirmed_at").alias("confirmed_at"))
+        .join(steps.select("event_id", "location_id", "event_date"), "event_id")
+    )
     known_from = F.date_add(F.greatest(F.col("event_date"), F.to_date("confirmed_at")), 1)
-    labelled = (_spread(known, known_from, F.date_add(F.col("event_date"), label_window), first_day, last_day)
-                .groupBy("location_id", SNAPSHOT_DATE).pivot("anomaly_type", types).count())
+    labelled = (
+        _spread(known, known_from, F.date_add(F.col("event_date"), label_window), first_day, last_day)
+        .groupBy("location_id", SNAPSHOT_DATE)
+        .pivot("anomaly_type", types)
+        .count()
+    )
 
-    days = locations.select("location_id").distinct().crossJoin(
-        locations.sparkSession.range(1).select(
-            F.explode(F.sequence(F.lit(first_day), F.lit(last_day))).alias(SNAPSHOT_DATE)))
+    days = (
+        locations.select("location_id")
+        .distinct()
+        .crossJoin(
+            locations.sparkSession.range(1).select(
+                F.explode(F.sequence(F.lit(first_day), F.lit(last_day))).alias(SNAPSHOT_DATE)
+            )
+        )
+    )
     keys = ["location_id", SNAPSHOT_DATE]
-    grid = (days.join(in_window, keys, "left").join(label_events, keys, "left").join(epcs, keys, "left")
-            .join(labelled, keys, "left").na.fill(0, [*sums, "label_window_events", "epcs", *types]))
+    grid = (
+        days.join(in_window, keys, "left")
+        .join(label_events, keys, "left")
+        .join(epcs, keys, "left")
+        .join(labelled, keys, "left")
+        .na.fill(0, [*sums, "label_window_events", "epcs", *types])
+    )
     dwell_mean_h, dwell_std_h = _mean_std("dwell", 3600 * _MICROS_PER_S)
     return grid.select(
         "location_id",
@@ -164,16 +208,27 @@ def route_snapshots(
         F.col("gap_s").alias("transit_s"),
         F.col("gap_us").alias("transit_us"),
     )
-    spread = _spread(transits, *_window_days(F.col("event_date"), settings.snapshot_window_days),
-                     first_day, last_day)
+    spread = _spread(
+        transits, *_window_days(F.col("event_date"), settings.snapshot_window_days), first_day, last_day
+    )
     transit_mean_s, transit_std_s = _mean_std("transit", _MICROS_PER_S)
-    return spread.groupBy("from_location_id", "to_location_id", SNAPSHOT_DATE).agg(
-        *_exact_moments(F.col("transit_us"), "transit"),
-        # percentile sorts its values, so it does not depend on their order
-        F.percentile("transit_s", F.lit(0.05)).alias("transit_p05_s"),
-        F.percentile("transit_s", F.lit(0.5)).alias("transit_p50_s"),
-    ).select(
-        "from_location_id", "to_location_id", SNAPSHOT_DATE, _effective_ts(F.col(SNAPSHOT_DATE)).alias(SNAPSHOT_TS),
-        F.col("transit_n").alias("transits"), transit_mean_s.alias("transit_mean_s"),
-        transit_std_s.alias("transit_std_s"), "transit_p05_s", "transit_p50_s",
+    return (
+        spread.groupBy("from_location_id", "to_location_id", SNAPSHOT_DATE)
+        .agg(
+            *_exact_moments(F.col("transit_us"), "transit"),
+            # percentile sorts its values, so it does not depend on their order
+            F.percentile("transit_s", F.lit(0.05)).alias("transit_p05_s"),
+            F.percentile("transit_s", F.lit(0.5)).alias("transit_p50_s"),
+        )
+        .select(
+            "from_location_id",
+            "to_location_id",
+            SNAPSHOT_DATE,
+            _effective_ts(F.col(SNAPSHOT_DATE)).alias(SNAPSHOT_TS),
+            F.col("transit_n").alias("transits"),
+            transit_mean_s.alias("transit_mean_s"),
+            transit_std_s.alias("transit_std_s"),
+            "transit_p05_s",
+            "transit_p50_s",
+        )
     )

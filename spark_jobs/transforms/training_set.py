@@ -117,7 +117,9 @@ def labels_as_of(labels: DataFrame, as_of: dt.datetime, events: DataFrame | None
     if events is not None:
         known = _spread(known, events, label_scopes())
     pivoted = known.groupBy("event_id").pivot("anomaly_type", types).count()
-    return pivoted.select("event_id", *[(F.coalesce(F.col(t), F.lit(0)) > 0).cast("int").alias(t) for t in types])
+    return pivoted.select(
+        "event_id", *[(F.coalesce(F.col(t), F.lit(0)) > 0).cast("int").alias(t) for t in types]
+    )
 
 
 def _spread(known: DataFrame, events: DataFrame, scopes: dict[str, str]) -> DataFrame:
@@ -128,13 +130,18 @@ def _spread(known: DataFrame, events: DataFrame, scopes: dict[str, str]) -> Data
     parts = [pairs]
     if by_epc:
         epcs = known.where(F.col("anomaly_type").isin(by_epc)).select("epc_code", "anomaly_type").distinct()
-        parts.append(events.select("event_id", "epc_code").join(epcs, "epc_code").select("event_id", "anomaly_type"))
+        parts.append(
+            events.select("event_id", "epc_code").join(epcs, "epc_code").select("event_id", "anomaly_type")
+        )
     if swapped:
         order = Window.partitionBy("epc_code").orderBy("event_time", "event_id")
         previous = events.select("event_id", F.lag("event_id").over(order).alias("_previous_event_id"))
         anchors = known.where(F.col("anomaly_type").isin(swapped)).select("event_id", "anomaly_type")
-        parts.append(anchors.join(previous, "event_id").where(F.col("_previous_event_id").isNotNull())
-                     .select(F.col("_previous_event_id").alias("event_id"), "anomaly_type"))
+        parts.append(
+            anchors.join(previous, "event_id")
+            .where(F.col("_previous_event_id").isNotNull())
+            .select(F.col("_previous_event_id").alias("event_id"), "anomaly_type")
+        )
     spread = parts[0]
     for part in parts[1:]:
         spread = spread.unionByName(part)
@@ -153,9 +160,13 @@ def training_set(
     types = list(domain()["anomaly_types"])
     events = features.where(F.col("event_time") <= F.lit(as_of))
     known = labels_as_of(labels, as_of, events.select("event_id", "epc_code", "event_time"))
-    split = (F.when(F.col("event_date") < F.lit(validation_start), F.lit(TRAIN))
-             .when(F.col("event_date") < F.lit(test_start), F.lit(VALIDATION))
-             .otherwise(F.lit(TEST)))
-    return (events.join(known, "event_id", "left")
-            .na.fill(0, types)
-            .select(*features.columns, *types, split.alias(SPLIT_COLUMN)))
+    split = (
+        F.when(F.col("event_date") < F.lit(validation_start), F.lit(TRAIN))
+        .when(F.col("event_date") < F.lit(test_start), F.lit(VALIDATION))
+        .otherwise(F.lit(TEST))
+    )
+    return (
+        events.join(known, "event_id", "left")
+        .na.fill(0, types)
+        .select(*features.columns, *types, split.alias(SPLIT_COLUMN))
+    )

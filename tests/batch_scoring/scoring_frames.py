@@ -42,8 +42,10 @@ def feature_rows(n: int, day: dt.date, seed: int, prefix: str) -> pd.DataFrame:
     width = len(sequence_features())
     seq_len = rng.integers(1, 26, size=n)
     seq = rng.normal(size=(n, 25 * width)).astype(np.float32)
-    times = [dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))
-             for s in rng.integers(0, 86_400, size=n)]
+    times = [
+        dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))
+        for s in rng.integers(0, 86_400, size=n)
+    ]
     data: dict[str, object] = {
         "event_id": [f"{prefix}-{day:%d}-{i:05d}" for i in range(n)],
         "epc_code": [f"001.{i % 37}.1.2.3.{i}" for i in range(n)],
@@ -74,16 +76,19 @@ def scoring_lake(spark, test_settings, tmp_path_factory):
     """Settings of a lake with features (2 days), training set `ref`, and a registered champion model."""
     root = tmp_path_factory.mktemp("scoring")
     # Small Arrow batches: each task feeds its worker's one ORT session several batches.
-    settings = test_settings.model_copy(update={
-        "lake_root": str(root / "lake"),
-        "scoring": test_settings.scoring.model_copy(update={"arrow_batch_rows": 128})})
+    settings = test_settings.model_copy(
+        update={
+            "lake_root": str(root / "lake"),
+            "scoring": test_settings.scoring.model_copy(update={"arrow_batch_rows": 128}),
+        }
+    )
     lake = str(settings.lake_path)
     features_spec = table_spec("features_event_features")
     day1 = feature_rows(ROWS_PER_DAY, DAY1, seed=1, prefix="a")
     day2 = feature_rows(ROWS_PER_DAY, DAY2, seed=2, prefix="a")
     day2[SHIFTED] = day2[SHIFTED] + 3.0  # drifted input on day 2
     width, step_feature = len(sequence_features()), sequence_features().index(SHIFTED_STEP)
-    for seq, n in zip(day2["seq"], day2["seq_len"]):
+    for seq, n in zip(day2["seq"], day2["seq_len"], strict=False):
         seq[(n - 1) * width + step_feature] += 3.0  # drifted sequence feature at the event's step on day 2
     features = pd.concat([day1, day2], ignore_index=True)
     write_table(to_spark(spark, features, features_spec), features_spec, lake, start=DAY1, end=DAY2)
@@ -94,7 +99,9 @@ def scoring_lake(spark, test_settings, tmp_path_factory):
     for label in labels:
         reference[label] = (rng.random(REFERENCE_ROWS) < 0.1).astype(np.int32)
     n_train, n_val = int(REFERENCE_ROWS * 0.6), int(REFERENCE_ROWS * 0.2)
-    reference["split"] = ["train"] * n_train + ["validation"] * n_val + ["test"] * (REFERENCE_ROWS - n_train - n_val)
+    reference["split"] = (
+        ["train"] * n_train + ["validation"] * n_val + ["test"] * (REFERENCE_ROWS - n_train - n_val)
+    )
     set_spec = named_table_spec("training_set", name=REFERENCE_SET)
     set_version = write_table(to_spark(spark, reference, set_spec), set_spec, lake)
 
@@ -108,15 +115,27 @@ def scoring_lake(spark, test_settings, tmp_path_factory):
     model.eval()
     onnx_path = root / "model.onnx"
     thresholds = {label: 0.3 + 0.05 * i for i, label in enumerate(labels)}
-    export_onnx(model, onnx_path, train_rows.take(slice(0, 64)), thresholds=thresholds, exporter="torchscript")
+    export_onnx(
+        model, onnx_path, train_rows.take(slice(0, 64)), thresholds=thresholds, exporter="torchscript"
+    )
 
     configure_mlflow(settings)
     with mlflow.start_run() as run:
-        version = register_onnx_model(MODEL_NAME, onnx_path, run_id=run.info.run_id,
-                                      tags={"training_set": REFERENCE_SET, "training_set_version": str(set_version)})
+        version = register_onnx_model(
+            MODEL_NAME,
+            onnx_path,
+            run_id=run.info.run_id,
+            tags={"training_set": REFERENCE_SET, "training_set_version": str(set_version)},
+        )
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
-    yield {"settings": settings, "onnx_path": Path(onnx_path), "thresholds": thresholds, "spec": spec,
-           "model_version": str(version.version), "mlflow_run_id": run.info.run_id}
+    yield {
+        "settings": settings,
+        "onnx_path": Path(onnx_path),
+        "thresholds": thresholds,
+        "spec": spec,
+        "model_version": str(version.version),
+        "mlflow_run_id": run.info.run_id,
+    }
     mlflow.set_tracking_uri(None)
 
 

@@ -39,20 +39,31 @@ def test_psi_of_known_shares():
 
 
 def test_bins_put_nulls_apart_and_cut_at_the_edges(spark):
-    frame = spark.createDataFrame([(float(v),) for v in (0, 1, 1.5, 2, 3)] + [(None,), (float("nan"),)], "x double")
+    frame = spark.createDataFrame(
+        [(float(v),) for v in (0, 1, 1.5, 2, 3)] + [(None,), (float("nan"),)], "x double"
+    )
     got = drift.bin_counts(frame, {"x": [1.0, 2.0]})
-    expected = spark.createDataFrame([("x", -1, 2), ("x", 0, 2), ("x", 1, 2), ("x", 2, 1)],
-                                     "feature string, bin int, count bigint")
+    expected = spark.createDataFrame(
+        [("x", -1, 2), ("x", 0, 2), ("x", 1, 2), ("x", 2, 1)], "feature string, bin int, count bigint"
+    )
     assertDataFrameEqual(got, expected)
 
 
 def test_event_step_picks_the_last_real_step(spark):
     # 3 steps x 2 features, time-major; seq_len 2 -> step 1 (elements 2, 3); seq_len 3 -> step 2 (4, 5)
-    frame = spark.createDataFrame([("a", [0.0, 1.0, 2.0, 3.0, 0.0, 0.0], 2), ("b", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 3),
-                                   ("c", [7.0, 8.0, 0.0, 0.0, 0.0, 0.0], 1)], "id string, seq array<float>, seq_len int")
+    frame = spark.createDataFrame(
+        [
+            ("a", [0.0, 1.0, 2.0, 3.0, 0.0, 0.0], 2),
+            ("b", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 3),
+            ("c", [7.0, 8.0, 0.0, 0.0, 0.0, 0.0], 1),
+        ],
+        "id string, seq array<float>, seq_len int",
+    )
     got = drift.with_event_step(frame, ["x", "y"]).drop("seq")
-    expected = spark.createDataFrame([("a", 2, 2.0, 3.0), ("b", 3, 4.0, 5.0), ("c", 1, 7.0, 8.0)],
-                                     "id string, seq_len int, seq_last_x double, seq_last_y double")
+    expected = spark.createDataFrame(
+        [("a", 2, 2.0, 3.0), ("b", 3, 4.0, 5.0), ("c", 1, 7.0, 8.0)],
+        "id string, seq_len int, seq_last_x double, seq_last_y double",
+    )
     assertDataFrameEqual(got, expected)
     assert drift.event_step_inputs(["x", "y"]) == ["seq_len", "seq_last_x", "seq_last_y"]
 
@@ -71,19 +82,30 @@ def test_monitor_flags_the_shifted_input_on_its_day(spark, scoring_lake, scored)
     table = read_table(spark, table_spec("monitoring_drift"), str(settings.lake_path))
 
     step = f"seq_last_{SHIFTED_STEP}"
-    shifted = table.where(F.col("feature").isin(SHIFTED, step)).select("event_date", "feature", "kind", "status")
+    shifted = table.where(F.col("feature").isin(SHIFTED, step)).select(
+        "event_date", "feature", "kind", "status"
+    )
     expected = spark.createDataFrame(
-        [(DAY1, SHIFTED, "input", "ok"), (DAY2, SHIFTED, "input", "drift"),
-         (DAY1, step, "input", "ok"), (DAY2, step, "input", "drift")],
-        "event_date date, feature string, kind string, status string")
+        [
+            (DAY1, SHIFTED, "input", "ok"),
+            (DAY2, SHIFTED, "input", "drift"),
+            (DAY1, step, "input", "ok"),
+            (DAY2, step, "input", "drift"),
+        ],
+        "event_date date, feature string, kind string, status string",
+    )
     assertDataFrameEqual(shifted, expected)
     # every tabular input, seq_len, every sequence feature at the event's step and every score column:
     # one row per day
     n_inputs = len(scoring_lake["spec"].tab_features) + 1 + len(scoring_lake["spec"].seq_features)
     per_day = table.groupBy("event_date", "kind").count()
-    assertDataFrameEqual(per_day, spark.createDataFrame(
-        [(DAY1, "input", n_inputs), (DAY2, "input", n_inputs), (DAY1, "score", 6), (DAY2, "score", 6)],
-        "event_date date, kind string, count bigint"))
+    assertDataFrameEqual(
+        per_day,
+        spark.createDataFrame(
+            [(DAY1, "input", n_inputs), (DAY2, "input", n_inputs), (DAY1, "score", 6), (DAY2, "score", 6)],
+            "event_date date, kind string, count bigint",
+        ),
+    )
     # nothing else drifts on day 1 (same distribution as the reference)
     assert table.where((F.col("event_date") == F.lit(DAY1)) & (F.col("status") == "drift")).count() == 0
 

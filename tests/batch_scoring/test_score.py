@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+from scoring_frames import DAY1, DAY2, MODEL_NAME, ROWS_PER_DAY
 
 from batch_scoring import score
-from scoring_frames import DAY1, DAY2, MODEL_NAME, ROWS_PER_DAY
 from tracelake.model_registry import ModelChecksumError, register_onnx_model
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
-from training.onnx_export import run_onnx
 from training.data import columns_to_arrays
+from training.onnx_export import run_onnx
 
 pytestmark = pytest.mark.spark35
 
@@ -41,11 +41,14 @@ def test_scores_equal_onnx_runtime_on_the_same_rows(spark, scoring_lake, scored)
     got = table.toPandas().set_index("event_id").loc[features["event_id"]]
     np.testing.assert_allclose(got[probabilities].to_numpy(), expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(), expected.max(axis=1), rtol=0, atol=1e-6)
-    for j, label in enumerate(spec.label_names):
+    for label in spec.label_names:
         threshold = scoring_lake["thresholds"][label]
-        np.testing.assert_array_equal(got[f"flag_{label}"].to_numpy(),
-                                      got[f"p_{label}"].to_numpy() >= threshold)
-    assert set(got["model_name"]) == {MODEL_NAME} and set(got["model_run_id"]) == {scoring_lake["mlflow_run_id"]}
+        np.testing.assert_array_equal(
+            got[f"flag_{label}"].to_numpy(), got[f"p_{label}"].to_numpy() >= threshold
+        )
+    assert set(got["model_name"]) == {MODEL_NAME} and set(got["model_run_id"]) == {
+        scoring_lake["mlflow_run_id"]
+    }
 
 
 def test_rerun_leaves_the_table_unchanged(spark, scoring_lake, scored):
@@ -63,13 +66,21 @@ def test_delta_rs_reads_the_scored_table(scoring_lake, scored):
 
     _, table_spark = scored
     table = DeltaTable(str(scoring_lake["settings"].lake_path / "gold" / "scored_events"))
-    rows = QueryBuilder().register("scored_events", table).execute(
-        f"SELECT event_id, p_jump FROM scored_events WHERE event_date = DATE '{DAY2.isoformat()}'").read_all()
-    got = pd.DataFrame({"event_id": rows.column("event_id").to_pylist(), "p_jump": rows.column("p_jump").to_pylist()})
+    rows = (
+        QueryBuilder()
+        .register("scored_events", table)
+        .execute(f"SELECT event_id, p_jump FROM scored_events WHERE event_date = DATE '{DAY2.isoformat()}'")
+        .read_all()
+    )
+    got = pd.DataFrame(
+        {"event_id": rows.column("event_id").to_pylist(), "p_jump": rows.column("p_jump").to_pylist()}
+    )
     expected = table_spark.where(F.col("event_date") == F.lit(DAY2)).select("event_id", "p_jump").toPandas()
     assert len(got) == ROWS_PER_DAY
-    pd.testing.assert_frame_equal(got.sort_values("event_id").reset_index(drop=True),
-                                  expected.sort_values("event_id").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        got.sort_values("event_id").reset_index(drop=True),
+        expected.sort_values("event_id").reset_index(drop=True),
+    )
 
 
 def test_changed_model_artifact_is_refused(spark, scoring_lake, scored, tmp_path):
@@ -96,11 +107,17 @@ def test_one_session_per_worker_and_refused_bytes(scoring_lake):
 
     data = scoring_lake["onnx_path"].read_bytes()
     metadata = read_metadata(scoring_lake["onnx_path"])
-    good, _ = scoring_model(metadata, data, hashlib.sha256(data).hexdigest(),
-                            label_names=scoring_lake["spec"].label_names, default_threshold=0.5)
+    good, _ = scoring_model(
+        metadata,
+        data,
+        hashlib.sha256(data).hexdigest(),
+        label_names=scoring_lake["spec"].label_names,
+        default_threshold=0.5,
+    )
     assert session_for(good) is session_for(good)
-    bad, _ = scoring_model(metadata, data + b"\0", "0" * 64,
-                           label_names=scoring_lake["spec"].label_names, default_threshold=0.5)
+    bad, _ = scoring_model(
+        metadata, data + b"\0", "0" * 64, label_names=scoring_lake["spec"].label_names, default_threshold=0.5
+    )
     with pytest.raises(ScoringModelError, match="refusing to score"):
         session_for(bad)
 
@@ -126,24 +143,35 @@ def test_the_rules_detector_scores_gold_like_a_model(spark, scoring_lake, scored
 
     settings = scoring_lake["settings"]
     labels = list(scoring_lake["spec"].label_names)
-    detector = RulesDetector({label: next(iter(VARIANTS[label])) for label in labels},
-                             {label: 0.5 for label in labels})
+    detector = RulesDetector(
+        {label: next(iter(VARIANTS[label])) for label in labels}, dict.fromkeys(labels, 0.5)
+    )
     document = tmp_path / "rules" / "rules.json"
     document.parent.mkdir()
     document.write_text(detector.to_json())
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(document.parent), "model")
-        version = register_artifacts("tracelake-rules-test", run.info.run_id, "model",
-                                     tags={FORMAT_TAG: FORMAT, CHECKSUM_TAG: sha256_of(document)})
+        version = register_artifacts(
+            "tracelake-rules-test",
+            run.info.run_id,
+            "model",
+            tags={FORMAT_TAG: FORMAT, CHECKSUM_TAG: sha256_of(document)},
+        )
     try:
         summary = _score(spark, settings, f"models:/tracelake-rules-test/{version.version}")
         assert summary["validation"]["passed"] and summary["model_name"] == "tracelake-rules-test"
         gold = read_table(spark, table_spec("gold_scored_events"), str(settings.lake_path))
         features = read_table(spark, table_spec("features_event_features"), str(settings.lake_path))
-        expected = detector.scores(features).select("event_id", *[f"p_{label}" for label in labels]).toPandas()
+        expected = (
+            detector.scores(features).select("event_id", *[f"p_{label}" for label in labels]).toPandas()
+        )
         got = gold.toPandas().set_index("event_id").loc[expected["event_id"]]
-        np.testing.assert_allclose(got[[f"p_{label}" for label in labels]].to_numpy(),
-                                   expected[[f"p_{label}" for label in labels]].to_numpy(), rtol=0, atol=0)
+        np.testing.assert_allclose(
+            got[[f"p_{label}" for label in labels]].to_numpy(),
+            expected[[f"p_{label}" for label in labels]].to_numpy(),
+            rtol=0,
+            atol=0,
+        )
         assert (got["flag_jump"] == (got["p_jump"] >= 0.5)).all()
         assert set(got["model_name"]) == {"tracelake-rules-test"} and len(got) == 2 * ROWS_PER_DAY
     finally:

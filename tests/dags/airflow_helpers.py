@@ -20,51 +20,78 @@ DAY = dt.date(2025, 7, 1)
 LOGICAL_DATE = (DAY + dt.timedelta(days=1)).isoformat()
 EPCS = 200
 DAILY_ORDER = [
-    "ingest", "validate_bronze", "validate_silver", "build_features", "validate_features",
-    "score", "validate_scores", "monitor", "flag_retraining",
+    "ingest",
+    "validate_bronze",
+    "validate_silver",
+    "build_features",
+    "validate_features",
+    "score",
+    "validate_scores",
+    "monitor",
+    "flag_retraining",
 ]
 TRAINING_ORDER = ["build_training_set", "validate_training_set", "train", "promote"]
-SCORING_TASKS = {"score": "batch_scoring/score.py", "validate_scores": "batch_scoring/score.py",
-                 "monitor": "batch_scoring/monitor.py"}
+SCORING_TASKS = {
+    "score": "batch_scoring/score.py",
+    "validate_scores": "batch_scoring/score.py",
+    "monitor": "batch_scoring/monitor.py",
+}
 
 
 def airflow_env(home: Path, lake: Path | None = None) -> dict[str, str]:
     """A hermetic environment for the airflow CLI: its own home and SQLite database, local Spark."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TRACELAKE_", "PYSPARK_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
-        "TRACELAKE_PYTHON": sys.executable,
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+            "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
+            "TRACELAKE_PYTHON": sys.executable,
+        }
+    )
     if lake is not None:
-        env.update({
-            # The DAGs' knobs for a test run: no retries (a failure is the answer), small drivers.
-            "TRACELAKE_DAG_RETRIES": "0",
-            "TRACELAKE_DAG_DRIVER_MEMORY": "1g",
-            "TRACELAKE_LAKE_ROOT": str(lake),
-            "TRACELAKE_SPARK__SHUFFLE_PARTITIONS": "2",
-            "TRACELAKE_SPARK__CONF": json.dumps({
-                "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                "spark.default.parallelism": "2",
-            }),
-        })
+        env.update(
+            {
+                # The DAGs' knobs for a test run: no retries (a failure is the answer), small drivers.
+                "TRACELAKE_DAG_RETRIES": "0",
+                "TRACELAKE_DAG_DRIVER_MEMORY": "1g",
+                "TRACELAKE_LAKE_ROOT": str(lake),
+                "TRACELAKE_SPARK__SHUFFLE_PARTITIONS": "2",
+                "TRACELAKE_SPARK__CONF": json.dumps(
+                    {
+                        "spark.ui.enabled": "false",
+                        "spark.ui.showConsoleProgress": "false",
+                        "spark.default.parallelism": "2",
+                    }
+                ),
+            }
+        )
     return env
 
 
 def run_airflow(env: dict[str, str], *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(ROOT))
+    return subprocess.run(
+        [str(VENV_BIN / "airflow"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(ROOT),
+    )
 
 
 def task_states(home: Path, dag_id: str) -> dict[str, str]:
     """Task states of the latest run of ``dag_id``, read from the embedded Airflow's SQLite database."""
     with sqlite3.connect(home / "airflow.db") as db:
-        (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
-        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        rows = db.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+        )
         return dict(rows.fetchall())
 
 
@@ -79,10 +106,14 @@ def generated_day(spark, test_settings, root: Path):
     from spark_jobs import generate
     from tracelake.runs import job_run
 
-    settings = test_settings.model_copy(update={
-        "lake_root": str(root / "lake"),
-        "generator": test_settings.generator.model_copy(update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}),
-    })
+    settings = test_settings.model_copy(
+        update={
+            "lake_root": str(root / "lake"),
+            "generator": test_settings.generator.model_copy(
+                update={"epcs": EPCS, "days": 1, "start_date": DAY.isoformat()}
+            ),
+        }
+    )
     with job_run("generate", settings=settings, spark=spark, start=DAY, end=DAY) as run:
         generate.execute(run)
     return settings

@@ -34,8 +34,10 @@ def reference_rows(n: int, day: dt.date, seed: int) -> pd.DataFrame:
     data: dict[str, object] = {
         "event_id": [f"ref-{i:05d}" for i in range(n)],
         "epc_code": [f"001.{i % 37}.1.2.3.{i}" for i in range(n)],
-        "event_time": [dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))
-                       for s in rng.integers(0, 86_400, size=n)],
+        "event_time": [
+            dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=int(s))
+            for s in rng.integers(0, 86_400, size=n)
+        ],
         "event_date": [day] * n,
         "location_id": [f"LOC{i % 7}" for i in range(n)],
         "prev_location_id": [None if i % 5 == 0 else f"LOC{(i + 1) % 7}" for i in range(n)],
@@ -73,11 +75,15 @@ def register_champion(spark, settings, workdir: Path, reference_day: dt.date) ->
     lake = str(settings.lake_path)
     reference = reference_rows(REFERENCE_ROWS, reference_day, seed=7)
     set_spec = named_table_spec("training_set", name=REFERENCE_SET)
-    frame = spark.createDataFrame(reference.astype(object).where(reference.notna(), None), schema=set_spec.schema)
+    frame = spark.createDataFrame(
+        reference.astype(object).where(reference.notna(), None), schema=set_spec.schema
+    )
     set_version = write_table(frame, set_spec, lake)
 
     labels = tuple(domain()["anomaly_types"])
-    spec = FeatureSpec(tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length, labels)
+    spec = FeatureSpec(
+        tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length, labels
+    )
     torch.manual_seed(0)
     model = SequenceAnomalyModel(ModelConfig(spec, hidden_size=8, tab_hidden_size=8, head_hidden_size=8))
     rows = columns_to_arrays({c: reference[c].to_numpy() for c in reference.columns}, spec)
@@ -86,17 +92,26 @@ def register_champion(spark, settings, workdir: Path, reference_day: dt.date) ->
     model.set_preprocessing(stats, pos_weight_cap=settings.training.pos_weight_cap)
     model.eval()
     onnx_path = workdir / "champion.onnx"
-    export_onnx(model, onnx_path, rows.take(slice(0, 64)), thresholds={label: 0.5 for label in labels},
-                exporter="torchscript")
+    export_onnx(
+        model,
+        onnx_path,
+        rows.take(slice(0, 64)),
+        thresholds=dict.fromkeys(labels, 0.5),
+        exporter="torchscript",
+    )
 
     configure_mlflow(settings)
     try:
         with mlflow.start_run(run_name="dag-test-champion") as run:
             version = register_onnx_model(
-                settings.training.lstm_model_name, onnx_path, run_id=run.info.run_id,
+                settings.training.lstm_model_name,
+                onnx_path,
+                run_id=run.info.run_id,
                 tags={"training_set": REFERENCE_SET, "training_set_version": str(set_version)},
             )
-        mlflow.MlflowClient().set_registered_model_alias(settings.training.lstm_model_name, CHAMPION, version.version)
+        mlflow.MlflowClient().set_registered_model_alias(
+            settings.training.lstm_model_name, CHAMPION, version.version
+        )
     finally:
         mlflow.set_tracking_uri(None)
     return str(version.version)

@@ -45,7 +45,8 @@ def describe(dag) -> dict:
         "catchup": dag.catchup,
         "doc_md": bool(dag.doc_md),
         "timetable": type(dag.timetable).__name__,
-        "timetable_summary": getattr(dag.timetable, "summary", None) or getattr(dag.timetable, "description", None),
+        "timetable_summary": getattr(dag.timetable, "summary", None)
+        or getattr(dag.timetable, "description", None),
         "schedule_assets": schedule_assets(getattr(dag.timetable, "asset_condition", None)),
     }
 
@@ -68,12 +69,17 @@ def main(dag_folder: str) -> int:
             "yarn": {"conn_type": "spark", "host": "yarn"},
         }.items()
     }
-    print("INSPECT " + json.dumps({
-        "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
-        "dags": {dag_id: describe(dag) for dag_id, dag in bag.dags.items()},
-        "heavy_modules_after_parse": heavy,
-        "masters": masters,
-    }))
+    print(
+        "INSPECT "
+        + json.dumps(
+            {
+                "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+                "dags": {dag_id: describe(dag) for dag_id, dag in bag.dags.items()},
+                "heavy_modules_after_parse": heavy,
+                "masters": masters,
+            }
+        )
+    )
     return 0
 
 

@@ -20,13 +20,16 @@ def main(dags: str, work: str) -> None:
         app = Path(work) / f"exit_{code}.py"
         app.write_text(f"import sys\nprint('error: a user error', file=sys.stderr)\nsys.exit({code})\n")
         operator = TracelakeSparkSubmitOperator(
-            task_id=f"exit_{code}", application=str(app), conn_id="spark_default", driver_memory="512m",
+            task_id=f"exit_{code}",
+            application=str(app),
+            conn_id="spark_default",
+            driver_memory="512m",
             env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
         )
         try:
             operator.execute({})
             results[code] = None
-        except Exception as error:  # noqa: BLE001 - the class is what the test checks
+        except Exception as error:
             results[code] = type(error).__name__
     print("RESULTS " + json.dumps(results))
 

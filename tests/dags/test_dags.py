@@ -36,11 +36,16 @@ from tracelake.tables import table_spec
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("airflow-parse")
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("inspect_dags.py")), str(DAGS)],
-                          env=airflow_env(home), capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("inspect_dags.py")), str(DAGS)],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("INSPECT ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(lines[-1][len("INSPECT "):])
+    return json.loads(lines[-1][len("INSPECT ") :])
 
 
 def chain_of(dag: dict) -> list[str]:
@@ -66,18 +71,32 @@ def test_every_dag_imports_without_errors_and_without_heavy_imports(parsed):
 def test_daily_dag_tasks_in_order(parsed):
     daily = parsed["dags"]["tracelake_daily"]
     assert chain_of(daily) == DAILY_ORDER
-    assert daily["max_active_runs"] == 1 and daily["doc_md"] and daily["timetable"] == "CronDataIntervalTimetable"
+    assert (
+        daily["max_active_runs"] == 1
+        and daily["doc_md"]
+        and daily["timetable"] == "CronDataIntervalTimetable"
+    )
     tasks = daily["tasks"]
-    apps = {t: Path(v["application"]).relative_to(ROOT).as_posix() for t, v in tasks.items() if v["application"]}
+    apps = {
+        t: Path(v["application"]).relative_to(ROOT).as_posix() for t, v in tasks.items() if v["application"]
+    }
     assert apps == {
-        "ingest": "spark_jobs/ingest.py", "validate_bronze": "spark_jobs/validate.py",
-        "validate_silver": "spark_jobs/validate.py", "build_features": "spark_jobs/build_features.py",
-        "validate_features": "spark_jobs/validate.py", "score": "batch_scoring/score.py",
-        "validate_scores": "spark_jobs/validate.py", "monitor": "batch_scoring/monitor.py",
+        "ingest": "spark_jobs/ingest.py",
+        "validate_bronze": "spark_jobs/validate.py",
+        "validate_silver": "spark_jobs/validate.py",
+        "build_features": "spark_jobs/build_features.py",
+        "validate_features": "spark_jobs/validate.py",
+        "score": "batch_scoring/score.py",
+        "validate_scores": "spark_jobs/validate.py",
+        "monitor": "batch_scoring/monitor.py",
     }
     validated = {t: tasks[t]["application_args"][1] for t in apps if t.startswith("validate_")}
-    assert validated == {"validate_bronze": "bronze_scan_events", "validate_silver": "silver_scan_events",
-                         "validate_features": "features_event_features", "validate_scores": "gold_scored_events"}
+    assert validated == {
+        "validate_bronze": "bronze_scan_events",
+        "validate_silver": "silver_scan_events",
+        "validate_features": "features_event_features",
+        "validate_scores": "gold_scored_events",
+    }
     for task_id in apps:
         args = tasks[task_id]["application_args"]
         assert args[args.index("--start-date") + 1] == "{{ data_interval_start | ds }}"
@@ -93,8 +112,12 @@ def test_training_dag_tasks_in_order_weekly_and_on_drift(parsed):
     assert training["timetable"] == "AssetOrTimeSchedule"
     assert training["schedule_assets"] == ["tracelake_retrain"]  # the daily DAG's drift flag
     apps = {t: Path(v["application"]).relative_to(ROOT).as_posix() for t, v in training["tasks"].items()}
-    assert apps == {"build_training_set": "spark_jobs/build_training_set.py", "validate_training_set": "spark_jobs/validate.py",
-                    "train": "spark_jobs/train.py", "promote": "spark_jobs/promote.py"}
+    assert apps == {
+        "build_training_set": "spark_jobs/build_training_set.py",
+        "validate_training_set": "spark_jobs/validate.py",
+        "train": "spark_jobs/train.py",
+        "promote": "spark_jobs/promote.py",
+    }
     assert all((ROOT / app).is_file() for app in apps.values())
 
 
@@ -113,8 +136,12 @@ def test_every_task_retries_with_backoff_and_has_a_timeout_and_docs(parsed):
 
 
 def test_master_comes_from_the_connection_as_the_provider_reads_it(parsed):
-    assert parsed["masters"] == {"local": "local[*]", "standalone": "spark://127.0.0.1:7077",
-                                 "by_scheme": "spark://127.0.0.1:7077", "yarn": "yarn"}
+    assert parsed["masters"] == {
+        "local": "local[*]",
+        "standalone": "spark://127.0.0.1:7077",
+        "by_scheme": "spark://127.0.0.1:7077",
+        "yarn": "yarn",
+    }
 
 
 # ---------------------------------------------------------------- backfill
@@ -136,24 +163,42 @@ def test_backfill_create_makes_one_run_per_day_that_processes_that_day(airflow_d
     that day, and each task's arguments name exactly that day (what the operator guide promises);
     a second backfill of the DAG is refused while the first is running (no day processed twice at once)."""
     env = airflow_db["env"]
-    backfill = ["backfill", "create", "--dag-id", "tracelake_daily", "--from-date", "2025-07-01", "--to-date", "2025-07-03"]
+    backfill = [
+        "backfill",
+        "create",
+        "--dag-id",
+        "tracelake_daily",
+        "--from-date",
+        "2025-07-01",
+        "--to-date",
+        "2025-07-03",
+    ]
     done = run_airflow(env, *backfill, "--max-active-runs", "1", timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     with sqlite3.connect(airflow_db["home"] / "airflow.db") as db:
-        runs = db.execute("SELECT run_id, run_type, data_interval_start, data_interval_end FROM dag_run "
-                          "WHERE dag_id = 'tracelake_daily' ORDER BY logical_date").fetchall()
+        runs = db.execute(
+            "SELECT run_id, run_type, data_interval_start, data_interval_end FROM dag_run "
+            "WHERE dag_id = 'tracelake_daily' ORDER BY logical_date"
+        ).fetchall()
     days = ["2025-07-01", "2025-07-02", "2025-07-03", "2025-07-04"]
     assert [(kind, start[:10], end[:10]) for _, kind, start, end in runs] == [
-        ("backfill", days[i], days[i + 1]) for i in range(3)]
+        ("backfill", days[i], days[i + 1]) for i in range(3)
+    ]
 
     middle = runs[1][0]  # the run of 2025-07-02 (its run id names when it was due: 2025-07-03)
     rendered = run_airflow(env, "tasks", "render", "tracelake_daily", "ingest", middle, timeout=300)
     assert rendered.returncode == 0, rendered.stdout[-3000:] + rendered.stderr[-3000:]
-    assert "['--start-date', '2025-07-02', '--end-date', '2025-07-02', '--master', 'local[2]']" in rendered.stdout
+    assert (
+        "['--start-date', '2025-07-02', '--end-date', '2025-07-02', '--master', 'local[2]']"
+        in rendered.stdout
+    )
 
     again = run_airflow(env, *backfill, "--reprocess-behavior", "completed", timeout=300)
-    assert again.returncode != 0 and "Another backfill is running for Dag tracelake_daily" in again.stdout + again.stderr
+    assert (
+        again.returncode != 0
+        and "Another backfill is running for Dag tracelake_daily" in again.stdout + again.stderr
+    )
 
 
 def test_without_the_spark_connection_a_task_fails_before_spark_submit_naming_what_to_set(airflow_db):
@@ -162,8 +207,10 @@ def test_without_the_spark_connection_a_task_fails_before_spark_submit_naming_wh
     done = run_airflow(env, "tasks", "render", "tracelake_daily", "ingest", "2025-07-10", timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode != 0
-    assert ("Airflow connection 'spark_default' is not defined; create it, e.g. "
-            "AIRFLOW_CONN_SPARK_DEFAULT='{\"conn_type\": \"spark\", \"host\": \"local[*]\"}'") in out
+    assert (
+        "Airflow connection 'spark_default' is not defined; create it, e.g. "
+        'AIRFLOW_CONN_SPARK_DEFAULT=\'{"conn_type": "spark", "host": "local[*]"}\''
+    ) in out
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +243,13 @@ def test_a_user_error_fails_the_task_at_once_and_other_failures_are_retried(tmp_
     raises the provider's AirflowException, which goes through the task's retries with backoff."""
     env = airflow_env(tmp_path / "home")
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[1]"})
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("operator_exit_codes.py")), str(DAGS),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("operator_exit_codes.py")), str(DAGS), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    assert json.loads(lines[-1][len("RESULTS "):]) == {"2": "AirflowFailException", "1": "AirflowException"}
+    assert json.loads(lines[-1][len("RESULTS ") :]) == {"2": "AirflowFailException", "1": "AirflowException"}

@@ -57,14 +57,18 @@ def test_airflow_dags_test_runs_the_whole_daily_dag(daily_lake, spark):
     assert done.returncode == 0 and "state=success" in done.stdout, done.stdout[-6000:] + done.stderr[-3000:]
 
     lake = str(daily_lake["settings"].lake_path)
-    marked = sorted(p.name for p in (Path(lake) / daily_lake["settings"].monitoring.retrain_dir).glob("*.json"))
+    marked = sorted(
+        p.name for p in (Path(lake) / daily_lake["settings"].monitoring.retrain_dir).glob("*.json")
+    )
     # flag_retraining emits the retraining asset when monitoring marked the day, and skips otherwise.
-    expected = {task: "success" for task in DAILY_ORDER}
+    expected = dict.fromkeys(DAILY_ORDER, "success")
     expected["flag_retraining"] = "success" if marked else "skipped"
     assert states == expected
     with sqlite3.connect(daily_lake["home"] / "airflow.db") as db:
-        (events,) = db.execute("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-                               "WHERE a.name = 'tracelake_retrain'").fetchone()
+        (events,) = db.execute(
+            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'tracelake_retrain'"
+        ).fetchone()
     assert events == (1 if marked else 0)  # what schedules tracelake_training on drift
 
     # Each job wrote the interval's day, under the run id the DAG gave it.
@@ -79,7 +83,8 @@ def test_airflow_dags_test_runs_the_whole_daily_dag(daily_lake, spark):
         feature_rows = spark.read.format("delta").load(features).count()
         assert scored.where(F.col("event_date") == F.lit(DAY)).count() == feature_rows
         assert commit_run_ids(spark, table_spec("monitoring_drift").location(lake))[0].startswith(
-            "tracelake_daily.monitor.manual__")
+            "tracelake_daily.monitor.manual__"
+        )
 
 
 @pytest.mark.slow
@@ -89,14 +94,23 @@ def test_a_failing_validation_stops_the_run_before_scoring(daily_lake, spark):
     silver = table_spec("silver_scan_events").location(lake)
     features = table_spec("features_event_features").location(lake)
     spark.read.format("delta").load(silver).limit(1).write.format("delta").mode("append").save(silver)
-    features_version = DeltaTable.forPath(spark, features).history(1).first().version if Path(features).exists() else None
+    features_version = (
+        DeltaTable.forPath(spark, features).history(1).first().version if Path(features).exists() else None
+    )
 
-    done = run_airflow(daily_lake["env"], "dags", "test", "tracelake_daily", LOGICAL_DATE,
-                       "--mark-success-pattern", "^(ingest|validate_bronze)$")
+    done = run_airflow(
+        daily_lake["env"],
+        "dags",
+        "test",
+        "tracelake_daily",
+        LOGICAL_DATE,
+        "--mark-success-pattern",
+        "^(ingest|validate_bronze)$",
+    )
     states = task_states(daily_lake["home"], "tracelake_daily")
     assert states["validate_silver"] == "failed", done.stdout[-6000:]
-    after = DAILY_ORDER[DAILY_ORDER.index("validate_silver") + 1:]
-    assert {task: states[task] for task in after} == {task: "upstream_failed" for task in after}
+    after = DAILY_ORDER[DAILY_ORDER.index("validate_silver") + 1 :]
+    assert {task: states[task] for task in after} == dict.fromkeys(after, "upstream_failed")
     assert "state=failed" in done.stdout
     if features_version is not None:  # nothing downstream wrote
         assert DeltaTable.forPath(spark, features).history(1).first().version == features_version
@@ -107,8 +121,17 @@ def test_training_dag_renders_its_cut_off_window_and_set_name(daily_lake):
     """The weekly run due 2025-07-14 03:00 trains as of 2025-07-07 03:00 (its interval's end) on 42 days
     before it, leaving out the labels.max_delay_days (14) most recent days whose labels may not be in yet."""
     assert run_airflow(daily_lake["env"], "dags", "reserialize", timeout=300).returncode == 0
-    done = run_airflow(daily_lake["env"], "tasks", "render", "tracelake_training", "build_training_set", "2025-07-14",
-                       timeout=300)
+    done = run_airflow(
+        daily_lake["env"],
+        "tasks",
+        "render",
+        "tracelake_training",
+        "build_training_set",
+        "2025-07-14",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert ("['--start-date', '2025-05-26', '--end-date', '2025-06-22', '--as-of', '2025-07-07T03:00:00+00:00', "
-            "'--name', 'set-20250707t0300', '--master', 'local[2]']") in done.stdout
+    assert (
+        "['--start-date', '2025-05-26', '--end-date', '2025-06-22', '--as-of', '2025-07-07T03:00:00+00:00', "
+        "'--name', 'set-20250707t0300', '--master', 'local[2]']"
+    ) in done.stdout

@@ -32,15 +32,24 @@ def scored_rows() -> pd.DataFrame:
         for i in range(ROWS_PER_DAY):
             p = rng.uniform(size=len(labels)) ** 3  # mostly low, a few high
             t = dt.datetime.combine(day, dt.time(hour=i % 24, minute=i))
-            rows.append({
-                "event_id": f"e{day:%d}{i:03d}", "epc_code": f"001.1.1.1.20250601.{i % 8}", "event_time": t,
-                "location_id": f"LOC{i % 3}", "event_date": day,
-                **{f"p_{label}": float(v) for label, v in zip(labels, p)},
-                **{f"flag_{label}": bool(v >= 0.5) for label, v in zip(labels, p)},
-                "anomaly_score": float(p.max()), "anomaly_flag": bool((p >= 0.5).any()),
-                "model_name": "tracelake-anomaly-lstm", "model_version": "1", "model_run_id": "r1",
-                "scored_at": dt.datetime(2025, 7, 8), "_run_id": "run1",
-            })
+            rows.append(
+                {
+                    "event_id": f"e{day:%d}{i:03d}",
+                    "epc_code": f"001.1.1.1.20250601.{i % 8}",
+                    "event_time": t,
+                    "location_id": f"LOC{i % 3}",
+                    "event_date": day,
+                    **{f"p_{label}": float(v) for label, v in zip(labels, p, strict=False)},
+                    **{f"flag_{label}": bool(v >= 0.5) for label, v in zip(labels, p, strict=False)},
+                    "anomaly_score": float(p.max()),
+                    "anomaly_flag": bool((p >= 0.5).any()),
+                    "model_name": "tracelake-anomaly-lstm",
+                    "model_version": "1",
+                    "model_run_id": "r1",
+                    "scored_at": dt.datetime(2025, 7, 8),
+                    "_run_id": "run1",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -50,24 +59,71 @@ def lake(spark, test_settings, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("analysts") / "lake")
     frame = scored_rows()
     spec = table_spec("gold_scored_events")
-    write_table(spark.createDataFrame(frame[spec.column_names], spec.schema), spec, root, start=DAYS[0], end=DAYS[1])
+    write_table(
+        spark.createDataFrame(frame[spec.column_names], spec.schema), spec, root, start=DAYS[0], end=DAYS[1]
+    )
     spec = table_spec("reference_locations")
-    write_table(spark.createDataFrame([(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0, None, None)
-                                       for i in range(3)],
-                                      spec.schema), spec, root)
+    write_table(
+        spark.createDataFrame(
+            [(f"LOC{i}", f"Hub {i}", "LGS_HUB", 2, 37.5 + i, 127.0, None, None) for i in range(3)],
+            spec.schema,
+        ),
+        spec,
+        root,
+    )
     flagged = frame[frame["anomaly_flag"]]
     spec = table_spec("silver_labels")
-    write_table(spark.createDataFrame(
-        [(r.event_id, r.epc_code, "jump", dt.datetime(2025, 7, 9), dt.date(2025, 7, 9), "run0")
-         for r in flagged.head(3).itertuples()], spec.schema), spec, root)
+    write_table(
+        spark.createDataFrame(
+            [
+                (r.event_id, r.epc_code, "jump", dt.datetime(2025, 7, 9), dt.date(2025, 7, 9), "run0")
+                for r in flagged.head(3).itertuples()
+            ],
+            spec.schema,
+        ),
+        spec,
+        root,
+    )
     spec = table_spec("monitoring_drift")
-    write_table(spark.createDataFrame(
-        [(day, feature, kind, psi, status, 0.25, 0.1, ROWS_PER_DAY, 0.0, 100, "training_set:demo@v0",
-          "tracelake-anomaly-lstm", "1", dt.datetime(2025, 7, 8), "run2")
-         for day in DAYS for feature, kind, psi, status in
-         (("tier", "input", 0.01, "ok"), ("hist_scans", "input", 0.4 if day == DAYS[1] else 0.02, "drift"
-                                           if day == DAYS[1] else "ok"), ("anomaly_score", "score", 0.12, "warn"))],
-        spec.schema), spec, root, start=DAYS[0], end=DAYS[1])
+    write_table(
+        spark.createDataFrame(
+            [
+                (
+                    day,
+                    feature,
+                    kind,
+                    psi,
+                    status,
+                    0.25,
+                    0.1,
+                    ROWS_PER_DAY,
+                    0.0,
+                    100,
+                    "training_set:demo@v0",
+                    "tracelake-anomaly-lstm",
+                    "1",
+                    dt.datetime(2025, 7, 8),
+                    "run2",
+                )
+                for day in DAYS
+                for feature, kind, psi, status in (
+                    ("tier", "input", 0.01, "ok"),
+                    (
+                        "hist_scans",
+                        "input",
+                        0.4 if day == DAYS[1] else 0.02,
+                        "drift" if day == DAYS[1] else "ok",
+                    ),
+                    ("anomaly_score", "score", 0.12, "warn"),
+                )
+            ],
+            spec.schema,
+        ),
+        spec,
+        root,
+        start=DAYS[0],
+        end=DAYS[1],
+    )
     return {"root": root, "frame": frame}
 
 
@@ -113,16 +169,24 @@ def test_every_sql_query_runs_through_tracelake_query(spark, lake):
         results.append(rows)
     per_location, per_type, top_epcs, top_day = results[:4]
 
-    expected = (frame.groupby(["event_date", "location_id"])
-                .agg(events=("event_id", "size"), flagged=("anomaly_flag", "sum")).reset_index())
+    expected = (
+        frame.groupby(["event_date", "location_id"])
+        .agg(events=("event_id", "size"), flagged=("anomaly_flag", "sum"))
+        .reset_index()
+    )
     got = per_location[["event_date", "location_id", "events", "flagged"]]
-    pd.testing.assert_frame_equal(got.sort_values(["event_date", "location_id"]).reset_index(drop=True),
-                                  expected, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        got.sort_values(["event_date", "location_id"]).reset_index(drop=True), expected, check_dtype=False
+    )
     assert set(per_location["location_name"]) == {"Hub 0", "Hub 1", "Hub 2"}
     assert per_type["events"].tolist() == [ROWS_PER_DAY, ROWS_PER_DAY]
-    assert per_type["jump"].tolist() == [int(frame[frame["event_date"] == d]["flag_jump"].sum()) for d in DAYS]
+    assert per_type["jump"].tolist() == [
+        int(frame[frame["event_date"] == d]["flag_jump"].sum()) for d in DAYS
+    ]
     assert top_epcs["max_score"].iloc[0] == round(frame["anomaly_score"].max(), 4)
-    day = frame[frame["event_date"] == DAYS[1]].sort_values(["anomaly_score", "event_id"], ascending=[False, True])
+    day = frame[frame["event_date"] == DAYS[1]].sort_values(
+        ["anomaly_score", "event_id"], ascending=[False, True]
+    )
     assert top_day["epc_code"].tolist() == day["epc_code"].head(len(top_day)).tolist()
     assert results[-1]["events"].tolist() == [ROWS_PER_DAY, ROWS_PER_DAY]  # VERSION AS OF 0
 
@@ -133,7 +197,7 @@ def test_python_snippets_run_without_spark_and_agree(lake, capsys):
     for code in blocks("python"):
         assert LAKE_LINE in code
         namespace: dict = {}
-        exec(compile(code.replace(LAKE_LINE, f"LAKE = {lake['root']!r}"), str(DOC), "exec"), namespace)  # noqa: S102
+        exec(compile(code.replace(LAKE_LINE, f"LAKE = {lake['root']!r}"), str(DOC), "exec"), namespace)
         namespaces.append(namespace)
     capsys.readouterr()
     delta_rs, duck = namespaces
@@ -141,14 +205,22 @@ def test_python_snippets_run_without_spark_and_agree(lake, capsys):
     day = frame[frame["event_date"] == DAYS[1]]
     expected = day[day["anomaly_flag"]].groupby("location_id").size().to_dict()
     got = delta_rs["flagged"]
-    assert dict(zip(got.column("location_id").to_pylist(), got.column("flagged").to_pylist())) == expected
+    assert (
+        dict(zip(got.column("location_id").to_pylist(), got.column("flagged").to_pylist(), strict=False))
+        == expected
+    )
 
     per_location = duck["per_location"].sort_values(["event_date", "location_id"]).reset_index(drop=True)
-    expected = (frame.groupby(["event_date", "location_id"])
-                .agg(events=("event_id", "size"), flagged=("anomaly_flag", "sum")).reset_index())
+    expected = (
+        frame.groupby(["event_date", "location_id"])
+        .agg(events=("event_id", "size"), flagged=("anomaly_flag", "sum"))
+        .reset_index()
+    )
     assert per_location["event_date"].astype(str).tolist() == expected["event_date"].astype(str).tolist()
-    assert per_location[["location_id", "events", "flagged"]].values.tolist() == \
-        expected[["location_id", "events", "flagged"]].values.tolist()
+    assert (
+        per_location[["location_id", "events", "flagged"]].values.tolist()
+        == expected[["location_id", "events", "flagged"]].values.tolist()
+    )
 
     top = day.sort_values(["anomaly_score", "event_id"], ascending=[False, True]).head(10)
     assert duck["top"]["epc_code"].tolist() == top["epc_code"].tolist()

@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-CONTEXT = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld", {"tl": "https://tracelake.dev/epcis/"}]
+CONTEXT = [
+    "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld",
+    {"tl": "https://tracelake.dev/epcis/"},
+]
 # Two locations of the hand-made reference (company prefix 4012345).
 WAREHOUSE_SGLN = "urn:epc:id:sgln:4012345.00001.0"
 WAREHOUSE_GLN = "4012345000016"
@@ -38,60 +41,140 @@ def events() -> list[dict[str, Any]]:
     """Index -> what it shows (tests refer to the indices)."""
     return [
         # 0: ObjectEvent, bare CBV words, +09:00 offset, the project's SGTIN convention, extensions.
-        _event(type="ObjectEvent", eventID="urn:tracelake:event:EVT-0001", eventTime="2025-07-01T09:30:00+09:00",
-               action="OBSERVE", epcList=[PROJECT_SGTIN], bizStep="receiving", disposition="in_progress",
-               **{"tl:operatorID": "OPR-1", "tl:deviceID": "DEV-1", "tl:productName": "Test Water 1L"}),
+        _event(
+            type="ObjectEvent",
+            eventID="urn:tracelake:event:EVT-0001",
+            eventTime="2025-07-01T09:30:00+09:00",
+            action="OBSERVE",
+            epcList=[PROJECT_SGTIN],
+            bizStep="receiving",
+            disposition="in_progress",
+            **{"tl:operatorID": "OPR-1", "tl:deviceID": "DEV-1", "tl:productName": "Test Water 1L"},
+        ),
         # 1: ObjectEvent, full CBV URIs, -05:00 offset, two EPCs (URN and Digital Link), bizLocation only.
-        {"type": "ObjectEvent", "eventID": "urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d01",
-         "eventTime": "2025-06-30T20:00:00-05:00", "eventTimeZoneOffset": "-05:00", "action": "OBSERVE",
-         "epcList": [PLAIN_SGTIN, DL_SGTIN], "bizStep": "https://ref.gs1.org/cbv/BizStep-shipping",
-         "disposition": "https://ref.gs1.org/cbv/Disp-in_transit", "bizLocation": {"id": WAREHOUSE_SGLN},
-         "bizTransactionList": [{"type": "po", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:PO-1"}]},
+        {
+            "type": "ObjectEvent",
+            "eventID": "urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d01",
+            "eventTime": "2025-06-30T20:00:00-05:00",
+            "eventTimeZoneOffset": "-05:00",
+            "action": "OBSERVE",
+            "epcList": [PLAIN_SGTIN, DL_SGTIN],
+            "bizStep": "https://ref.gs1.org/cbv/BizStep-shipping",
+            "disposition": "https://ref.gs1.org/cbv/Disp-in_transit",
+            "bizLocation": {"id": WAREHOUSE_SGLN},
+            "bizTransactionList": [
+                {"type": "po", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:PO-1"}
+            ],
+        },
         # 2: AggregationEvent: parent SSCC and two children (three rows), Digital Link readPoint, UTC.
-        {"type": "AggregationEvent", "eventID": "urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d02",
-         "eventTime": "2025-07-01T02:00:00Z", "eventTimeZoneOffset": "+00:00", "action": "ADD",
-         "parentID": SSCC, "childEPCs": [PLAIN_SGTIN, DL_SGTIN], "bizStep": "arriving",
-         "readPoint": {"id": HUB_DL}},
+        {
+            "type": "AggregationEvent",
+            "eventID": "urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d02",
+            "eventTime": "2025-07-01T02:00:00Z",
+            "eventTimeZoneOffset": "+00:00",
+            "action": "ADD",
+            "parentID": SSCC,
+            "childEPCs": [PLAIN_SGTIN, DL_SGTIN],
+            "bizStep": "arriving",
+            "readPoint": {"id": HUB_DL},
+        },
         # 3: TransactionEvent (quantities only: one row without EPC), sensor data kept.
-        _event(type="TransactionEvent", eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d03",
-               eventTime="2025-07-01T10:00:00+09:00", action="ADD",
-               bizTransactionList=[{"type": "inv", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:INV-9"}],
-               quantityList=[{"epcClass": "urn:epc:class:lgtin:4012345.011111.LOT1", "quantity": 12, "uom": "KGM"}],
-               sensorElementList=[{"sensorReport": [{"type": "Temperature", "value": 4.5, "uom": "CEL"}]}]),
+        _event(
+            type="TransactionEvent",
+            eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d03",
+            eventTime="2025-07-01T10:00:00+09:00",
+            action="ADD",
+            bizTransactionList=[
+                {"type": "inv", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:INV-9"}
+            ],
+            quantityList=[
+                {"epcClass": "urn:epc:class:lgtin:4012345.011111.LOT1", "quantity": 12, "uom": "KGM"}
+            ],
+            sensorElementList=[{"sensorReport": [{"type": "Temperature", "value": 4.5, "uom": "CEL"}]}],
+        ),
         # 4: TransformationEvent: an input and an output EPC, no action.
-        _event(type="TransformationEvent", eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d04",
-               eventTime="2025-07-01T11:00:00+09:00", inputEPCList=[GRAI],
-               outputEPCList=["urn:epc:id:sgtin:4012345.022222.9"], bizStep="commissioning"),
+        _event(
+            type="TransformationEvent",
+            eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d04",
+            eventTime="2025-07-01T11:00:00+09:00",
+            inputEPCList=[GRAI],
+            outputEPCList=["urn:epc:id:sgtin:4012345.022222.9"],
+            bizStep="commissioning",
+        ),
         # 5: AssociationEvent: a GRAI parent, a child.
-        _event(type="AssociationEvent", eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d05",
-               eventTime="2025-07-01T12:00:00+09:00", action="ADD", parentID=GRAI,
-               childEPCs=["urn:epc:id:sgtin:4012345.022222.10"], bizStep="assembling"),
+        _event(
+            type="AssociationEvent",
+            eventID="urn:uuid:6a3c9f0e-6d7e-4a8e-9a55-0c1a2b3c4d05",
+            eventTime="2025-07-01T12:00:00+09:00",
+            action="ADD",
+            parentID=GRAI,
+            childEPCs=["urn:epc:id:sgtin:4012345.022222.10"],
+            bizStep="assembling",
+        ),
         # 6: no eventID: gets the canonical event hash.
-        _event(type="ObjectEvent", eventTime="2025-07-01T13:00:00+09:00", action="OBSERVE",
-               epcList=["urn:epc:id:sgtin:4012345.011111.7003"], bizStep="shipping",
-               disposition="in_transit"),
+        _event(
+            type="ObjectEvent",
+            eventTime="2025-07-01T13:00:00+09:00",
+            action="OBSERVE",
+            epcList=["urn:epc:id:sgtin:4012345.011111.7003"],
+            bizStep="shipping",
+            disposition="in_transit",
+        ),
         # 7: schema violation: action is not one of the three.
-        _event(type="ObjectEvent", eventID="urn:uuid:bad-1", eventTime="2025-07-01T14:00:00+09:00",
-               action="MOVE", epcList=[PLAIN_SGTIN]),
+        _event(
+            type="ObjectEvent",
+            eventID="urn:uuid:bad-1",
+            eventTime="2025-07-01T14:00:00+09:00",
+            action="MOVE",
+            epcList=[PLAIN_SGTIN],
+        ),
         # 8: schema violation: eventTime is no date-time.
-        _event(type="ObjectEvent", eventID="urn:uuid:bad-2", eventTime="yesterday", action="OBSERVE",
-               epcList=[PLAIN_SGTIN]),
+        _event(
+            type="ObjectEvent",
+            eventID="urn:uuid:bad-2",
+            eventTime="yesterday",
+            action="OBSERVE",
+            epcList=[PLAIN_SGTIN],
+        ),
         # 9: error declaration retracting event 0 (same eventID, same event), with a correction.
-        _event(type="ObjectEvent", eventID="urn:tracelake:event:EVT-0001", eventTime="2025-07-01T09:30:00+09:00",
-               action="OBSERVE", epcList=[PROJECT_SGTIN], bizStep="receiving", disposition="in_progress",
-               errorDeclaration={"declarationTime": "2025-07-02T08:00:00Z", "reason": "incorrect_data",
-                                 "correctiveEventIDs": ["urn:tracelake:event:EVT-0002"]}),
+        _event(
+            type="ObjectEvent",
+            eventID="urn:tracelake:event:EVT-0001",
+            eventTime="2025-07-01T09:30:00+09:00",
+            action="OBSERVE",
+            epcList=[PROJECT_SGTIN],
+            bizStep="receiving",
+            disposition="in_progress",
+            errorDeclaration={
+                "declarationTime": "2025-07-02T08:00:00Z",
+                "reason": "incorrect_data",
+                "correctiveEventIDs": ["urn:tracelake:event:EVT-0002"],
+            },
+        ),
         # 10: the correction: the same scan, at the hub.
-        _event(type="ObjectEvent", eventID="urn:tracelake:event:EVT-0002", eventTime="2025-07-01T09:30:00+09:00",
-               action="OBSERVE", epcList=[PROJECT_SGTIN], bizStep="arriving", readPoint={"id": HUB_DL},
-               **{"tl:operatorID": "OPR-2"}),
+        _event(
+            type="ObjectEvent",
+            eventID="urn:tracelake:event:EVT-0002",
+            eventTime="2025-07-01T09:30:00+09:00",
+            action="OBSERVE",
+            epcList=[PROJECT_SGTIN],
+            bizStep="arriving",
+            readPoint={"id": HUB_DL},
+            **{"tl:operatorID": "OPR-2"},
+        ),
     ]
 
 
 def document(event_list: list[dict[str, Any]] | None = None, **envelope: Any) -> dict[str, Any]:
     body = copy.deepcopy(events() if event_list is None else event_list)
-    return {"@context": CONTEXT, "type": "EPCISDocument", "schemaVersion": "2.0",
-            "creationDate": "2025-07-02T09:00:00Z", **envelope, "epcisBody": {"eventList": body}}
+    return {
+        "@context": CONTEXT,
+        "type": "EPCISDocument",
+        "schemaVersion": "2.0",
+        "creationDate": "2025-07-02T09:00:00Z",
+        **envelope,
+        "epcisBody": {"eventList": body},
+    }
 
 
 def write(path: Path, doc: Any) -> Path:

@@ -44,15 +44,32 @@ def silver(spark: SparkSession, rows: Iterable[tuple]) -> DataFrame:
         flags = row[5] if len(row) > 5 else {}
         step, tier, lat, lon = LOCATIONS[location]
         values = {
-            "event_id": event_id, "epc_code": epc, "event_time": time, "event_date": time.date(),
-            "location_id": location, "business_step": step, "event_type": event_type,
-            "operator_id": "op", "device_id": f"dev-{location}", "product_name": "p", "location_name": location,
-            "location_tier": tier, "latitude": lat, "longitude": lon,
-            "epc_header": "001", "epc_company": "8804823", "epc_product": "0000001", "epc_lot": "000001",
-            "epc_manufacture_date": flags.get("manufacture_date", dt.date(2025, 6, 1)), "epc_serial": flags.get("serial", "1"),
-            "epc_format_valid": flags.get("format_valid", True), "epc_company_known": True,
-            "epc_product_known": True, "epc_manufacture_date_valid": True,
-            "_source_file": "test", "_run_id": "test",
+            "event_id": event_id,
+            "epc_code": epc,
+            "event_time": time,
+            "event_date": time.date(),
+            "location_id": location,
+            "business_step": step,
+            "event_type": event_type,
+            "operator_id": "op",
+            "device_id": f"dev-{location}",
+            "product_name": "p",
+            "location_name": location,
+            "location_tier": tier,
+            "latitude": lat,
+            "longitude": lon,
+            "epc_header": "001",
+            "epc_company": "8804823",
+            "epc_product": "0000001",
+            "epc_lot": "000001",
+            "epc_manufacture_date": flags.get("manufacture_date", dt.date(2025, 6, 1)),
+            "epc_serial": flags.get("serial", "1"),
+            "epc_format_valid": flags.get("format_valid", True),
+            "epc_company_known": True,
+            "epc_product_known": True,
+            "epc_manufacture_date_valid": True,
+            "_source_file": "test",
+            "_run_id": "test",
             # The device's clock runs ahead of the system's by a per-location number of seconds.
             "record_time": time - dt.timedelta(seconds=DEVICE_OFFSET_S.get(location, 0.0)),
         }
@@ -60,18 +77,21 @@ def silver(spark: SparkSession, rows: Iterable[tuple]) -> DataFrame:
     return spark.createDataFrame(out, spec.schema)
 
 
-def labels(spark: SparkSession, rows: Iterable[tuple[str, str, dt.datetime]],
-           epcs: dict[str, str] | None = None) -> DataFrame:
+def labels(
+    spark: SparkSession, rows: Iterable[tuple[str, str, dt.datetime]], epcs: dict[str, str] | None = None
+) -> DataFrame:
     """Silver labels from (event_id, anomaly_type, confirmed_at); ``epcs`` maps event -> EPC (default "epc")."""
     spec = table_spec("silver_labels")
     return spark.createDataFrame(
-        [(e, (epcs or {}).get(e, "epc"), t, c, c.date(), "test") for e, t, c in rows], spec.schema)
+        [(e, (epcs or {}).get(e, "epc"), t, c, c.date(), "test") for e, t, c in rows], spec.schema
+    )
 
 
 def locations(spark: SparkSession) -> DataFrame:
     spec = table_spec("reference_locations")
     return spark.createDataFrame(
-        [(k, k, s, t, la, lo, None, None) for k, (s, t, la, lo) in LOCATIONS.items()], spec.schema)
+        [(k, k, s, t, la, lo, None, None) for k, (s, t, la, lo) in LOCATIONS.items()], spec.schema
+    )
 
 
 def air_lanes(spark: SparkSession) -> DataFrame:
@@ -93,5 +113,8 @@ def haversine_km(a: str, b: str) -> float:
 
     (_, _, lat1, lon1), (_, _, lat2, lon2) = LOCATIONS[a], LOCATIONS[b]
     p1, p2 = math.radians(lat1), math.radians(lat2)
-    h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    h = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
     return 2 * 6371.0088 * math.asin(math.sqrt(h))

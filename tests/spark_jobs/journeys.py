@@ -5,20 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+from feature_frames import air_lanes, locations, serial_ranges, silver, ts
+from feature_frames import labels as make_labels
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from feature_frames import air_lanes, labels as make_labels, locations, serial_ranges, silver, ts
 from spark_jobs.build_features import first_snapshot_day, read_from
 from spark_jobs.transforms.event_features import event_features, scan_steps
 from spark_jobs.transforms.snapshots import location_snapshots, route_snapshots
 from tracelake.config import FeatureSettings
 
 ROUTE = ["F1", "W1", "H1", "S1", "R1", "P1"]
-TYPES = {"F1": ("Aggregation", "Factory_Outbound"), "W1": ("WMS_Inbound", "WMS_Outbound"),
-         "H1": ("HUB_Inbound", "HUB_Outbound"), "H2": ("HUB_Inbound", "HUB_Outbound"),
-         "S1": ("W_Stock_Inbound", "W_Stock_Outbound"), "R1": ("R_Stock_Inbound", "R_Stock_Outbound"),
-         "P1": ("POS_Sell", "POS_Sell")}
+TYPES = {
+    "F1": ("Aggregation", "Factory_Outbound"),
+    "W1": ("WMS_Inbound", "WMS_Outbound"),
+    "H1": ("HUB_Inbound", "HUB_Outbound"),
+    "H2": ("HUB_Inbound", "HUB_Outbound"),
+    "S1": ("W_Stock_Inbound", "W_Stock_Outbound"),
+    "R1": ("R_Stock_Inbound", "R_Stock_Outbound"),
+    "P1": ("POS_Sell", "POS_Sell"),
+}
 ANOMALIES = ["epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump"]
 
 
@@ -39,12 +45,15 @@ def journeys(rng: random.Random, epcs: list[str], first_hour: float, last_hour: 
     return rows
 
 
-def label_rows(rng: random.Random, events: list[tuple], confirmed_from: dt.datetime,
-               confirmed_to: dt.datetime) -> list[tuple]:
+def label_rows(
+    rng: random.Random, events: list[tuple], confirmed_from: dt.datetime, confirmed_to: dt.datetime
+) -> list[tuple]:
     """One label of a random type per event, confirmed at a random time in [confirmed_from, confirmed_to]."""
     span = (confirmed_to - confirmed_from).total_seconds()
-    return [(e[0], rng.choice(ANOMALIES), confirmed_from + dt.timedelta(seconds=rng.uniform(0, span)))
-            for e in events]
+    return [
+        (e[0], rng.choice(ANOMALIES), confirmed_from + dt.timedelta(seconds=rng.uniform(0, span)))
+        for e in events
+    ]
 
 
 def first_per_key(labels: list[tuple]) -> list[tuple]:
@@ -55,15 +64,34 @@ def first_per_key(labels: list[tuple]) -> list[tuple]:
     return list(kept.values())
 
 
-def featurise(spark: SparkSession, rows: list[tuple], labels: list[tuple], settings: FeatureSettings,
-              first: dt.date, last: dt.date) -> dict[str, DataFrame]:
+def featurise(
+    spark: SparkSession,
+    rows: list[tuple],
+    labels: list[tuple],
+    settings: FeatureSettings,
+    first: dt.date,
+    last: dt.date,
+) -> dict[str, DataFrame]:
     """The feature outputs of the days [first, last], chained as spark_jobs/build_features.py does
     (snapshot frames include the earlier days the as-of join may use, as that job computes them)."""
-    steps = scan_steps(silver(spark, rows).where(F.col("event_date").between(read_from(first, settings), last)),
-                       settings, air_lanes=air_lanes(spark), serial_ranges=serial_ranges(spark))
+    steps = scan_steps(
+        silver(spark, rows).where(F.col("event_date").between(read_from(first, settings), last)),
+        settings,
+        air_lanes=air_lanes(spark),
+        serial_ranges=serial_ranges(spark),
+    )
     first_snapshot = first_snapshot_day(first, settings)
-    loc = location_snapshots(steps, make_labels(spark, labels), locations(spark), first_day=first_snapshot,
-                             last_day=last, settings=settings)
+    loc = location_snapshots(
+        steps,
+        make_labels(spark, labels),
+        locations(spark),
+        first_day=first_snapshot,
+        last_day=last,
+        settings=settings,
+    )
     route = route_snapshots(steps, first_day=first_snapshot, last_day=last, settings=settings)
-    return {"event_features": event_features(steps, loc, route, start=first, end=last, settings=settings),
-            "location_daily": loc, "route_daily": route}
+    return {
+        "event_features": event_features(steps, loc, route, start=first, end=last, settings=settings),
+        "location_daily": loc,
+        "route_daily": route,
+    }

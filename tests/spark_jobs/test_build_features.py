@@ -13,18 +13,23 @@ import random
 
 import pytest
 from delta.tables import DeltaTable
+from feature_frames import air_lanes, day, locations, serial_ranges, silver, ts
+from feature_frames import labels as make_labels
+from journeys import featurise, first_per_key, journeys, label_rows
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from feature_frames import air_lanes, day, labels as make_labels, locations, serial_ranges, silver, ts
-from journeys import featurise, first_per_key, journeys, label_rows
 from tracelake.cli import main as cli_main
 from tracelake.tables import read_table, table_spec, write_table
 
 OUTPUTS = ("features_location_daily", "features_route_daily", "features_event_features")
 D1, D3 = day(2), day(4)
-SETTINGS = {"features.lookback_days": 2, "features.snapshot_window_days": 2, "features.label_window_days": 3,
-            "features.sequence_length": 5}
+SETTINGS = {
+    "features.lookback_days": 2,
+    "features.snapshot_window_days": 2,
+    "features.label_window_days": 3,
+    "features.sequence_length": 5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,13 @@ def lake(spark, world, tmp_path_factory):
     root = tmp_path_factory.mktemp("features") / "lake"
     rows, labels = world
     write_table(silver(spark, rows), table_spec("silver_scan_events"), root, start=day(0), end=day(4))
-    write_table(make_labels(spark, labels), table_spec("silver_labels"), root,
-                start=min(c.date() for *_, c in labels), end=max(c.date() for *_, c in labels))
+    write_table(
+        make_labels(spark, labels),
+        table_spec("silver_labels"),
+        root,
+        start=min(c.date() for *_, c in labels),
+        end=max(c.date() for *_, c in labels),
+    )
     write_table(locations(spark), table_spec("reference_locations"), root)
     write_table(air_lanes(spark), table_spec("reference_air_lanes"), root)
     write_table(serial_ranges(spark), table_spec("reference_serial_ranges"), root)
@@ -51,8 +61,18 @@ def lake(spark, world, tmp_path_factory):
 
 def run_features(lake, start, end, capsys):
     overrides = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    code = cli_main(["features", "--start-date", start.isoformat(), "--end-date", end.isoformat(),
-                     "--lake-root", str(lake), *overrides])
+    code = cli_main(
+        [
+            "features",
+            "--start-date",
+            start.isoformat(),
+            "--end-date",
+            end.isoformat(),
+            "--lake-root",
+            str(lake),
+            *overrides,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)
@@ -67,7 +87,9 @@ def last_commit(spark, lake, name):
     return row["version"], row["operationParameters"], json.loads(row["userMetadata"])
 
 
-def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(spark, test_settings, world, lake, capsys):
+def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(
+    spark, test_settings, world, lake, capsys
+):
     summary = run_features(lake, D1, D3, capsys)  # reads silver from the snapshot windows' reach on
     assert summary["read_from"] == "2025-06-28" and summary["missing_dates"] == []
     first = contents(spark, lake)
@@ -83,9 +105,16 @@ def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(spark,
 
     # Lineage: one commit per table, replacing the range, naming the run and the silver version read.
     version, parameters, meta = last_commit(spark, lake, "features_event_features")
-    assert version == 0 and "2025-07-03" in parameters["predicate"] and "2025-07-05" in parameters["predicate"]
-    assert meta["input_versions"] == {"silver_scan_events": 0, "silver_labels": 0, "reference_locations": 0,
-                                      "reference_air_lanes": 0, "reference_serial_ranges": 0}
+    assert (
+        version == 0 and "2025-07-03" in parameters["predicate"] and "2025-07-05" in parameters["predicate"]
+    )
+    assert meta["input_versions"] == {
+        "silver_scan_events": 0,
+        "silver_labels": 0,
+        "reference_locations": 0,
+        "reference_air_lanes": 0,
+        "reference_serial_ranges": 0,
+    }
     assert (meta["job"], meta["start_date"], meta["end_date"]) == ("features", "2025-07-03", "2025-07-05")
 
     # Idempotent: the same range again leaves every table as it was (one more commit each).
@@ -99,6 +128,11 @@ def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(spark,
 
 
 def test_a_day_without_silver_fails_naming_it(lake, capsys):
-    code = cli_main(["features", "--start-date", "2025-07-05", "--end-date", "2025-07-07", "--lake-root", str(lake)])
+    code = cli_main(
+        ["features", "--start-date", "2025-07-05", "--end-date", "2025-07-07", "--lake-root", str(lake)]
+    )
     assert code == 2
-    assert "silver_scan_events has no events on 2025-07-06, 2025-07-07 (2 day(s) of the range)" in capsys.readouterr().err
+    assert (
+        "silver_scan_events has no events on 2025-07-06, 2025-07-07 (2 day(s) of the range)"
+        in capsys.readouterr().err
+    )

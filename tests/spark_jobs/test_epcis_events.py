@@ -20,8 +20,9 @@ DAY = dt.date(2025, 7, 2)
 @pytest.fixture(scope="module")
 def options() -> epcis.ParseOptions:
     schema = PROJECT_ROOT / EpcisSettings().json_schema
-    return epcis.ParseOptions(schema.read_text(), events_per_batch=4, raw_payload_max_chars=200,
-                              dl_company_prefix_length=7)
+    return epcis.ParseOptions(
+        schema.read_text(), events_per_batch=4, raw_payload_max_chars=200, dl_company_prefix_length=7
+    )
 
 
 def _flat(path: Path, options: epcis.ParseOptions) -> pd.DataFrame:
@@ -40,7 +41,10 @@ def _rows(flat: pd.DataFrame, index: int) -> pd.DataFrame:
 
 
 def test_every_event_type_gives_one_row_per_epc(flat):
-    shape = {i: sorted(zip(_rows(flat, i)["epc_role"], _rows(flat, i)["epc"].fillna("-"))) for i in range(7)}
+    shape = {
+        i: sorted(zip(_rows(flat, i)["epc_role"], _rows(flat, i)["epc"].fillna("-"), strict=False))
+        for i in range(7)
+    }
     assert shape == {
         0: [("epc", docs.PROJECT_SGTIN)],
         1: sorted([("epc", docs.PLAIN_SGTIN), ("epc", docs.DL_SGTIN)]),
@@ -51,8 +55,15 @@ def test_every_event_type_gives_one_row_per_epc(flat):
         6: [("epc", "urn:epc:id:sgtin:4012345.011111.7003")],
     }
     types = {i: _rows(flat, i)["event_type"].iloc[0] for i in range(7)}
-    assert types == {0: "ObjectEvent", 1: "ObjectEvent", 2: "AggregationEvent", 3: "TransactionEvent",
-                     4: "TransformationEvent", 5: "AssociationEvent", 6: "ObjectEvent"}
+    assert types == {
+        0: "ObjectEvent",
+        1: "ObjectEvent",
+        2: "AggregationEvent",
+        3: "TransactionEvent",
+        4: "TransformationEvent",
+        5: "AssociationEvent",
+        6: "ObjectEvent",
+    }
     sensor = json.loads(_rows(flat, 3)["sensor_element_list"].iloc[0])
     assert sensor[0]["sensorReport"][0]["value"] == 4.5
     assert json.loads(_rows(flat, 3)["quantity_list"].iloc[0])["quantityList"][0]["uom"] == "KGM"
@@ -60,12 +71,16 @@ def test_every_event_type_gives_one_row_per_epc(flat):
 
 def test_event_time_is_converted_to_utc_with_its_offset(flat):
     def utc(i: int) -> dt.datetime:
-        return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(_rows(flat, i)["event_time_us"].iloc[0]))
+        return dt.datetime(1970, 1, 1) + dt.timedelta(
+            microseconds=int(_rows(flat, i)["event_time_us"].iloc[0])
+        )
 
     assert utc(0) == dt.datetime(2025, 7, 1, 0, 30)  # 09:30+09:00
     assert utc(1) == dt.datetime(2025, 7, 1, 1, 0)  # 20:00-05:00 the day before, local
     assert utc(2) == dt.datetime(2025, 7, 1, 2, 0)
-    assert ev.utc_time("2025-07-01T09:30:00", "+09:00") == dt.datetime(2025, 7, 1, 0, 30)  # no zone: the offset's
+    assert ev.utc_time("2025-07-01T09:30:00", "+09:00") == dt.datetime(
+        2025, 7, 1, 0, 30
+    )  # no zone: the offset's
     assert ev.utc_time("2025-07-01T09:30:00", None) is None
 
 
@@ -113,9 +128,11 @@ def test_schema_violations_are_quarantined_per_event_naming_the_rule(flat):
 
 def test_extensions_and_error_declarations_are_kept(flat):
     extensions = json.loads(_rows(flat, 0)["extensions"].iloc[0])
-    assert extensions == {"https://tracelake.dev/epcis/operatorID": "OPR-1",
-                          "https://tracelake.dev/epcis/deviceID": "DEV-1",
-                          "https://tracelake.dev/epcis/productName": "Test Water 1L"}
+    assert extensions == {
+        "https://tracelake.dev/epcis/operatorID": "OPR-1",
+        "https://tracelake.dev/epcis/deviceID": "DEV-1",
+        "https://tracelake.dev/epcis/productName": "Test Water 1L",
+    }
     declaration = json.loads(_rows(flat, 9)["error_declaration"].iloc[0])
     assert declaration["correctiveEventIDs"] == ["urn:tracelake:event:EVT-0002"]
 
@@ -126,7 +143,8 @@ def test_a_document_violation_quarantines_every_event(tmp_path, options):
     flat = _flat(docs.write(tmp_path / "no-date.jsonld", doc), options)
     assert flat["reason"].tolist() == [
         f"schema_violation: event {i}: document: data must contain ['creationDate'] properties (rule 'required' at data)"
-        for i in (0, 1)]
+        for i in (0, 1)
+    ]
 
 
 def test_a_file_that_is_not_json_is_quarantined_whole(tmp_path, options):
@@ -141,10 +159,15 @@ def test_a_file_that_is_not_json_is_quarantined_whole(tmp_path, options):
 
 
 def test_query_documents_are_read_too(tmp_path, options):
-    query = {"@context": docs.CONTEXT, "type": "EPCISQueryDocument", "schemaVersion": "2.0",
-             "creationDate": "2025-07-02T09:00:00Z",
-             "epcisBody": {"queryResults": {"queryName": "SimpleEventQuery",
-                                            "resultsBody": {"eventList": docs.events()[:2]}}}}
+    query = {
+        "@context": docs.CONTEXT,
+        "type": "EPCISQueryDocument",
+        "schemaVersion": "2.0",
+        "creationDate": "2025-07-02T09:00:00Z",
+        "epcisBody": {
+            "queryResults": {"queryName": "SimpleEventQuery", "resultsBody": {"eventList": docs.events()[:2]}}
+        },
+    }
     flat = _flat(docs.write(tmp_path / "query.json", query), options)
     assert flat["reason"].isna().all() and sorted(set(flat["event_index"])) == [0, 1]
 
@@ -152,8 +175,11 @@ def test_query_documents_are_read_too(tmp_path, options):
 def test_generator_identifiers_round_trip():
     assert epcis_writer.encode_epc(docs.PROJECT_EPC) == docs.PROJECT_SGTIN
     # Codes an SGTIN cannot carry (malformed, a product too long) travel as a private URN.
-    for code in ("01.4012345.0000011.250011.20250701.000000001", "001-4012345-0000011-250011-20250701-1",
-                 "001.4012345.1234567.250011.20250701.000000001"):
+    for code in (
+        "01.4012345.0000011.250011.20250701.000000001",
+        "001-4012345-0000011-250011-20250701-1",
+        "001.4012345.1234567.250011.20250701.000000001",
+    ):
         assert epcis_writer.encode_epc(code).startswith("urn:tracelake:epc:")
     glns, sglns = epcis_writer.location_keys(["LOC-00001", "LOC-00002"], "4012345")
     assert glns == [docs.WAREHOUSE_GLN, docs.HUB_GLN] and sglns[0] == docs.WAREHOUSE_SGLN
@@ -161,15 +187,27 @@ def test_generator_identifiers_round_trip():
 
 
 def test_generated_events_validate_against_the_schema(options):
-    scans = pd.DataFrame({
-        "event_id": ["EVT-1", "EVT-2"], "epc_code": [docs.PROJECT_EPC, "01.bad.code"],
-        "event_time": ["2025-07-01T00:30:00Z", "2025-07-01T23:30:00Z"], "location_id": ["LOC-00001"] * 2,
-        "business_step": ["Factory", "WMS"], "event_type": ["Aggregation", "WMS_Inbound"],
-        "operator_id": ["OPR-1", "OPR-2"], "device_id": ["DEV-1", "DEV-2"], "product_name": ["Water", None],
-    })
-    events = [json.loads(e) for e in epcis_writer.render_events(scans, {"LOC-00001": docs.WAREHOUSE_SGLN}, "+09:00")]
-    document = json.loads(epcis_writer.document_header("2025-07-01") + ",".join(map(json.dumps, events))
-                          + epcis_writer.DOCUMENT_FOOTER)
+    scans = pd.DataFrame(
+        {
+            "event_id": ["EVT-1", "EVT-2"],
+            "epc_code": [docs.PROJECT_EPC, "01.bad.code"],
+            "event_time": ["2025-07-01T00:30:00Z", "2025-07-01T23:30:00Z"],
+            "location_id": ["LOC-00001"] * 2,
+            "business_step": ["Factory", "WMS"],
+            "event_type": ["Aggregation", "WMS_Inbound"],
+            "operator_id": ["OPR-1", "OPR-2"],
+            "device_id": ["DEV-1", "DEV-2"],
+            "product_name": ["Water", None],
+        }
+    )
+    events = [
+        json.loads(e) for e in epcis_writer.render_events(scans, {"LOC-00001": docs.WAREHOUSE_SGLN}, "+09:00")
+    ]
+    document = json.loads(
+        epcis_writer.document_header("2025-07-01")
+        + ",".join(map(json.dumps, events))
+        + epcis_writer.DOCUMENT_FOOTER
+    )
     validators = ev.validators(options.schema_text)
     validators.document(document)
     assert events[0]["eventTime"] == "2025-07-01T09:30:00+09:00" and events[0]["type"] == "AggregationEvent"

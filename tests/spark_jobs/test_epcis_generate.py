@@ -23,13 +23,24 @@ LINEAGE = ["_run_id", "_source_file"]
 
 
 def _world(spark, settings, root, fmt):
-    generator = GeneratorSettings.model_validate({
-        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 11, "format": fmt,
-        "rates": {"epc_fake": 0.1, "epc_dup": 0.05, "loc_err": 0.05, "evt_order_err": 0.05, "jump": 0.05}})
+    generator = GeneratorSettings.model_validate(
+        {
+            "start_date": START.isoformat(),
+            "days": 2,
+            "epcs": 150,
+            "seed": 11,
+            "format": fmt,
+            "rates": {"epc_fake": 0.1, "epc_dup": 0.05, "loc_err": 0.05, "evt_order_err": 0.05, "jump": 0.05},
+        }
+    )
     # A small document size, so that a day is split into several documents.
-    run_settings = settings.model_copy(update={
-        "lake_root": str(root), "generator": generator,
-        "epcis": EpcisSettings(events_per_document=250)})
+    run_settings = settings.model_copy(
+        update={
+            "lake_root": str(root),
+            "generator": generator,
+            "epcis": EpcisSettings(events_per_document=250),
+        }
+    )
     with job_run("generate", settings=run_settings, spark=spark, start=START, end=END) as run:
         generated = generate.execute(run)
     with job_run("ingest", settings=run_settings, spark=spark, start=START, end=END) as run:
@@ -44,8 +55,10 @@ def worlds(spark, test_settings, tmp_path_factory):
 
 
 def test_same_seed_same_silver_scan_events(spark, worlds):
-    silver = {fmt: read_table(spark, table_spec("silver_scan_events"), str(root)).drop(*LINEAGE)
-              for fmt, (root, _, _) in worlds.items()}
+    silver = {
+        fmt: read_table(spark, table_spec("silver_scan_events"), str(root)).drop(*LINEAGE)
+        for fmt, (root, _, _) in worlds.items()
+    }
     assert silver["csv"].count() > 300
     assertDataFrameEqual(silver["epcis"], silver["csv"])
 
@@ -63,7 +76,9 @@ def test_documents_are_valid_and_split_per_n_events(spark, worlds):
     # every event passed GS1's schema and the mapping: nothing quarantined, every event in silver
     assert ingested["quarantine"] == {}
     assert ingested["tables"]["silver_scan_events"]["rows"] == generated["events"]
-    quarantine = read_table(spark, table_spec("bronze_quarantine"), str(root)).where(F.col("source") == "epcis")
+    quarantine = read_table(spark, table_spec("bronze_quarantine"), str(root)).where(
+        F.col("source") == "epcis"
+    )
     assert quarantine.count() == 0
     locations = read_table(spark, table_spec("reference_locations"), str(root))
     assert locations.where(F.col("sgln").isNull() | ~F.col("gln").rlike("^[0-9]{13}$")).count() == 0
@@ -74,9 +89,22 @@ def test_documents_are_valid_and_split_per_n_events(spark, worlds):
 def test_driver_memory_does_not_grow_with_document_size(tmp_path):
     """A multi-hundred-MB generated document, ingested in a fresh process: the driver's peak RSS stays flat."""
     megabytes = int(__import__("os").environ.get("TRACELAKE_EPCIS_DOCUMENT_MB", "300"))
-    command = [sys.executable, str(PROJECT_ROOT / "benchmarks" / "epcis_ingest_throughput.py"), "memory",
-               "--document-mb", str(megabytes), "--epcs", "2000", "--work", str(tmp_path), "--driver-memory", "2g"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=7200, check=False)
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "benchmarks" / "epcis_ingest_throughput.py"),
+        "memory",
+        "--document-mb",
+        str(megabytes),
+        "--epcs",
+        "2000",
+        "--work",
+        str(tmp_path),
+        "--driver-memory",
+        "2g",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=7200, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(result)

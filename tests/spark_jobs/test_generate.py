@@ -29,8 +29,13 @@ ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 def _generator(**options) -> GeneratorSettings:
     base = {
-        "profile": "easy", "start_date": START.isoformat(), "days": 4, "epcs": 3000, "seed": 7, "epcs_per_block": 1000,
-        "rates": {a: RATE for a in domain()["anomaly_types"]},
+        "profile": "easy",
+        "start_date": START.isoformat(),
+        "days": 4,
+        "epcs": 3000,
+        "seed": 7,
+        "epcs_per_block": 1000,
+        "rates": dict.fromkeys(domain()["anomaly_types"], RATE),
     }
     return GeneratorSettings.model_validate({**base, **options})
 
@@ -86,8 +91,16 @@ def clean(spark, test_settings, tmp_path_factory):
     scans["d_hours"] = (scans["t"] - prev["t"]).dt.total_seconds() / 3600
     scans["d_km"] = haversine_km(prev["lat"], prev["lon"], scans["lat"], scans["lon"])
     scans["kmh"] = scans["d_km"] / scans["d_hours"].clip(lower=1 / 3600)
-    return {"lake": lake, "summary": summary, "scans": scans, "labels": labels, "truth": truth,
-            "locations": locations, "products": products, "settings": _generator()}
+    return {
+        "lake": lake,
+        "summary": summary,
+        "scans": scans,
+        "labels": labels,
+        "truth": truth,
+        "locations": locations,
+        "products": products,
+        "settings": _generator(),
+    }
 
 
 def test_same_options_same_bytes_and_rerun_replaces(spark, test_settings, clean, tmp_path):
@@ -95,7 +108,8 @@ def test_same_options_same_bytes_and_rerun_replaces(spark, test_settings, clean,
     timing = ("duration_s", "events_per_s")
     again = _generate(spark, test_settings, clean["lake"])
     assert {k: v for k, v in again.items() if k not in timing} == {
-        k: v for k, v in clean["summary"].items() if k not in timing}
+        k: v for k, v in clean["summary"].items() if k not in timing
+    }
     assert _tree(clean["lake"]) == first  # same bytes, nothing left over from the first run
     _generate(spark, test_settings, tmp_path / "other", seed=8)
     other = _tree(tmp_path / "other")
@@ -118,7 +132,10 @@ def test_files_names_and_summary(clean):
     assert set(scans["file"]) == {"part-00000.csv"}
     assert set(labels["file"]) == {"part-w20250701-00000.csv"}
     assert not list((lake / "landing").glob(".*")), "temporary folders left behind"
-    assert summary["events"] == len(scans) and summary["events_per_day"] == scans["file_date"].value_counts().to_dict()
+    assert (
+        summary["events"] == len(scans)
+        and summary["events_per_day"] == scans["file_date"].value_counts().to_dict()
+    )
     assert summary["labels"] == labels["anomaly_type"].value_counts().to_dict()
     assert summary["corrupted_rows"] == {}
     assert scans["event_id"].is_unique
@@ -140,8 +157,17 @@ def test_reference_files(clean):
     assert (locations["business_step"].map(dom["business_steps"]) == locations["tier"].astype(int)).all()
     s = clean["settings"]
     assert locations["tier"].value_counts().sort_index().tolist() == [
-        s.factories, s.warehouses, s.hubs, s.wholesalers, s.retailers, s.retailers]
-    assert products["company_code"].str.fullmatch(r"\d{7}").all() and len(products) == s.companies * s.products_per_company
+        s.factories,
+        s.warehouses,
+        s.hubs,
+        s.wholesalers,
+        s.retailers,
+        s.retailers,
+    ]
+    assert (
+        products["company_code"].str.fullmatch(r"\d{7}").all()
+        and len(products) == s.companies * s.products_per_company
+    )
 
 
 def test_genuine_journeys_are_plausible(clean):
@@ -157,7 +183,12 @@ def test_genuine_journeys_are_plausible(clean):
     assert moves["d_hours"].min() >= s.handling_hours_min and moves["d_hours"].median() < 24
     # Nearby is more likely: the median hop is well below a random pair's distance.
     assert moves["d_km"].median() < 0.6 * s.region_km / 2
-    assert scans.groupby("epc_code")["t"].min().between(pd.Timestamp(START, tz="UTC"), pd.Timestamp("2025-07-05", tz="UTC")).all()
+    assert (
+        scans.groupby("epc_code")["t"]
+        .min()
+        .between(pd.Timestamp(START, tz="UTC"), pd.Timestamp("2025-07-05", tz="UTC"))
+        .all()
+    )
 
 
 def test_every_anomaly_present_at_its_rate_and_labelled_once(clean):
@@ -175,10 +206,15 @@ def test_labels_arrive_late_in_their_confirmation_day(clean):
     scans, truth = clean["scans"], clean["truth"]
     events = truth.merge(scans[["event_id", "t"]], on="event_id")
     # An incident happens at its anomalous event (the later one of a swapped pair); a fake EPC at its first scan.
-    happened = events.groupby(["incident_id", "epc_code", "anomaly_type"])["t"].agg(["min", "max"]).reset_index()
+    happened = (
+        events.groupby(["incident_id", "epc_code", "anomaly_type"])["t"].agg(["min", "max"]).reset_index()
+    )
     happened["at"] = happened["min"].where(happened["anomaly_type"] == "epc_fake", happened["max"])
-    labels = clean["labels"].merge(scans[["event_id", "t"]], on="event_id").merge(
-        happened[["epc_code", "anomaly_type", "at"]], on=["epc_code", "anomaly_type"])
+    labels = (
+        clean["labels"]
+        .merge(scans[["event_id", "t"]], on="event_id")
+        .merge(happened[["epc_code", "anomaly_type", "at"]], on=["epc_code", "anomaly_type"])
+    )
     assert len(labels) == len(clean["labels"]) == len(happened)  # one label row per incident
     confirmed = pd.to_datetime(labels["confirmed_at"], format=ISO, utc=True)
     delay_days = (confirmed - labels["at"]).dt.total_seconds() / 86400
@@ -225,18 +261,23 @@ def test_evt_order_err_is_outbound_before_inbound(clean):
     second = swapped[swapped["prev_label"] == "evt_order_err"]
     assert len(second) == len(swapped) // 2
     assert (second["location_id"] == second["prev_location"]).all()
-    assert second["event_type"].str.endswith("_Inbound").all() and second["prev_type"].str.endswith("_Outbound").all()
+    assert (
+        second["event_type"].str.endswith("_Inbound").all()
+        and second["prev_type"].str.endswith("_Outbound").all()
+    )
     # Elsewhere an Outbound never comes right before an Inbound at the same place.
     rest = scans[(scans["label"] == "") & (scans["prev_label"] == "")]
     same_place = rest[rest["location_id"] == rest["prev_location"]]
-    assert not (same_place["prev_type"].str.endswith("_Outbound") & same_place["event_type"].str.endswith("_Inbound")).any()
+    assert not (
+        same_place["prev_type"].str.endswith("_Outbound") & same_place["event_type"].str.endswith("_Inbound")
+    ).any()
 
 
 def _epc_faults(scans: pd.DataFrame, products: pd.DataFrame) -> pd.Series:
     """Why an EPC is fake as seen from the data alone ('' when it looks genuine)."""
     regex = re.compile(domain()["epc_regex"])
     companies = set(products["company_code"])
-    pairs = set(zip(products["company_code"], products["product_code"]))
+    pairs = set(zip(products["company_code"], products["product_code"], strict=False))
 
     def fault(epc: str, day: str) -> str:
         if not regex.match(epc):
@@ -253,7 +294,9 @@ def _epc_faults(scans: pd.DataFrame, products: pd.DataFrame) -> pd.Series:
             return "invalid_date"
         return ""
 
-    return pd.Series([fault(e, d) for e, d in zip(scans["epc_code"], scans["file_date"])], index=scans.index)
+    return pd.Series(
+        [fault(e, d) for e, d in zip(scans["epc_code"], scans["file_date"], strict=False)], index=scans.index
+    )
 
 
 def test_fake_epcs_fail_a_check_and_genuine_ones_pass(clean):
@@ -261,7 +304,13 @@ def test_fake_epcs_fail_a_check_and_genuine_ones_pass(clean):
     faults = _epc_faults(scans, clean["products"])
     fake = scans["label"] == "epc_fake"
     assert (faults[fake] != "").all() and (faults[~fake] == "").all()
-    assert set(faults[fake]) == {"malformed", "unknown_company", "unknown_product", "future_date", "invalid_date"}
+    assert set(faults[fake]) == {
+        "malformed",
+        "unknown_company",
+        "unknown_product",
+        "future_date",
+        "invalid_date",
+    }
     # All events of a fake EPC are labelled.
     assert scans[scans["epc_code"].isin(scans.loc[fake, "epc_code"])]["label"].eq("epc_fake").all()
 
@@ -275,7 +324,7 @@ def _classify_text(raw: bytes, fmt: str, day: str, known_locations: set[str]) ->
         fields = next(csv.reader(io.StringIO(line)))
         if len(fields) != len(SCAN_COLUMNS):
             return "unparseable"
-        row = dict(zip(SCAN_COLUMNS, fields))
+        row = dict(zip(SCAN_COLUMNS, fields, strict=False))
     else:
         try:
             row = json.loads(line)
@@ -334,8 +383,8 @@ def test_corruption_makes_every_bad_input_class_and_formats_read(spark, test_set
     else:
         frame, label_frame = (getattr(spark.read, fmt)(p) for p in (scans_path, labels_path))
     # (Spark's JSON inference adds _corrupt_record for the broken lines.)
-    assert set(frame.columns) - {"_corrupt_record"} == set(SCAN_COLUMNS + ["date"])
-    assert set(label_frame.columns) == set(LABEL_COLUMNS + ["date"])
+    assert set(frame.columns) - {"_corrupt_record"} == {*SCAN_COLUMNS, "date"}
+    assert set(label_frame.columns) == {*LABEL_COLUMNS, "date"}
     assert label_frame.count() == sum(summary["labels"].values())
 
 

@@ -28,16 +28,29 @@ START = dt.date(2025, 7, 1)
 DAYS, EPCS = 10, 4000
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 # Higher than the defaults, so that a small world measures each rate closely.
-CONFOUNDER_RATES = {"air_freight": 0.05, "return": 0.05, "recall": 0.05, "missed_read": 0.05, "rescan": 0.05,
-                    "clock_skew": 0.2}
+CONFOUNDER_RATES = {
+    "air_freight": 0.05,
+    "return": 0.05,
+    "recall": 0.05,
+    "missed_read": 0.05,
+    "rescan": 0.05,
+    "clock_skew": 0.2,
+}
 ANOMALY_RATE = 0.02
 
 pytestmark = pytest.mark.slow
 
 
 def _generator(**options) -> GeneratorSettings:
-    base = {"start_date": START.isoformat(), "days": DAYS, "epcs": EPCS, "seed": 5, "epcs_per_block": 2000,
-            "confounder_rates": CONFOUNDER_RATES, "rates": {a: ANOMALY_RATE for a in domain()["anomaly_types"]}}
+    base = {
+        "start_date": START.isoformat(),
+        "days": DAYS,
+        "epcs": EPCS,
+        "seed": 5,
+        "epcs_per_block": 2000,
+        "confounder_rates": CONFOUNDER_RATES,
+        "rates": dict.fromkeys(domain()["anomaly_types"], ANOMALY_RATE),
+    }
     return GeneratorSettings.model_validate({**base, **options})
 
 
@@ -65,10 +78,17 @@ def world(spark, test_settings, tmp_path_factory):
     generator = _generator()
     summary = _generate(spark, test_settings, lake, generator)
     landing = lake / "landing"
-    scans = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False).assign(file_date=f.parent.name[5:])
-                       for f in sorted((landing / "scans").glob("date=*/*.csv"))], ignore_index=True)
-    labels = pd.concat([pd.read_csv(f, dtype=str) for f in sorted((landing / "labels").glob("date=*/*.csv"))],
-                       ignore_index=True)
+    scans = pd.concat(
+        [
+            pd.read_csv(f, dtype=str, keep_default_na=False).assign(file_date=f.parent.name[5:])
+            for f in sorted((landing / "scans").glob("date=*/*.csv"))
+        ],
+        ignore_index=True,
+    )
+    labels = pd.concat(
+        [pd.read_csv(f, dtype=str) for f in sorted((landing / "labels").glob("date=*/*.csv"))],
+        ignore_index=True,
+    )
     locations = pd.read_csv(landing / "reference" / "locations.csv", dtype=str).set_index("location_id")
     scans["t"] = pd.to_datetime(scans["event_time"], format=ISO, utc=True)
     scans["recorded"] = pd.to_datetime(scans["record_time"], format=ISO, utc=True)
@@ -82,7 +102,11 @@ def world(spark, test_settings, tmp_path_factory):
     scans["d_km"] = haversine_km(prev["lat"], prev["lon"], scans["lat"], scans["lon"])
     scans["d_hours"] = (scans["t"] - prev["t"]).dt.total_seconds() / 3600
     return {
-        "lake": lake, "summary": summary, "scans": scans, "labels": labels, "locations": locations,
+        "lake": lake,
+        "summary": summary,
+        "scans": scans,
+        "labels": labels,
+        "locations": locations,
         "truth": pd.read_parquet(landing / "_truth" / "labels"),
         "confounders": pd.read_parquet(landing / "_truth" / "confounders"),
         "air_lanes": pd.read_csv(landing / "reference" / "air_lanes.csv", dtype=str),
@@ -97,15 +121,22 @@ def test_realistic_is_the_default_and_profiles_fill_only_what_is_not_given(tmp_p
     realistic, easy = GeneratorSettings(), GeneratorSettings(profile="easy")
     profile = domain()["generator"]["profiles"]["realistic"]
     assert realistic.profile == "realistic" and realistic.region_km == profile["region_km"] > easy.region_km
-    assert realistic.confounder_rates == {c: float(profile["confounder_rates"].get(c, 0)) for c in CONFOUNDERS}
+    assert realistic.confounder_rates == {
+        c: float(profile["confounder_rates"].get(c, 0)) for c in CONFOUNDERS
+    }
     assert set(easy.confounder_rates.values()) == {0.0}
     # The command line: --profile, and explicit settings still win over the profile.
-    args = with_profile_option(build_parser().parse_args(
-        ["--profile", "easy", "--set", "generator.region_km=900", "--lake-root", str(tmp_path)]))
+    args = with_profile_option(
+        build_parser().parse_args(
+            ["--profile", "easy", "--set", "generator.region_km=900", "--lake-root", str(tmp_path)]
+        )
+    )
     settings = apply_options(settings_from_args(args), args)
     assert (settings.generator.profile, settings.generator.region_km) == ("easy", 900.0)
     assert set(settings.generator.confounder_rates.values()) == {0.0}
-    args = build_parser().parse_args(["--set", "generator.confounder_rates.rescan=0.2", "--lake-root", str(tmp_path)])
+    args = build_parser().parse_args(
+        ["--set", "generator.confounder_rates.rescan=0.2", "--lake-root", str(tmp_path)]
+    )
     settings = apply_options(settings_from_args(with_profile_option(args)), args)
     assert settings.generator.confounder_rates["rescan"] == 0.2
     assert settings.generator.confounder_rates["air_freight"] == profile["confounder_rates"]["air_freight"]
@@ -126,11 +157,15 @@ def test_each_confounder_at_its_rate_and_never_labelled(world):
     for confounder in CONFOUNDERS[:-1]:  # the per-EPC ones
         share = confounders.loc[confounders["confounder"] == confounder, "epc_code"].nunique() / EPCS
         assert abs(share - CONFOUNDER_RATES[confounder]) <= _tolerance(CONFOUNDER_RATES[confounder], EPCS), (
-            confounder, share)
+            confounder,
+            share,
+        )
         assert summary["confounded_epcs"][confounder] == round(share * EPCS)
     # clock_skew: a share of the devices.
     skew = plan.network.device_skew_s
-    assert abs((skew != 0).mean() - CONFOUNDER_RATES["clock_skew"]) <= _tolerance(CONFOUNDER_RATES["clock_skew"], skew.size)
+    assert abs((skew != 0).mean() - CONFOUNDER_RATES["clock_skew"]) <= _tolerance(
+        CONFOUNDER_RATES["clock_skew"], skew.size
+    )
     assert (confounders["confounder"] == "clock_skew").sum() == summary["skewed_events"] > 0
     # Never labelled: no confounder event is in any label's scope, and no confounder EPC has an incident.
     assert not set(confounders["event_id"]) & set(truth["event_id"])
@@ -142,25 +177,41 @@ def test_each_confounder_at_its_rate_and_never_labelled(world):
 def test_confounders_show_the_context_that_tells_them_apart(world):
     scans, confounders, generator = world["scans"], world["confounders"], world["generator"]
     shown = scans.merge(confounders, on=["event_id", "epc_code"])
-    lanes = set(zip(world["air_lanes"]["origin_location_id"], world["air_lanes"]["destination_location_id"]))
+    lanes = set(
+        zip(
+            world["air_lanes"]["origin_location_id"],
+            world["air_lanes"]["destination_location_id"],
+            strict=False,
+        )
+    )
 
     air = shown[shown["confounder"] == "air_freight"]
-    assert len(air) and (air["event_type"] == "HUB_Inbound").all() and (air["prev_event_type"] == "HUB_Outbound").all()
-    assert all(hop in lanes for hop in zip(air["prev_location_id"], air["location_id"]))
+    assert (
+        len(air)
+        and (air["event_type"] == "HUB_Inbound").all()
+        and (air["prev_event_type"] == "HUB_Outbound").all()
+    )
+    assert all(hop in lanes for hop in zip(air["prev_location_id"], air["location_id"], strict=False))
     speed = air["d_km"] / air["d_hours"]
     skew_ids = set(confounders.loc[confounders["confounder"] == "clock_skew", "event_id"])
     skewed = air["event_id"].isin(skew_ids) | air["prev_event_id"].isin(skew_ids)
     # Transit at 600-900 km/h (timestamps to the second; a skewed device's clock moves it a little).
-    assert (~skewed).sum() > 10 and speed[~skewed].between(generator.air_speed_kmh_min * 0.99, generator.air_speed_kmh_max * 1.01).all()
+    assert (~skewed).sum() > 10 and speed[~skewed].between(
+        generator.air_speed_kmh_min * 0.99, generator.air_speed_kmh_max * 1.01
+    ).all()
 
     for kind, received in (("return", "W_Stock_Return"), ("recall", "WMS_Return")):
         back = shown[shown["confounder"] == kind]
         assert set(back["event_type"]) == {"R_Stock_Return", received}
         arrival = back[back["event_type"] == received]
-        assert (arrival["prev_event_type"] == "R_Stock_Return").all() and (arrival["tier"] < arrival["prev_tier"]).all()
+        assert (arrival["prev_event_type"] == "R_Stock_Return").all() and (
+            arrival["tier"] < arrival["prev_tier"]
+        ).all()
         # Back to a place the EPC passed through.
         visited = scans.groupby("epc_code")["location_id"].apply(lambda s: s.iloc[:-2].tolist())
-        assert all(loc in visited[epc] for epc, loc in zip(arrival["epc_code"], arrival["location_id"]))
+        assert all(
+            loc in visited[epc] for epc, loc in zip(arrival["epc_code"], arrival["location_id"], strict=False)
+        )
 
     rescans = shown[shown["confounder"] == "rescan"]
     assert len(rescans) and (rescans["location_id"] == rescans["prev_location_id"]).all()
@@ -168,14 +219,16 @@ def test_confounders_show_the_context_that_tells_them_apart(world):
     assert (rescans["d_hours"] * 60 <= generator.rescan_minutes_max + 10).all()  # device skew aside
 
     missed = shown[shown["confounder"] == "missed_read"]
-    inbound_lost = missed["event_type"].str.endswith("_Outbound") & (missed["prev_location_id"] != missed["location_id"])
+    inbound_lost = missed["event_type"].str.endswith("_Outbound") & (
+        missed["prev_location_id"] != missed["location_id"]
+    )
     stage_lost = missed["tier"] - missed["prev_tier"] >= 2
     assert len(missed) and (inbound_lost | stage_lost).all() and inbound_lost.any() and stage_lost.any()
 
     # Clock skew is observable: event_time - record_time is the device's offset less a small latency.
     offset = (scans["t"] - scans["recorded"]).dt.total_seconds()
     network = world["plan"].network
-    device_offset = dict(zip(network.devices.ravel(), network.device_skew_s.ravel()))
+    device_offset = dict(zip(network.devices.ravel(), network.device_skew_s.ravel(), strict=False))
     by_skewed = scans["event_id"].isin(confounders.loc[confounders["confounder"] == "clock_skew", "event_id"])
     expected = scans["device_id"].map(device_offset).where(by_skewed, 0.0)
     error = offset - expected
@@ -202,7 +255,9 @@ def test_label_feed_has_one_row_per_incident_and_the_truth_its_scope(world):
             assert sizes.eq(2).all()
             pair = anchored[anchored["anomaly_type"] == anomaly].merge(scans, on="event_id")
             partner = mine.merge(pair[["incident_id", "prev_event_id"]], on="incident_id")
-            assert (partner["event_id"].isin(pair["event_id"]) | (partner["event_id"] == partner["prev_event_id"])).all()
+            assert (
+                partner["event_id"].isin(pair["event_id"]) | (partner["event_id"] == partner["prev_event_id"])
+            ).all()
             assert pair["event_type"].str.endswith("_Inbound").all()
             assert pair["prev_event_type"].str.endswith("_Outbound").all()
         else:
@@ -246,12 +301,16 @@ def test_reference_files(world):
     lanes, ranges, locations = world["air_lanes"], world["serial_ranges"], world["locations"]
     assert list(lanes.columns) == table_spec("landing_air_lanes").column_names
     assert list(ranges.columns) == table_spec("landing_serial_ranges").column_names
-    pairs = set(zip(lanes["origin_location_id"], lanes["destination_location_id"]))
+    pairs = set(zip(lanes["origin_location_id"], lanes["destination_location_id"], strict=False))
     assert pairs and pairs == {(b, a) for a, b in pairs}  # both directions listed
     assert set(locations.loc[list(lanes["origin_location_id"]), "business_step"]) == {"LGS_HUB"}
     o, d = locations.loc[lanes["origin_location_id"]], locations.loc[lanes["destination_location_id"]]
-    km = haversine_km(o["latitude"].astype(float).to_numpy(), o["longitude"].astype(float).to_numpy(),
-                      d["latitude"].astype(float).to_numpy(), d["longitude"].astype(float).to_numpy())
+    km = haversine_km(
+        o["latitude"].astype(float).to_numpy(),
+        o["longitude"].astype(float).to_numpy(),
+        d["latitude"].astype(float).to_numpy(),
+        d["longitude"].astype(float).to_numpy(),
+    )
     assert (km >= world["generator"].air_lane_min_km).all()
     assert len(ranges) == len(world["products"])
     assert (ranges["serial_from"] <= ranges["serial_to"]).all()
@@ -264,7 +323,14 @@ def test_same_seed_same_files_truth_included(spark, test_settings, tmp_path):
     _generate(spark, test_settings, tmp_path / "b", small)
     first, second = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert first == second
-    assert {"_truth/labels/part-w20250701.parquet", "_truth/confounders/part-w20250701.parquet",
-            "reference/air_lanes.csv", "reference/serial_ranges.csv"} <= set(first)
+    assert {
+        "_truth/labels/part-w20250701.parquet",
+        "_truth/confounders/part-w20250701.parquet",
+        "reference/air_lanes.csv",
+        "reference/serial_ranges.csv",
+    } <= set(first)
     _generate(spark, test_settings, tmp_path / "c", _generator(epcs=600, days=3, epcs_per_block=300, seed=6))
-    assert _tree(tmp_path / "c")["_truth/labels/part-w20250701.parquet"] != first["_truth/labels/part-w20250701.parquet"]
+    assert (
+        _tree(tmp_path / "c")["_truth/labels/part-w20250701.parquet"]
+        != first["_truth/labels/part-w20250701.parquet"]
+    )

@@ -31,12 +31,26 @@ from tracelake.tables import latest_version, read_table, table_spec
 pytestmark = [pytest.mark.slow, pytest.mark.spark35]
 
 START, END = dt.date(2025, 7, 1), dt.date(2025, 7, 2)
-OUTPUTS = ("reference_locations", "reference_products", "reference_air_lanes", "reference_serial_ranges",
-           "bronze_scan_events", "bronze_quarantine", "silver_scan_events", "silver_labels")
+OUTPUTS = (
+    "reference_locations",
+    "reference_products",
+    "reference_air_lanes",
+    "reference_serial_ranges",
+    "bronze_scan_events",
+    "bronze_quarantine",
+    "silver_scan_events",
+    "silver_labels",
+)
 LINEAGE = ["_run_id", "_ingested_at"]
 # Generator corruption -> the quarantine reason it must end in.
-REASON_OF = {"unparseable": "unparseable", "missing_field": "missing_required", "bad_timestamp": "bad_type",
-             "unknown_location": "unknown_location", "outside_partition": "outside_partition", "non_utf8": "non_utf8"}
+REASON_OF = {
+    "unparseable": "unparseable",
+    "missing_field": "missing_required",
+    "bad_timestamp": "bad_type",
+    "unknown_location": "unknown_location",
+    "outside_partition": "outside_partition",
+    "non_utf8": "non_utf8",
+}
 # Hand-made deliveries, all sorting after the generator's part-*.csv files.
 COPY_CSV = "redelivered-copy.csv"
 COPY_JSON = "redelivered-extra.json"
@@ -52,8 +66,9 @@ def _ingest(spark, settings):
 def _contents(spark, lake, versions=None):
     """Every output table (at the given versions), without the columns that name the run."""
     return {
-        name: read_table(spark, table_spec(name), lake, version=(versions or {}).get(name))
-        .drop(*[c for c in LINEAGE if c in table_spec(name).column_names])
+        name: read_table(spark, table_spec(name), lake, version=(versions or {}).get(name)).drop(
+            *[c for c in LINEAGE if c in table_spec(name).column_names]
+        )
         for name in OUTPUTS
     }
 
@@ -65,20 +80,39 @@ def _clean(row: dict, locations: set[str]) -> bool:
     except (TypeError, ValueError):
         return False
     known = any(line.startswith(row["location_id"] + ",") for line in locations)
-    return day == END and known and None not in row and all(row.values()) and all(v.isascii() for v in row.values())
+    return (
+        day == END
+        and known
+        and None not in row
+        and all(row.values())
+        and all(v.isascii() for v in row.values())
+    )
 
 
 @pytest.fixture(scope="module")
 def lake(spark, test_settings, tmp_path_factory):
     """Two generated days with corrupt rows, plus re-delivered files: a CSV copy, JSON and Parquet with extras."""
     root = tmp_path_factory.mktemp("ingest_lake")
-    generator = GeneratorSettings.model_validate({
-        "start_date": START.isoformat(), "days": 2, "epcs": 150, "seed": 13, "format": "csv",
-        "corrupt_rate": 0.06, "rates": {"epc_fake": 0.05, "epc_dup": 0.05, "loc_err": 0.05, "evt_order_err": 0.05,
-                                        "jump": 0.05},
-        # Labels confirmed a day after the event, so that day 1's labels land in the range.
-        "label_delay_days_min": 1, "label_delay_days_max": 1,
-    })
+    generator = GeneratorSettings.model_validate(
+        {
+            "start_date": START.isoformat(),
+            "days": 2,
+            "epcs": 150,
+            "seed": 13,
+            "format": "csv",
+            "corrupt_rate": 0.06,
+            "rates": {
+                "epc_fake": 0.05,
+                "epc_dup": 0.05,
+                "loc_err": 0.05,
+                "evt_order_err": 0.05,
+                "jump": 0.05,
+            },
+            # Labels confirmed a day after the event, so that day 1's labels land in the range.
+            "label_delay_days_min": 1,
+            "label_delay_days_max": 1,
+        }
+    )
     settings = test_settings.model_copy(update={"lake_root": str(root), "generator": generator})
     with job_run("generate", settings=settings, spark=spark, start=START, end=END) as run:
         generated = generate.execute(run)
@@ -101,7 +135,12 @@ def lake(spark, test_settings, tmp_path_factory):
         f"{good[0]['event_id']},{good[0]['epc_code']},teleport,{END}T10:00:00Z\n"
         f"{good[0]['event_id']},{good[0]['epc_code']},jump,{END}T27:00:00Z\n"
     )
-    return {"root": root, "settings": settings, "generated": generated, "good_ids": [g["event_id"] for g in good]}
+    return {
+        "root": root,
+        "settings": settings,
+        "generated": generated,
+        "good_ids": [g["event_id"] for g in good],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +164,13 @@ def test_reconciles_and_quarantines_every_bad_input_class(spark, lake, runs):
 
     quarantine = read_table(spark, table_spec("bronze_quarantine"), root)
     original = quarantine.where(~F.col("_source_file").contains("redelivered"))
-    per_reason = {r["code"]: r["count"] for r in original.where(F.col("source") == "scans")
-                  .groupBy(F.split("reason", ":")[0].alias("code")).count().collect()}
+    per_reason = {
+        r["code"]: r["count"]
+        for r in original.where(F.col("source") == "scans")
+        .groupBy(F.split("reason", ":")[0].alias("code"))
+        .count()
+        .collect()
+    }
     expected = {REASON_OF[k]: v for k, v in generated["corrupted_rows"].items()}
     assert per_reason == expected and set(expected) == set(REASON_OF.values())
     # The copy's bad rows are quarantined exactly like the original's.
@@ -141,16 +185,23 @@ def test_reconciles_and_quarantines_every_bad_input_class(spark, lake, runs):
 def test_air_lanes_serial_ranges_and_record_time_reach_the_lake(spark, lake, runs):
     root = lake["root"]
     landing = root / "landing" / "reference"
-    for name, file in (("reference_air_lanes", "air_lanes.csv"), ("reference_serial_ranges", "serial_ranges.csv")):
+    for name, file in (
+        ("reference_air_lanes", "air_lanes.csv"),
+        ("reference_serial_ranges", "serial_ranges.csv"),
+    ):
         table = read_table(spark, table_spec(name), root)
         assert table.columns == table_spec(name).column_names
         assert table.count() == len((landing / file).read_text().splitlines()) - 1 > 0
     # record_time travels from landing to silver; event_time - record_time shows a device's clock offset.
     silver = read_table(spark, table_spec("silver_scan_events"), root)
-    offsets = silver.select((F.unix_timestamp("event_time") - F.unix_timestamp("record_time")).alias("offset"))
+    offsets = silver.select(
+        (F.unix_timestamp("event_time") - F.unix_timestamp("record_time")).alias("offset")
+    )
     assert offsets.where(F.col("offset").isNull()).count() == 0
     assert offsets.where(F.abs("offset") > 60).count() > 0  # skewed devices
-    assert offsets.where(F.col("offset").between(-60, 0)).count() > 0  # correct clocks: a small recording latency
+    assert (
+        offsets.where(F.col("offset").between(-60, 0)).count() > 0
+    )  # correct clocks: a small recording latency
 
 
 def test_extra_columns_are_reported_and_left_out(lake, runs):
@@ -166,7 +217,11 @@ def test_redelivered_rows_do_not_double_silver(spark, lake, runs):
     silver_events = read_table(spark, table_spec("silver_scan_events"), root)
     distinct_ids = bronze_events.select("event_id").distinct().count()
     assert silver_events.count() == silver_events.select("event_id").distinct().count() == distinct_ids
-    assert first["duplicates_dropped"]["silver_scan_events"] == first["tables"]["bronze_scan_events"]["rows"] - distinct_ids > 0
+    assert (
+        first["duplicates_dropped"]["silver_scan_events"]
+        == first["tables"]["bronze_scan_events"]["rows"] - distinct_ids
+        > 0
+    )
     # The surviving copy is the original delivery's, whatever the read order.
     assert silver_events.where(F.col("_source_file").contains("redelivered")).count() == 0
     assert silver_events.where(F.col("event_id").isin(lake["good_ids"])).count() == len(lake["good_ids"])
@@ -184,8 +239,12 @@ def test_rerun_leaves_every_table_as_one_run_does(spark, lake, runs):
     # Lineage: the commit records the run, its range and the code.
     from delta.tables import DeltaTable
 
-    meta = json.loads(DeltaTable.forPath(spark, table_spec("silver_scan_events").location(lake["root"]))
-                      .history(1).select("userMetadata").first()[0])
+    meta = json.loads(
+        DeltaTable.forPath(spark, table_spec("silver_scan_events").location(lake["root"]))
+        .history(1)
+        .select("userMetadata")
+        .first()[0]
+    )
     assert (meta["run_id"], meta["start_date"], meta["end_date"]) == (second["run_id"], str(START), str(END))
     assert meta["input_versions"]["bronze_scan_events"] == second["tables"]["bronze_scan_events"]["version"]
     assert meta["code_version"]
@@ -196,7 +255,9 @@ def test_missing_required_column_fails_naming_file_and_column(spark, lake, runs)
     bad = day2 / "late-delivery.csv"
     bad.write_text("event_id,epc_code,location_id\nx,y,LOC-00001\n")
     try:
-        with pytest.raises(ingest.LandingError, match=r"late-delivery\.csv lacks required column\(s\) \['event_time'\]"):
+        with pytest.raises(
+            ingest.LandingError, match=r"late-delivery\.csv lacks required column\(s\) \['event_time'\]"
+        ):
             _ingest(spark, lake["settings"])
     finally:
         bad.unlink()
@@ -207,10 +268,28 @@ def test_killed_mid_write_leaves_the_last_version_readable_and_a_rerun_completes
     root = lake["root"]
     committed = {name: latest_version(spark, table_spec(name), root) for name in OUTPUTS}
     before = _contents(spark, root)
-    command = [sys.executable, "-m", "spark_jobs.ingest", "--start-date", str(START), "--end-date", str(END),
-               "--lake-root", str(root), "--master", "local[1]", "--set", "spark.driver_memory=1g"]
-    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("TRACELAKE_")})
+    command = [
+        sys.executable,
+        "-m",
+        "spark_jobs.ingest",
+        "--start-date",
+        str(START),
+        "--end-date",
+        str(END),
+        "--lake-root",
+        str(root),
+        "--master",
+        "local[1]",
+        "--set",
+        "spark.driver_memory=1g",
+    ]
+    job = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRACELAKE_")},
+    )
     try:
         for line in job.stderr:  # the job's JSON log lines
             if '"write silver_scan_events: started"' in line:

@@ -21,7 +21,9 @@ from tracelake.tables import read_table, table_spec
 pytestmark = [pytest.mark.slow, pytest.mark.spark35]
 
 DAY = dt.date(2025, 7, 1)
-HEADER = "event_id,epc_code,event_time,location_id,business_step,event_type,operator_id,device_id,product_name"
+HEADER = (
+    "event_id,epc_code,event_time,location_id,business_step,event_type,operator_id,device_id,product_name"
+)
 EPC = "001.8804823.0000001.000001.20250701.{:09d}"
 
 
@@ -34,7 +36,8 @@ def _lake(tmp_path: Path) -> Path:
     reference = root / "landing" / "reference"
     reference.mkdir(parents=True)
     (reference / "locations.csv").write_text(
-        "location_id,location_name,business_step,tier,latitude,longitude\nLOC1,Factory 1,Factory,0,37.5,127.0\n")
+        "location_id,location_name,business_step,tier,latitude,longitude\nLOC1,Factory 1,Factory,0,37.5,127.0\n"
+    )
     (reference / "products.csv").write_text("company_code,product_code,product_name\n8804823,0000001,Tea\n")
     (root / "landing" / "scans" / f"date={DAY}").mkdir(parents=True)
     return root
@@ -50,11 +53,11 @@ def test_rfc4180_records_bom_and_crlf_arrive_whole(spark, test_settings, tmp_pat
     root = _lake(tmp_path)
     day = root / "landing" / "scans" / f"date={DAY}"
     records = [
-        _scan(1, '"line1\nline2"'),                      # a quoted field holding a line break
-        _scan(2, '"Box, large ""XL"" edition"'),         # quoted separator and doubled quotes
+        _scan(1, '"line1\nline2"'),  # a quoted field holding a line break
+        _scan(2, '"Box, large ""XL"" edition"'),  # quoted separator and doubled quotes
         _scan(3, "Tea"),
         _scan(4, '"three\nline\nvalue, with comma"'),
-        _scan(5, 'plain "inch" mark'),                  # a quote inside an unquoted field is text
+        _scan(5, 'plain "inch" mark'),  # a quote inside an unquoted field is text
     ]
     body = "\ufeff" + HEADER + "\r\n" + "\r\n".join(records) + "\r\n"
     (day / "part-00000.csv").write_bytes(body.encode("utf-8"))
@@ -62,12 +65,21 @@ def test_rfc4180_records_bom_and_crlf_arrive_whole(spark, test_settings, tmp_pat
     stray = [_scan(6, '"never closed')] + [_scan(i, "Tea") for i in range(7, 10)]
     (day / "part-00001.csv").write_text(HEADER + "\n" + "\n".join(stray) + "\n")
 
-    summary = _ingest(spark, test_settings.model_copy(
-        update={"ingest": test_settings.ingest.model_copy(update={"csv_max_record_lines": 3})}), root)
+    summary = _ingest(
+        spark,
+        test_settings.model_copy(
+            update={"ingest": test_settings.ingest.model_copy(update={"csv_max_record_lines": 3})}
+        ),
+        root,
+    )
     scans = summary["reconciliation"]["scans"]
     assert scans["landing_rows"] == 9 and scans["ok"]
-    silver = {r["event_id"]: r["product_name"] for r in
-              read_table(spark, table_spec("silver_scan_events"), str(root)).select("event_id", "product_name").collect()}
+    silver = {
+        r["event_id"]: r["product_name"]
+        for r in read_table(spark, table_spec("silver_scan_events"), str(root))
+        .select("event_id", "product_name")
+        .collect()
+    }
     assert silver["e1"] == "line1\nline2"
     assert silver["e2"] == 'Box, large "XL" edition'
     assert silver["e4"] == "three\nline\nvalue, with comma"
@@ -105,10 +117,16 @@ def test_parquet_files_of_one_day_with_different_types_meet_as_text(spark, test_
     root = _lake(tmp_path)
     day = root / "landing" / "scans" / f"date={DAY}"
     base = {"epc_code": EPC.format(1), "event_time": "2025-07-01T08:00:00Z", "location_id": "LOC1"}
-    pq.write_table(pa.table({"event_id": ["e1"], **{k: [v] for k, v in base.items()}, "device_id": ["dev-7"]}),
-                   day / "a.parquet")
-    pq.write_table(pa.table({"event_id": ["e2"], **{k: [v] for k, v in base.items()},
-                             "device_id": pa.array([7], pa.int64())}), day / "b.parquet")
+    pq.write_table(
+        pa.table({"event_id": ["e1"], **{k: [v] for k, v in base.items()}, "device_id": ["dev-7"]}),
+        day / "a.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {"event_id": ["e2"], **{k: [v] for k, v in base.items()}, "device_id": pa.array([7], pa.int64())}
+        ),
+        day / "b.parquet",
+    )
     summary = _ingest(spark, test_settings, root)
     assert summary["reconciliation"]["scans"]["landing_rows"] == 2
     bronze_rows = read_table(spark, table_spec("bronze_scan_events"), str(root)).orderBy("event_id")
@@ -117,7 +135,13 @@ def test_parquet_files_of_one_day_with_different_types_meet_as_text(spark, test_
 
 def test_csv_records_join_only_the_lines_of_a_quoted_field(spark):
     lines = spark.createDataFrame(
-        [('a,"x', "f", 0, 0, True), ('y",b', "f", 0, 1, True), ("c,d", "f", 0, 2, True), ("e,f", "g", 0, 0, False)],
-        "value string, _uri string, _block_start long, _line_index long, _multiline_file boolean")
+        [
+            ('a,"x', "f", 0, 0, True),
+            ('y",b', "f", 0, 1, True),
+            ("c,d", "f", 0, 2, True),
+            ("e,f", "g", 0, 0, False),
+        ],
+        "value string, _uri string, _block_start long, _line_index long, _multiline_file boolean",
+    )
     got = sorted(tuple(r) for r in landing.csv_records(lines, 10).collect())
     assert got == [('a,"x\ny",b', "f"), ("c,d", "f"), ("e,f", "g")]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import datetime as dt
 
+import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from spark_jobs.transforms import silver
@@ -21,13 +20,30 @@ EPC = "001.8804823.0000001.000001.20250701.000000001"
 
 
 def _bronze(event_id="e1", epc=EPC, time=T8, location="L1", file="a.csv", operator="op"):
-    return (event_id, epc, time, None, location, "Factory", "Aggregation", operator, "dev", "Tea", time.date(), file,
-            INGESTED, "bronze-run")
+    return (
+        event_id,
+        epc,
+        time,
+        None,
+        location,
+        "Factory",
+        "Aggregation",
+        operator,
+        "dev",
+        "Tea",
+        time.date(),
+        file,
+        INGESTED,
+        "bronze-run",
+    )
 
 
 def _locations(spark):
     return spark.createDataFrame(
-        [("L1", "Factory 01", "Factory", 0, 37.5, 127.0, None, None), ("L2", "Shop 01", "POS", 5, 36.0, 128.0, None, None)],
+        [
+            ("L1", "Factory 01", "Factory", 0, 37.5, 127.0, None, None),
+            ("L2", "Shop 01", "POS", 5, 36.0, 128.0, None, None),
+        ],
         table_spec("reference_locations").ddl,
     )
 
@@ -45,7 +61,11 @@ def test_deduplicate_events_keeps_one_row_per_event_id_deterministically(spark):
         _bronze("e2", time=T8, operator="early", file="z.csv"),  # conflicting copies: the earliest event wins
         _bronze("e3"),
     ]
-    expected = [_bronze("e1", file="a.csv"), _bronze("e2", time=T8, operator="early", file="z.csv"), _bronze("e3")]
+    expected = [
+        _bronze("e1", file="a.csv"),
+        _bronze("e2", time=T8, operator="early", file="z.csv"),
+        _bronze("e3"),
+    ]
     for order in (rows, rows[::-1]):
         assertDataFrameEqual(
             silver.deduplicate_events(spark.createDataFrame(order, BRONZE.ddl)),
@@ -82,60 +102,231 @@ def test_parse_epc_parts_and_flags(spark):
     parsed = silver.parse_epc(events, _products(spark), domain()["epc_regex"])
     d = dt.date
     assertDataFrameEqual(
-        parsed.select("event_id", "epc_header", "epc_company", "epc_product", "epc_lot", "epc_manufacture_date",
-                      "epc_serial", "epc_format_valid", "epc_company_known", "epc_product_known",
-                      "epc_manufacture_date_valid"),
-        spark.createDataFrame([
-            ("ok", "001", "8804823", "0000001", "000001", d(2025, 7, 1), "000000001", True, True, True, True),
-            ("unknown_company", "001", "1111111", "0000001", "000001", d(2025, 7, 1), "000000001",
-             True, False, False, True),
-            ("unknown_product", "001", "8804823", "0000009", "000001", d(2025, 7, 1), "000000001",
-             True, True, False, True),
-            ("made_after_scan", "001", "8804823", "0000001", "000001", d(2025, 7, 2), "000000001",
-             True, True, True, False),
-            ("no_such_day", "001", "8804823", "0000001", "000001", None, "000000001", True, True, True, False),
-            ("month_13", "001", "8804823", "0000001", "000001", None, "000000001", True, True, True, False),
-            ("letters", "001", "8804823", "0000001", "000001", None, "000000001", False, True, True, False),
-            ("bad_header", "01", "8804823", "0000001", "000001", d(2025, 7, 1), "000000001",
-             False, True, True, True),
-            ("five_parts", None, None, None, None, None, None, False, False, False, False),
-            ("garbage", None, None, None, None, None, None, False, False, False, False),
-        ], "event_id string, epc_header string, epc_company string, epc_product string, epc_lot string, "
-           "epc_manufacture_date date, epc_serial string, epc_format_valid boolean, epc_company_known boolean, "
-           "epc_product_known boolean, epc_manufacture_date_valid boolean"),
+        parsed.select(
+            "event_id",
+            "epc_header",
+            "epc_company",
+            "epc_product",
+            "epc_lot",
+            "epc_manufacture_date",
+            "epc_serial",
+            "epc_format_valid",
+            "epc_company_known",
+            "epc_product_known",
+            "epc_manufacture_date_valid",
+        ),
+        spark.createDataFrame(
+            [
+                (
+                    "ok",
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    d(2025, 7, 1),
+                    "000000001",
+                    True,
+                    True,
+                    True,
+                    True,
+                ),
+                (
+                    "unknown_company",
+                    "001",
+                    "1111111",
+                    "0000001",
+                    "000001",
+                    d(2025, 7, 1),
+                    "000000001",
+                    True,
+                    False,
+                    False,
+                    True,
+                ),
+                (
+                    "unknown_product",
+                    "001",
+                    "8804823",
+                    "0000009",
+                    "000001",
+                    d(2025, 7, 1),
+                    "000000001",
+                    True,
+                    True,
+                    False,
+                    True,
+                ),
+                (
+                    "made_after_scan",
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    d(2025, 7, 2),
+                    "000000001",
+                    True,
+                    True,
+                    True,
+                    False,
+                ),
+                (
+                    "no_such_day",
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    None,
+                    "000000001",
+                    True,
+                    True,
+                    True,
+                    False,
+                ),
+                (
+                    "month_13",
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    None,
+                    "000000001",
+                    True,
+                    True,
+                    True,
+                    False,
+                ),
+                (
+                    "letters",
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    None,
+                    "000000001",
+                    False,
+                    True,
+                    True,
+                    False,
+                ),
+                (
+                    "bad_header",
+                    "01",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    d(2025, 7, 1),
+                    "000000001",
+                    False,
+                    True,
+                    True,
+                    True,
+                ),
+                ("five_parts", None, None, None, None, None, None, False, False, False, False),
+                ("garbage", None, None, None, None, None, None, False, False, False, False),
+            ],
+            "event_id string, epc_header string, epc_company string, epc_product string, epc_lot string, "
+            "epc_manufacture_date date, epc_serial string, epc_format_valid boolean, epc_company_known boolean, "
+            "epc_product_known boolean, epc_manufacture_date_valid boolean",
+        ),
     )
 
 
 def test_silver_scan_events_matches_the_table_schema(spark):
-    bronze = spark.createDataFrame([_bronze("e1"), _bronze("e1", file="b.csv"), _bronze("e2", location="L2",
-                                                                                       epc="FAKE")], BRONZE.ddl)
+    bronze = spark.createDataFrame(
+        [_bronze("e1"), _bronze("e1", file="b.csv"), _bronze("e2", location="L2", epc="FAKE")], BRONZE.ddl
+    )
     spec = table_spec("silver_scan_events")
-    actual = silver.silver_scan_events(bronze, _locations(spark), _products(spark), domain()["epc_regex"], "run-9")
+    actual = silver.silver_scan_events(
+        bronze, _locations(spark), _products(spark), domain()["epc_regex"], "run-9"
+    )
     d = dt.date(2025, 7, 1)
     assertDataFrameEqual(
         actual.select(*spec.column_names),
-        spark.createDataFrame([
-            ("e1", EPC, T8, None, d, "L1", "Factory", "Aggregation", "op", "dev", "Tea", "Factory 01", 0, 37.5, 127.0,
-             "001", "8804823", "0000001", "000001", d, "000000001", True, True, True, True, "a.csv", "run-9"),
-            ("e2", "FAKE", T8, None, d, "L2", "Factory", "Aggregation", "op", "dev", "Tea", "Shop 01", 5, 36.0, 128.0,
-             None, None, None, None, None, None, False, False, False, False, "a.csv", "run-9"),
-        ], spec.ddl),
+        spark.createDataFrame(
+            [
+                (
+                    "e1",
+                    EPC,
+                    T8,
+                    None,
+                    d,
+                    "L1",
+                    "Factory",
+                    "Aggregation",
+                    "op",
+                    "dev",
+                    "Tea",
+                    "Factory 01",
+                    0,
+                    37.5,
+                    127.0,
+                    "001",
+                    "8804823",
+                    "0000001",
+                    "000001",
+                    d,
+                    "000000001",
+                    True,
+                    True,
+                    True,
+                    True,
+                    "a.csv",
+                    "run-9",
+                ),
+                (
+                    "e2",
+                    "FAKE",
+                    T8,
+                    None,
+                    d,
+                    "L2",
+                    "Factory",
+                    "Aggregation",
+                    "op",
+                    "dev",
+                    "Tea",
+                    "Shop 01",
+                    5,
+                    36.0,
+                    128.0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    False,
+                    False,
+                    False,
+                    False,
+                    "a.csv",
+                    "run-9",
+                ),
+            ],
+            spec.ddl,
+        ),
     )
 
 
 def test_silver_labels_keep_the_earliest_confirmation(spark):
     ddl = "event_id string, epc_code string, anomaly_type string, confirmed_at timestamp, label_date date"
     t1, t2 = dt.datetime(2025, 7, 1, 10), dt.datetime(2025, 7, 2, 9)
-    labels = spark.createDataFrame([
-        ("e1", "E", "jump", t2, dt.date(2025, 7, 2)),
-        ("e1", "E", "jump", t1, DAY),
-        ("e1", "E", "jump", t1, DAY),
-        ("e1", "E", "loc_err", t2, dt.date(2025, 7, 2)),
-    ], ddl)
+    labels = spark.createDataFrame(
+        [
+            ("e1", "E", "jump", t2, dt.date(2025, 7, 2)),
+            ("e1", "E", "jump", t1, DAY),
+            ("e1", "E", "jump", t1, DAY),
+            ("e1", "E", "loc_err", t2, dt.date(2025, 7, 2)),
+        ],
+        ddl,
+    )
     assertDataFrameEqual(
         silver.silver_labels(labels, "run-9"),
-        spark.createDataFrame([
-            ("e1", "E", "jump", t1, DAY, "run-9"),
-            ("e1", "E", "loc_err", t2, dt.date(2025, 7, 2), "run-9"),
-        ], table_spec("silver_labels").ddl),
+        spark.createDataFrame(
+            [
+                ("e1", "E", "jump", t1, DAY, "run-9"),
+                ("e1", "E", "loc_err", t2, dt.date(2025, 7, 2), "run-9"),
+            ],
+            table_spec("silver_labels").ddl,
+        ),
     )

@@ -25,8 +25,9 @@ def test_trials_resume_and_the_best_configuration_is_a_config_file(spark, settin
         first = tune.execute(run, "tune-set", trials=2, study="s", epochs=2, num_processes=1)
     assert sum(first["trials"].values()) == 2 and first["resumed_from"] == 0
     with job_run("tune", settings=settings, spark=spark) as run:
-        again = tune.execute(run, "tune-set", trials=3, study="s", epochs=2, num_processes=1,
-                             out=str(tmp_path / "best.yaml"))
+        again = tune.execute(
+            run, "tune-set", trials=3, study="s", epochs=2, num_processes=1, out=str(tmp_path / "best.yaml")
+        )
     # The second run found the first two trials in the journal under the lake and added one.
     assert again["resumed_from"] == 2 and sum(again["trials"].values()) == 3
     assert again["storage"].startswith(settings.lake_root)
@@ -44,8 +45,17 @@ def test_reporter_pickles_and_the_search_space_names_real_settings():
 
     reporter = tune.TrialReporter("/tmp/lake", "s", 1, 0)
     assert pickle.loads(pickle.dumps(reporter)) == reporter
-    trial = optuna.trial.FixedTrial({"learning_rate": 1e-3, "hidden_size": 64, "num_layers": 1, "dropout": 0.1,
-                                     "weight_decay": 1e-5, "batch_size": 512, "pos_weight_cap": 30.0})
+    trial = optuna.trial.FixedTrial(
+        {
+            "learning_rate": 1e-3,
+            "hidden_size": 64,
+            "num_layers": 1,
+            "dropout": 0.1,
+            "weight_decay": 1e-5,
+            "batch_size": 512,
+            "pos_weight_cap": 30.0,
+        }
+    )
     params = tune.search_space(trial)
     from tracelake.config import TrainingSettings
 

@@ -28,7 +28,7 @@ D1, D2, D3 = day(1), day(2), day(3)
 FEATURES, SILVER = table_spec("features_event_features"), table_spec("silver_scan_events")
 SET_NAME = "validated"
 TRAINING_SET = named_table_spec("training_set", name=SET_NAME)
-AS_OF = dt.datetime.combine(day(4), dt.time(), tzinfo=dt.timezone.utc)
+AS_OF = dt.datetime.combine(day(4), dt.time(), tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +38,30 @@ def data(spark, test_settings):
     rows = journeys(rng, [f"E{i:02d}" for i in range(14)], 0.0, 60.0)
     rows = [r for r in rows if r[2].date() <= D3]
     # Sparse labels, and one of each type confirmed early (each type has a positive in the set).
-    labels = first_per_key(label_rows(rng, rng.sample(rows, 8), ts(0), ts(5))
-                           + [(rows[i][0], t, ts(1)) for i, t in enumerate(ANOMALIES)])
+    labels = first_per_key(
+        label_rows(rng, rng.sample(rows, 8), ts(0), ts(5))
+        + [(rows[i][0], t, ts(1)) for i, t in enumerate(ANOMALIES)]
+    )
     settings = test_settings.features
     features = featurise(spark, rows, labels, settings, D1, D3)["event_features"]
     in_range = [r for r in rows if D1 <= r[2].date() <= D3]
-    training = training_set(features, make_labels(spark, labels), as_of=AS_OF, validation_start=D2,
-                            test_start=D3)
+    training = training_set(
+        features, make_labels(spark, labels), as_of=AS_OF, validation_start=D2, test_start=D3
+    )
     return in_range, features.collect(), training.collect()
 
 
 @pytest.fixture(scope="module")
 def lake(spark, test_settings, data, tmp_path_factory):
     """Settings of a lake holding silver, the event features and the training set of D1..D3."""
-    settings = test_settings.model_copy(update={"lake_root": str(tmp_path_factory.mktemp("features") / "lake")})
+    settings = test_settings.model_copy(
+        update={"lake_root": str(tmp_path_factory.mktemp("features") / "lake")}
+    )
     silver_rows, feature_rows, training_rows = data
     write_table(silver(spark, silver_rows), SILVER, settings.lake_path, start=D1, end=D3)
-    write_table(spark.createDataFrame(feature_rows, FEATURES.schema), FEATURES, settings.lake_path, start=D1, end=D3)
+    write_table(
+        spark.createDataFrame(feature_rows, FEATURES.schema), FEATURES, settings.lake_path, start=D1, end=D3
+    )
     write_table(spark.createDataFrame(training_rows, TRAINING_SET.schema), TRAINING_SET, settings.lake_path)
     return settings
 
@@ -63,8 +70,15 @@ def validate(spark, settings, spec, rows, reference=None):
     """Validate in-memory rows with the table's suite (no lake); returns the report."""
     with job_run("validate", settings=settings, spark=spark, start=D1, end=D3) as run:
         return validate_frame(
-            spark.createDataFrame(rows, spec.ddl), load_suite(spec), date_column="event_date", start=D1, end=D3,
-            run_id=run.run_id, settings=settings.validation, log=run.log, reference_counts=reference,
+            spark.createDataFrame(rows, spec.ddl),
+            load_suite(spec),
+            date_column="event_date",
+            start=D1,
+            end=D3,
+            run_id=run.run_id,
+            settings=settings.validation,
+            log=run.log,
+            reference_counts=reference,
         )
 
 
@@ -98,15 +112,24 @@ def test_bad_event_features_fail_naming_expectation_and_column(spark, lake, data
     _, rows, _ = data
     on_d2 = [i for i, r in enumerate(rows) if r["event_date"] == D2]
     a, b, c, d, e, f = on_d2[:6]
-    bad = edit(rows, FEATURES, {
-        a: {"event_id": None},                                           # null key
-        b: lambda r: {"event_id": rows[c]["event_id"]},                  # duplicated event id
-        d: {"hour_sin": 1.5},                                            # out of range
-        e: {"loc_rate_jump": 2.0},                                       # a rate over 1
-        f: lambda r: {"loc_snapshot_date": r["event_date"] + dt.timedelta(days=1)},  # a snapshot from the future
-        **{i: (lambda r: {"speed_log": None if r["speed_log"] is None else r["speed_log"] * 10})
-           for i in range(len(rows)) if i not in (a, b, d, e, f)},       # speeds shifted (km/h -> 10 x log)
-    })
+    bad = edit(
+        rows,
+        FEATURES,
+        {
+            a: {"event_id": None},  # null key
+            b: lambda r: {"event_id": rows[c]["event_id"]},  # duplicated event id
+            d: {"hour_sin": 1.5},  # out of range
+            e: {"loc_rate_jump": 2.0},  # a rate over 1
+            f: lambda r: {
+                "loc_snapshot_date": r["event_date"] + dt.timedelta(days=1)
+            },  # a snapshot from the future
+            **{
+                i: (lambda r: {"speed_log": None if r["speed_log"] is None else r["speed_log"] * 10})
+                for i in range(len(rows))
+                if i not in (a, b, d, e, f)
+            },  # speeds shifted (km/h -> 10 x log)
+        },
+    )
     # Silver has one more event on D2 than there are feature rows: a row went missing.
     per_day = {x: sum(r["event_date"].isoformat() == x for r in rows) for x in ALL_DAYS}
     key = next(e.key for e in load_suite(FEATURES).entries if e.row_count_terms is not None)
@@ -120,9 +143,9 @@ def test_bad_event_features_fail_naming_expectation_and_column(spark, lake, data
         ("expect_column_values_to_be_unique", "event_id"): second,
         ("expect_column_values_to_be_between", "hour_sin"): second,
         ("expect_column_values_to_be_between", "loc_rate_jump"): second,
-        ("unexpected_rows_expectation", "(table)"): second,              # the future snapshot
+        ("unexpected_rows_expectation", "(table)"): second,  # the future snapshot
         ("expect_table_row_count_to_equal", "(table)"): second,
-        ("expect_column_mean_to_be_between", "speed_log"): ALL_DAYS,     # an aggregate fails the whole range
+        ("expect_column_mean_to_be_between", "speed_log"): ALL_DAYS,  # an aggregate fails the whole range
     }
     by_type = {(o.type, o.column): o for o in report.critical_failures}
     assert by_type[("unexpected_rows_expectation", "(table)")].examples[0]["event_id"] == rows[f]["event_id"]
@@ -137,13 +160,17 @@ def test_bad_training_set_fails_naming_expectation_and_column(spark, lake, data)
     _, _, rows = data
     on_d1 = [i for i, r in enumerate(rows) if r["event_date"] == D1]
     on_d3 = [i for i, r in enumerate(rows) if r["event_date"] == D3]
-    bad = edit(rows, TRAINING_SET, {
-        on_d1[0]: {"split": None},                                       # null split
-        on_d1[1]: {"epc_fake": 2},                                       # not a 0/1 label
-        on_d1[2]: lambda r: {"event_id": rows[on_d1[3]]["event_id"]},    # duplicated event id
-        on_d3[0]: {"split": "train"},                                    # a test-day row in train
-        **{i: {"jump": 1} for i in on_d3[1:]},                           # most events labelled jump
-    })
+    bad = edit(
+        rows,
+        TRAINING_SET,
+        {
+            on_d1[0]: {"split": None},  # null split
+            on_d1[1]: {"epc_fake": 2},  # not a 0/1 label
+            on_d1[2]: lambda r: {"event_id": rows[on_d1[3]]["event_id"]},  # duplicated event id
+            on_d3[0]: {"split": "train"},  # a test-day row in train
+            **{i: {"jump": 1} for i in on_d3[1:]},  # most events labelled jump
+        },
+    )
 
     report = validate(spark, lake, TRAINING_SET, bad)
 
@@ -152,15 +179,24 @@ def test_bad_training_set_fails_naming_expectation_and_column(spark, lake, data)
         ("expect_column_values_to_not_be_null", "split"): first,
         ("expect_column_values_to_be_in_set", "epc_fake"): first,
         ("expect_column_values_to_be_unique", "event_id"): first,
-        ("unexpected_rows_expectation", "(table)"): third,               # the split is no longer temporal
+        ("unexpected_rows_expectation", "(table)"): third,  # the split is no longer temporal
         ("expect_column_mean_to_be_between", "jump"): ALL_DAYS,
     }
-    order = {(o.type, o.column): o for o in report.critical_failures}[("unexpected_rows_expectation", "(table)")]
+    order = {(o.type, o.column): o for o in report.critical_failures}[
+        ("unexpected_rows_expectation", "(table)")
+    ]
     assert [x["event_id"] for x in order.examples] == [rows[on_d3[0]]["event_id"]]
 
 
 def test_good_training_set_passes_through_the_cli(spark, lake, capsys):
-    common = ["--start-date", D1.isoformat(), "--end-date", D3.isoformat(), "--lake-root", str(lake.lake_path)]
+    common = [
+        "--start-date",
+        D1.isoformat(),
+        "--end-date",
+        D3.isoformat(),
+        "--lake-root",
+        str(lake.lake_path),
+    ]
     assert cli_main(["validate", "--table", "training_set", "--name", SET_NAME, *common]) == 0
     out = capsys.readouterr().out
     assert "validation of training_set 2025-07-02..2025-07-04" in out

@@ -13,17 +13,27 @@ from tracelake.config import Settings
 from tracelake.tables import named_table_spec, table_spec, write_table
 from training.data import SPLIT_COLUMN, TEST, TRAIN, VALIDATION, arrays_to_table, synthetic_arrays
 
-START = dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
 
 
 def small_sequences(settings: Settings, sequence_length: int = 6) -> Settings:
     """``settings`` with short sequences (faster training; the feature spec follows the setting)."""
-    return settings.model_copy(update={"features": settings.features.model_copy(
-        update={"sequence_length": sequence_length})})
+    return settings.model_copy(
+        update={"features": settings.features.model_copy(update={"sequence_length": sequence_length})}
+    )
 
 
-def write_training_set(spark: SparkSession, settings: Settings, name: str, n_rows: int = 600, *, seed: int = 0,
-                       positive_rate: float = 0.1, with_sources: bool = False, immature: bool = False) -> int:
+def write_training_set(
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    n_rows: int = 600,
+    *,
+    seed: int = 0,
+    positive_rate: float = 0.1,
+    with_sources: bool = False,
+    immature: bool = False,
+) -> int:
     """Synthetic learnable rows (training.data.synthetic_arrays) with the real feature names, split 60/20/20
     in time order; returns the Delta version written. ``with_sources`` also writes the event features
     and labels it stands for; ``immature`` marks it as built with --allow-immature-labels."""
@@ -66,8 +76,12 @@ def write_training_set(spark: SparkSession, settings: Settings, name: str, n_row
     if with_sources:
         write_sources(spark, settings, df, list(spec.label_names))
     test_days = frame.loc[frame[SPLIT_COLUMN] == TEST, "event_date"]
-    metadata = {"name": name, "split": {"test_start": min(test_days).isoformat()},
-                "last_day": max(frame["event_date"]).isoformat(), "immature_labels": immature}
+    metadata = {
+        "name": name,
+        "split": {"test_start": min(test_days).isoformat()},
+        "last_day": max(frame["event_date"]).isoformat(),
+        "immature_labels": immature,
+    }
     return write_table(df, table, settings.lake_root, metadata=metadata)
 
 
@@ -77,13 +91,34 @@ def write_sources(spark: SparkSession, settings: Settings, training_set: Any, la
     from pyspark.sql import functions as F
 
     features = table_spec("features_event_features")
-    write_table(training_set.select(*features.column_names), features, settings.lake_root,
-                start=START.date(), end=START.date() + dt.timedelta(days=30))
-    positives = training_set.select("event_id", "epc_code", "event_time", F.explode(F.array(*[
-        F.when(F.col(label) == 1, F.lit(label)) for label in labels])).alias("anomaly_type")).where(
-        F.col("anomaly_type").isNotNull())
+    write_table(
+        training_set.select(*features.column_names),
+        features,
+        settings.lake_root,
+        start=START.date(),
+        end=START.date() + dt.timedelta(days=30),
+    )
+    positives = training_set.select(
+        "event_id",
+        "epc_code",
+        "event_time",
+        F.explode(F.array(*[F.when(F.col(label) == 1, F.lit(label)) for label in labels])).alias(
+            "anomaly_type"
+        ),
+    ).where(F.col("anomaly_type").isNotNull())
     confirmed = F.col("event_time") + F.expr("INTERVAL 1 DAY")
-    label_rows = positives.select("event_id", "epc_code", "anomaly_type", confirmed.alias("confirmed_at"),
-                                  F.to_date(confirmed).alias("label_date"), F.lit("test").alias("_run_id"))
-    write_table(label_rows, table_spec("silver_labels"), settings.lake_root,
-                start=START.date(), end=START.date() + dt.timedelta(days=30))
+    label_rows = positives.select(
+        "event_id",
+        "epc_code",
+        "anomaly_type",
+        confirmed.alias("confirmed_at"),
+        F.to_date(confirmed).alias("label_date"),
+        F.lit("test").alias("_run_id"),
+    )
+    write_table(
+        label_rows,
+        table_spec("silver_labels"),
+        settings.lake_root,
+        start=START.date(),
+        end=START.date() + dt.timedelta(days=30),
+    )

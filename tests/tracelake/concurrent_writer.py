@@ -44,10 +44,16 @@ def main(lake: str, role: str, sync_dir: str, retries: list[int]) -> None:
         write_table,
     )
 
-    settings = load_settings(overrides={
-        "lake_root": lake, "spark.master": "local[1]", "spark.shuffle_partitions": 1, "spark.driver_memory": "1g",
-        "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
-    }, environ={})
+    settings = load_settings(
+        overrides={
+            "lake_root": lake,
+            "spark.master": "local[1]",
+            "spark.shuffle_partitions": 1,
+            "spark.driver_memory": "1g",
+            "spark.conf": {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        },
+        environ={},
+    )
     spark = build_spark(settings, f"writer-{role}")
     spark.sparkContext.setLogLevel("OFF")
     spec = table_spec("monitoring_drift")
@@ -62,8 +68,28 @@ def main(lake: str, role: str, sync_dir: str, retries: list[int]) -> None:
         spark.conf.set(CONFLICT_RETRIES_CONF, str(attempts))
         spark.conf.set(CONFLICT_BACKOFF_CONF, "1")
         run_id = f"{role}-round{round_no}"
-        frame = spark.createDataFrame([(DAY, f"{role}{round_no}", "input", 0.01, "ok", 0.25, 0.1, 3, 0.0, 10, "s@v0",
-                                        "m", "1", t, run_id)], spec.schema)
+        frame = spark.createDataFrame(
+            [
+                (
+                    DAY,
+                    f"{role}{round_no}",
+                    "input",
+                    0.01,
+                    "ok",
+                    0.25,
+                    0.1,
+                    3,
+                    0.0,
+                    10,
+                    "s@v0",
+                    "m",
+                    "1",
+                    t,
+                    run_id,
+                )
+            ],
+            spec.schema,
+        )
         if role == "slow":
             frame = frame.withColumn("feature", slow_udf("feature"))
         if sync_dir != "-":
@@ -74,8 +100,9 @@ def main(lake: str, role: str, sync_dir: str, retries: list[int]) -> None:
             time.sleep(FAST_DELAY)
         result: dict = {"round": round_no, "role": role, "run_id": run_id}
         try:
-            result["version"] = write_table(frame, spec, lake, start=DAY, end=DAY,
-                                            metadata={"run_id": run_id, "job": f"writer-{role}"})
+            result["version"] = write_table(
+                frame, spec, lake, start=DAY, end=DAY, metadata={"run_id": run_id, "job": f"writer-{role}"}
+            )
         except TableError as error:
             result["error"] = str(error)
         print("RESULT " + json.dumps(result), flush=True)

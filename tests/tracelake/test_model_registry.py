@@ -8,7 +8,12 @@ import mlflow
 import pytest
 
 from tracelake.model_registry import (
-    CHAMPION, ModelChecksumError, ModelResolutionError, fetch_onnx_model, parse_model_uri, register_onnx_model,
+    CHAMPION,
+    ModelChecksumError,
+    ModelResolutionError,
+    fetch_onnx_model,
+    parse_model_uri,
+    register_onnx_model,
 )
 from tracelake.tracking import configure_mlflow
 
@@ -25,7 +30,9 @@ def _register(tmp_path: Path, payload: bytes) -> object:
     model = tmp_path / "m.onnx"
     model.write_bytes(payload)
     with mlflow.start_run() as run:
-        return register_onnx_model("tracelake-test", model, run_id=run.info.run_id, tags={"training_set": "demo"})
+        return register_onnx_model(
+            "tracelake-test", model, run_id=run.info.run_id, tags={"training_set": "demo"}
+        )
 
 
 def test_parse_model_uri():
@@ -67,7 +74,10 @@ def test_missing_alias_is_a_clear_error(registry, tmp_path):
 
 
 def _aliases(name: str) -> dict[str, str]:
-    return {alias: str(version) for alias, version in mlflow.MlflowClient().get_registered_model(name).aliases.items()}
+    return {
+        alias: str(version)
+        for alias, version in mlflow.MlflowClient().get_registered_model(name).aliases.items()
+    }
 
 
 def test_a_failed_run_registers_nothing_and_keeps_the_old_challenger(registry, tmp_path):
@@ -99,7 +109,9 @@ def test_promote_checks_every_model_before_moving_any_alias(registry, tmp_path):
     model.write_bytes(b"lstm")
     with mlflow.start_run() as run:
         register_onnx_model(names[0], model, run_id=run.info.run_id, tags={"training_set": "demo"})
-    job = JobRun(job="promote", run_id="promote-test", settings=registry, log=job_logger("promote"), spark=None)
+    job = JobRun(
+        job="promote", run_id="promote-test", settings=registry, log=job_logger("promote"), spark=None
+    )
     with pytest.raises(ModelResolutionError, match=f"{names[1]!r} has no alias 'challenger'"):
         promote.execute(job)
     assert "champion" not in _aliases(names[0])  # nothing moved

@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every file under the lake with its content hash and mode."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
-            for p in sorted(root.rglob("*")) if p.is_file()} | {
-        str(p.relative_to(root)): oct(p.stat().st_mode) for p in sorted(root.rglob("*")) if p.is_dir()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    } | {str(p.relative_to(root)): oct(p.stat().st_mode) for p in sorted(root.rglob("*")) if p.is_dir()}
 
 
 @pytest.fixture()
@@ -41,10 +43,13 @@ def df_lake(tmp_path: Path) -> dict[str, Path]:
     silver/scan_events whose log is corrupt; a secret file next to the lake."""
     root = tmp_path / "lake"
     scored = root / "gold" / "scored_events"
-    write_deltalake(scored, pa.table({"event_id": ["e0", "e1"], "anomaly_score": [0.9, 0.2],
-                                      "anomaly_flag": [True, False]}))
-    write_deltalake(scored, pa.table({"event_id": ["e2"], "anomaly_score": [0.7], "anomaly_flag": [True]}),
-                    mode="append")
+    write_deltalake(
+        scored,
+        pa.table({"event_id": ["e0", "e1"], "anomaly_score": [0.9, 0.2], "anomaly_flag": [True, False]}),
+    )
+    write_deltalake(
+        scored, pa.table({"event_id": ["e2"], "anomaly_score": [0.7], "anomaly_flag": [True]}), mode="append"
+    )
     write_deltalake(root / "monitoring" / "drift", pa.table({"feature": ["tier"], "psi": [0.01]}))
     broken = root / "silver" / "scan_events" / "_delta_log"
     broken.mkdir(parents=True)
@@ -61,9 +66,14 @@ def run_df(lake: Path, sql: str) -> pa.Table:
 def test_default_engine_reads_views_and_time_travels(df_lake):
     root = df_lake["root"]
     assert run_df(root, "SELECT count(*) AS n FROM scored_events").column("n").to_pylist() == [3]
-    assert run_df(root, "SELECT count(*) AS n FROM scored_events VERSION AS OF 0").column("n").to_pylist() == [2]
-    both = run_df(root, "SELECT (SELECT count(*) FROM gold_scored_events version as of 0) AS old, "
-                        "(SELECT count(*) FROM gold_scored_events) AS new")
+    assert run_df(root, "SELECT count(*) AS n FROM scored_events VERSION AS OF 0").column(
+        "n"
+    ).to_pylist() == [2]
+    both = run_df(
+        root,
+        "SELECT (SELECT count(*) FROM gold_scored_events version as of 0) AS old, "
+        "(SELECT count(*) FROM gold_scored_events) AS new",
+    )
     assert both.to_pylist() == [{"old": 2, "new": 3}]
     with pytest.raises(DataFusionQueryError, match="scored_events .* cannot be read at version 7"):
         run_df(root, "SELECT * FROM scored_events VERSION AS OF 7")
@@ -72,31 +82,35 @@ def test_default_engine_reads_views_and_time_travels(df_lake):
 def test_a_broken_table_fails_only_the_statements_naming_it(df_lake):
     root = df_lake["root"]
     assert run_df(root, "SELECT feature FROM drift").column("feature").to_pylist() == ["tier"]
-    with pytest.raises(DataFusionQueryError, match=r"^table scan_events \(.*silver/scan_events\) cannot be read: ") \
-            as error:
+    with pytest.raises(
+        DataFusionQueryError, match=r"^table scan_events \(.*silver/scan_events\) cannot be read: "
+    ) as error:
         run_df(root, "SELECT * FROM scan_events")
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT * FROM csv.`{secret}`",
-    "SELECT * FROM text.`{secret}`",
-    "SELECT * FROM delta.`{root}/gold/scored_events`",
-    "SELECT * FROM '{secret}'",
-    "SELECT * FROM read_csv('{secret}')",
-    "CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{secret}'",
-    "COPY (SELECT * FROM scored_events) TO '{root}/gold/scored_events/_delta_log/00000000000000000000.json'",
-    "EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/x.csv'",
-    "INSERT INTO scored_events VALUES ('e9', 1.0, true)",
-    "WITH x AS (SELECT 1) INSERT INTO scored_events SELECT * FROM x",
-    "DELETE FROM scored_events",
-    "DROP TABLE scored_events",
-    "SET datafusion.execution.batch_size = 1",
-    "SELECT reflect('java.lang.System', 'getenv', 'HOME')",
-    "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'chmod', '{root}/gold', '000')",
-    "SELECT 1; DROP TABLE scored_events",
-    "SELECT * FROM information_schema.df_settings",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM csv.`{secret}`",
+        "SELECT * FROM text.`{secret}`",
+        "SELECT * FROM delta.`{root}/gold/scored_events`",
+        "SELECT * FROM '{secret}'",
+        "SELECT * FROM read_csv('{secret}')",
+        "CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{secret}'",
+        "COPY (SELECT * FROM scored_events) TO '{root}/gold/scored_events/_delta_log/00000000000000000000.json'",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/x.csv'",
+        "INSERT INTO scored_events VALUES ('e9', 1.0, true)",
+        "WITH x AS (SELECT 1) INSERT INTO scored_events SELECT * FROM x",
+        "DELETE FROM scored_events",
+        "DROP TABLE scored_events",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT reflect('java.lang.System', 'getenv', 'HOME')",
+        "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'chmod', '{root}/gold', '000')",
+        "SELECT 1; DROP TABLE scored_events",
+        "SELECT * FROM information_schema.df_settings",
+    ],
+)
 def test_default_engine_refuses_every_reach_outside_the_lake(df_lake, sql):
     root, secret = df_lake["root"], df_lake["secret"]
     before = _snapshot(root.parent)
@@ -108,8 +122,9 @@ def test_default_engine_refuses_every_reach_outside_the_lake(df_lake, sql):
 
 
 def test_refused_words_inside_strings_and_quoted_names_are_data():
-    statement, refs = check_statement("SELECT 'insert into x' AS \"update\", -- drop table\n 1 FROM drift",
-                                      {"drift": object()})
+    statement, refs = check_statement(
+        "SELECT 'insert into x' AS \"update\", -- drop table\n 1 FROM drift", {"drift": object()}
+    )
     assert refs[0].view == "drift" and "insert into x" in statement
 
 
@@ -117,15 +132,40 @@ def test_cli_starts_without_a_jvm_and_prints_one_line_errors(df_lake, tmp_path):
     root = df_lake["root"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRACELAKE_CONFIG": ""}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tracelake.cli", "query", "--lake-root", str(root),
-                           "SELECT event_id FROM scored_events VERSION AS OF 0 ORDER BY event_id"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracelake.cli",
+            "query",
+            "--lake-root",
+            str(root),
+            "SELECT event_id FROM scored_events VERSION AS OF 0 ORDER BY event_id",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     assert "|event_id|" in done.stdout and "|      e1|" in done.stdout and "e2" not in done.stdout
     assert "pyspark" not in done.stderr.lower() and elapsed < 30
-    bad = subprocess.run([sys.executable, "-m", "tracelake.cli", "query", "--lake-root", str(root),
-                          "SELECT * FROM csv.`/etc/shadow`"], capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracelake.cli",
+            "query",
+            "--lake-root",
+            str(root),
+            "SELECT * FROM csv.`/etc/shadow`",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     plain = [line for line in bad.stderr.splitlines() if not line.startswith("{")]  # besides JSON log lines
     assert bad.returncode == 2 and len(plain) == 1 and plain[0].startswith("error: ")
 
@@ -153,12 +193,24 @@ def test_csv_refuses_the_lake_and_existing_files(df_lake, tmp_path):
 
 PATHS = ("{secret}", "{root}/gold/scored_events", "{root}/gold/scored_events/_delta_log", "/etc/passwd")
 DANGEROUS_RELATIONS = (
-    "csv.`{path}`", "text.`{path}`", "delta.`{path}`", "parquet.`{path}`", "json.`{path}`", "binaryFile.`{path}`",
-    "`csv`.`{path}`", "CSV.`{path}`", "default.scored_events", "spark_catalog.default.x", "global_temp.x",
-    "IDENTIFIER('csv.`{path}`')", "read_files('{path}')", "'{path}'",
+    "csv.`{path}`",
+    "text.`{path}`",
+    "delta.`{path}`",
+    "parquet.`{path}`",
+    "json.`{path}`",
+    "binaryFile.`{path}`",
+    "`csv`.`{path}`",
+    "CSV.`{path}`",
+    "default.scored_events",
+    "spark_catalog.default.x",
+    "global_temp.x",
+    "IDENTIFIER('csv.`{path}`')",
+    "read_files('{path}')",
+    "'{path}'",
 )
 DANGEROUS_CALLS = (
-    "reflect('java.lang.System', 'getenv', 'HOME')", "java_method('java.lang.System', 'getenv', 'HOME')",
+    "reflect('java.lang.System', 'getenv', 'HOME')",
+    "java_method('java.lang.System', 'getenv', 'HOME')",
     "try_reflect('java.lang.System', 'getenv', 'HOME')",
     "ReFlEcT('org.apache.hadoop.fs.FileUtil', 'chmod', '{path}', '000')",
     "java_method('org.apache.hadoop.fs.FileUtil', 'symLink', '{path}', '{path}')",
@@ -170,10 +222,16 @@ WRITES = (
     "INSERT OVERWRITE DIRECTORY '{path}' SELECT 1",
     "CREATE TABLE t USING csv LOCATION '{path}' AS SELECT 1",
     "CREATE TEMPORARY VIEW v USING csv OPTIONS (path '{path}')",
-    "DROP VIEW scored_events", "SET spark.sql.runSQLOnFiles=true", "ADD JAR '{path}'",
-    "CREATE FUNCTION f AS 'java.lang.System'", "CACHE TABLE scored_events", "REFRESH TABLE scored_events",
-    "DELETE FROM scored_events", "VACUUM scored_events RETAIN 0 HOURS",
-    "COPY (SELECT 1) TO '{path}'", "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{path}'",
+    "DROP VIEW scored_events",
+    "SET spark.sql.runSQLOnFiles=true",
+    "ADD JAR '{path}'",
+    "CREATE FUNCTION f AS 'java.lang.System'",
+    "CACHE TABLE scored_events",
+    "REFRESH TABLE scored_events",
+    "DELETE FROM scored_events",
+    "VACUUM scored_events RETAIN 0 HOURS",
+    "COPY (SELECT 1) TO '{path}'",
+    "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{path}'",
 )
 
 
@@ -201,12 +259,26 @@ def dangerous_statements(seed: int, count: int) -> list[str]:
         if kind == "relation":
             out.append(_query_around(rng, rng.choice(DANGEROUS_RELATIONS).replace("{path}", path), "1"))
         elif kind == "call":
-            out.append(_query_around(rng, rng.choice(("drift", "scored_events")),
-                                     rng.choice(DANGEROUS_CALLS).replace("{path}", path)))
+            out.append(
+                _query_around(
+                    rng,
+                    rng.choice(("drift", "scored_events")),
+                    rng.choice(DANGEROUS_CALLS).replace("{path}", path),
+                )
+            )
         else:
             statement = rng.choice(WRITES).replace("{path}", path)
-            out.append(rng.choice((statement, f"EXPLAIN {statement}", f"SELECT 1; {statement}",
-                                   statement.lower(), f"/* x */ {statement}")))
+            out.append(
+                rng.choice(
+                    (
+                        statement,
+                        f"EXPLAIN {statement}",
+                        f"SELECT 1; {statement}",
+                        statement.lower(),
+                        f"/* x */ {statement}",
+                    )
+                )
+            )
     return out
 
 
@@ -229,8 +301,16 @@ def spark_lake(spark, lake_settings, tmp_path):
     root = Path(lake_settings.lake_path)
     drift = table_spec("monitoring_drift")
     day, t = dt.date(2025, 7, 1), dt.datetime(2025, 7, 1, 8)
-    write_table(spark.createDataFrame([(day, "tier", "input", 0.01, "ok", 0.25, 0.1, 3, 0.0, 10, "set@v0", "m",
-                                        "1", t, "run")], drift.schema), drift, str(root), start=day, end=day)
+    write_table(
+        spark.createDataFrame(
+            [(day, "tier", "input", 0.01, "ok", 0.25, 0.1, 3, 0.0, 10, "set@v0", "m", "1", t, "run")],
+            drift.schema,
+        ),
+        drift,
+        str(root),
+        start=day,
+        end=day,
+    )
     broken = root / "silver" / "scan_events" / "_delta_log"
     broken.mkdir(parents=True)
     (broken / "00000000000000000000.json").write_text("{not json")
@@ -239,14 +319,21 @@ def spark_lake(spark, lake_settings, tmp_path):
     return {"root": root, "secret": secret}
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT * FROM csv.`{secret}`", "SELECT * FROM text.`{secret}`", "SELECT * FROM delta.`{root}/monitoring/drift`",
-    "SELECT reflect('java.lang.System', 'getenv', 'HOME')",
-    "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'chmod', '{root}/monitoring/drift/_delta_log', '000')",
-    "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'symLink', '/etc', '{root}/monitoring/drift/_delta_log/x')",
-    "SELECT * FROM drift VERSION AS OF 0", "DESCRIBE HISTORY delta.`{root}/monitoring/drift`",
-    "DESCRIBE HISTORY '{root}/monitoring/drift'", "SELECT * FROM IDENTIFIER('text.`{secret}`')",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM csv.`{secret}`",
+        "SELECT * FROM text.`{secret}`",
+        "SELECT * FROM delta.`{root}/monitoring/drift`",
+        "SELECT reflect('java.lang.System', 'getenv', 'HOME')",
+        "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'chmod', '{root}/monitoring/drift/_delta_log', '000')",
+        "SELECT java_method('org.apache.hadoop.fs.FileUtil', 'symLink', '/etc', '{root}/monitoring/drift/_delta_log/x')",
+        "SELECT * FROM drift VERSION AS OF 0",
+        "DESCRIBE HISTORY delta.`{root}/monitoring/drift`",
+        "DESCRIBE HISTORY '{root}/monitoring/drift'",
+        "SELECT * FROM IDENTIFIER('text.`{secret}`')",
+    ],
+)
 def test_spark_engine_refuses_before_running(spark, spark_lake, sql):
     root, secret = spark_lake["root"], spark_lake["secret"]
     before = _snapshot(root.parent)

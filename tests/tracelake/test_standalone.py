@@ -86,9 +86,12 @@ def masters_on(port: int) -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"org.apache.spark.deploy.master.Master" in args and b"--port" in args:
-            if args[args.index(b"--port") + 1] == str(port).encode():
-                found.append(int(entry.name))
+        if (
+            b"org.apache.spark.deploy.master.Master" in args
+            and b"--port" in args
+            and args[args.index(b"--port") + 1] == str(port).encode()
+        ):
+            found.append(int(entry.name))
     return found
 
 
@@ -96,8 +99,11 @@ def test_a_start_that_fails_stops_what_it_had_launched(tmp_path):
     port, webui = free_port(), free_port()
     state_dir = tmp_path / "cluster"
     # The master cannot be listening 10 ms after its launch: start gives up, and cleans up.
-    with pytest.raises(standalone.ClusterError, match=rf"the master does not listen on 127.0.0.1:{port} after 0.01s; "
-                                                      rf"stopped what had started, logs in {state_dir}"):
+    with pytest.raises(
+        standalone.ClusterError,
+        match=rf"the master does not listen on 127.0.0.1:{port} after 0.01s; "
+        rf"stopped what had started, logs in {state_dir}",
+    ):
         standalone.start(state_dir, workers=1, port=port, webui_port=webui, timeout_s=0.01)
     assert not (state_dir / "cluster.json").exists()
     assert masters_on(port) == []

@@ -13,7 +13,9 @@ from tracelake.tables import table_spec
 
 
 def test_joining_keeps_the_scheme_that_pathlib_would_break():
-    assert storage.join("s3a://bucket/lake", "silver", "scan_events") == "s3a://bucket/lake/silver/scan_events"
+    assert (
+        storage.join("s3a://bucket/lake", "silver", "scan_events") == "s3a://bucket/lake/silver/scan_events"
+    )
     assert storage.join("s3a://bucket/lake/", "/silver/") == "s3a://bucket/lake/silver"
     assert storage.join("/data/lake", "a", "b.json") == "/data/lake/a/b.json"
     assert table_spec("silver_scan_events").location("s3a://b/lake") == "s3a://b/lake/silver/scan_events"
@@ -35,8 +37,13 @@ def test_a_lake_uri_without_a_bucket_is_refused_in_one_line():
 
 
 def test_settings_carry_the_object_store_to_every_python_reader(monkeypatch):
-    settings = load_settings(overrides=["lake_root=s3a://bucket/lake", "storage.s3_endpoint=http://127.0.0.1:9",
-                                        "storage.s3_path_style=true"])
+    settings = load_settings(
+        overrides=[
+            "lake_root=s3a://bucket/lake",
+            "storage.s3_endpoint=http://127.0.0.1:9",
+            "storage.s3_path_style=true",
+        ]
+    )
     try:
         assert settings.lake_uri == "s3a://bucket/lake"
         assert storage.current() == storage.ObjectStore("http://127.0.0.1:9", True, "us-east-1")
@@ -60,7 +67,10 @@ def test_local_file_operations(tmp_path: Path):
     storage.write_text(storage.join(root, "a", "b.json"), "{}")
     assert storage.read_text(storage.join(root, "a", "b.json")) == "{}"
     assert storage.is_file(storage.join(root, "a", "b.json")) and storage.is_dir(storage.join(root, "a"))
-    assert storage.list_dir(storage.join(root, "a")) == ["b.json"] and storage.list_dir(storage.join(root, "none")) == []
+    assert (
+        storage.list_dir(storage.join(root, "a")) == ["b.json"]
+        and storage.list_dir(storage.join(root, "none")) == []
+    )
     assert not list((tmp_path / "lake" / "a").glob(".*"))  # no temporary file left behind
     (tmp_path / "lake" / "c.csv.gz").write_bytes(gzip.compress(b"h1,h2\r\n1,2\n"))
     assert storage.first_line(storage.join(root, "c.csv.gz")) == "h1,h2"
@@ -72,4 +82,6 @@ def test_local_file_operations(tmp_path: Path):
 def test_a_working_folder_of_a_local_lake_is_the_folder_itself(tmp_path: Path):
     folder = storage.WorkingFolder(str(tmp_path / "run"))
     assert folder.local == tmp_path / "run" and not folder.remote
-    assert folder.uri_of(folder.local / "checkpoints" / "last.pt") == str(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert folder.uri_of(folder.local / "checkpoints" / "last.pt") == str(
+        tmp_path / "run" / "checkpoints" / "last.pt"
+    )

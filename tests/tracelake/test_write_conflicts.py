@@ -24,14 +24,23 @@ def test_two_writers_conflict_then_retry(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TRACELAKE_CONFIG", None)
     # Round 0: no retries, the slow writer loses. Round 1: two retries, it wins after the fast one.
-    writers = {role: subprocess.Popen([sys.executable, str(WRITER), str(lake), role, str(sync), "0", "2"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-               for role in ("slow", "fast")}
+    writers = {
+        role: subprocess.Popen(
+            [sys.executable, str(WRITER), str(lake), role, str(sync), "0", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for role in ("slow", "fast")
+    }
     results = {}
     for role, process in writers.items():
         out, err = process.communicate(timeout=1500)  # two JVMs on a busy machine
         assert process.returncode == 0, err[-3000:]
-        results[role] = [json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT ")]
+        results[role] = [
+            json.loads(line[len("RESULT ") :]) for line in out.splitlines() if line.startswith("RESULT ")
+        ]
     slow, fast = results["slow"], results["fast"]
     assert len(slow) == len(fast) == 2 and all("error" not in r for r in fast)
 

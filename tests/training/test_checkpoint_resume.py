@@ -18,9 +18,21 @@ ROWS = 700  # 420 training rows: 7 batches of 64 per epoch
 
 def settings(**overrides):
     # Dropout and a 2-layer LSTM: the resumed run must restore the RNG state to match.
-    values = dict(epochs=3, batch_size=64, hidden_size=16, num_layers=2, tab_hidden_size=8, head_hidden_size=8,
-                  dropout=0.2, learning_rate=5e-3, checkpoint_every_steps=4, log_every_steps=100,
-                  torch_threads=1, seed=123, early_stopping_patience=10)
+    values = dict(
+        epochs=3,
+        batch_size=64,
+        hidden_size=16,
+        num_layers=2,
+        tab_hidden_size=8,
+        head_hidden_size=8,
+        dropout=0.2,
+        learning_rate=5e-3,
+        checkpoint_every_steps=4,
+        log_every_steps=100,
+        torch_threads=1,
+        seed=123,
+        early_stopping_patience=10,
+    )
     values.update(overrides)
     return TrainingSettings(**values)
 
@@ -45,11 +57,17 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(dataset, tmp_path):
     killed = train_fn(make_train_config(settings(), SPEC, data, run_dir, max_steps=10))
     assert killed["stop_reason"] == "max_steps" and killed["global_step"] == 10
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["state"]["global_step"], saved["state"]["epoch"], saved["state"]["batches_done"]) == (8, 1, 1)
+    assert (saved["state"]["global_step"], saved["state"]["epoch"], saved["state"]["batches_done"]) == (
+        8,
+        1,
+        1,
+    )
     assert set(saved) >= {"model", "optimizer", "scheduler", "scaler", "state", "rng", "config"}
     assert set(saved["rng"][0]) == {"python", "numpy", "torch", "cuda"}
 
-    resumed = train_fn(make_train_config(settings(checkpoint_every_steps=5), SPEC, data, run_dir, resume=True))
+    resumed = train_fn(
+        make_train_config(settings(checkpoint_every_steps=5), SPEC, data, run_dir, resume=True)
+    )
     assert resumed["resumed_from_step"] == 8 and resumed["global_step"] == full["global_step"]
     final_full = SequenceAnomalyModel.load(Path(full["last_checkpoint"])).state_dict()
     final_resumed = SequenceAnomalyModel.load(Path(resumed["last_checkpoint"])).state_dict()
@@ -67,7 +85,11 @@ def test_resume_refuses_changed_settings(dataset, tmp_path):
     data = {"kind": "parquet", "path": dataset}
     train_fn(make_train_config(settings(epochs=1), SPEC, data, tmp_path / "run", max_steps=4))
     with pytest.raises(CheckpointError, match=r"learning_rate 0\.005 -> 0\.001"):
-        train_fn(make_train_config(settings(epochs=1, learning_rate=1e-3), SPEC, data, tmp_path / "run", resume=True))
+        train_fn(
+            make_train_config(
+                settings(epochs=1, learning_rate=1e-3), SPEC, data, tmp_path / "run", resume=True
+            )
+        )
 
 
 def test_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch):

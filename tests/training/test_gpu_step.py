@@ -32,9 +32,22 @@ def dataset(tmp_path_factory):
 
 
 def settings(**overrides):
-    values = dict(epochs=2, batch_size=256, hidden_size=32, num_layers=2, tab_hidden_size=16, head_hidden_size=16,
-                  dropout=0.0, learning_rate=3e-3, use_gpu=True, log_every_steps=5, checkpoint_every_steps=7,
-                  seed=3, early_stopping_patience=10, torch_threads=4)
+    values = dict(
+        epochs=2,
+        batch_size=256,
+        hidden_size=32,
+        num_layers=2,
+        tab_hidden_size=16,
+        head_hidden_size=16,
+        dropout=0.0,
+        learning_rate=3e-3,
+        use_gpu=True,
+        log_every_steps=5,
+        checkpoint_every_steps=7,
+        seed=3,
+        early_stopping_patience=10,
+        torch_threads=4,
+    )
     values.update(overrides)
     return TrainingSettings(**values)
 
@@ -50,14 +63,15 @@ def test_epoch_order_is_the_same_on_the_gpu_and_the_cpu():
 
 def test_device_and_host_placements_give_identical_batches(dataset):
     def ids(placement):
-        source = StagedSource(dataset, SPEC, placement=placement, device="cuda", rank=0, world_size=1,
-                              batch_size=300, seed=4)
+        source = StagedSource(
+            dataset, SPEC, placement=placement, device="cuda", rank=0, world_size=1, batch_size=300, seed=4
+        )
         batches = list(source.train_batches(1))
         assert all(b.seq.is_cuda for b in batches) and source.placement == placement
         return [b.tab.cpu().numpy() for b in batches]
 
     device, host = ids("device"), ids("host")
-    assert len(device) == len(host) and all(np.array_equal(a, b) for a, b in zip(device, host))
+    assert len(device) == len(host) and all(np.array_equal(a, b) for a, b in zip(device, host, strict=False))
 
 
 def test_graphed_and_eager_steps_agree(dataset, tmp_path):
@@ -66,7 +80,7 @@ def test_graphed_and_eager_steps_agree(dataset, tmp_path):
     graphed = train_fn(make_train_config(settings(cuda_graph=True), SPEC, data, tmp_path / "graphed"))
     assert not eager["cuda_graph_captured"] and graphed["cuda_graph_captured"]
     assert eager["device_type"] == "cuda" and eager["data_placement"] == "device"
-    for a, b in zip(eager["history"], graphed["history"]):
+    for a, b in zip(eager["history"], graphed["history"], strict=False):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-6)  # the scheduler reaches the captured step
@@ -94,8 +108,9 @@ def test_non_finite_steps_are_skipped_inside_the_graph(dataset, tmp_path, monkey
                 yield batch
 
     monkeypatch.setattr(data_module, "make_source", lambda *a, **k: Poisoned(make(*a, **k)))
-    result = train_fn(make_train_config(settings(epochs=1), SPEC, {"kind": "parquet", "path": dataset},
-                                        tmp_path / "run"))
+    result = train_fn(
+        make_train_config(settings(epochs=1), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run")
+    )
     assert result["cuda_graph_captured"] and result["nonfinite_steps_skipped"] == 2
     assert all(torch.isfinite(v.float()).all() for v in _params(result["last_checkpoint"]).values())
     assert np.isfinite(result["history"][0]["train_loss"])
@@ -114,5 +129,5 @@ def test_killed_and_resumed_run_matches_on_the_gpu(dataset, tmp_path):
     FINDINGS["resume_max_abs_param_diff"] = worst
     FINDINGS["resume_bitwise_equal"] = worst == 0.0
     assert worst < 1e-4
-    for x, y in zip(full["history"], resumed["history"]):
+    for x, y in zip(full["history"], resumed["history"], strict=False):
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)

@@ -27,7 +27,9 @@ def test_auc_and_average_precision_equal_sklearn(arrays):
     y, p = arrays
     for j in range(3):
         assert metrics.roc_auc(y[:, j], p[:, j]) == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-12)
-        assert metrics.pr_auc(y[:, j], p[:, j]) == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-12)
+        assert metrics.pr_auc(y[:, j], p[:, j]) == pytest.approx(
+            average_precision_score(y[:, j], p[:, j]), abs=1e-12
+        )
     assert np.isnan(metrics.pr_auc(np.zeros(5), np.linspace(0, 1, 5)))
 
 
@@ -93,8 +95,10 @@ def test_comparison_table_and_plots(arrays, tmp_path):
     assert lines[0].split("|")[3].strip() == "lstm" and lines[0].split("|")[4].strip() == "baseline"
     assert len(lines) == 2 + (len(LABELS) + 1) * len(metrics.METRICS)
     assert any(line.startswith("| macro") and "pr_auc" in line for line in lines)
-    history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1), "val_macro_pr_auc": 0.1 * e}
-               for e in range(4)]
+    history = [
+        {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1), "val_macro_pr_auc": 0.1 * e}
+        for e in range(4)
+    ]
     paths = [
         metrics.plot_loss_curves(history, tmp_path / "loss.png"),
         metrics.plot_pr_curves(y, p, LABELS, tmp_path / "plots" / "pr.png"),
@@ -122,7 +126,9 @@ def test_grouped_bootstrap_draws_whole_epcs_and_widens_the_interval_of_correlate
     by_row = metrics.evaluate(y, p, {"a": 0.5}, ["a"], n_bootstrap=400, seed=2)
     by_epc = metrics.evaluate(y, p, {"a": 0.5}, ["a"], n_bootstrap=400, seed=2, groups=groups)
     assert by_epc["bootstrap_unit"] == "group" and by_row["bootstrap_unit"] == "row"
-    width = {name: r["labels"]["a"]["pr_auc"]["ci_high"] - r["labels"]["a"]["pr_auc"]["ci_low"]
-             for name, r in (("row", by_row), ("epc", by_epc))}
+    width = {
+        name: r["labels"]["a"]["pr_auc"]["ci_high"] - r["labels"]["a"]["pr_auc"]["ci_low"]
+        for name, r in (("row", by_row), ("epc", by_epc))
+    }
     assert width["epc"] > 2 * width["row"]
     assert by_epc["labels"]["a"]["pr_auc"]["value"] == by_row["labels"]["a"]["pr_auc"]["value"]

@@ -15,8 +15,9 @@ def spec():
 
 def _model(spec, cell="lstm", **kwargs):
     torch.manual_seed(0)
-    return SequenceAnomalyModel(ModelConfig(spec, cell=cell, hidden_size=16, tab_hidden_size=8,
-                                            head_hidden_size=8, **kwargs)).eval()
+    return SequenceAnomalyModel(
+        ModelConfig(spec, cell=cell, hidden_size=16, tab_hidden_size=8, head_hidden_size=8, **kwargs)
+    ).eval()
 
 
 def test_forward_shapes_and_probabilities(spec):
@@ -77,7 +78,9 @@ def test_missing_and_infinite_inputs_stay_finite(spec):
     # NaN is imputed with the training mean: the same as feeding the mean itself.
     with_mean = batch.tab.clone()
     with_mean[0, :] = model.tab_mean
-    assert torch.equal(model(batch.seq, batch.seq_len, batch.tab)[0], model(batch.seq, batch.seq_len, with_mean)[0])
+    assert torch.equal(
+        model(batch.seq, batch.seq_len, batch.tab)[0], model(batch.seq, batch.seq_len, with_mean)[0]
+    )
 
 
 def test_save_and_load_round_trip(spec, tmp_path):
@@ -86,7 +89,7 @@ def test_save_and_load_round_trip(spec, tmp_path):
     arrays = synthetic_arrays(50, spec, seed=5)
     stats.update(arrays.to_batch())
     model.set_preprocessing(stats, pos_weight_cap=10.0)
-    path = model.save(tmp_path / "model.pt", extra={"thresholds": {name: 0.5 for name in LABELS}})
+    path = model.save(tmp_path / "model.pt", extra={"thresholds": dict.fromkeys(LABELS, 0.5)})
     loaded = SequenceAnomalyModel.load(path).eval()
     assert loaded.config == model.config
     assert torch.equal(loaded.pos_weight, model.pos_weight)
@@ -103,7 +106,9 @@ def _categorical_spec():
 
 
 def _categorical_rows(spec, n=40, seed=2):
-    arrays = synthetic_arrays(n, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=6, label_names=LABELS), seed=seed)
+    arrays = synthetic_arrays(
+        n, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=6, label_names=LABELS), seed=seed
+    )
     rng = np.random.default_rng(seed)
     seq = arrays.seq.copy()
     seq[:, :, 1] = rng.integers(0, 12, size=seq.shape[:2])  # 1 + position in domain.yaml event_types
@@ -116,11 +121,15 @@ def test_event_type_and_business_step_enter_through_embeddings(tmp_path):
     from training.model import MODEL_FORMAT, domain_vocabulary_sizes
 
     spec = _categorical_spec()
-    config = ModelConfig.from_settings(spec, TrainingSettings(hidden_size=8, tab_hidden_size=4, head_hidden_size=4,
-                                                              categorical_embedding_dim=3))
+    config = ModelConfig.from_settings(
+        spec,
+        TrainingSettings(hidden_size=8, tab_hidden_size=4, head_hidden_size=4, categorical_embedding_dim=3),
+    )
     sizes = domain_vocabulary_sizes()
-    assert config.categorical_features == {"event_type_idx": sizes["event_type_idx"],
-                                           "business_step_idx": sizes["business_step_idx"]}
+    assert config.categorical_features == {
+        "event_type_idx": sizes["event_type_idx"],
+        "business_step_idx": sizes["business_step_idx"],
+    }
     torch.manual_seed(0)
     model = SequenceAnomalyModel(config).eval()
     assert [e.embedding_dim for e in model.embeddings] == [3, 3] and model.rnn.input_size == 2 + 2 * 3
@@ -147,4 +156,6 @@ def test_format_1_model_files_still_load(spec, tmp_path):
     torch.save(payload, tmp_path / "old.pt")
     loaded = SequenceAnomalyModel.load(tmp_path / "old.pt").eval()
     batch = synthetic_arrays(5, spec, seed=3).to_batch()
-    assert torch.equal(loaded(batch.seq, batch.seq_len, batch.tab), model(batch.seq, batch.seq_len, batch.tab))
+    assert torch.equal(
+        loaded(batch.seq, batch.seq_len, batch.tab), model(batch.seq, batch.seq_len, batch.tab)
+    )

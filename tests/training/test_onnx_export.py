@@ -16,8 +16,9 @@ THRESHOLDS = {name: 0.1 * (i + 1) for i, name in enumerate(LABELS)}
 
 def fitted_model(cell):
     torch.manual_seed(3)
-    model = SequenceAnomalyModel(ModelConfig(SPEC, cell=cell, hidden_size=16, num_layers=2, tab_hidden_size=8,
-                                             head_hidden_size=8))
+    model = SequenceAnomalyModel(
+        ModelConfig(SPEC, cell=cell, hidden_size=16, num_layers=2, tab_hidden_size=8, head_hidden_size=8)
+    )
     stats = PreprocessingStats(SPEC)
     train = synthetic_arrays(200, SPEC, seed=1)
     train.seq[...] = train.seq * 3 + 1  # non-trivial standardisation inside the graph
@@ -32,8 +33,16 @@ def test_onnx_parity_on_dynamic_batches_and_metadata(tmp_path, cell, exporter):
     rows = synthetic_arrays(80, SPEC, seed=9)
     rows.tab[0, 1] = np.nan  # missing value: imputed in both runtimes alike
     path = tmp_path / "model.onnx"
-    metadata = export_onnx(model, path, rows, thresholds=THRESHOLDS, exporter=exporter, tolerance=1e-4,
-                           parity_batch_sizes=(1, 37), extra_metadata={"model_name": "tracelake-anomaly-lstm"})
+    metadata = export_onnx(
+        model,
+        path,
+        rows,
+        thresholds=THRESHOLDS,
+        exporter=exporter,
+        tolerance=1e-4,
+        parity_batch_sizes=(1, 37),
+        extra_metadata={"model_name": "tracelake-anomaly-lstm"},
+    )
     assert metadata["max_abs_diff"] < 1e-4 and metadata["parity_rows"] == 80
     assert read_metadata(path) == metadata
     assert metadata["thresholds"] == THRESHOLDS and metadata["label_names"] == list(LABELS)
@@ -79,8 +88,13 @@ def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
     with pytest.raises(ValidationError, match="onnx_parity_tolerance"):
         TrainingSettings(onnx_parity_tolerance=1e-3)
     with pytest.raises(ValueError, match=r"parity tolerance 0.001 must lie in \(0, 0.0001\]"):
-        export_onnx(fitted_model("gru"), tmp_path / "m.onnx", synthetic_arrays(5, SPEC, seed=0),
-                    exporter="torchscript", tolerance=1e-3)
+        export_onnx(
+            fitted_model("gru"),
+            tmp_path / "m.onnx",
+            synthetic_arrays(5, SPEC, seed=0),
+            exporter="torchscript",
+            tolerance=1e-3,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -88,12 +102,23 @@ def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
 def test_onnx_parity_with_categorical_embeddings(tmp_path, exporter):
     from training.data import FeatureSpec
 
-    spec = FeatureSpec(("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1", "t2"), 8, LABELS)
+    spec = FeatureSpec(
+        ("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1", "t2"), 8, LABELS
+    )
     torch.manual_seed(4)
-    model = SequenceAnomalyModel(ModelConfig(spec, hidden_size=12, tab_hidden_size=8, head_hidden_size=8,
-                                             categorical_features={"event_type_idx": 12, "business_step_idx": 7},
-                                             embedding_dim=4))
-    rows = synthetic_arrays(64, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=8, label_names=LABELS), seed=5)
+    model = SequenceAnomalyModel(
+        ModelConfig(
+            spec,
+            hidden_size=12,
+            tab_hidden_size=8,
+            head_hidden_size=8,
+            categorical_features={"event_type_idx": 12, "business_step_idx": 7},
+            embedding_dim=4,
+        )
+    )
+    rows = synthetic_arrays(
+        64, synthetic_feature_spec(n_seq=4, n_tab=3, seq_len=8, label_names=LABELS), seed=5
+    )
     rng = np.random.default_rng(0)
     rows.seq[:, :, 1] = rng.integers(0, 14, size=rows.seq.shape[:2])  # 12, 13: outside the vocabulary
     rows.seq[:, :, 3] = rng.integers(0, 7, size=rows.seq.shape[:2])
@@ -101,6 +126,13 @@ def test_onnx_parity_with_categorical_embeddings(tmp_path, exporter):
     stats = PreprocessingStats(spec)
     stats.update(rows.to_batch())
     model.set_preprocessing(stats, pos_weight_cap=50.0)
-    metadata = export_onnx(model.eval(), tmp_path / "model.onnx", rows, thresholds=THRESHOLDS, exporter=exporter,
-                           tolerance=1e-4, parity_batch_sizes=(1, 37))
+    metadata = export_onnx(
+        model.eval(),
+        tmp_path / "model.onnx",
+        rows,
+        thresholds=THRESHOLDS,
+        exporter=exporter,
+        tolerance=1e-4,
+        parity_batch_sizes=(1, 37),
+    )
     assert metadata["max_abs_diff"] < 1e-4

@@ -122,9 +122,20 @@ def test_a_split_without_rows_and_missing_files_are_named(tmp_path):
 
 
 def _settings(**overrides):
-    values = dict(epochs=2, batch_size=64, hidden_size=8, tab_hidden_size=8, head_hidden_size=8, dropout=0.2,
-                  learning_rate=5e-3, checkpoint_every_steps=3, log_every_steps=2, torch_threads=1, seed=9,
-                  early_stopping_patience=10)
+    values = dict(
+        epochs=2,
+        batch_size=64,
+        hidden_size=8,
+        tab_hidden_size=8,
+        head_hidden_size=8,
+        dropout=0.2,
+        learning_rate=5e-3,
+        checkpoint_every_steps=3,
+        log_every_steps=2,
+        torch_threads=1,
+        seed=9,
+        early_stopping_patience=10,
+    )
     values.update(overrides)
     return TrainingSettings(**values)
 
@@ -139,7 +150,9 @@ def test_train_fn_resumes_exactly_on_each_placement(mixed, tmp_path, placement):
     data = {"kind": "parquet", "path": path}
     settings = _settings(data_placement=placement, shuffle_buffer_rows=200)
     full = train_fn(make_train_config(settings, SPEC, data, tmp_path / "full"))
-    killed = train_fn(make_train_config(settings, SPEC, data, tmp_path / "cut", max_steps=full["steps_per_epoch"] + 2))
+    killed = train_fn(
+        make_train_config(settings, SPEC, data, tmp_path / "cut", max_steps=full["steps_per_epoch"] + 2)
+    )
     assert killed["stop_reason"] == "max_steps"
     resumed = train_fn(make_train_config(settings, SPEC, data, tmp_path / "cut", resume=True))
     assert _timeless(resumed["history"]) == _timeless(full["history"])
@@ -156,8 +169,10 @@ def test_epoch_callback_sees_metrics_and_stops_the_run(mixed, tmp_path):
         seen.append((epoch, metrics["val_macro_pr_auc"], metrics["val_loss"]))
         return epoch == 1
 
-    result = train_fn(make_train_config(_settings(epochs=5), SPEC, {"kind": "parquet", "path": path},
-                                        tmp_path / "run"), on_epoch_end=on_epoch_end)
+    result = train_fn(
+        make_train_config(_settings(epochs=5), SPEC, {"kind": "parquet", "path": path}, tmp_path / "run"),
+        on_epoch_end=on_epoch_end,
+    )
     assert [e for e, _, _ in seen] == [0, 1]
     assert result["stop_reason"] == "stopped_by_callback" and result["epochs_completed"] == 2
     assert result["thresholds"] is not None and Path(result["model_path"]).is_file()
@@ -170,8 +185,13 @@ def _delta_training_set(spark, tmp_path, *, deletion_vectors):
     arrays.tab[:, 0] = np.arange(60)
     frame = arrays_to_table(arrays, SPEC, [TRAIN] * 40 + [VALIDATION] * 10 + [TEST] * 10).to_pandas()
     location = str(tmp_path / "training_set")
-    (spark.createDataFrame(frame).repartition(3).write.format("delta")
-     .option("delta.enableDeletionVectors", str(deletion_vectors).lower()).save(location))
+    (
+        spark.createDataFrame(frame)
+        .repartition(3)
+        .write.format("delta")
+        .option("delta.enableDeletionVectors", str(deletion_vectors).lower())
+        .save(location)
+    )
     spark.sql(f"DELETE FROM delta.`{location}` WHERE tab_f0 < 5")
     return location
 
@@ -185,16 +205,21 @@ def test_delta_snapshots_refuse_deletion_vectors_and_respect_the_version(request
     with pytest.raises(DataError, match="deletion vectors"):
         delta_snapshot_files(with_vectors)
     with pytest.raises(DataError, match="deletion vectors"):
-        data_module.make_source({"kind": "delta", "path": with_vectors}, SPEC, rank=0, world_size=1,
-                                batch_size=8, seed=0)
+        data_module.make_source(
+            {"kind": "delta", "path": with_vectors}, SPEC, rank=0, world_size=1, batch_size=8, seed=0
+        )
     plain = _delta_training_set(spark, tmp_path / "plain", deletion_vectors=False)
-    latest = data_module.make_source({"kind": "delta", "path": plain}, SPEC, rank=0, world_size=1, batch_size=8,
-                                     seed=0)
+    latest = data_module.make_source(
+        {"kind": "delta", "path": plain}, SPEC, rank=0, world_size=1, batch_size=8, seed=0
+    )
     rows = sorted(int(i) for b in latest.eval_batches(TRAIN, 16) for i in b.tab[:, 0].tolist())
     assert rows == list(range(5, 40))  # the DELETE (a rewrite, no vectors) is respected
-    first = data_module.make_source({"kind": "delta", "path": plain, "version": 0}, SPEC, rank=0, world_size=1,
-                                    batch_size=8, seed=0)
-    assert sorted(int(i) for b in first.eval_batches(TRAIN, 16) for i in b.tab[:, 0].tolist()) == list(range(40))
+    first = data_module.make_source(
+        {"kind": "delta", "path": plain, "version": 0}, SPEC, rank=0, world_size=1, batch_size=8, seed=0
+    )
+    assert sorted(int(i) for b in first.eval_batches(TRAIN, 16) for i in b.tab[:, 0].tolist()) == list(
+        range(40)
+    )
 
 
 def test_auto_placement_follows_the_memory_there_is(mixed, monkeypatch):
@@ -213,7 +238,10 @@ def test_compiled_training_forward_matches_eager(mixed, tmp_path):
     path, _ = mixed
     data = {"kind": "parquet", "path": path}
     eager = train_fn(make_train_config(_settings(epochs=1, batch_size=128), SPEC, data, tmp_path / "eager"))
-    compiled = train_fn(make_train_config(_settings(epochs=1, batch_size=128, compile=True), SPEC, data,
-                                          tmp_path / "compiled"))
+    compiled = train_fn(
+        make_train_config(
+            _settings(epochs=1, batch_size=128, compile=True), SPEC, data, tmp_path / "compiled"
+        )
+    )
     assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-3)
     assert compiled["history"][0]["val_loss"] == pytest.approx(eager["history"][0]["val_loss"], rel=1e-3)

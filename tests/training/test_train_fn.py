@@ -36,9 +36,20 @@ POSITIVE_RATE = 0.1
 
 
 def tiny_settings(**overrides):
-    values = dict(epochs=3, batch_size=64, hidden_size=24, tab_hidden_size=16, head_hidden_size=16,
-                  learning_rate=1e-2, warmup_fraction=0.1, log_every_steps=10, checkpoint_every_steps=1000,
-                  early_stopping_patience=5, torch_threads=1, seed=5)
+    values = dict(
+        epochs=3,
+        batch_size=64,
+        hidden_size=24,
+        tab_hidden_size=16,
+        head_hidden_size=16,
+        learning_rate=1e-2,
+        warmup_fraction=0.1,
+        log_every_steps=10,
+        checkpoint_every_steps=1000,
+        early_stopping_patience=5,
+        torch_threads=1,
+        seed=5,
+    )
     values.update(overrides)
     return TrainingSettings(**values)
 
@@ -80,15 +91,35 @@ def test_train_fn_learns_the_synthetic_task(dataset, tmp_path):
 
 @pytest.mark.spark35
 def test_train_fn_under_torchrun_two_processes(dataset, tmp_path):
-    config = make_train_config(tiny_settings(epochs=2), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run")
+    config = make_train_config(
+        tiny_settings(epochs=2), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run"
+    )
     config_file, result_file = tmp_path / "config.json", tmp_path / "result.json"
     config_file.write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    }
     torchrun = Path(sys.executable).with_name("torchrun")
     completed = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.train_fn",
-         "--config-json", str(config_file), "--result-json", str(result_file)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training.train_fn",
+            "--config-json",
+            str(config_file),
+            "--result-json",
+            str(result_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(result_file.read_text())
@@ -127,8 +158,11 @@ def _poison(monkeypatch, poisoned):
 
 def test_non_finite_loss_skips_the_step(dataset, tmp_path, monkeypatch):
     _poison(monkeypatch, {(0, 3), (1, 0)})
-    result = train_fn(make_train_config(tiny_settings(epochs=2), SPEC, {"kind": "parquet", "path": dataset},
-                                        tmp_path / "run"))
+    result = train_fn(
+        make_train_config(
+            tiny_settings(epochs=2), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run"
+        )
+    )
     assert result["nonfinite_steps_skipped"] == 2
     model = SequenceAnomalyModel.load(result["model_path"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -137,8 +171,9 @@ def test_non_finite_loss_skips_the_step(dataset, tmp_path, monkeypatch):
 
 def test_non_finite_steps_in_a_row_abort(dataset, tmp_path, monkeypatch):
     _poison(monkeypatch, {"all"})
-    config = make_train_config(tiny_settings(max_nonfinite_steps=4), SPEC, {"kind": "parquet", "path": dataset},
-                               tmp_path / "run")
+    config = make_train_config(
+        tiny_settings(max_nonfinite_steps=4), SPEC, {"kind": "parquet", "path": dataset}, tmp_path / "run"
+    )
     with pytest.raises(TrainingError, match="4 steps in a row had a non-finite loss"):
         train_fn(config)
 
@@ -146,8 +181,12 @@ def test_non_finite_steps_in_a_row_abort(dataset, tmp_path, monkeypatch):
 def test_in_memory_shards_cover_every_row_once_with_equal_steps():
     arrays = synthetic_arrays(101, SPEC, seed=0)
     arrays.tab[:, 0] = np.arange(101)  # row ids
-    sources = [InMemorySource.from_arrays({TRAIN: arrays, VALIDATION: arrays}, SPEC, rank=r, world_size=3,
-                                          batch_size=8, seed=1) for r in range(3)]
+    sources = [
+        InMemorySource.from_arrays(
+            {TRAIN: arrays, VALIDATION: arrays}, SPEC, rank=r, world_size=3, batch_size=8, seed=1
+        )
+        for r in range(3)
+    ]
     steps = {s.steps_per_epoch() for s in sources}
     assert steps == {math.ceil(34 / 8)}
     seen = np.concatenate([b.tab[:, 0].numpy() for s in sources for b in s.train_batches(epoch=0)])
@@ -179,10 +218,22 @@ def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
     arrays.tab[:, 0] = np.arange(100)
     folder = tmp_path / "converted"
     folder.mkdir()
-    pq.write_table(arrays_to_table(arrays, SPEC, TRAIN), folder / "part-0.parquet", row_group_size=row_group_rows)
+    pq.write_table(
+        arrays_to_table(arrays, SPEC, TRAIN), folder / "part-0.parquet", row_group_size=row_group_rows
+    )
     urls = {TRAIN: [f"file://{folder}/part-0.parquet"], VALIDATION: f"file://{folder}"}
-    sources = [data_module.make_source({"kind": "petastorm", "urls": urls}, SPEC, rank=r, world_size=2,
-                                       batch_size=16, seed=3, shuffle_buffer_rows=32) for r in range(2)]
+    sources = [
+        data_module.make_source(
+            {"kind": "petastorm", "urls": urls},
+            SPEC,
+            rank=r,
+            world_size=2,
+            batch_size=16,
+            seed=3,
+            shuffle_buffer_rows=32,
+        )
+        for r in range(2)
+    ]
     assert all(isinstance(s, PetastormSource) for s in sources)
     evaluated = np.concatenate([b.tab[:, 0].numpy() for s in sources for b in s.eval_batches(VALIDATION, 7)])
     assert sorted(evaluated.tolist()) == list(range(100))
@@ -199,7 +250,9 @@ def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
     # Every read went through the converter's torch loader, row-group sharded by rank when there are enough
     # row groups, with petastorm's own (global-RNG) shuffling queue off; folders are expanded to their files.
     assert calls and all(files == [f"file://{folder}/part-0.parquet"] for files, _ in calls)
-    assert all(kwargs["shuffling_queue_capacity"] == 0 and kwargs["workers_count"] == 1 for _, kwargs in calls)
+    assert all(
+        kwargs["shuffling_queue_capacity"] == 0 and kwargs["workers_count"] == 1 for _, kwargs in calls
+    )
     sharded = {(kwargs.get("cur_shard"), kwargs.get("shard_count")) for _, kwargs in calls}
     assert sharded == ({(0, 2), (1, 2)} if row_group_rows == 10 else {(None, None)})
 
@@ -207,8 +260,9 @@ def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
 def test_layout_errors_name_the_problem(tmp_path):
     arrays = synthetic_arrays(5, SPEC, seed=0)
     table = arrays_to_table(arrays, SPEC, TRAIN)
-    short = table.set_column(table.column_names.index("seq"), "seq",
-                             pa.array([[0.0] * 3] * 5, pa.list_(pa.float32())))
+    short = table.set_column(
+        table.column_names.index("seq"), "seq", pa.array([[0.0] * 3] * 5, pa.list_(pa.float32()))
+    )
     with pytest.raises(DataError, match=r"'seq' must hold 48 values per row .* row 0 has 3"):
         data_module.columns_to_arrays(short, SPEC)
     with pytest.raises(DataError, match=r"lacks column\(s\) \['jump'\]"):
@@ -220,14 +274,21 @@ def test_layout_errors_name_the_problem(tmp_path):
         read_split(tmp_path / "nowhere", TRAIN, SPEC)
 
 
-@pytest.mark.parametrize(("rule", "world_size", "reference", "factor"), [
-    ("sqrt", 1, None, 1.0), ("sqrt", 4, None, 2.0), ("linear", 4, None, 4.0), ("none", 8, None, 1.0),
-    ("sqrt", 2, 256, 2.0),   # tuned for a global batch of 256; 2 x 512 = 4x that
-    ("linear", 1, 1024, 0.5),
-])
+@pytest.mark.parametrize(
+    ("rule", "world_size", "reference", "factor"),
+    [
+        ("sqrt", 1, None, 1.0),
+        ("sqrt", 4, None, 2.0),
+        ("linear", 4, None, 4.0),
+        ("none", 8, None, 1.0),
+        ("sqrt", 2, 256, 2.0),  # tuned for a global batch of 256; 2 x 512 = 4x that
+        ("linear", 1, 1024, 0.5),
+    ],
+)
 def test_learning_rate_follows_the_global_batch(rule, world_size, reference, factor):
     from training.train_fn import scaled_learning_rate
 
-    settings = tiny_settings().model_copy(update={"lr_scaling": rule, "lr_reference_batch": reference,
-                                                  "batch_size": 512, "learning_rate": 1e-3})
+    settings = tiny_settings().model_copy(
+        update={"lr_scaling": rule, "lr_reference_batch": reference, "batch_size": 512, "learning_rate": 1e-3}
+    )
     assert scaled_learning_rate(settings, world_size) == pytest.approx(1e-3 * factor)
