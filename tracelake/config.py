@@ -93,6 +93,8 @@ DEFAULT_DWELL_HOURS: dict[str, tuple[float, float]] = {
 # rule. Each rate is a share of EPCs, except clock_skew: a share of scanning devices.
 CONFOUNDERS = ("air_freight", "return", "recall", "missed_read", "rescan", "clock_skew")
 GENERATOR_PROFILES = ("realistic", "easy")
+DetectorName = Literal["lstm", "baseline", "rules"]
+DETECTOR_NAMES: tuple[DetectorName, ...] = ("lstm", "baseline", "rules")
 DOMAIN_FILE = PROJECT_ROOT / "schemas" / "domain.yaml"
 
 
@@ -501,9 +503,7 @@ class TrainingSettings(_Section):
     # Test rows (the first this many of the test split) the ONNX parity check runs on; 0 = all.
     onnx_parity_rows: int = Field(4096, ge=0)
     # Training job (spark_jobs/train.py): which models `tracelake train` trains by default.
-    models: list[Literal["lstm", "baseline", "rules"]] = Field(
-        default_factory=lambda: ["lstm", "baseline", "rules"]
-    )
+    models: list[DetectorName] = Field(default_factory=lambda: list(DETECTOR_NAMES))
     # Registered model names.
     lstm_model_name: str = "tracelake-anomaly-lstm"
     baseline_model_name: str = "tracelake-anomaly-baseline"
@@ -687,16 +687,6 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             continue  # e.g. TRACELAKE_RUN_ID is not a setting
         _set_path(tree, key, yaml.safe_load(raw) if raw else raw)
     return tree
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def parse_override(item: str) -> tuple[str, Any]:

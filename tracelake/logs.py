@@ -42,7 +42,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-class JobLogger(logging.LoggerAdapter):
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
     """Adds the run's context (run_id, job, dates) to every record."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:

@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracelake import storage
 from tracelake.errors import TracelakeError
@@ -249,7 +249,9 @@ def _expressions(node: Any) -> list[Any]:
 
 def allowed_functions(spark: SparkSession) -> frozenset[str]:
     """Names of the built-in functions a query may call (by group, see ALLOWED_FUNCTION_GROUPS)."""
-    registry = spark._jvm.org.apache.spark.sql.catalyst.analysis.FunctionRegistry.builtin()
+    jvm = spark._jvm
+    assert jvm is not None, "a classic (JVM) session"
+    registry = jvm.org.apache.spark.sql.catalyst.analysis.FunctionRegistry.builtin()
     names = set()
     for identifier in _seq(registry.listFunction()):
         name = identifier.funcName().lower()
@@ -401,7 +403,7 @@ def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame
     register_views(spark, lake_root, relations)
     # A second wall against `fmt`.`path` relations while the statement is analysed (spark.sql analyses
     # eagerly); the session's own setting comes back afterwards, for the jobs that share the session.
-    previous = spark.conf.get("spark.sql.runSQLOnFiles", "true")
+    previous = spark.conf.get("spark.sql.runSQLOnFiles", "true") or "true"
     spark.conf.set("spark.sql.runSQLOnFiles", "false")
     try:
         metadata = _delta_metadata(spark, sql, views, relations, lake_root)
@@ -418,7 +420,7 @@ def run_query(spark: SparkSession, lake_root: str | Path, sql: str) -> DataFrame
 def show(frame: DataFrame, rows: int, truncate: int) -> str:
     """The first ``rows`` rows as a text table (Spark's own layout); a runtime error is one line."""
     try:
-        return frame._jdf.showString(rows, truncate, False)
+        return str(frame._jdf.showString(rows, truncate, False))
     except Exception as error:
         raise QueryError(f"the query failed while running: {_first_line(error)}") from None
 
@@ -477,7 +479,8 @@ def write_csv(
 ) -> int:
     """Every row of the result to one CSV file with a header; returns the row count."""
     target = check_csv_target(path, lake_root, force) if lake_root is not None else Path(path)
-    frame = data if hasattr(data, "to_csv") else data.toPandas()
+    # (pandas from DuckDB/DataFusion, a Spark DataFrame from Spark.)
+    frame = cast("pd.DataFrame", data if hasattr(data, "to_csv") else data.toPandas())
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(target, "w" if force or lake_root is None else "x", newline="", encoding="utf-8") as handle:

@@ -277,8 +277,9 @@ def history(table: DeltaTable) -> pa.Table:
             key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
             for key, value in entry.items()
         }
-        if isinstance(row.get("timestamp"), int):
-            row["timestamp"] = dt.datetime.fromtimestamp(row["timestamp"] / 1000, dt.UTC)
+        millis = row.get("timestamp")
+        if isinstance(millis, int):
+            row["timestamp"] = dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
         rows.append(row)
     keys = {key for row in rows for key in row}
     columns = [k for k in HISTORY_FIRST if k in keys] + sorted(keys - set(HISTORY_FIRST))

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pyarrow import fs as pafs
@@ -141,7 +142,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
             force_virtual_addressing=not store.path_style and not store.endpoint,
         )
         return s3, f"{parsed.netloc}{parsed.path}".rstrip("/")
-    return pafs.FileSystem.from_uri(arrow_uri(uri))
+    filesystem_and_path: tuple[Any, str] = pafs.FileSystem.from_uri(arrow_uri(uri))
+    return filesystem_and_path
 
 
 def delta_rs_options() -> dict[str, str]:
@@ -184,18 +186,18 @@ def hadoop_conf(store: ObjectStore) -> dict[str, str]:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def is_file(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return bool(fs.get_file_info(path).type == pafs.FileType.File)
 
 
 def is_dir(uri: str) -> bool:
     """A folder (on object storage: a prefix that holds at least one object)."""
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return bool(fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
 def list_dir(uri: str) -> list[str]:

@@ -198,7 +198,8 @@ def all_table_specs() -> list[TableSpec]:
 @cache
 def domain() -> dict[str, Any]:
     """Domain enumerations (anomaly types, business steps and tiers, event types, EPC regex)."""
-    return yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
+    values: dict[str, Any] = yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
+    return values
 
 
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
@@ -362,6 +363,7 @@ def write_table(
             # The write replaces what the run owns: redoing it is safe; wait so that the other writer finishes.
             time.sleep(backoff * 2**attempt * random.uniform(1.0, 1.5))
     row = DeltaTable.forPath(spark, location).history(1).select("version").first()
+    assert row is not None, "a table just written has a history"
     return int(row["version"])
 
 
