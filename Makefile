@@ -49,9 +49,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tracelake-setup
 JARS_DIR := .jars/spark$(SPARK)
 
-.PHONY: epcis-schema s3-server setup setup-all demo test test-default test-spark35 lint bench clean-lake
+.PHONY: epcis-schema s3-server setup setup-line setup-lines setup-all demo test test-default test-spark35 lint bench clean-lake
 
-setup: $(STAMP) $(EPCIS_SCHEMA) s3-server
+setup: setup-line s3-server
+
+# One Spark line's environment and JARs, and the EPCIS schema; no S3 server.
+setup-line: $(STAMP) $(EPCIS_SCHEMA)
 
 # SeaweedFS (S3 gateway) for the tests' and the demo's object-storage lake, built from its
 # pinned Go module into .s3/weed; the script skips the build when that binary is already it.
@@ -95,9 +98,14 @@ $(STAMP): pyproject.toml $(LOCK)
 	    > "$$pyspark_home/conf/spark-defaults.conf"
 	touch $(STAMP)
 
-setup-all: s3-server
-	$(MAKE) setup SPARK=4.2
-	$(MAKE) setup SPARK=3.5
+# Both lines. The S3 server's build (CPU) runs beside the two lines' set-up (mostly downloads),
+# which run one after the other: they share pip's, uv's and Maven's caches.
+setup-all:
+	$(MAKE) -j2 --output-sync=line s3-server setup-lines
+
+setup-lines:
+	$(MAKE) setup-line SPARK=4.2
+	$(MAKE) setup-line SPARK=3.5
 
 demo: setup
 	$(VENV)/bin/tracelake demo $(DEMO_ARGS)
