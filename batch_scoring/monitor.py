@@ -22,10 +22,11 @@ One run, one pass over each table for the whole range:
    (batch_scoring/drift.py); status ok / warn / drift from
    ``monitoring.warn_psi`` / ``monitoring.drift_psi``;
 5. writes monitoring/drift (the range's partitions replaced, lineage in the
-   commit info); every drifted column is logged as a warning, and each day
-   with a drifted column gets a retraining marker
-   ``<lake>/<monitoring.retrain_dir>/<event_date>.json`` (the training DAG's
-   sensor reads it); a rerun removes the markers of days that no longer drift.
+   commit info); every drifted column is logged as a warning. A day with a
+   ``drift`` row in the table is what triggers retraining (the daily DAG's
+   ``flag_retraining`` reads the table, tracelake.pipeline.drifted_days); a
+   rerun replaces the day's rows, so a day that no longer drifts stops
+   triggering it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from batch_scoring.score import (
     read_features,
 )
 from batch_scoring.transforms import probabilities, probability_column
-from tracelake import storage
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
@@ -69,11 +69,6 @@ SCORE_COLUMN = "anomaly_score"
 
 class MonitoringError(TracelakeError, ValueError):
     """The scores or the reference that drift is measured against are not there."""
-
-
-def retrain_marker(run: JobRun, day: dt.date) -> str:
-    """The file that marks ``day`` for retraining (what the training DAG's sensor looks for)."""
-    return storage.join(run.lake_root, run.settings.monitoring.retrain_dir, f"{day.isoformat()}.json")
 
 
 def read_scores(run: JobRun) -> DataFrame:
@@ -216,15 +211,15 @@ def _counts(rows: list[Any], *, with_day: bool) -> dict[Any, dict[int, int]]:
     return out
 
 
-def mark_days(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Write a retraining marker for each drifted day, remove stale ones of the range; returns day -> columns."""
-    drifted: dict[dt.date, list[dict[str, Any]]] = defaultdict(list)
+def warn_drifted(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Log a warning for each drifted column; returns day -> its drifted columns."""
+    drifted: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         if row["status"] == drift.DRIFT:
-            drifted[row["event_date"]].append(row)
+            drifted[row["event_date"].isoformat()].append(row["feature"])
             run.log.warning(
                 f"drift: {row['kind']} {row['feature']} on {row['event_date']} has PSI {row['psi']:.3f} "
-                f">= {row['threshold']}; the day is marked for retraining",
+                f">= {row['threshold']}; the day triggers retraining",
                 extra={
                     "event_date": row["event_date"].isoformat(),
                     "feature": row["feature"],
@@ -232,29 +227,11 @@ def mark_days(run: JobRun, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
                     "psi": round(row["psi"], 6),
                 },
             )
-    marked: dict[str, list[str]] = {}
-    for day in days_between(run.start, run.end):
-        marker = retrain_marker(run, day)
-        if day not in drifted:
-            if storage.exists(marker):
-                storage.delete_file(marker)
-            continue
-        payload = {
-            "event_date": day.isoformat(),
-            "run_id": run.run_id,
-            "model_name": drifted[day][0]["model_name"],
-            "model_version": drifted[day][0]["model_version"],
-            "reference": drifted[day][0]["reference"],
-            "drift_psi": run.settings.monitoring.drift_psi,
-            "drifted": [{"feature": r["feature"], "kind": r["kind"], "psi": r["psi"]} for r in drifted[day]],
-        }
-        storage.write_text(marker, json.dumps(payload, indent=2, sort_keys=True))  # never half a file
-        marked[day.isoformat()] = [r["feature"] for r in drifted[day]]
-    return marked
+    return dict(drifted)
 
 
 def execute(run: JobRun) -> dict[str, Any]:
-    """Measure drift for the run's range, write monitoring/drift and the retraining markers; the summary."""
+    """Measure drift for the run's range and write monitoring/drift; the summary."""
     if run.start is None or run.end is None:
         raise MonitoringError("monitor needs --start-date (and optionally --end-date)")
     computed_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -282,7 +259,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         frame, spec, run.lake_root, start=run.start, end=run.end, metadata=run.commit_metadata(models=models)
     )
     run.record_output(DRIFT_TABLE, rows=len(rows), version=version)
-    marked = mark_days(run, rows)
+    drifted_days = warn_drifted(run, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in (drift.OK, drift.WARN, drift.DRIFT)}
     return {
         "start_date": run.start.isoformat(),
@@ -291,8 +268,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         "input_versions": dict(run.inputs),
         "tables": {DRIFT_TABLE: {"rows": len(rows), "version": version}},
         "status_counts": counts,
-        "retrain_days": marked,
-        "retrain_markers": [str(retrain_marker(run, dt.date.fromisoformat(d))) for d in marked],
+        "retrain_days": drifted_days,
     }
 
 
@@ -300,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracelake monitor",
         description="PSI of each model input and score of a range of days against the model's training set; "
-        "writes monitoring/drift and marks drifted days for retraining.",
+        "writes monitoring/drift, whose drifted days trigger retraining.",
     )
     add_common_args(parser)
     return parser.parse_args(argv)

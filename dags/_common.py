@@ -31,9 +31,12 @@ inherits from the Airflow worker.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 TRACELAKE_HOME = Path(os.environ.get("TRACELAKE_HOME") or Path(__file__).resolve().parent.parent)
@@ -50,10 +53,29 @@ MAX_RETRY_DELAY = dt.timedelta(minutes=float(os.environ.get("TRACELAKE_DAG_MAX_R
 START_DATE = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
 
 # Drift found by monitoring: `flag_retraining` of the daily DAG emits an event
-# on this asset when `<lake>/<monitoring.retrain_dir>/` marks a day of its interval,
+# on this asset when `monitoring/drift` holds a `drift` row on a day of its interval,
 # and the training DAG runs on it (besides its weekly schedule).
 RETRAIN_ASSET_NAME = "tracelake_retrain"
 RETRAIN_ASSET_URI = "file:///tracelake/monitoring/_retrain"
+
+
+def core_module(name: str) -> ModuleType:
+    """``tracelake/<name>.py`` of the checkout, loaded from its file without importing the package.
+
+    The pipeline's declaration (``tracelake/pipeline.py``) and the CLI's command table
+    (``tracelake/cli.py``) import only the standard library; the package itself, and what its
+    other modules import, stay out of the DAG processor.
+    """
+    qualified = f"_tracelake_{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    spec = importlib.util.spec_from_file_location(qualified, TRACELAKE_HOME / "tracelake" / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load tracelake/{name}.py from {TRACELAKE_HOME}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
 
 
 def retrain_asset():
@@ -227,22 +249,3 @@ def spark_task(
         doc_md=doc_md,
         **kwargs,
     )
-
-
-def retrain_marks(folder: str | Path, first: dt.date, last: dt.date) -> list[str]:
-    """Entries of the retraining folder (``monitoring.retrain_dir`` under the lake, a local path or
-    an object-store URI: one ``<event_date>.json`` per day monitoring marked) whose name holds a
-    day of [first, last]."""
-    from tracelake import storage
-
-    marks = []
-    for name in storage.list_dir(str(folder)):
-        for found in re.findall(r"\d{4}-\d{2}-\d{2}", name):
-            try:
-                day = dt.date.fromisoformat(found)
-            except ValueError:
-                continue
-            if first <= day <= last:
-                marks.append(name)
-                break
-    return marks

@@ -15,16 +15,36 @@ from _common import (
     START_DATE,
     TIMEOUTS,
     VALIDATION_RETRIES,
+    core_module,
     default_args,
     retrain_asset,
-    retrain_marks,
     spark_task,
 )
-from airflow.sdk import DAG, CronDataIntervalTimetable, chain, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, task
 
+# The steps, their commands, dependencies and gates: declared once in tracelake/pipeline.py
+# (the demo runs the same declaration in one Spark session).
+pipeline = core_module("pipeline")
+cli = core_module("cli")
+STEPS = pipeline.in_order(pipeline.DAILY_STEPS)
 RETRAIN = retrain_asset()
 
-DOC = """
+
+def step_rows() -> str:
+    """The DOC table's rows: one per declared step, then the retraining flag."""
+    rows = []
+    for step in STEPS:
+        args = " ".join(step.args)
+        entrypoint = f"`{cli.entrypoint_file(step.command)}{' ' + args if args else ''}`"
+        rows.append(f"| `{step.name}` | {entrypoint} | {step.stops_when} |")
+    rows.append(
+        "| `flag_retraining` | reads `monitoring/drift` (delta-rs) | skipped when no day of the interval "
+        "has a `drift` row |"
+    )
+    return "\n".join(rows)
+
+
+DOC = f"""
 ### tracelake_daily
 
 For the run's **data interval** (one UTC day: the run that starts after midnight
@@ -37,18 +57,12 @@ full day before D (Airflow infers a manual run's interval as the last complete o
 
 | task | entrypoint | stops the run when |
 | --- | --- | --- |
-| `ingest` | `spark_jobs/ingest.py` | a landing day is missing or unreadable |
-| `validate_bronze` | `spark_jobs/validate.py --table bronze_scan_events` | a critical expectation fails |
-| `validate_silver` | `spark_jobs/validate.py --table silver_scan_events` | a critical expectation fails |
-| `build_features` | `spark_jobs/build_features.py` | silver is missing for a day |
-| `validate_features` | `spark_jobs/validate.py --table features_event_features` | a critical expectation fails |
-| `score` | `batch_scoring/score.py` (champion model) | the model cannot be resolved or verified |
-| `validate_scores` | `spark_jobs/validate.py --table gold_scored_events` | a critical expectation fails |
-| `monitor` | `batch_scoring/monitor.py` | - (drift is recorded, not raised) |
-| `flag_retraining` | reads `<lake>/monitoring/_retrain/` | skipped when no day of the interval is marked |
+{step_rows()}
 
 A failed validation fails its task; everything after it is `upstream_failed`,
-so bad data is never scored. Every job replaces exactly the partitions of its
+so bad data is never scored. Gold is validated once, inside `score`: the task
+fails when the scores it wrote break their expectations, so `monitor` never
+reads them. Every job replaces exactly the partitions of its
 dates, so a rerun (clear the run or a task) or a backfill
 (`airflow backfill create --dag-id tracelake_daily --from-date D1 --to-date D2`)
 is idempotent. `flag_retraining` updates the asset `tracelake_retrain`, which
@@ -70,95 +84,37 @@ with DAG(
     doc_md=DOC,
     tags=["tracelake", "daily"],
 ) as dag:
-    ingest = spark_task(
-        "ingest",
-        "spark_jobs/ingest.py",
-        DATE_ARGS,
-        timeout="ingest",
-        doc_md="Landing files of the interval -> `bronze/scan_events` (+ `bronze/quarantine`) -> `silver/scan_events`, `silver/labels`.",
-    )
-    validate_bronze = spark_task(
-        "validate_bronze",
-        "spark_jobs/validate.py",
-        ["--table", "bronze_scan_events", *DATE_ARGS],
-        timeout="validate",
-        retries=VALIDATION_RETRIES,
-        doc_md="Great Expectations suite `schemas/expectations/bronze_scan_events.json` on the interval's partitions.",
-    )
-    validate_silver = spark_task(
-        "validate_silver",
-        "spark_jobs/validate.py",
-        ["--table", "silver_scan_events", *DATE_ARGS],
-        timeout="validate",
-        retries=VALIDATION_RETRIES,
-        doc_md="Suite `silver_scan_events` (reconciled with bronze) on the interval's partitions.",
-    )
-    build_features = spark_task(
-        "build_features",
-        "spark_jobs/build_features.py",
-        DATE_ARGS,
-        timeout="features",
-        doc_md="Daily snapshot features and point-in-time event features (`features/event_features`).",
-    )
-    validate_features = spark_task(
-        "validate_features",
-        "spark_jobs/validate.py",
-        ["--table", "features_event_features", *DATE_ARGS],
-        timeout="validate",
-        retries=VALIDATION_RETRIES,
-        doc_md="Suite `features_event_features` (reconciled with silver, ranges, no future snapshot).",
-    )
-    score = spark_task(
-        "score",
-        "batch_scoring/score.py",
-        DATE_ARGS,
-        timeout="score",
-        doc_md="Scores the interval's event features with the `champion` ONNX model -> `gold/scored_events`.",
-    )
-    validate_scores = spark_task(
-        "validate_scores",
-        "spark_jobs/validate.py",
-        ["--table", "gold_scored_events", *DATE_ARGS],
-        timeout="validate",
-        retries=VALIDATION_RETRIES,
-        doc_md="Suite `gold_scored_events` (probabilities in [0, 1], one row per event).",
-    )
-    monitor = spark_task(
-        "monitor",
-        "batch_scoring/monitor.py",
-        DATE_ARGS,
-        timeout="monitor",
-        doc_md="Drift (PSI) of features and scores against the training reference -> `monitoring/drift`; "
-        "marks drifting days under `monitoring/_retrain/`.",
-    )
+    tasks = {}
+    for step in STEPS:
+        tasks[step.name] = spark_task(
+            step.name,
+            cli.entrypoint_file(step.command),
+            [*step.args, *DATE_ARGS],
+            timeout=step.command,
+            doc_md=step.doc,
+            # A check's verdict does not change on retry: fix the data, then clear the task.
+            **({"retries": VALIDATION_RETRIES} if step.gate == pipeline.Gate.CHECK else {}),
+        )
+        for upstream in step.upstream:
+            tasks[upstream] >> tasks[step.name]
 
     @task(task_id="flag_retraining", outlets=[RETRAIN], retries=0, execution_timeout=TIMEOUTS["check"])
     def flag_retraining(data_interval_start=None, data_interval_end=None) -> list[str]:
-        """Emit a `tracelake_retrain` asset event when monitoring marked a day of this interval; skip otherwise."""
+        """Emit a `tracelake_retrain` asset event when `monitoring/drift` has a drifted day in this
+        interval; skip otherwise. Read with delta-rs: no Spark in the Airflow worker."""
         import datetime as dt
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tracelake import storage
         from tracelake.config import load_settings
+        from tracelake.pipeline import drifted_days
 
         first = data_interval_start.date()
-        last = (data_interval_end - dt.timedelta(microseconds=1)).date()
-        settings = load_settings()
-        folder = storage.join(settings.lake_uri, settings.monitoring.retrain_dir)
-        marks = retrain_marks(folder, first, max(first, last))
-        if not marks:
-            raise AirflowSkipException(f"no retraining mark for {first}..{last} in {folder}")
-        return marks
+        last = max(first, (data_interval_end - dt.timedelta(microseconds=1)).date())
+        lake = load_settings().lake_uri
+        days = drifted_days(lake, first, last)
+        if not days:
+            raise AirflowSkipException(f"no drift in {lake}/monitoring/drift for {first}..{last}")
+        return [day.isoformat() for day in days]
 
-    chain(
-        ingest,
-        validate_bronze,
-        validate_silver,
-        build_features,
-        validate_features,
-        score,
-        validate_scores,
-        monitor,
-        flag_retraining(),
-    )
+    tasks[STEPS[-1].name] >> flag_retraining()

@@ -30,7 +30,8 @@ DOC = """
 
 Runs every Monday 03:00 UTC for the week that just ended, and also whenever the
 asset `tracelake_retrain` is updated (the daily DAG's `flag_retraining` does so
-when monitoring marks a day for retraining: PSI above `monitoring.drift_psi`).
+when `monitoring/drift` has a `drift` row on a day of its interval: PSI above
+`monitoring.drift_psi`; it reads the Delta table with delta-rs, no Spark).
 
 The cut-off **as of** is the data interval's end (weekly runs) or the time the
 run was due (drift-triggered runs). Labels arrive late, so the training set

@@ -1,4 +1,6 @@
 import datetime as dt
+import itertools
+from types import SimpleNamespace
 
 import pytest
 from pyspark.sql import functions as F
@@ -106,3 +108,94 @@ def test_snapshot_files_are_the_versions_own_files(spark, lake_settings):
 def test_conform_names_missing_columns(spark):
     with pytest.raises(TableError, match="lacks column"):
         conform(spark.range(1).withColumn("event_id", F.lit("a")), table_spec("silver_labels"))
+
+
+# ---------------------------------------------------------------- the pipeline's declaration
+
+
+def test_daily_steps_are_declared_once_with_their_commands_and_gates():
+    from tracelake.cli import COMMANDS, entrypoint_file
+    from tracelake.pipeline import DAILY_STEPS, Gate, in_order, step
+
+    steps = in_order(DAILY_STEPS)
+    assert [s.name for s in steps] == [
+        "ingest",
+        "validate_bronze",
+        "validate_silver",
+        "build_features",
+        "validate_features",
+        "score",
+        "monitor",
+    ]
+    assert all(s.command in COMMANDS and s.doc and s.stops_when for s in steps)
+    assert all(s.upstream == (before.name,) for before, s in itertools.pairwise(steps))
+    assert steps[0].upstream == ()
+    checks = {s.name: (s.command, s.args, s.validates) for s in steps if s.gate is Gate.CHECK}
+    assert checks == {
+        f"validate_{short}": ("validate", ("--table", table), table)
+        for short, table in [
+            ("bronze", "bronze_scan_events"),
+            ("silver", "silver_scan_events"),
+            ("features", "features_event_features"),
+        ]
+    }
+    # Gold is validated once, by the score step (which fails on bad scores), never by a second step.
+    assert step("score").validates == "gold_scored_events" and step("score").gate is Gate.STOP
+    assert [s.name for s in steps if s.validates == "gold_scored_events"] == ["score"]
+    assert step("monitor").gate is Gate.WARN
+    assert [s.name for s in steps if s.needs_champion] == ["score", "monitor"]
+    assert entrypoint_file("score") == "batch_scoring/score.py"
+    with pytest.raises(ValueError, match="not declared before it"):
+        in_order((step("monitor"), step("score")))
+
+
+def test_the_demo_runs_the_declared_steps_and_a_check_keeps_only_the_days_that_passed(monkeypatch):
+    """The demo's runner over the declaration, without Spark: each check narrows the day ranges the
+    following steps run on; the other steps run their command's execute once per range."""
+    from tracelake import demo
+    from tracelake.pipeline import DAILY_STEPS
+
+    calls: list[tuple[str, dt.date, dt.date]] = []
+    bodies: list[str] = []
+    day = [dt.date(2025, 7, d) for d in range(1, 6)]
+
+    class Recorder(demo.Pipeline):
+        def __init__(self) -> None:  # no Spark session
+            pass
+
+        def step(self, job, start, end, body, label=""):
+            calls.append((label or job, start, end))
+            bodies.append(body.__name__)
+
+        def validate(self, table, start, end):
+            calls.append((f"validate {table}", start, end))
+            # silver fails on day 3
+            if table == "silver_scan_events" and start <= day[2] <= end:
+                return [r for r in [(start, day[1]), (day[3], end)] if r[0] <= r[1]]
+            return [(start, end)]
+
+    def execute(run):
+        return None
+
+    def score_and_show_top(run):
+        return None
+
+    module = SimpleNamespace(execute=execute, score_and_show_top=score_and_show_top)
+    monkeypatch.setattr(demo, "entrypoint_module", lambda command: module)
+    pipeline = Recorder()
+    ranges = pipeline.run_steps(DAILY_STEPS[:5], [(day[0], day[4])])
+    assert ranges == [(day[0], day[1]), (day[3], day[4])]
+    assert calls == [
+        ("ingest", day[0], day[4]),
+        ("validate bronze_scan_events", day[0], day[4]),
+        ("validate silver_scan_events", day[0], day[4]),
+        ("features", day[0], day[1]),
+        ("features", day[3], day[4]),
+        ("validate features_event_features", day[0], day[1]),
+        ("validate features_event_features", day[3], day[4]),
+    ]
+    calls.clear()
+    bodies.clear()
+    pipeline.run_steps(DAILY_STEPS[5:], [(day[3], day[4])], show_top=True)
+    assert calls == [("score", day[3], day[4]), ("monitor", day[3], day[4])]
+    assert bodies == ["score_and_show_top", "execute"]

@@ -3,13 +3,15 @@
 Each subcommand runs the very `main()` of the step's spark-submit entrypoint,
 so `tracelake ingest --start-date D` and
 `spark-submit spark_jobs/ingest.py --start-date D` are the same code.
-Entrypoints are imported only when their command runs.
+Entrypoints are imported only when their command runs. Standard library only at import time: the
+DAG files load this module from its file to find each step's entrypoint (tracelake/pipeline.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
 
 # command -> (entrypoint module, one-line help). Later stages add theirs here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "monitor": (
         "batch_scoring.monitor",
-        "drift (PSI) of model inputs and scores vs the training set; retrain markers",
+        "drift (PSI) of model inputs and scores vs the training set -> monitoring/drift",
     ),
     "query": (
         "tracelake.query",
@@ -43,6 +45,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("tracelake.standalone", "start/stop a Spark standalone master and workers on loopback"),
     "demo": ("tracelake.demo", "run the whole pipeline on the embedded default"),
 }
+
+
+def entrypoint_module(command: str) -> ModuleType:
+    """The entrypoint module of ``command`` (its ``main``, and the ``execute`` the demo runs in-process)."""
+    return importlib.import_module(COMMANDS[command][0])
+
+
+def entrypoint_file(command: str) -> str:
+    """The spark-submit file of ``command``, relative to the project root: ``spark_jobs/ingest.py``."""
+    return COMMANDS[command][0].replace(".", "/") + ".py"
 
 
 def _usage() -> str:
@@ -66,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tracelake.runs import run_entrypoint
 
-    module = importlib.import_module(COMMANDS[command][0])
-    return run_entrypoint(module.main, rest)
+    return run_entrypoint(entrypoint_module(command).main, rest)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ generate → ingest → validate bronze and silver → features → validate fea
 → promotion gate → score every validated day with the champion (validated
 before it counts) → drift monitoring → the top anomalies of the last day.
 
-Each step is the same `execute` its spark-submit entrypoint runs; a step only
-runs on the days the previous validation passed. It ends by printing where
-the lake is and what each table holds (rows, Delta version).
+The daily steps, their order and gates come from tracelake/pipeline.py, the
+declaration the Airflow DAG is built from. Each step is the same `execute` its
+`tracelake` command (and spark-submit entrypoint) runs, found through the CLI's
+command table and imported when it runs; a step only runs on the days the
+previous check passed. It ends by printing where the lake is and what each
+table holds (rows, Delta version).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from tracelake.cli import entrypoint_module
 from tracelake.config import Settings
 from tracelake.dates import days_between, parse_date
 from tracelake.errors import TracelakeError
+from tracelake.pipeline import DAILY_STEPS, Gate, Step, in_order
 from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
 from tracelake.spark import build_spark
 from tracelake.tables import (
@@ -123,7 +128,29 @@ class Pipeline:
         name = table if isinstance(table, str) else table.name
         report = self.step("validate", start, end, lambda run: validate_table(run, table), f"validate {name}")
         print(report.summary_text(), flush=True)
-        return report.passed_ranges()
+        ranges: list[tuple[dt.date, dt.date]] = report.passed_ranges()
+        return ranges
+
+    def run_steps(
+        self, steps: Sequence[Step], ranges: list[tuple[dt.date, dt.date]], *, show_top: bool = False
+    ) -> list[tuple[dt.date, dt.date]]:
+        """Run declared steps in order on ``ranges``; returns the ranges that passed every check.
+
+        A check keeps only the days that passed; any other step's failure stops the demo. With
+        ``show_top``, scoring also prints the top anomalies of the range's last day.
+        """
+        for step in steps:
+            if step.gate is Gate.CHECK:
+                table = step.validates or step.name
+                ranges = [r for s, e in ranges for r in self.validate(table, s, e)]
+                continue
+            if step.args:  # execute(run) takes the dates only; the arguments are the CLI's
+                raise DemoError(f"step {step.name!r} has arguments {step.args}, which the demo cannot pass")
+            module = entrypoint_module(step.command)
+            body = module.score_and_show_top if show_top and step.command == "score" else module.execute
+            for s, e in ranges:
+                self.step(step.command, s, e, body)
+        return ranges
 
 
 def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tuple[str, int, int | None]]:
@@ -141,31 +168,19 @@ def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from batch_scoring import monitor, score
-    from spark_jobs import (
-        build_features,
-        build_training_set,
-        generate,
-        ingest,
-        promote,
-        train,
-    )
-
     args = build_parser().parse_args(argv)
     settings, start, end = _demo_settings(args)
     print(
         f"tracelake demo: lake at {settings.lake_uri} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})"
     )
     pipeline = Pipeline(settings)
+    # The daily steps up to the first that needs a model run on every day; a model is trained
+    # in between; the rest run per validated range.
+    steps = in_order(DAILY_STEPS)
+    first_scoring = next(i for i, step in enumerate(steps) if step.needs_champion)
 
-    pipeline.step("generate", start, end, generate.execute)
-    pipeline.step("ingest", start, end, ingest.execute)
-    ranges = [(start, end)]
-    for table in ("bronze_scan_events", "silver_scan_events"):
-        ranges = [r for s, e in ranges for r in pipeline.validate(table, s, e)]
-    for s, e in ranges:
-        pipeline.step("features", s, e, build_features.execute)
-    ranges = [r for s, e in ranges for r in pipeline.validate("features_event_features", s, e)]
+    pipeline.step("generate", start, end, entrypoint_module("generate").execute)
+    ranges = pipeline.run_steps(steps[:first_scoring], [(start, end)])
 
     # Labels arrive up to labels.max_delay_days after the event: a training set cut at the end
     # of the data is judged only on the days whose labels have all arrived by then.
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "training-set",
         set_start,
         set_end,
-        lambda run: build_training_set.execute(
+        lambda run: entrypoint_module("training-set").execute(
             run, as_of, DEMO_TRAINING_SET, allow_immature_labels=maturity < settings.label_max_delay_days
         ),
     )
@@ -194,15 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         "train",
         set_start,
         set_end,
-        lambda run: train.execute(run, DEMO_TRAINING_SET, quick=not args.full_training),
+        lambda run: entrypoint_module("train").execute(run, DEMO_TRAINING_SET, quick=not args.full_training),
     )
-    pipeline.step("promote", set_start, set_end, lambda run: promote.execute(run))
+    pipeline.step("promote", set_start, set_end, entrypoint_module("promote").execute)
     # Scoring validates each scored day before the run succeeds; the last
     # range's step also prints the top anomalies of its last day.
     for i, (s, e) in enumerate(ranges):
-        show = score.score_and_show_top if i == len(ranges) - 1 else score.execute
-        pipeline.step("score", s, e, show)
-        pipeline.step("monitor", s, e, monitor.execute)
+        pipeline.run_steps(steps[first_scoring:], [(s, e)], show_top=i == len(ranges) - 1)
 
     specs = [*all_table_specs(), named_table_spec("training_set", name=DEMO_TRAINING_SET)]
     summary = table_summary(pipeline.spark, specs, settings.lake_uri)

@@ -25,15 +25,13 @@ DAILY_ORDER = [
     "validate_silver",
     "build_features",
     "validate_features",
-    "score",
-    "validate_scores",
+    "score",  # validates the gold it wrote (no separate validate_scores task)
     "monitor",
     "flag_retraining",
 ]
 TRAINING_ORDER = ["build_training_set", "validate_training_set", "train", "promote"]
 SCORING_TASKS = {
     "score": "batch_scoring/score.py",
-    "validate_scores": "batch_scoring/score.py",
     "monitor": "batch_scoring/monitor.py",
 }
 

@@ -34,6 +34,7 @@ def describe(dag) -> dict:
             "max_retry_delay_s": task.max_retry_delay.total_seconds() if task.max_retry_delay else None,
             "execution_timeout_s": task.execution_timeout.total_seconds() if task.execution_timeout else None,
             "doc_md": bool(task.doc_md),
+            "doc_md_text": task.doc_md or "",
             "application": getattr(task, "application", None),
             "application_args": getattr(task, "application_args", None),
             "conn_id": getattr(task, "conn_id", None) or getattr(task, "_conn_id", None),
