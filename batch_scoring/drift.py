@@ -24,11 +24,13 @@ from collections.abc import Mapping, Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from tracelake.model_io import SEQ_COLUMN, SEQ_LEN_COLUMN
+
 NULL_BIN = -1
 OK, WARN, DRIFT = "ok", "warn", "drift"
 
 
-SEQ_LEN_INPUT = "seq_len"
+SEQ_LEN_INPUT = SEQ_LEN_COLUMN  # the sequence input's length is monitored as it is
 EVENT_STEP_PREFIX = "seq_last_"
 
 
@@ -38,7 +40,10 @@ def event_step_inputs(seq_features: Sequence[str]) -> list[str]:
 
 
 def with_event_step(
-    frame: DataFrame, seq_features: Sequence[str], seq_column: str = "seq", seq_len_column: str = "seq_len"
+    frame: DataFrame,
+    seq_features: Sequence[str],
+    seq_column: str = SEQ_COLUMN,
+    seq_len_column: str = SEQ_LEN_COLUMN,
 ) -> DataFrame:
     """Add ``seq_last_<f>``: feature ``f`` of the sequence's last real step, i.e. of the event itself.
 

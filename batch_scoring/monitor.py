@@ -43,15 +43,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch_scoring import drift
+from batch_scoring.model_loading import LoadedModel, load_onnx_model
 from batch_scoring.score import (
     SCORED,
-    LoadedModel,
     ScoringInputError,
     read_features,
 )
 from batch_scoring.transforms import probabilities, probability_column
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
+from tracelake.model_io import SPLIT_COLUMN
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import (
     named_table_spec,
@@ -152,11 +153,11 @@ def drift_rows(
     in_days = F.col("event_date").isin([F.lit(d) for d in days])
 
     input_ref = drift.with_event_step(
-        reference.where(F.col("split") == settings.input_reference_split), model.seq_features
+        reference.where(F.col(SPLIT_COLUMN) == settings.input_reference_split), model.seq_features
     )
     score_ref = with_anomaly_score(
         probabilities(
-            reference.where(F.col("split") == settings.score_reference_split), model, passthrough=[]
+            reference.where(F.col(SPLIT_COLUMN) == settings.score_reference_split), model, passthrough=[]
         ),
         model.label_names,
     ).localCheckpoint()  # scored once, read twice (quantiles, counts)
@@ -244,7 +245,7 @@ def execute(run: JobRun) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     models = []
     for (name, version), days in groups.items():
-        loaded = LoadedModel(run, f"models:/{name}/{version}")
+        loaded = load_onnx_model(run, f"models:/{name}/{version}")
         try:
             with run.log.step("drift", model=name, model_version=version, days=len(days)) as result:
                 part = drift_rows(run, loaded, days, features, scores, computed_at)

@@ -32,25 +32,22 @@ import argparse
 import datetime as dt
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from batch_scoring.model_loading import LoadedModel, LoadedRules, load_model
 from batch_scoring.transforms import (
-    KEY_COLUMNS,
     check_features,
     flags_and_score,
     probability_column,
     score_events,
-    scoring_model,
 )
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
+from tracelake.model_io import KEY_COLUMNS, sequence_features
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import (
     domain,
@@ -68,141 +65,6 @@ ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 class ScoringInputError(TracelakeError, ValueError):
     """The features the range needs are not there."""
-
-
-class LoadedModel:
-    """A registered ONNX model resolved, verified and ready to ship to the executors."""
-
-    def __init__(self, run: JobRun, uri: str) -> None:
-        from tracelake.model_registry import fetch_onnx_model
-        from tracelake.tracking import configure_mlflow
-        from training.onnx_export import read_metadata
-
-        configure_mlflow(run.settings)
-        with tempfile.TemporaryDirectory(prefix="tracelake-model-") as folder:
-            resolved = fetch_onnx_model(uri, folder)  # raises ModelChecksumError on a changed artifact
-            self.bytes = Path(resolved.path).read_bytes()
-            self.metadata = read_metadata(resolved.path)
-        self.uri, self.name, self.version = uri, resolved.name, resolved.version
-        self.run_id, self.sha256, self.tags = resolved.run_id, resolved.sha256, dict(resolved.tags)
-        self._broadcast: Any = None
-        settings = run.settings.scoring
-        self._broadcast = run.spark.sparkContext.broadcast(self.bytes)
-        self.model, warnings = scoring_model(
-            self.metadata,
-            self._broadcast,
-            self.sha256,
-            label_names=domain()["anomaly_types"],
-            default_threshold=settings.default_threshold,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-        )
-        for warning in warnings:
-            run.log.warning(warning, extra={"model": self.name, "model_version": self.version})
-        run.log.event(
-            "model resolved",
-            model_uri=uri,
-            model=self.name,
-            model_version=self.version,
-            model_run_id=self.run_id,
-            sha256=self.sha256,
-            bytes=len(self.bytes),
-        )
-
-    def lineage(self) -> dict[str, str]:
-        return {
-            "model_uri": self.uri,
-            "model_name": self.name,
-            "model_version": self.version,
-            "model_run_id": self.run_id,
-            "model_sha256": self.sha256,
-        }
-
-    def release(self) -> None:
-        if self._broadcast is not None:
-            self._broadcast.unpersist()
-            self._broadcast = None
-
-
-class LoadedRules:
-    """A registered rules detector (training/rules.py): scored by Spark expressions, no model file to ship."""
-
-    def __init__(self, run: JobRun, uri: str) -> None:
-        import mlflow
-
-        from tracelake.model_registry import (
-            CHECKSUM_TAG,
-            ModelChecksumError,
-            get_version,
-            parse_model_uri,
-            sha256_of,
-        )
-        from tracelake.tracking import configure_mlflow
-        from training.rules import RulesDetector
-
-        configure_mlflow(run.settings)
-        name, alias, number = parse_model_uri(uri)
-        version = get_version(name, alias=alias, version=number)
-        with tempfile.TemporaryDirectory(prefix="tracelake-rules-") as folder:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=folder))
-            document = local / "rules.json"
-            expected, actual = (version.tags or {}).get(CHECKSUM_TAG), sha256_of(document)
-            if expected != actual:
-                raise ModelChecksumError(
-                    f"{name} version {version.version}: rules.json has SHA-256 {actual}, "
-                    f"the registry recorded {expected}; it was changed after registration"
-                )
-            self.detector = RulesDetector.from_json(document.read_text())
-        labels = list(domain()["anomaly_types"])
-        if sorted(self.detector.labels) != sorted(labels):
-            raise ScoringInputError(
-                f"rules detector {name} v{version.version} covers {self.detector.labels}, "
-                f"the scored table needs {labels}"
-            )
-        self.uri, self.name, self.version = uri, name, str(version.version)
-        self.run_id, self.sha256, self.tags = version.run_id, actual, dict(version.tags or {})
-        self.model = RulesFlags(tuple(labels), tuple(self.detector.thresholds[label] for label in labels))
-        run.log.event(
-            "model resolved",
-            model_uri=uri,
-            model=name,
-            model_version=self.version,
-            kind="rules",
-            variants=dict(self.detector.variants),
-        )
-
-    def lineage(self) -> dict[str, str]:
-        return {
-            "model_uri": self.uri,
-            "model_name": self.name,
-            "model_version": self.version,
-            "model_run_id": self.run_id,
-            "model_sha256": self.sha256,
-        }
-
-    def release(self) -> None:
-        """Nothing is broadcast."""
-
-
-@dataclass(frozen=True)
-class RulesFlags:
-    """What :func:`batch_scoring.transforms.flags_and_score` needs of a model: labels and thresholds."""
-
-    label_names: tuple[str, ...]
-    thresholds: tuple[float, ...]
-
-
-def load_model(run: JobRun, uri: str) -> LoadedModel | LoadedRules:
-    """The registered version behind ``uri``: ONNX (the sequence model) or a rules detector."""
-    from tracelake.model_registry import FORMAT_TAG, get_version, parse_model_uri
-    from tracelake.tracking import configure_mlflow
-    from training.rules import FORMAT as RULES_FORMAT
-
-    configure_mlflow(run.settings)
-    name, alias, number = parse_model_uri(uri)
-    if (get_version(name, alias=alias, version=number).tags or {}).get(FORMAT_TAG) == RULES_FORMAT:
-        return LoadedRules(run, uri)
-    return LoadedModel(run, uri)
 
 
 def read_features(run: JobRun) -> DataFrame:
@@ -255,7 +117,6 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
 
     if run.start is None or run.end is None:
         raise ScoringInputError("score needs --start-date (and optionally --end-date)")
-    from spark_jobs.transforms.event_features import sequence_features
 
     uri = model_uri or run.settings.scoring.model_uri
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -15,10 +15,11 @@ The model runs inside Spark through ``mapInPandas``. What makes it fast:
 - the Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch``, config
   ``scoring.arrow_batch_rows``) is one ONNX Runtime call.
 
-Rows go through :func:`training.data.columns_to_arrays`, the function that
-builds the training batches, so scoring and training read the feature layout
-the same way. Probabilities, thresholds and the anomaly score are computed
-here; lineage columns are added by the job.
+Rows go through :func:`tracelake.model_io.model_inputs`, the conversion that
+also builds the training batches, so scoring and training read the feature
+layout the same way. Nothing here imports torch: a worker loads numpy,
+pyarrow, pandas and ONNX Runtime only. Probabilities, thresholds and the
+anomaly score are computed here; lineage columns are added by the job.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from tracelake.errors import TracelakeError
-
-KEY_COLUMNS = ("event_id", "epc_code", "event_time", "location_id", "event_date")
-SEQ_COLUMN, SEQ_LEN_COLUMN = "seq", "seq_len"
-INPUT_NAMES = ("seq", "seq_len", "tab")
-OUTPUT_NAME = "probabilities"
+from tracelake.model_io import (
+    KEY_COLUMNS,
+    OUTPUT_NAME,
+    SEQ_COLUMN,
+    SEQ_LEN_COLUMN,
+    FeatureSpec,
+    model_inputs,
+)
 
 
 class ScoringModelError(TracelakeError, ValueError):
@@ -70,9 +74,7 @@ class ScoringModel:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
 
-    def feature_spec(self) -> Any:
-        from training.data import FeatureSpec
-
+    def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(self.seq_features, self.tab_features, self.seq_len, self.label_names)
 
     def model_bytes(self) -> bytes:
@@ -89,7 +91,7 @@ def scoring_model(
     intra_op_threads: int = 1,
     inter_op_threads: int = 1,
 ) -> tuple[ScoringModel, list[str]]:
-    """The :class:`ScoringModel` of an exported model's metadata (``training.onnx_export.read_metadata``).
+    """The :class:`ScoringModel` of an exported model's metadata (``tracelake.model_io.read_metadata``).
 
     ``label_names`` are the labels the output table has columns for; the
     model must predict exactly those. Returns the model and warnings (e.g.
@@ -131,7 +133,7 @@ def check_features(
     model: ScoringModel, columns: Sequence[str], sequence_features: Sequence[str], sequence_length: int
 ) -> None:
     """Fail early, on the driver, when the feature table cannot feed the model."""
-    missing = [c for c in (*KEY_COLUMNS, SEQ_COLUMN, SEQ_LEN_COLUMN, *model.tab_features) if c not in columns]
+    missing = [c for c in (*KEY_COLUMNS, *model.feature_spec().input_columns) if c not in columns]
     if missing:
         raise ScoringModelError(
             f"the model reads column(s) {missing}, which features_event_features lacks; "
@@ -176,19 +178,7 @@ def session_for(model: ScoringModel) -> Any:
 
 def feeds(frame: Mapping[str, Any], model: ScoringModel) -> dict[str, np.ndarray]:
     """ONNX Runtime inputs for rows of the feature table (pandas frame or column dict)."""
-    from training.data import columns_to_arrays
-
-    spec = model.feature_spec()
-    n = len(frame[SEQ_LEN_COLUMN])
-    columns = {name: frame[name] for name in (SEQ_COLUMN, SEQ_LEN_COLUMN, *spec.tab_features)}
-    zeros = np.zeros(n, dtype=np.float32)
-    columns.update(dict.fromkeys(spec.label_names, zeros))  # the layout has labels; scoring has none
-    arrays = columns_to_arrays(columns, spec)
-    return {
-        "seq": np.ascontiguousarray(arrays.seq, dtype=np.float32),
-        "seq_len": np.ascontiguousarray(arrays.seq_len, dtype=np.int64),
-        "tab": np.ascontiguousarray(arrays.tab, dtype=np.float32),
-    }
+    return model_inputs(frame, model.feature_spec())
 
 
 def predict(frame: Mapping[str, Any], model: ScoringModel) -> np.ndarray:

@@ -1,26 +1,12 @@
-"""Training data: the column layout, batches sharded by rank, and a synthetic set.
+"""Training data: batches sharded by rank, and a synthetic set.
 
-Column layout (what the training-set job writes and what this module reads):
-
-| column | type | meaning |
-| --- | --- | --- |
-| one per tabular feature | float (double accepted) | ``FeatureSpec.tab_features``, in that order |
-| ``seq`` | array<float>, exactly ``seq_len * n_seq_features`` long | the EPC's last events, flattened time-major |
-| ``seq_len`` | int | how many leading time steps of ``seq`` are real events (1..seq_len) |
-| one per label | int, 0 or 1 | ``FeatureSpec.label_names`` (schemas/domain.yaml ``anomaly_types``) |
-| ``split`` | string | ``train``, ``validation`` or ``test`` |
-
-``seq`` is one flat array, not one array column per sequence feature: one
-column is one Arrow list to convert (a reshape, no per-feature stacking), and
-the Spark side builds it with one ``flatten(transform(...))``. Element
-``t * n_seq_features + f`` is feature ``FeatureSpec.seq_features[f]`` of time
-step ``t``. Steps are oldest first and right-padded: steps ``0 .. seq_len-1``
-are the EPC's most recent events ending with this one (so step ``seq_len-1``
-is the event itself), later steps are padding (any value; 0 by convention).
-Right padding lets a unidirectional RNN read the output at step ``seq_len-1``,
-which no padding can influence, without packed sequences (which ONNX export
-handles badly). Missing feature values may be null/NaN: the model imputes the
-training mean for them.
+The column layout the training set is written in, the feature spec and the
+conversion of rows to numpy arrays are the model's input contract and live in
+:mod:`tracelake.model_io` (no torch); this module adds torch on top:
+:class:`Arrays` that become :class:`Batch` tensors, and the data sources.
+Right padding of ``seq`` lets a unidirectional RNN read the output at step
+``seq_len-1``, which no padding can influence, without packed sequences
+(which ONNX export handles badly).
 
 Three sources give the train function its batches, all sharded by rank with
 the same number of training steps on every rank (DDP needs that):
@@ -44,120 +30,40 @@ import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from tracelake import storage
-from tracelake.errors import TracelakeError
+from tracelake import model_io, storage
 
-SEQ_COLUMN = "seq"
-SEQ_LEN_COLUMN = "seq_len"
-SPLIT_COLUMN = "split"
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-SPLITS = (TRAIN, VALIDATION, TEST)
-_RESERVED = {SEQ_COLUMN, SEQ_LEN_COLUMN, SPLIT_COLUMN}
-
-
-class DataError(TracelakeError, ValueError):
-    """Training data that does not match the column layout above."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Names and order of the model's inputs and outputs (they travel with the model)."""
-
-    seq_features: tuple[str, ...]
-    tab_features: tuple[str, ...]
-    seq_len: int
-    label_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        for field_name in ("seq_features", "tab_features", "label_names"):
-            object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
-        if not self.seq_features or not self.tab_features or not self.label_names:
-            raise DataError(
-                f"a feature spec needs at least one sequence feature, tabular feature and label; got {self}"
-            )
-        if self.seq_len < 1:
-            raise DataError(f"seq_len must be >= 1, got {self.seq_len}")
-        columns = [*self.tab_features, *self.label_names]
-        clashes = sorted({c for c in columns if columns.count(c) > 1} | (set(columns) & _RESERVED))
-        if clashes or len(set(self.seq_features)) != len(self.seq_features):
-            raise DataError(
-                f"feature/label names must be unique and not one of {sorted(_RESERVED)}; offending: "
-                f"{clashes or self.seq_features}"
-            )
-
-    @property
-    def n_seq(self) -> int:
-        return len(self.seq_features)
-
-    @property
-    def n_tab(self) -> int:
-        return len(self.tab_features)
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def columns(self) -> list[str]:
-        """The parquet columns the model reads, in layout order."""
-        return [*self.tab_features, SEQ_COLUMN, SEQ_LEN_COLUMN, *self.label_names]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq_features": list(self.seq_features),
-            "tab_features": list(self.tab_features),
-            "seq_len": self.seq_len,
-            "label_names": list(self.label_names),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
-        missing = {"seq_features", "tab_features", "seq_len", "label_names"} - set(data)
-        if missing:
-            raise DataError(f"feature spec lacks {sorted(missing)}; got keys {sorted(data)}")
-        return cls(
-            tuple(data["seq_features"]),
-            tuple(data["tab_features"]),
-            int(data["seq_len"]),
-            tuple(data["label_names"]),
-        )
+# Training code and the Spark jobs also read these contract names from this module.
+from tracelake.model_io import (
+    SPLIT_COLUMN,
+    SPLITS,
+    TEST,
+    TRAIN,
+    VALIDATION,
+    DataError,
+    FeatureSpec,
+    arrays_to_table,
+)
 
 
 def default_label_names() -> tuple[str, ...]:
     """The anomaly types of schemas/domain.yaml, in order."""
-    from tracelake.tables import (
-        domain,  # imported here: tracelake.tables imports pyspark
-    )
-
-    return tuple(domain()["anomaly_types"])
+    return model_io.label_names()
 
 
-class Arrays(NamedTuple):
-    """A split (or batch) as numpy: seq [N, T, F] f32, seq_len [N] i64, tab [N, K] f32, labels [N, L] f32."""
+class Arrays(model_io.Arrays):
+    """:class:`tracelake.model_io.Arrays` that can become a torch :class:`Batch`."""
 
-    seq: np.ndarray
-    seq_len: np.ndarray
-    tab: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.seq_len.shape[0])
-
-    def take(self, index: np.ndarray | slice) -> Arrays:
-        return Arrays(self.seq[index], self.seq_len[index], self.tab[index], self.labels[index])
+    __slots__ = ()
 
     def to_batch(self) -> Batch:
         return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in self))
@@ -180,73 +86,13 @@ class Batch(NamedTuple):
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
-def _float_matrix(column: Any, name: str, width: int) -> np.ndarray:
-    """An array column -> float32 [N, width]; nulls inside become NaN."""
-    if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if array.null_count:
-            row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
-        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(lengths != width)
-        if bad.size:
-            raise DataError(
-                f"column {name!r} must hold {width} values per row (seq_len x sequence features); "
-                f"row {int(bad[0])} has {int(lengths[bad[0]])}"
-            )
-        values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
-        return values.reshape(len(array), width)
-    matrix = np.asarray(column)
-    if matrix.dtype == object:  # e.g. pandas: one array per row
-        try:
-            matrix = np.stack([np.asarray(v, dtype=np.float32) for v in matrix]) if len(matrix) else matrix
-        except ValueError as exc:
-            raise DataError(f"column {name!r} must hold {width} values in every row: {exc}") from exc
-    if matrix.ndim != 2 or (len(matrix) and matrix.shape[1] != width):
-        raise DataError(f"column {name!r} must be [rows, {width}], got shape {matrix.shape}")
-    return matrix.astype(np.float32, copy=False).reshape(-1, width)
-
-
-def _vector(column: Any, name: str, dtype: Any) -> np.ndarray:
-    if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return np.asarray(column).astype(dtype, copy=False)
-
-
 def columns_to_arrays(columns: Mapping[str, Any], spec: FeatureSpec) -> Arrays:
-    """Layout columns (pyarrow table, pandas frame, or dict of numpy arrays) -> :class:`Arrays`.
-
-    Raises :class:`DataError` naming the column and row when the data breaks the layout.
-    """
-    available = set(columns.column_names) if isinstance(columns, pa.Table) else set(columns.keys())
-    missing = [c for c in spec.columns if c not in available]
-    if missing:
-        raise DataError(f"training data lacks column(s) {missing}; it has {sorted(available)}")
-    seq = _float_matrix(columns[SEQ_COLUMN], SEQ_COLUMN, spec.seq_len * spec.n_seq)
-    n = seq.shape[0]
-    seq_len = _vector(columns[SEQ_LEN_COLUMN], SEQ_LEN_COLUMN, np.float64)
-    bad = np.flatnonzero(~np.isfinite(seq_len) | (seq_len < 1) | (seq_len > spec.seq_len))
-    if bad.size:
-        raise DataError(
-            f"column {SEQ_LEN_COLUMN!r} must lie in 1..{spec.seq_len}; row {int(bad[0])} has {seq_len[bad[0]]}"
-        )
-    tab = np.empty((n, spec.n_tab), dtype=np.float32)
-    for j, name in enumerate(spec.tab_features):
-        tab[:, j] = _vector(columns[name], name, np.float32)
-    labels = np.empty((n, spec.n_labels), dtype=np.float32)
-    for j, name in enumerate(spec.label_names):
-        values = _vector(columns[name], name, np.float32)
-        bad = np.flatnonzero((values != 0) & (values != 1))  # NaN (null) fails both
-        if bad.size:
-            raise DataError(f"label column {name!r} must be 0 or 1; row {int(bad[0])} has {values[bad[0]]}")
-        labels[:, j] = values
-    if not seq.flags.writeable:  # a zero-copy view of Arrow memory; torch wants writable arrays
-        seq = seq.copy()
-    return Arrays(seq.reshape(n, spec.seq_len, spec.n_seq), seq_len.astype(np.int64), tab, labels)
+    """:func:`tracelake.model_io.columns_to_arrays` as training :class:`Arrays`."""
+    return Arrays(*model_io.columns_to_arrays(columns, spec))
 
 
 def read_split(path: str | os.PathLike[str] | Sequence[str], split: str, spec: FeatureSpec) -> Arrays:
-    """All rows of one split of a parquet dataset in the layout above (pyarrow, no Spark).
+    """All rows of one split of a parquet dataset in the model_io layout (pyarrow, no Spark).
 
     ``path`` is a folder of parquet files or the list of files to read (e.g. the data files of a
     Delta snapshot, :func:`tracelake.tables.snapshot_files`).
@@ -302,7 +148,7 @@ class DataSource(ABC):
 
 
 class InMemorySource(DataSource):
-    """A parquet dataset in the layout above, loaded per split with pyarrow."""
+    """A parquet dataset in the model_io layout, loaded per split with pyarrow."""
 
     def __init__(self, path: str | Sequence[str], spec: FeatureSpec, **kwargs: Any):
         super().__init__(spec, **kwargs)
@@ -621,7 +467,7 @@ def make_source(
         else:
             raise DataError(
                 f"data config {dict(data)!r} needs 'path' (a parquet folder in the layout of "
-                "training/data.py) or 'files' (its parquet files)"
+                "tracelake/model_io.py) or 'files' (its parquet files)"
             )
         return StagedSource(
             files,
@@ -699,22 +545,6 @@ def synthetic_arrays(
         flip = rng.random(n_rows) < label_noise
         labels[flip, j] = 1 - labels[flip, j]
     return Arrays(seq, seq_len.astype(np.int64), tab, labels)
-
-
-def arrays_to_table(arrays: Arrays, spec: FeatureSpec, split: str | Sequence[str]) -> pa.Table:
-    """:class:`Arrays` -> a pyarrow table in the column layout."""
-    n = arrays.n_rows
-    flat = arrays.seq.reshape(n, -1).astype(np.float32)
-    columns: dict[str, pa.Array] = {
-        name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)
-    }
-    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
-    columns[SEQ_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))
-    columns[SEQ_LEN_COLUMN] = pa.array(arrays.seq_len.astype(np.int32))
-    for j, name in enumerate(spec.label_names):
-        columns[name] = pa.array(arrays.labels[:, j].astype(np.int32))
-    columns[SPLIT_COLUMN] = pa.array([split] * n if isinstance(split, str) else list(split), pa.string())
-    return pa.table(columns)
 
 
 def write_synthetic_dataset(

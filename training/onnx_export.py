@@ -14,7 +14,8 @@ seen to agree with torch to ~1e-7.
 Metadata (``metadata_props`` of the ONNX model, JSON-encoded values): feature
 spec (sequence/tabular feature order, seq_len, label names), thresholds,
 input and output names, the parity check's result, and whatever the caller
-adds (model name, run id, ...).
+adds (model name, run id, ...). Names, prefix and the reader
+(:func:`tracelake.model_io.read_metadata`) are the model's contract.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ import numpy as np
 import torch
 
 from tracelake.errors import TracelakeError
-from training.data import Arrays
+from tracelake.model_io import INPUT_NAMES, METADATA_PREFIX, OUTPUT_NAME, Arrays, arrays_feeds
+
+# The metadata reader belongs to the contract; the promote job still reads it from here.
+from tracelake.model_io import read_metadata as read_metadata
 from training.model import ProbabilityModel, SequenceAnomalyModel
 
-INPUT_NAMES = ("seq", "seq_len", "tab")
-OUTPUT_NAME = "probabilities"
-METADATA_PREFIX = "tracelake."
 # ONNX Runtime and torch may differ by less than this at most; a caller may only ask for less.
 MAX_PARITY_TOLERANCE = 1e-4
 
@@ -54,7 +55,7 @@ def _inputs(arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def onnx_feeds(arrays: Arrays) -> dict[str, np.ndarray]:
     """The ONNX Runtime input dict for rows in the data layout."""
-    return {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, _inputs(arrays), strict=False)}
+    return arrays_feeds(arrays.seq, arrays.seq_len, arrays.tab)
 
 
 def _export(
@@ -117,18 +118,6 @@ def parity(
         diff = np.abs(run_onnx(path, arrays, batch_size) - torch_probabilities(model, arrays, batch_size))
         worst = max(worst, float(diff.max()) if diff.size else 0.0)
     return worst
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The tracelake metadata embedded in an exported model."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {
-        prop.key[len(METADATA_PREFIX) :]: json.loads(prop.value)
-        for prop in model.metadata_props
-        if prop.key.startswith(METADATA_PREFIX)
-    }
 
 
 def export_onnx(

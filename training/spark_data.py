@@ -30,15 +30,8 @@ from pyspark.sql import functions as F
 
 from tracelake import storage
 from tracelake.errors import TracelakeError
-from training.data import (
-    SEQ_COLUMN,
-    SEQ_LEN_COLUMN,
-    SPLIT_COLUMN,
-    SPLITS,
-    Arrays,
-    FeatureSpec,
-    columns_to_arrays,
-)
+from tracelake.model_io import SEQ_COLUMN, SEQ_LEN_COLUMN, SPLIT_COLUMN, SPLITS, FeatureSpec
+from training.data import Arrays, columns_to_arrays
 
 CACHE_DIR = "_petastorm_cache"
 
@@ -63,7 +56,7 @@ def model_columns(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 
 
 def split_counts(df: DataFrame) -> dict[str, int]:
-    """Rows per split (every split of training.data.SPLITS present, 0 when absent)."""
+    """Rows per split (every split of tracelake.model_io.SPLITS present, 0 when absent)."""
     counts = {
         row[SPLIT_COLUMN]: int(row["n"])
         for row in df.groupBy(SPLIT_COLUMN).agg(F.count("*").alias("n")).collect()

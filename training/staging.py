@@ -31,7 +31,7 @@ same on the CPU and on any GPU, the same for ``device`` and ``host``, and the
 same for ``stream`` when one window holds the whole block. Resume is exact:
 the checkpoint records epoch and batches done, and the order is recomputed.
 
-Decoding is vectorised (:func:`training.data.columns_to_arrays`: the flat
+Decoding is vectorised (:func:`tracelake.model_io.columns_to_arrays`: the flat
 ``seq`` list column becomes one reshaped numpy array, no Python per row).
 """
 
@@ -52,18 +52,8 @@ import pyarrow.parquet as pq
 import torch
 
 from tracelake import storage
-from training.data import (
-    SPLIT_COLUMN,
-    SPLITS,
-    TRAIN,
-    VALIDATION,
-    Batch,
-    DataError,
-    DataSource,
-    FeatureSpec,
-    _local_path,
-    columns_to_arrays,
-)
+from tracelake.model_io import SPLIT_COLUMN, SPLITS, TRAIN, VALIDATION, DataError, FeatureSpec
+from training.data import Batch, DataSource, _local_path, columns_to_arrays
 
 PLACEMENTS = ("auto", "device", "host", "stream")
 _M31 = 2**31 - 1  # a prime: multiplication modulo it is a bijection on 1..M31-1

@@ -3,7 +3,8 @@
 The same functions build the training features and the scoring features;
 there is no second implementation. Names and order of the model's inputs live
 in ``schemas/tables/features_event_features.yaml`` only; read them with
-:func:`sequence_features` and :func:`tabular_features`.
+:func:`tracelake.model_io.sequence_features` and
+:func:`tracelake.model_io.tabular_features` (the model's input contract).
 
 Point in time. Every value of an event E at time t uses only the EPC's events
 at or before E -- ordered by ``(event_time, event_id)``, so ties on the time
@@ -35,19 +36,22 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from functools import cache
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from tracelake.config import FeatureSettings
 from tracelake.errors import TracelakeError
+from tracelake.model_io import (
+    FEATURES_TABLE,
+    SEQ_COLUMN,
+    SEQ_LEN_COLUMN,
+    sequence_features,
+    tabular_features,
+)
 from tracelake.pit import AsOfSpec, as_of_join_many
-from tracelake.tables import domain, table_spec
+from tracelake.tables import domain
 
-TABLE = "features_event_features"
-SEQUENCE_COLUMN = "seq"
-SEQUENCE_LENGTH_COLUMN = "seq_len"
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 TIE_SLOTS = 1024  # events of one EPC at one microsecond that the order key tells apart
 _MICROS = 1_000_000
@@ -55,21 +59,6 @@ _MICROS = 1_000_000
 
 class FeatureDefinitionError(TracelakeError, RuntimeError):
     """The feature table's schema names a feature that the code does not compute (or the reverse)."""
-
-
-@cache
-def _sequence_features() -> tuple[str, ...]:
-    return tuple(f["name"] for f in table_spec(TABLE).extra["sequence_features"])
-
-
-def sequence_features() -> list[str]:
-    """Features of one time step of ``seq``, in order (features_event_features.yaml)."""
-    return list(_sequence_features())
-
-
-def tabular_features() -> list[str]:
-    """The tabular model inputs: columns with role ``feature``, in table order."""
-    return [c.name for c in table_spec(TABLE).columns if c.role == "feature"]
 
 
 def history_span(settings: FeatureSettings) -> int:
@@ -328,7 +317,7 @@ def _in_order(names: list[str], values: dict[str, Column], what: str) -> list[Co
     missing, unused = [n for n in names if n not in values], sorted(set(values) - set(names))
     if missing or unused:
         raise FeatureDefinitionError(
-            f"{what} features: schemas/tables/{TABLE}.yaml names {missing or 'nothing'} that the code does not "
+            f"{what} features: schemas/tables/{FEATURES_TABLE}.yaml names {missing or 'nothing'} that the code does not "
             f"compute, and the code computes {unused or 'nothing'} that the schema does not name; keep them in step"
         )
     return [values[n].alias(n) for n in names]
@@ -517,8 +506,8 @@ def event_features(
         .where(F.col("event_date").between(F.lit(start), F.lit(end)))
         .select(
             *in_reach.columns,
-            _sequence(F.col("_recent"), settings).alias(SEQUENCE_COLUMN),
-            F.size("_recent").alias(SEQUENCE_LENGTH_COLUMN),
+            _sequence(F.col("_recent"), settings).alias(SEQ_COLUMN),
+            F.size("_recent").alias(SEQ_LEN_COLUMN),
             *[_HISTORY_FINISH.get(k, lambda c: c.cast("double"))(F.col(k)).alias(k) for k in history],
         )
     )
@@ -552,7 +541,7 @@ def event_features(
         "prev_location_id",
         "loc_snapshot_date",
         "route_snapshot_date",
-        SEQUENCE_COLUMN,
-        SEQUENCE_LENGTH_COLUMN,
+        SEQ_COLUMN,
+        SEQ_LEN_COLUMN,
         *_in_order(tabular_features(), values, "tabular"),
     )

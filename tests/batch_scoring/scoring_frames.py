@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from spark_jobs.transforms.event_features import sequence_features, tabular_features
+from tracelake.model_io import FeatureSpec, sequence_features, tabular_features
 from tracelake.model_registry import CHAMPION, register_onnx_model
 from tracelake.tables import domain, named_table_spec, table_spec, write_table
 from tracelake.tracking import configure_mlflow
-from training.data import FeatureSpec, columns_to_arrays
+from training.data import columns_to_arrays
 from training.model import ModelConfig, PreprocessingStats, SequenceAnomalyModel
 from training.onnx_export import export_onnx
 

@@ -11,10 +11,10 @@ from pyspark.testing import assertDataFrameEqual
 from scoring_frames import DAY1, DAY2, MODEL_NAME, ROWS_PER_DAY
 
 from batch_scoring import score
+from tracelake.model_io import columns_to_arrays
 from tracelake.model_registry import ModelChecksumError, register_onnx_model
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
-from training.data import columns_to_arrays
 from training.onnx_export import run_onnx
 
 pytestmark = pytest.mark.spark35
@@ -103,7 +103,7 @@ def test_one_session_per_worker_and_refused_bytes(scoring_lake):
     import hashlib
 
     from batch_scoring.transforms import ScoringModelError, scoring_model, session_for
-    from training.onnx_export import read_metadata
+    from tracelake.model_io import read_metadata
 
     data = scoring_lake["onnx_path"].read_bytes()
     metadata = read_metadata(scoring_lake["onnx_path"])
@@ -176,3 +176,39 @@ def test_the_rules_detector_scores_gold_like_a_model(spark, scoring_lake, scored
         assert set(got["model_name"]) == {"tracelake-rules-test"} and len(got) == 2 * ROWS_PER_DAY
     finally:
         _score(spark, settings)  # the module's other tests read the champion's scores
+
+
+def test_scoring_workers_never_import_torch(spark, scoring_lake):
+    """The scoring UDF, run by Spark's Python workers, loads numpy, Arrow and ONNX Runtime but not torch.
+
+    The loaded model comes from the registry through the jobs' loader (its bytes broadcast); each
+    output row also carries whether ``torch`` was in the worker's ``sys.modules`` after scoring.
+    """
+    import sys
+
+    from batch_scoring.model_loading import load_onnx_model
+    from batch_scoring.transforms import _score_partition
+
+    settings, spec = scoring_lake["settings"], scoring_lake["spec"]
+    features = read_table(spark, table_spec("features_event_features"), str(settings.lake_path))
+    with job_run("score", settings=settings, spark=spark) as run:
+        loaded = load_onnx_model(run, f"models:/{MODEL_NAME}@champion")
+    score_batches = _score_partition(loaded.model, ["event_id"])
+
+    def score_and_report(batches):
+        for out in score_batches(batches):
+            out["torch_loaded"] = "torch" in sys.modules
+            yield out
+
+    probabilities = ", ".join(f"`p_{label}` double" for label in spec.label_names)
+    try:
+        rows = (
+            features.select("event_id", "seq", "seq_len", *spec.tab_features)
+            .mapInPandas(score_and_report, schema=f"event_id string, {probabilities}, torch_loaded boolean")
+            .toPandas()
+        )
+    finally:
+        loaded.release()
+    assert len(rows) == 2 * ROWS_PER_DAY
+    assert np.isfinite(rows[[f"p_{label}" for label in spec.label_names]].to_numpy()).all()
+    assert not rows["torch_loaded"].any(), "a scoring worker imported torch"

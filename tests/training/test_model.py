@@ -100,7 +100,7 @@ def test_save_and_load_round_trip(spec, tmp_path):
 
 
 def _categorical_spec():
-    from training.data import FeatureSpec
+    from tracelake.model_io import FeatureSpec
 
     return FeatureSpec(("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1"), 6, LABELS)
 

@@ -4,10 +4,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tracelake.model_io import read_metadata
 from training import onnx_export
 from training.data import synthetic_arrays, synthetic_feature_spec
 from training.model import ModelConfig, PreprocessingStats, SequenceAnomalyModel
-from training.onnx_export import OnnxParityError, export_onnx, onnx_feeds, read_metadata, run_onnx
+from training.onnx_export import OnnxParityError, export_onnx, onnx_feeds, run_onnx
 
 LABELS = ("epc_fake", "epc_dup", "loc_err", "evt_order_err", "jump")
 SPEC = synthetic_feature_spec(n_seq=5, n_tab=4, seq_len=25, label_names=LABELS)
@@ -100,7 +101,7 @@ def test_parity_tolerance_cannot_be_loosened_past_1e_4(tmp_path):
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_onnx_parity_with_categorical_embeddings(tmp_path, exporter):
-    from training.data import FeatureSpec
+    from tracelake.model_io import FeatureSpec
 
     spec = FeatureSpec(
         ("gap_log", "event_type_idx", "tier", "business_step_idx"), ("t0", "t1", "t2"), 8, LABELS

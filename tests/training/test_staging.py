@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from tracelake.config import TrainingSettings
+from tracelake.model_io import TEST, TRAIN, VALIDATION, DataError, arrays_to_table
 from training import data as data_module
-from training.data import (
-    TEST,
-    TRAIN,
-    VALIDATION,
-    DataError,
-    arrays_to_table,
-    synthetic_arrays,
-    synthetic_feature_spec,
-)
+from training.data import synthetic_arrays, synthetic_feature_spec
 from training.staging import StagedSource, delta_snapshot_files, epoch_permutation
 from training.train_fn import make_train_config, train_fn
 

@@ -12,15 +12,12 @@ import pytest
 import torch
 
 from tracelake.config import TrainingSettings
+from tracelake.model_io import TRAIN, VALIDATION, DataError, arrays_to_table
 from training import data as data_module
 from training.checkpoint import CheckpointError
 from training.data import (
-    TRAIN,
-    VALIDATION,
-    DataError,
     InMemorySource,
     PetastormSource,
-    arrays_to_table,
     read_split,
     synthetic_arrays,
     synthetic_feature_spec,

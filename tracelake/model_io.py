@@ -1,0 +1,332 @@
+"""The model's input/output contract: feature names, column layout, model input arrays, ONNX names.
+
+One home for what the training set, the trainer, the ONNX export, scoring and
+drift monitoring must agree on. Light on purpose: numpy, pyarrow and the
+schema reader only (never torch or pyspark), so a Spark Python worker that
+scores rows imports nothing heavier than ONNX Runtime.
+
+Feature names come from ``schemas/tables/features_event_features.yaml``: the
+columns with role ``feature`` are the tabular inputs in column order, its
+``sequence_features`` order the features of one step of the ``sequence``
+column, and the ``sequence_length`` column counts the real steps. Labels are
+``schemas/domain.yaml`` ``anomaly_types`` (role ``label`` in training_set.yaml).
+
+Column layout (what the training-set job writes, what training and scoring read):
+
+| column | type | meaning |
+| --- | --- | --- |
+| one per tabular feature | float (double accepted) | ``FeatureSpec.tab_features``, in that order |
+| ``seq`` | array<float>, exactly ``seq_len * n_seq_features`` long | the EPC's last events, flattened time-major |
+| ``seq_len`` | int | how many leading time steps of ``seq`` are real events (1..seq_len) |
+| one per label | int, 0 or 1 | ``FeatureSpec.label_names`` (schemas/domain.yaml ``anomaly_types``) |
+| ``split`` | string | ``train``, ``validation`` or ``test`` (training sets only) |
+
+``seq`` is one flat array, not one array column per sequence feature: one
+column is one Arrow list to convert (a reshape, no per-feature stacking), and
+the Spark side builds it with one ``flatten(transform(...))``. Element
+``t * n_seq_features + f`` is feature ``FeatureSpec.seq_features[f]`` of time
+step ``t``. Steps are oldest first and right-padded: steps ``0 .. seq_len-1``
+are the EPC's most recent events ending with this one (so step ``seq_len-1``
+is the event itself), later steps are padding (any value; 0 by convention).
+Missing feature values may be null/NaN: the model imputes the training mean.
+
+The exported model (training/onnx_export.py) takes ``INPUT_NAMES`` --
+``seq`` float32 [N, T, F], ``seq_len`` int64 [N], ``tab`` float32 [N, K] --
+and returns ``OUTPUT_NAME`` float32 [N, labels]; its metadata (``metadata_props``
+prefixed ``METADATA_PREFIX``, JSON values) carries the :class:`FeatureSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, NamedTuple, Self
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type stubs
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+from tracelake.errors import TracelakeError
+from tracelake.tables import domain, table_spec
+
+FEATURES_TABLE = "features_event_features"
+
+# Column roles of the table schemas (ColumnSpec.role).
+FEATURE_ROLE, SEQUENCE_ROLE, SEQUENCE_LENGTH_ROLE = "feature", "sequence", "sequence_length"
+
+SEQ_COLUMN = "seq"
+SEQ_LEN_COLUMN = "seq_len"
+SPLIT_COLUMN = "split"
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
+# What identifies a scored event: the leading columns of gold_scored_events.
+KEY_COLUMNS = ("event_id", "epc_code", "event_time", "location_id", "event_date")
+_RESERVED = {SEQ_COLUMN, SEQ_LEN_COLUMN, SPLIT_COLUMN}
+
+INPUT_NAMES = ("seq", "seq_len", "tab")
+OUTPUT_NAME = "probabilities"
+METADATA_PREFIX = "tracelake."
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class DataError(TracelakeError, ValueError):
+    """Rows or a feature spec that do not match the column layout above."""
+
+
+# --- feature names, from schemas/ ---------------------------------------------------------------
+
+
+@cache
+def _schema_features() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sequence features, tabular features) of the feature table; checks the layout's column names."""
+    spec = table_spec(FEATURES_TABLE)
+    by_role = {
+        role: [c.name for c in spec.columns if c.role == role]
+        for role in (SEQUENCE_ROLE, SEQUENCE_LENGTH_ROLE)
+    }
+    if by_role != {SEQUENCE_ROLE: [SEQ_COLUMN], SEQUENCE_LENGTH_ROLE: [SEQ_LEN_COLUMN]}:
+        raise DataError(
+            f"schemas/tables/{FEATURES_TABLE}.yaml must tag exactly column {SEQ_COLUMN!r} with role "
+            f"{SEQUENCE_ROLE!r} and {SEQ_LEN_COLUMN!r} with role {SEQUENCE_LENGTH_ROLE!r}; it tags {by_role}"
+        )
+    sequence = tuple(str(f["name"]) for f in spec.extra.get("sequence_features") or ())
+    tabular = tuple(c.name for c in spec.columns if c.role == FEATURE_ROLE)
+    return sequence, tabular
+
+
+def sequence_features() -> list[str]:
+    """Features of one time step of ``seq``, in order (``sequence_features`` of the feature table)."""
+    return list(_schema_features()[0])
+
+
+def tabular_features() -> list[str]:
+    """The tabular model inputs: the feature table's columns with role ``feature``, in table order."""
+    return list(_schema_features()[1])
+
+
+def label_names() -> tuple[str, ...]:
+    """The anomaly types of schemas/domain.yaml, in order."""
+    return tuple(domain()["anomaly_types"])
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Names and order of the model's inputs and outputs (they travel with the model)."""
+
+    seq_features: tuple[str, ...]
+    tab_features: tuple[str, ...]
+    seq_len: int
+    label_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for field_name in ("seq_features", "tab_features", "label_names"):
+            object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
+        if not self.seq_features or not self.tab_features or not self.label_names:
+            raise DataError(
+                f"a feature spec needs at least one sequence feature, tabular feature and label; got {self}"
+            )
+        if self.seq_len < 1:
+            raise DataError(f"seq_len must be >= 1, got {self.seq_len}")
+        columns = [*self.tab_features, *self.label_names]
+        clashes = sorted({c for c in columns if columns.count(c) > 1} | (set(columns) & _RESERVED))
+        if clashes or len(set(self.seq_features)) != len(self.seq_features):
+            raise DataError(
+                f"feature/label names must be unique and not one of {sorted(_RESERVED)}; offending: "
+                f"{clashes or self.seq_features}"
+            )
+
+    @classmethod
+    def from_schema(cls, seq_len: int) -> FeatureSpec:
+        """The spec of the current feature table and domain (``seq_len``: ``features.sequence_length``)."""
+        return cls(tuple(sequence_features()), tuple(tabular_features()), seq_len, label_names())
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.seq_features)
+
+    @property
+    def n_tab(self) -> int:
+        return len(self.tab_features)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The feature-table columns the model reads (no labels), in layout order."""
+        return [*self.tab_features, SEQ_COLUMN, SEQ_LEN_COLUMN]
+
+    @property
+    def columns(self) -> list[str]:
+        """The training-set columns the trainer reads, in layout order."""
+        return [*self.input_columns, *self.label_names]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq_features": list(self.seq_features),
+            "tab_features": list(self.tab_features),
+            "seq_len": self.seq_len,
+            "label_names": list(self.label_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        missing = {"seq_features", "tab_features", "seq_len", "label_names"} - set(data)
+        if missing:
+            raise DataError(f"feature spec lacks {sorted(missing)}; got keys {sorted(data)}")
+        return cls(
+            tuple(data["seq_features"]),
+            tuple(data["tab_features"]),
+            int(data["seq_len"]),
+            tuple(data["label_names"]),
+        )
+
+
+# --- rows -> model input arrays -----------------------------------------------------------------
+
+
+class Arrays(NamedTuple):
+    """Rows as numpy: seq [N, T, F] f32, seq_len [N] i64, tab [N, K] f32, labels [N, L] f32."""
+
+    seq: FloatArray
+    seq_len: IntArray
+    tab: FloatArray
+    labels: FloatArray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.seq_len.shape[0])
+
+    def take(self, index: npt.NDArray[np.integer[Any]] | slice) -> Self:
+        return type(self)(self.seq[index], self.seq_len[index], self.tab[index], self.labels[index])
+
+
+def _float_matrix(column: Any, name: str, width: int) -> FloatArray:
+    """An array column -> float32 [N, width]; nulls inside become NaN."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if array.null_count:
+            row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != width)
+        if bad.size:
+            raise DataError(
+                f"column {name!r} must hold {width} values per row (seq_len x sequence features); "
+                f"row {int(bad[0])} has {int(lengths[bad[0]])}"
+            )
+        values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float32).reshape(len(array), width)
+    matrix = np.asarray(column)
+    if matrix.dtype == object:  # e.g. pandas: one array per row
+        try:
+            matrix = np.stack([np.asarray(v, dtype=np.float32) for v in matrix]) if len(matrix) else matrix
+        except ValueError as exc:
+            raise DataError(f"column {name!r} must hold {width} values in every row: {exc}") from exc
+    if matrix.ndim != 2 or (len(matrix) and matrix.shape[1] != width):
+        raise DataError(f"column {name!r} must be [rows, {width}], got shape {matrix.shape}")
+    return matrix.astype(np.float32, copy=False).reshape(-1, width)
+
+
+def _vector(column: Any, dtype: Any) -> npt.NDArray[Any]:
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return np.asarray(column.to_numpy(zero_copy_only=False)).astype(dtype, copy=False)
+    return np.asarray(column).astype(dtype, copy=False)
+
+
+def _require(columns: Mapping[str, Any] | pa.Table, names: Sequence[str], what: str) -> None:
+    available = set(columns.column_names) if isinstance(columns, pa.Table) else set(columns.keys())
+    missing = [c for c in names if c not in available]
+    if missing:
+        raise DataError(f"{what} lacks column(s) {missing}; it has {sorted(available)}")
+
+
+def _inputs(
+    columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec
+) -> tuple[FloatArray, IntArray, FloatArray]:
+    """(seq [N, T, F], seq_len [N], tab [N, K]) of layout columns already checked to be present."""
+    seq = _float_matrix(columns[SEQ_COLUMN], SEQ_COLUMN, spec.seq_len * spec.n_seq)
+    n = seq.shape[0]
+    seq_len = _vector(columns[SEQ_LEN_COLUMN], np.float64)
+    bad = np.flatnonzero(~np.isfinite(seq_len) | (seq_len < 1) | (seq_len > spec.seq_len))
+    if bad.size:
+        raise DataError(
+            f"column {SEQ_LEN_COLUMN!r} must lie in 1..{spec.seq_len}; row {int(bad[0])} has {seq_len[bad[0]]}"
+        )
+    tab = np.empty((n, spec.n_tab), dtype=np.float32)
+    for j, name in enumerate(spec.tab_features):
+        tab[:, j] = _vector(columns[name], np.float32)
+    if not seq.flags.writeable:  # a zero-copy view of Arrow memory; torch wants writable arrays
+        seq = seq.copy()
+    return seq.reshape(n, spec.seq_len, spec.n_seq), seq_len.astype(np.int64), tab
+
+
+def columns_to_arrays(columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec) -> Arrays:
+    """Layout columns with labels (pyarrow table, pandas frame, or dict of numpy arrays) -> :class:`Arrays`.
+
+    Raises :class:`DataError` naming the column and row when the data breaks the layout.
+    """
+    _require(columns, spec.columns, "training data")
+    seq, seq_len, tab = _inputs(columns, spec)
+    labels = np.empty((seq.shape[0], spec.n_labels), dtype=np.float32)
+    for j, name in enumerate(spec.label_names):
+        values = _vector(columns[name], np.float32)
+        bad = np.flatnonzero((values != 0) & (values != 1))  # NaN (null) fails both
+        if bad.size:
+            raise DataError(f"label column {name!r} must be 0 or 1; row {int(bad[0])} has {values[bad[0]]}")
+        labels[:, j] = values
+    return Arrays(seq, seq_len, tab, labels)
+
+
+def model_inputs(columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec) -> dict[str, npt.NDArray[Any]]:
+    """The exported model's inputs (``INPUT_NAMES``) of feature-table rows; labels are not needed."""
+    _require(columns, spec.input_columns, "feature data")
+    return arrays_feeds(*_inputs(columns, spec))
+
+
+def arrays_feeds(seq: FloatArray, seq_len: IntArray, tab: FloatArray) -> dict[str, npt.NDArray[Any]]:
+    """The exported model's inputs (``INPUT_NAMES``), contiguous and in the dtypes it takes."""
+    values = (
+        np.ascontiguousarray(seq, dtype=np.float32),
+        np.ascontiguousarray(seq_len, dtype=np.int64),
+        np.ascontiguousarray(tab, dtype=np.float32),
+    )
+    return dict(zip(INPUT_NAMES, values, strict=True))
+
+
+def arrays_to_table(arrays: Arrays, spec: FeatureSpec, split: str | Sequence[str]) -> pa.Table:
+    """:class:`Arrays` -> a pyarrow table in the column layout (with ``split``)."""
+    n = arrays.n_rows
+    flat = arrays.seq.reshape(n, -1).astype(np.float32)
+    columns: dict[str, pa.Array] = {
+        name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)
+    }
+    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
+    columns[SEQ_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))
+    columns[SEQ_LEN_COLUMN] = pa.array(arrays.seq_len.astype(np.int32))
+    for j, name in enumerate(spec.label_names):
+        columns[name] = pa.array(arrays.labels[:, j].astype(np.int32))
+    columns[SPLIT_COLUMN] = pa.array([split] * n if isinstance(split, str) else list(split), pa.string())
+    return pa.table(columns)
+
+
+# --- the exported model's metadata --------------------------------------------------------------
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tracelake metadata embedded in an exported model (``feature_spec``, ``thresholds``, ...)."""
+    import onnx  # only the reader of a model file needs it
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        prop.key[len(METADATA_PREFIX) :]: json.loads(prop.value)
+        for prop in model.metadata_props
+        if prop.key.startswith(METADATA_PREFIX)
+    }
