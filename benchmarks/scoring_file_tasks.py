@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from batch_scoring import score
+    from batch_scoring.model_loading import load_onnx_model
     from batch_scoring.transforms import session_for
     from tracelake.config import load_settings
     from tracelake.runs import job_run
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     register(settings, path)
 
     with job_run("score", settings=settings, spark=spark, start=START, end=end) as run:
-        loaded = score.LoadedModel(run, settings.scoring.model_uri)
+        loaded = load_onnx_model(run, settings.scoring.model_uri)
         session_for(loaded.model)
         results["ort_single_with_read"] = max(
             (ort_single_with_read(loaded.model, files, batch_rows) for _ in range(args.repeats)),

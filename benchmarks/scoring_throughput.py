@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from batch_scoring import score
+    from batch_scoring.model_loading import load_onnx_model
     from tracelake.config import load_settings
     from tracelake.runs import job_run
     from tracelake.spark import build_spark
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     results["model_version"] = version
 
     with job_run("score", settings=settings, spark=spark, start=START, end=START) as run:
-        loaded = score.LoadedModel(run, settings.scoring.model_uri)
+        loaded = load_onnx_model(run, settings.scoring.model_uri)
         one_x = frames["1x"].toPandas()
         results["ort_single"] = max(
             (ort_single(loaded, one_x, settings.scoring.arrow_batch_rows) for _ in range(args.repeats)),

@@ -22,10 +22,8 @@ from pyspark.sql import functions as F
 from tracelake.config import TrainingSetSettings
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
+from tracelake.model_io import SPLIT_COLUMN, TEST, TRAIN, VALIDATION
 from tracelake.tables import domain
-
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-SPLIT_COLUMN = "split"
 
 
 class SplitError(TracelakeError, ValueError):

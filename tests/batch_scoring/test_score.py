@@ -196,7 +196,10 @@ def test_scoring_workers_never_import_torch(spark, scoring_lake):
     score_batches = _score_partition(loaded.model, ["event_id"])
 
     def score_and_report(batches):
+        # Spark reuses Python workers: one that an earlier job of this session gave torch proves nothing.
+        before = "torch" in sys.modules
         for out in score_batches(batches):
+            out["torch_before"] = before
             out["torch_loaded"] = "torch" in sys.modules
             yield out
 
@@ -204,11 +207,16 @@ def test_scoring_workers_never_import_torch(spark, scoring_lake):
     try:
         rows = (
             features.select("event_id", "seq", "seq_len", *spec.tab_features)
-            .mapInPandas(score_and_report, schema=f"event_id string, {probabilities}, torch_loaded boolean")
+            .mapInPandas(
+                score_and_report,
+                schema=f"event_id string, {probabilities}, torch_before boolean, torch_loaded boolean",
+            )
             .toPandas()
         )
     finally:
         loaded.release()
     assert len(rows) == 2 * ROWS_PER_DAY
     assert np.isfinite(rows[[f"p_{label}" for label in spec.label_names]].to_numpy()).all()
-    assert not rows["torch_loaded"].any(), "a scoring worker imported torch"
+    fresh = rows[~rows["torch_before"]]
+    assert len(fresh), "every worker had torch from an earlier job; run this file in a fresh session"
+    assert not fresh["torch_loaded"].any(), "a scoring worker imported torch"
