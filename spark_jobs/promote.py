@@ -199,18 +199,17 @@ def score_rules(
 def score_version(
     run: Run, kind: str, name: str, version: Any, test_df: Any, metric: str, workdir: Path
 ) -> dict[str, Any]:
-    from training import metrics
+    from training import evaluation
 
     scorer = {"lstm": score_lstm, "baseline": score_baseline, "rules": score_rules}[kind]
     y, p, thresholds = scorer(run, name, version, test_df, workdir)
-    labels = list(thresholds)
-    report = metrics.evaluate(y, p, thresholds, labels, n_bootstrap=0)
+    report = evaluation.evaluate(y, p, thresholds, list(thresholds), n_bootstrap=0)
     key = METRIC_KEYS[metric]
     return {
         "version": str(version.version),
         "rows": len(y),
-        metric: report["macro"][key]["value"],
-        "per_label": {label: v[key]["value"] for label, v in report["labels"].items()},
+        metric: report.macro_value(key),
+        "per_label": report.label_values(key),
     }
 
 
