@@ -43,17 +43,10 @@ from spark_jobs.transforms.snapshots import (
     steps_needed_from,
 )
 from tracelake.config import FeatureSettings
-from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
+from tracelake.ranges import read_days, require_days, write_range
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import (
-    TableSpec,
-    read_table,
-    rows_written,
-    table_exists,
-    table_spec,
-    write_table,
-)
+from tracelake.tables import TableSpec, read_table, table_exists, table_spec
 
 JOB = "features"
 SILVER, LABELS, LOCATIONS = "silver_scan_events", "silver_labels", "reference_locations"
@@ -62,7 +55,7 @@ OUTPUTS = ("features_location_daily", "features_route_daily", "features_event_fe
 
 
 class MissingInputError(TracelakeError, ValueError):
-    """The silver data the range needs is not there."""
+    """The features job cannot run as asked (no range given)."""
 
 
 def first_snapshot_day(start: dt.date, settings: FeatureSettings) -> dt.date:
@@ -96,20 +89,15 @@ def _read_reference(run: JobRun, name: str) -> DataFrame | None:
 
 
 def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) -> list[dt.date]:
-    present = {
-        r[0]
-        for r in silver.where(F.col("event_date").between(F.lit(start), F.lit(end)))
-        .select("event_date")
-        .distinct()
-        .collect()
-    }
-    missing = [d for d in days_between(start, end) if d not in present]
-    if missing and not run.settings.features.allow_missing_dates:
-        raise MissingInputError(
-            f"silver_scan_events has no events on {', '.join(d.isoformat() for d in missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''} ({len(missing)} day(s) of the range); ingest them first, "
-            "or set features.allow_missing_dates=true to write empty partitions for them"
-        )
+    missing = require_days(
+        silver,
+        table_spec(SILVER),
+        start,
+        end,
+        what="events",
+        hint="ingest them first, or set features.allow_missing_dates=true to write empty partitions for them",
+        allow_missing=run.settings.features.allow_missing_dates,
+    )
     if missing:
         run.log.warning(
             "days without silver events", extra={"missing_dates": [d.isoformat() for d in missing]}
@@ -118,13 +106,10 @@ def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) ->
 
 
 def _write(run: JobRun, df: DataFrame, spec: TableSpec, **lineage: Any) -> dict[str, int]:
-    with run.log.step(f"write {spec.name}") as result:
-        version = write_table(
-            df, spec, run.lake_root, start=run.start, end=run.end, metadata=run.commit_metadata(**lineage)
-        )
-        result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
-    run.record_output(spec.name, rows=result["rows"], version=version)
-    return {"rows": result["rows"], "version": version}
+    written = write_range(
+        run, df, spec, start=run.start, end=run.end, metadata=run.commit_metadata(**lineage)
+    )
+    return written.as_dict()
 
 
 def execute(run: JobRun) -> dict[str, Any]:
@@ -136,7 +121,7 @@ def execute(run: JobRun) -> dict[str, Any]:
     first_day, silver_from = first_snapshot_day(start, settings), read_from(start, settings)
     run.log.event("reading silver", read_from=silver_from.isoformat(), snapshots_from=first_day.isoformat())
 
-    silver = _read(run, SILVER).where(F.col("event_date").between(F.lit(silver_from), F.lit(end)))
+    silver = read_days(run, table_spec(SILVER), silver_from, end)
     labels, locations = _read(run, LABELS), _read(run, LOCATIONS)
     missing = _check_days(run, silver, start, end)
 

@@ -43,17 +43,10 @@ from spark_jobs.transforms.training_set import (
     split_boundaries,
     training_set,
 )
-from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
+from tracelake.ranges import read_days, require_days, write_range
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
-from tracelake.tables import (
-    domain,
-    named_table_spec,
-    read_table,
-    rows_written,
-    table_spec,
-    write_table,
-)
+from tracelake.tables import domain, named_table_spec, read_table, table_spec
 
 JOB = "training-set"
 FEATURES, LABELS = "features_event_features", "silver_labels"
@@ -108,37 +101,33 @@ def execute(
         )
     spec = named_table_spec("training_set", name=name)
 
-    for input_name in (FEATURES, LABELS):
-        run.record_input(table_spec(input_name))
-    features = read_table(run.spark, table_spec(FEATURES), run.lake_root, version=run.inputs[FEATURES]).where(
-        F.col("event_date").between(F.lit(start), F.lit(last_day))
-    )
+    features = read_days(run, table_spec(FEATURES), start, last_day)
+    run.record_input(table_spec(LABELS))
     labels = read_table(run.spark, table_spec(LABELS), run.lake_root, version=run.inputs[LABELS])
-    present = {r[0] for r in features.select("event_date").distinct().collect()}
-    missing = [d for d in days_between(start, last_day) if d not in present]
-    if missing:
-        raise TrainingSetError(
-            f"features_event_features has no rows on {', '.join(d.isoformat() for d in missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''}; run `tracelake features` for those days first"
-        )
+    require_days(
+        features, table_spec(FEATURES), start, last_day, hint="run `tracelake features` for those days first"
+    )
 
     df = training_set(features, labels, as_of=as_of, validation_start=validation_start, test_start=test_start)
     boundaries = {"validation_start": validation_start.isoformat(), "test_start": test_start.isoformat()}
-    with run.log.step(f"write {spec.path}") as result:
-        version = write_table(
-            df,
-            spec,
-            run.lake_root,
-            metadata=run.commit_metadata(
-                name=name,
-                as_of=as_of.isoformat(),
-                last_day=last_day.isoformat(),
-                split=boundaries,
-                immature_labels=immature,
-                label_max_delay_days=max_delay,
-            ),
-        )
-        result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
+    written = write_range(
+        run,
+        df,
+        spec,
+        start=None,
+        end=None,
+        metadata=run.commit_metadata(
+            name=name,
+            as_of=as_of.isoformat(),
+            last_day=last_day.isoformat(),
+            split=boundaries,
+            immature_labels=immature,
+            label_max_delay_days=max_delay,
+        ),
+        output=spec.path,
+        record=False,  # recorded below with the split counts of the written version
+    )
+    version = written.version
     types = list(domain()["anomaly_types"])
     counts = {
         r[SPLIT_COLUMN]: r.asDict()
@@ -149,7 +138,7 @@ def execute(
     }
     for row in counts.values():
         row.pop(SPLIT_COLUMN)
-    run.record_output(spec.path, rows=result["rows"], version=version, splits=counts)
+    run.record_output(spec.path, **written.as_dict(), splits=counts)
     return {
         "name": name,
         "path": spec.location(run.lake_root),

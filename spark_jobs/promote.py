@@ -26,6 +26,11 @@ For each model (``tracelake-anomaly-lstm``, ``tracelake-anomaly-baseline``):
 A version that was rolled back (tag ``rolled_back``) is not promoted again
 unless ``--force`` is given.
 
+Registry moves need no Spark: the command starts a session only when it must
+rebuild a test window to score a challenger against a champion (see
+:mod:`training.registry`); the alias moves and tags are
+:mod:`tracelake.model_registry`'s.
+
 All or nothing: every requested model is checked (it has a challenger, its
 tags name a training set) and scored before any alias moves; a model that
 cannot be judged fails the run with nothing promoted.
@@ -45,55 +50,43 @@ from typing import Any
 import numpy as np
 
 from tracelake.errors import TracelakeError
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.model_registry import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_TAG,
+    DEFAULT_DETECTORS,
+    DETECTORS,
+    IMMATURE_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    ROLLED_BACK_TAG,
+    AliasChanges,
+    alias_version,
+    decision_time,
+    get_version,
+    registered_model_names,
+)
+from tracelake.runs import JobRun, add_common_args, run_entrypoint
+from training.registry import RegistryRun, registry_run
 
 JOB = "promote"
-MODELS = ("lstm", "baseline", "rules")
-DEFAULT_MODELS = ("lstm", "baseline")
-IMMATURE_TAG = "tracelake.immature_labels"
+MODELS, DEFAULT_MODELS = DETECTORS, DEFAULT_DETECTORS
 METRIC_KEYS = {"macro_pr_auc": "pr_auc", "macro_roc_auc": "roc_auc", "macro_f1": "f1"}
-PREVIOUS_CHAMPION_TAG = "previous_champion"
-DECISION_TAG = "promotion_decision"
-ROLLED_BACK_TAG = "rolled_back"
+# Re-exported: the tags a decision leaves (tests and operators read them from here).
+__all__ = ["DECISION_TAG", "IMMATURE_TAG", "PREVIOUS_CHAMPION_TAG", "ROLLED_BACK_TAG", "execute", "main"]
+
+# The gate reads the run's settings and log; ``run.spark`` only when it rebuilds a test window.
+Run = RegistryRun | JobRun
 
 
 class PromotionError(TracelakeError, RuntimeError):
     """The promotion gate cannot decide (missing tags, training set or artifacts)."""
 
 
-def model_names(run: JobRun, models: Sequence[str] | None) -> dict[str, str]:
-    """kind -> registered model name for ``models`` (default: both)."""
-    chosen = list(models or DEFAULT_MODELS)
-    unknown = [m for m in chosen if m not in MODELS]
-    if unknown or not chosen:
-        raise PromotionError(f"--models {','.join(chosen)!r}: choose from {', '.join(MODELS)}")
-    names = {
-        "lstm": run.settings.training.lstm_model_name,
-        "baseline": run.settings.training.baseline_model_name,
-        "rules": run.settings.training.rules_model_name,
-    }
-    return {kind: names[kind] for kind in chosen}
-
-
-def _alias_version(name: str, alias: str) -> Any | None:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 # --- scoring a registered version on a training set's test split ----------------------------------
 
 
 def gate_window(
-    run: JobRun, training_set: str, version: int | None, now: dt.datetime
+    run: Run, training_set: str, version: int | None, now: dt.datetime
 ) -> tuple[Any, dict[str, str]]:
     """The challenger's test window rebuilt at gate time: (rows with labels known ``now``, window info).
 
@@ -142,7 +135,7 @@ def gate_window(
 
 
 def score_lstm(
-    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+    run: Run, name: str, version: Any, test_df: Any, workdir: Path
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, probabilities, thresholds) of an ONNX version on the test rows (ONNX Runtime)."""
     from tracelake.model_registry import fetch_onnx_model
@@ -160,7 +153,7 @@ def score_lstm(
 
 
 def score_baseline(
-    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+    run: Run, name: str, version: Any, test_df: Any, workdir: Path
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, probabilities, thresholds) of a Spark ML baseline version on the test rows."""
     import mlflow
@@ -186,7 +179,7 @@ def score_baseline(
 
 
 def score_rules(
-    run: JobRun, name: str, version: Any, test_df: Any, workdir: Path
+    run: Run, name: str, version: Any, test_df: Any, workdir: Path
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(labels, scores, thresholds) of a registered rules detector on the test rows."""
     import mlflow
@@ -204,20 +197,19 @@ def score_rules(
 
 
 def score_version(
-    run: JobRun, kind: str, name: str, version: Any, test_df: Any, metric: str, workdir: Path
+    run: Run, kind: str, name: str, version: Any, test_df: Any, metric: str, workdir: Path
 ) -> dict[str, Any]:
-    from training import metrics
+    from training import evaluation
 
     scorer = {"lstm": score_lstm, "baseline": score_baseline, "rules": score_rules}[kind]
     y, p, thresholds = scorer(run, name, version, test_df, workdir)
-    labels = list(thresholds)
-    report = metrics.evaluate(y, p, thresholds, labels, n_bootstrap=0)
+    report = evaluation.evaluate(y, p, thresholds, list(thresholds), n_bootstrap=0)
     key = METRIC_KEYS[metric]
     return {
         "version": str(version.version),
         "rows": len(y),
-        metric: report["macro"][key]["value"],
-        "per_label": {label: v[key]["value"] for label, v in report["labels"].items()},
+        metric: report.macro_value(key),
+        "per_label": report.label_values(key),
     }
 
 
@@ -229,33 +221,11 @@ def decide(challenger: float, champion: float, margin: float) -> bool:
     return bool(np.isfinite(challenger) and (not np.isfinite(champion) or challenger - champion > margin))
 
 
-class _Deferred:
-    """Registry changes of a decision, applied only once every requested model has been decided."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def set_registered_model_alias(self, *args: Any) -> None:
-        self.calls.append(("set_registered_model_alias", args))
-
-    def set_model_version_tag(self, *args: Any) -> None:
-        self.calls.append(("set_model_version_tag", args))
-
-    def apply(self) -> None:
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        for method, args in self.calls:
-            getattr(client, method)(*args)
-
-
 def check_promotable(name: str) -> None:
     """Fail before anything moves when ``name`` has no challenger, or one without a training_set tag
     while a champion exists (it could not be judged)."""
-    from tracelake.model_registry import CHALLENGER, CHAMPION, get_version
-
     challenger = get_version(name, alias=CHALLENGER)
-    champion = _alias_version(name, CHAMPION)
+    champion = alias_version(name, CHAMPION)
     if (
         champion is not None
         and str(champion.version) != str(challenger.version)
@@ -268,17 +238,15 @@ def check_promotable(name: str) -> None:
 
 
 def promote_one(
-    run: JobRun, kind: str, name: str, *, metric: str, margin: float, force: bool, client: Any = None
+    run: Run, kind: str, name: str, *, metric: str, margin: float, force: bool, client: Any = None
 ) -> dict[str, Any]:
     """Decide for one model; the alias and tag changes go to ``client`` (:func:`execute` passes a
-    :class:`_Deferred`, applied once every model is decided; default: the registry at once)."""
+    :class:`~tracelake.model_registry.AliasChanges`, applied once every model is decided; default: the registry at once)."""
     from mlflow import MlflowClient
-
-    from tracelake.model_registry import CHALLENGER, CHAMPION, get_version
 
     client = client if client is not None else MlflowClient()
     challenger = get_version(name, alias=CHALLENGER)
-    champion = _alias_version(name, CHAMPION)
+    champion = alias_version(name, CHAMPION)
     outcome: dict[str, Any] = {
         "model": name,
         "challenger": str(challenger.version),
@@ -310,13 +278,15 @@ def promote_one(
             "its test figures undercount anomalies: retrain on a set with mature labels",
         )
         client.set_model_version_tag(
-            name, challenger.version, DECISION_TAG, f"{_now()} refused: {outcome['reason']}"
+            name, challenger.version, DECISION_TAG, f"{decision_time()} refused: {outcome['reason']}"
         )
         return outcome
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         reason = f"no champion yet: version {challenger.version} becomes the first champion"
-        client.set_model_version_tag(name, challenger.version, DECISION_TAG, f"{_now()} promoted: {reason}")
+        client.set_model_version_tag(
+            name, challenger.version, DECISION_TAG, f"{decision_time()} promoted: {reason}"
+        )
         outcome.update(promoted=True, champion=str(challenger.version), reason=reason)
         return outcome
     training_set = tags.get("training_set")
@@ -357,7 +327,10 @@ def promote_one(
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         client.set_model_version_tag(name, challenger.version, PREVIOUS_CHAMPION_TAG, str(champion.version))
     client.set_model_version_tag(
-        name, challenger.version, DECISION_TAG, f"{_now()} {'promoted' if promoted else 'refused'}: {reason}"
+        name,
+        challenger.version,
+        DECISION_TAG,
+        f"{decision_time()} {'promoted' if promoted else 'refused'}: {reason}",
     )
     outcome.update(
         promoted=promoted,
@@ -372,7 +345,7 @@ def promote_one(
 
 
 def execute(
-    run: JobRun,
+    run: Run,
     *,
     models: Sequence[str] | None = None,
     metric: str | None = None,
@@ -389,10 +362,10 @@ def execute(
     margin = run.settings.training.promotion_margin if margin is None else margin
     if margin < 0:
         raise PromotionError(f"--margin {margin} must be >= 0")
-    names = model_names(run, models)
+    names = registered_model_names(run.settings.training, models)
     for name in names.values():  # every model is checked before any is scored or moved
         check_promotable(name)
-    outcomes, changes = {}, _Deferred()
+    outcomes, changes = {}, AliasChanges()
     for kind, name in names.items():
         outcomes[name] = promote_one(
             run, kind, name, metric=metric, margin=margin, force=force, client=changes
@@ -424,7 +397,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    with job_run(JOB, args) as run:
+    with registry_run(JOB, args) as run:
         outcomes = execute(run, models=models, metric=args.metric, margin=args.margin, force=args.force)
     print(json.dumps(outcomes, indent=2, default=str))
     return 0

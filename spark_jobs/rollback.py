@@ -9,6 +9,8 @@ The previous champion is the version recorded in the current champion's
 ``--to-version``). The version rolled back from is tagged ``rolled_back``, so
 the promotion gate does not promote it again without ``--force``. Running it
 again rolls back one more step along the chain of promotions.
+
+Registry calls only: no Spark session is started.
 """
 
 from __future__ import annotations
@@ -19,54 +21,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from spark_jobs.promote import PREVIOUS_CHAMPION_TAG, ROLLED_BACK_TAG, PromotionError, _now, model_names
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.model_registry import RollbackError, registered_model_names, roll_back_champion
+from tracelake.runs import JobRun, add_common_args, run_entrypoint
+from training.registry import RegistryRun, registry_run
 
 JOB = "rollback"
 
 
-class RollbackError(PromotionError):
-    """There is nothing to roll back to."""
-
-
-def rollback_one(name: str, to_version: str | None = None) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
-    from tracelake.model_registry import CHAMPION, get_version
-
-    client = MlflowClient()
-    current = get_version(name, alias=CHAMPION)
-    target = to_version or (current.tags or {}).get(PREVIOUS_CHAMPION_TAG)
-    if not target:
-        raise RollbackError(
-            f"{name}: champion version {current.version} records no previous champion (it was the "
-            "first one); pass --to-version N to choose the version to go back to"
-        )
-    previous = get_version(name, version=str(target))  # a clear error if it does not exist
-    if str(previous.version) == str(current.version):
-        raise RollbackError(f"{name}: version {target} is already the champion")
-    client.set_registered_model_alias(name, CHAMPION, previous.version)
-    client.set_model_version_tag(
-        name, current.version, ROLLED_BACK_TAG, f"{_now()} to version {previous.version}"
-    )
-    return {"model": name, "from_version": str(current.version), "champion": str(previous.version)}
-
-
 def execute(
-    run: JobRun, *, models: Sequence[str] | None = None, to_version: str | None = None
+    run: RegistryRun | JobRun, *, models: Sequence[str] | None = None, to_version: str | None = None
 ) -> dict[str, Any]:
     """Move each model's champion back; returns ``{model name: {from_version, champion}}``."""
     from tracelake.tracking import configure_mlflow
 
     configure_mlflow(run.settings)
-    names = model_names(run, models)
+    names = registered_model_names(run.settings.training, models)
     if to_version is not None and len(names) != 1:
         raise RollbackError(
             "--to-version names a version of one model; pass --models lstm or --models baseline"
         )
     outcomes = {}
     for name in names.values():
-        outcome = rollback_one(name, to_version)
+        outcome = roll_back_champion(name, to_version)
         run.log.event("rolled back", **outcome)
         print(f"{name}: champion v{outcome['from_version']} -> v{outcome['champion']}")
         outcomes[name] = outcome
@@ -86,7 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    with job_run(JOB, args) as run:
+    with registry_run(JOB, args) as run:
         outcomes = execute(run, models=models, to_version=args.to_version)
     print(json.dumps(outcomes, indent=2))
     return 0

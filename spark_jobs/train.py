@@ -31,20 +31,21 @@ resamples whole EPCs (the events of one EPC are not independent).
 One MLflow parent run per invocation with a nested run per model; the parent
 holds the comparison table (printed too). ``--resume`` continues the latest
 interrupted sequence-model run of this training set from its last checkpoint.
+
+This module is the entrypoint: it reads the set, trains and registers. What is
+recorded in MLflow is :mod:`training.tracking`, the plots :mod:`training.plots`,
+the evaluation report :mod:`training.evaluation`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ import numpy as np
 from tracelake import storage
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
-from tracelake.model_registry import atomic_registration
+from tracelake.model_registry import IMMATURE_TAG, atomic_registration
 from tracelake.runs import (
     JobRun,
     add_common_args,
@@ -70,12 +71,17 @@ from tracelake.tables import (
     snapshot_files,
     table_exists,
 )
+from training import evaluation, plots, tracking
+from training.evaluation import EvaluationReport
+from training.tracking import DETECTOR_TAG
+
+__all__ = ["DETECTOR_TAG", "IMMATURE_TAG", "execute", "main"]
 
 JOB = "train"
 LSTM, BASELINE, RULES = "lstm", "baseline", "rules"
 MODELS = (LSTM, BASELINE, RULES)
-# Every evaluation run carries which detector it is and whether its labels were mature.
-DETECTOR_TAG, IMMATURE_TAG = "tracelake.detector", "tracelake.immature_labels"
+# Every evaluation run carries which detector it is (DETECTOR_TAG) and whether its labels were mature
+# (IMMATURE_TAG); both imported above.
 # Every metric of the evaluation, per label and macro, in the printed and logged comparison.
 COMPARISON_METRICS = ("pr_auc", "roc_auc", "precision", "recall", "f1")
 # Demo-sized settings (``execute(..., quick=True)``, ``--quick``): a few epochs of a small model, the
@@ -131,44 +137,6 @@ def feature_spec(settings: Any) -> Any:
         settings.features.sequence_length,
         tuple(domain()["anomaly_types"]),
     )
-
-
-def environment() -> dict[str, str]:
-    """Interpreter, platform and the versions of the packages training depends on."""
-    info = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in (
-        "torch",
-        "pyspark",
-        "delta-spark",
-        "mlflow",
-        "petastorm",
-        "pyarrow",
-        "numpy",
-        "onnx",
-        "onnxruntime",
-    ):
-        try:
-            info[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            info[package] = "not installed"
-    return info
-
-
-def _pip_freeze() -> str:
-    return (
-        "\n".join(
-            sorted(
-                f"{d.metadata['Name']}=={d.version}"
-                for d in importlib_metadata.distributions()
-                if d.metadata["Name"]
-            )
-        )
-        + "\n"
-    )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
 # --- the sequence model --------------------------------------------------------------------------
@@ -249,7 +217,6 @@ def train_lstm(
     import mlflow
 
     from tracelake.model_registry import register_onnx_model
-    from training import metrics
     from training.data import read_split
     from training.model import SequenceAnomalyModel
     from training.onnx_export import export_onnx, torch_probabilities
@@ -316,16 +283,7 @@ def train_lstm(
     thresholds = {k: float(v) for k, v in result["thresholds"].items()}
     labels = list(spec.label_names)
     probs = torch_probabilities(model, test, settings.eval_batch_size)
-    report = metrics.evaluate(
-        test.labels,
-        probs,
-        thresholds,
-        labels,
-        n_bootstrap=settings.bootstrap_samples,
-        ci_level=settings.ci_level,
-        seed=settings.seed,
-        groups=test_epcs,
-    )
+    report = evaluate_test(settings, test.labels, probs, thresholds, labels, test_epcs)
     onnx_path = workdir / "lstm" / "model.onnx"
     with run.log.step("export ONNX", exporter=settings.onnx_exporter, rows=parity_rows.n_rows) as step:
         onnx_meta = export_onnx(
@@ -346,14 +304,16 @@ def train_lstm(
         )
         step.update(max_abs_diff=onnx_meta["max_abs_diff"])
 
-    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    macro_pr_auc = report.macro_value("pr_auc")
     report_file = workdir / "lstm" / "evaluation.json"
-    _write(report_file, {"thresholds": thresholds, "test_report": report, "feature_spec": spec.to_dict()})
-    with mlflow.start_run(run_name=f"lstm {context['training_set']}", nested=True) as ml_run:
-        mlflow.set_tags({**context["tags"], "model": LSTM, DETECTOR_TAG: LSTM})
+    tracking.write_json(
+        report_file,
+        {"thresholds": thresholds, "test_report": report.to_dict(), "feature_spec": spec.to_dict()},
+    )
+    with tracking.detector_run(LSTM, context["training_set"], context["tags"]) as ml_run:
         mlflow.log_params(
             {
-                **_flat_params(settings),
+                **tracking.flat_params(settings),
                 "feature_spec.n_seq": spec.n_seq,
                 "feature_spec.n_tab": spec.n_tab,
                 "feature_spec.seq_len": spec.seq_len,
@@ -362,25 +322,21 @@ def train_lstm(
                 "output_dir": str(output_dir),
             }
         )
-        for record in result["history"]:
-            mlflow.log_metrics(
-                {k: float(v) for k, v in record.items() if k != "epoch" and _finite(v)},
-                step=int(record["epoch"]),
-            )
-        mlflow.log_metrics({k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)})
-        mlflow.log_metrics(
-            {
-                "onnx_max_abs_diff": onnx_meta["max_abs_diff"],
-                "train_wall_s": wall_s,
-                **(
-                    {"samples_per_s": result["samples_per_s"]} if _finite(result.get("samples_per_s")) else {}
-                ),
-            }
+        tracking.log_history(result["history"])
+        tracking.log_evaluation(
+            report,
+            onnx_max_abs_diff=onnx_meta["max_abs_diff"],
+            train_wall_s=wall_s,
+            samples_per_s=result.get("samples_per_s"),
         )
-        _log_json(
-            {"result": result, "test_report": report, "thresholds": thresholds}, "evaluation", "lstm.json"
+        tracking.log_json(
+            {"result": result, "test_report": report.to_dict(), "thresholds": thresholds},
+            "evaluation",
+            "lstm.json",
         )
-        _log_plots(workdir / "lstm_plots", result["history"], test.labels, probs, thresholds, labels, "lstm")
+        plots.log_plots(
+            workdir / "lstm_plots", result["history"], test.labels, probs, thresholds, labels, "lstm"
+        )
         version = register_onnx_model(
             settings.lstm_model_name,
             onnx_path,
@@ -389,7 +345,7 @@ def train_lstm(
             tags={
                 **context["registry_tags"],
                 "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
-                "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
+                "test_macro_roc_auc": f"{report.macro_value('roc_auc'):.6f}",
                 "onnx_max_abs_diff": f"{onnx_meta['max_abs_diff']:.3g}",
                 "thresholds": json.dumps(thresholds),
             },
@@ -440,31 +396,21 @@ def train_baseline(
     y_test, p_test, test_epcs = baseline.predict_split(
         fitted.model, df, "test", features, labels, group_column="epc_code"
     )
-    report = metrics.evaluate(
-        y_test,
-        p_test,
-        thresholds,
-        labels,
-        n_bootstrap=settings.bootstrap_samples,
-        ci_level=settings.ci_level,
-        seed=settings.seed,
-        groups=test_epcs,
-    )
-    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    report = evaluate_test(settings, y_test, p_test, thresholds, labels, test_epcs)
+    macro_pr_auc = report.macro_value("pr_auc")
     model_dir = workdir / "baseline_model"
     baseline.save(fitted.model, model_dir / "sparkml")
-    _write(
+    tracking.write_json(
         model_dir / "baseline.json",
         {
             "features": features,
             "labels": labels,
             "thresholds": thresholds,
             "class_weights": fitted.class_weights,
-            "test_report": report,
+            "test_report": report.to_dict(),
         },
     )
-    with mlflow.start_run(run_name=f"baseline {context['training_set']}", nested=True) as ml_run:
-        mlflow.set_tags({**context["tags"], "model": BASELINE, DETECTOR_TAG: BASELINE})
+    with tracking.detector_run(BASELINE, context["training_set"], context["tags"]) as ml_run:
         mlflow.log_params(
             {
                 "classifier": settings.baseline_classifier,
@@ -477,14 +423,10 @@ def train_baseline(
                 "train_rows": fitted.train_rows,
             }
         )
-        mlflow.log_metrics(
-            {
-                **{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
-                "train_wall_s": wall_s,
-                **{f"val_threshold_{k}": v for k, v in thresholds.items()},
-            }
+        tracking.log_evaluation(
+            report, train_wall_s=wall_s, **{f"val_threshold_{k}": v for k, v in thresholds.items()}
         )
-        _log_plots(workdir / "baseline_plots", None, y_test, p_test, thresholds, labels, "baseline")
+        plots.log_plots(workdir / "baseline_plots", None, y_test, p_test, thresholds, labels, "baseline")
         mlflow.log_artifacts(str(model_dir), "model")
         version = register_artifacts(
             settings.baseline_model_name,
@@ -494,8 +436,8 @@ def train_baseline(
                 **context["registry_tags"],
                 FORMAT_TAG: "spark-ml",
                 "test_macro_pr_auc": f"{macro_pr_auc:.6f}",
-                "test_macro_roc_auc": f"{report['macro']['roc_auc']['value']:.6f}",
-                "test_macro_f1": f"{report['macro']['f1']['value']:.6f}",
+                "test_macro_roc_auc": f"{report.macro_value('roc_auc'):.6f}",
+                "test_macro_f1": f"{report.macro_value('f1'):.6f}",
                 "thresholds": json.dumps(thresholds),
             },
             description="Spark MLlib baseline: one classifier per anomaly type on the tabular features",
@@ -551,31 +493,19 @@ def train_rules(
         wall_s = time.perf_counter() - started
         step.update(variants=dict(detector.variants))
     y_test, p_test, test_epcs = detector.labels_and_scores(df.where(F.col("split") == "test"), "epc_code")
-    report = metrics.evaluate(
-        y_test,
-        p_test,
-        dict(detector.thresholds),
-        labels,
-        n_bootstrap=settings.bootstrap_samples,
-        ci_level=settings.ci_level,
-        seed=settings.seed,
-        groups=test_epcs,
-    )
-    macro_pr_auc = report["macro"]["pr_auc"]["value"]
+    report = evaluate_test(settings, y_test, p_test, dict(detector.thresholds), labels, test_epcs)
+    macro_pr_auc = report.macro_value("pr_auc")
     model_dir = workdir / "rules_model"
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "rules.json").write_text(detector.to_json())
-    with mlflow.start_run(run_name=f"rules {context['training_set']}", nested=True) as ml_run:
-        mlflow.set_tags({**context["tags"], "model": RULES, DETECTOR_TAG: RULES})
+    with tracking.detector_run(RULES, context["training_set"], context["tags"]) as ml_run:
         mlflow.log_params({f"variant_{label}": variant for label, variant in detector.variants.items()})
-        mlflow.log_metrics(
-            {
-                **{k: v for k, v in metrics.flat_metrics(report).items() if _finite(v)},
-                "train_wall_s": wall_s,
-                **{f"val_threshold_{k}": v for k, v in detector.thresholds.items()},
-            }
+        tracking.log_evaluation(
+            report, train_wall_s=wall_s, **{f"val_threshold_{k}": v for k, v in detector.thresholds.items()}
         )
-        _log_plots(workdir / "rules_plots", None, y_test, p_test, dict(detector.thresholds), labels, "rules")
+        plots.log_plots(
+            workdir / "rules_plots", None, y_test, p_test, dict(detector.thresholds), labels, "rules"
+        )
         mlflow.log_artifacts(str(model_dir), "model")
         version = register_artifacts(
             settings.rules_model_name,
@@ -620,29 +550,25 @@ def split_column_values(files: Sequence[str], split: str, column: str) -> np.nda
     )
 
 
-# --- MLflow helpers ------------------------------------------------------------------------------
-
-
-def _flat_params(settings: TrainingSettings) -> dict[str, Any]:
-    return {
-        k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-        for k, v in settings.model_dump(mode="json").items()
-    }
-
-
-def _write(path: Path, obj: Any) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
-    return True
-
-
-def _log_json(obj: Any, artifact_path: str, filename: str) -> None:
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / filename
-        _write(target, obj)
-        mlflow.log_artifact(str(target), artifact_path)
+def evaluate_test(
+    settings: TrainingSettings,
+    y: np.ndarray,
+    p: np.ndarray,
+    thresholds: dict[str, float],
+    labels: list[str],
+    epcs: np.ndarray | None,
+) -> EvaluationReport:
+    """A detector's test-split report: bootstrap CIs resampling whole EPCs, as the settings say."""
+    return evaluation.evaluate(
+        y,
+        p,
+        thresholds,
+        labels,
+        n_bootstrap=settings.bootstrap_samples,
+        ci_level=settings.ci_level,
+        seed=settings.seed,
+        groups=epcs,
+    )
 
 
 def petastorm_available() -> bool:
@@ -651,39 +577,6 @@ def petastorm_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _log_plots(
-    folder: Path,
-    history: list[dict[str, Any]] | None,
-    y: np.ndarray,
-    p: np.ndarray,
-    thresholds: dict[str, float],
-    labels: list[str],
-    model: str,
-) -> None:
-    """Loss curves (sequence model), PR curves and confusion matrices per label, as PNG artifacts."""
-    import mlflow
-
-    from training import metrics
-
-    if not matplotlib_available():
-        return
-    if history:
-        metrics.plot_loss_curves(history, folder / "loss_curves.png")
-    metrics.plot_pr_curves(
-        y, p, labels, folder / "pr_curves_test.png", title=f"{model}: test precision-recall"
-    )
-    metrics.plot_confusion_matrices(y, p, thresholds, labels, folder / "confusion_matrices_test.png")
-    mlflow.log_artifacts(str(folder), "plots")
 
 
 # --- the job -------------------------------------------------------------------------------------
@@ -709,10 +602,7 @@ def execute(
     ``overrides``: further ``TrainingSettings`` fields (e.g. ``onnx_exporter="torchscript"``); ``quick``
     applies :data:`QUICK_TRAINING` under them (demo-sized run).
     """
-    import mlflow
-
     from tracelake.tracking import configure_mlflow
-    from training import metrics
 
     base = training_settings(run.settings.training, **QUICK_TRAINING) if quick else run.settings.training
     settings = training_settings(
@@ -777,19 +667,9 @@ def execute(
     with (
         tempfile.TemporaryDirectory(prefix="tracelake-train-") as tmp,
         atomic_registration(),
-        mlflow.start_run(run_name=f"train {training_set}") as parent,
+        tracking.parent_run(training_set, version=version, models=chosen, tags=tags) as parent,
     ):
         workdir = Path(tmp)
-        mlflow.set_tags({**tags, "models": ",".join(chosen)})
-        mlflow.log_params(
-            {
-                "training_set": training_set,
-                "training_set_version": version,
-                "models": ",".join(chosen),
-                **{f"env.{k}": v for k, v in environment().items()},
-            }
-        )
-        mlflow.log_text(_pip_freeze(), "environment/requirements.txt")
         if LSTM in chosen:
             results[LSTM] = train_lstm(run, settings, df, spec, context, resume=resume, workdir=workdir)
         if BASELINE in chosen:
@@ -797,12 +677,12 @@ def execute(
         if RULES in chosen:
             results[RULES] = train_rules(run, settings, df, spec, context, workdir=workdir)
         # The practical reference first, the learned detectors after it.
-        reports = {name: results[name]["report"] for name in (RULES, BASELINE, LSTM) if name in results}
-        table = metrics.comparison_table(reports, COMPARISON_METRICS)
-        positives = {label: v["positives"] for label, v in next(iter(reports.values()))["labels"].items()}
-        mlflow.log_text(table + "\n", "comparison/test_metrics.md")
-        for name, r in results.items():
-            mlflow.log_metric(f"{name}_test_macro_pr_auc", r["report"]["macro"]["pr_auc"]["value"])
+        reports: dict[str, EvaluationReport] = {
+            name: results[name]["report"] for name in (RULES, BASELINE, LSTM) if name in results
+        }
+        table = evaluation.comparison_table(reports, COMPARISON_METRICS)
+        positives = next(iter(reports.values())).positives()
+        tracking.log_comparison(table, reports)
         parent_id = parent.info.run_id
     print(
         f"\nTest split of training set {training_set!r} (version {version}"
@@ -817,8 +697,8 @@ def execute(
         "models": {
             name: {k: v for k, v in r.items() if k != "report"}
             | {
-                "test_macro": {m: r["report"]["macro"][m]["value"] for m in ("pr_auc", "roc_auc", "f1")},
-                "test_pr_auc": {label: v["pr_auc"]["value"] for label, v in r["report"]["labels"].items()},
+                "test_macro": {m: r["report"].macro_value(m) for m in ("pr_auc", "roc_auc", "f1")},
+                "test_pr_auc": r["report"].label_values("pr_auc"),
             }
             for name, r in results.items()
         },

@@ -13,7 +13,12 @@ The feature order, label names and thresholds travel inside the ONNX file's
 metadata (see ``training.onnx_export``), so the file alone is enough to score.
 
 Aliases: a new version gets ``challenger``; ``champion`` is moved only by the
-promotion gate (``tracelake promote``) and by ``tracelake rollback``.
+promotion gate (``tracelake promote``) and by ``tracelake rollback``, through
+:class:`AliasChanges` and :func:`roll_back_champion` here. Neither needs Spark:
+alias moves and their tags are registry calls only. The tags they leave:
+``promotion_decision`` (why the gate promoted or refused), ``previous_champion``
+(on a promoted version: the champion it replaced, where rollback goes back to)
+and ``rolled_back`` (on a version rolled back from; the gate skips it).
 
 A run that registers several models does it inside :func:`atomic_registration`:
 the versions are created as the models finish, but their aliases move only when
@@ -23,23 +28,36 @@ registry shows either all of a run's models or none.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracelake.errors import TracelakeError
+
+if TYPE_CHECKING:
+    from tracelake.config import TrainingSettings
 
 MODEL_FILE = "model.onnx"
 CHECKSUM_TAG = "onnx_sha256"
 FORMAT_TAG = "format"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+# A version trained on a set built with --allow-immature-labels ("true"): never promoted.
+IMMATURE_TAG = "tracelake.immature_labels"
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+DECISION_TAG = "promotion_decision"
+ROLLED_BACK_TAG = "rolled_back"
+# The detectors and how settings name their registered models; the gate and rollback default to the two
+# learned ones.
+DETECTORS = ("lstm", "baseline", "rules")
+DEFAULT_DETECTORS = ("lstm", "baseline")
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -50,6 +68,14 @@ class ModelResolutionError(TracelakeError, LookupError):
 
 class ModelChecksumError(TracelakeError, ValueError):
     """The downloaded model file is not the one that was registered."""
+
+
+class DetectorChoiceError(TracelakeError, ValueError):
+    """``--models`` names a detector that has no registered model."""
+
+
+class RollbackError(TracelakeError, RuntimeError):
+    """There is nothing to roll back to."""
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -266,3 +292,76 @@ def fetch_onnx_model(uri: str, dest_dir: str | os.PathLike[str]) -> ResolvedOnnx
         sha256=actual,
         tags=tags,
     )
+
+
+# --- champion moves: the promotion gate and rollback ---------------------------------------------
+
+
+def registered_model_names(training: TrainingSettings, detectors: Sequence[str] | None) -> dict[str, str]:
+    """detector -> registered model name for ``detectors`` (default: :data:`DEFAULT_DETECTORS`)."""
+    chosen = list(detectors or DEFAULT_DETECTORS)
+    unknown = [d for d in chosen if d not in DETECTORS]
+    if unknown or not chosen:
+        raise DetectorChoiceError(f"--models {','.join(chosen)!r}: choose from {', '.join(DETECTORS)}")
+    names = {
+        "lstm": training.lstm_model_name,
+        "baseline": training.baseline_model_name,
+        "rules": training.rules_model_name,
+    }
+    return {detector: names[detector] for detector in chosen}
+
+
+def decision_time() -> str:
+    """The UTC time that prefixes a decision tag (seconds)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def alias_version(name: str, alias: str) -> Any | None:
+    """The ModelVersion ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+class AliasChanges:
+    """Alias moves and version tags collected first and applied together (:meth:`apply`), so that a
+    command deciding for several models moves nothing until every decision is made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
+        self.calls.append(("set_registered_model_alias", (name, alias, version)))
+
+    def set_model_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
+        self.calls.append(("set_model_version_tag", (name, version, key, value)))
+
+    def apply(self) -> None:
+        client = _client()
+        for method, args in self.calls:
+            getattr(client, method)(*args)
+        self.calls.clear()
+
+
+def roll_back_champion(name: str, to_version: str | None = None) -> dict[str, str]:
+    """Move ``name``'s champion alias to ``to_version`` or, without it, to the previous champion recorded
+    on the current one; tag the version rolled back from. Returns {model, from_version, champion}."""
+    client = _client()
+    current = get_version(name, alias=CHAMPION)
+    target = to_version or (current.tags or {}).get(PREVIOUS_CHAMPION_TAG)
+    if not target:
+        raise RollbackError(
+            f"{name}: champion version {current.version} records no previous champion (it was the "
+            "first one); pass --to-version N to choose the version to go back to"
+        )
+    previous = get_version(name, version=str(target))  # a clear error if it does not exist
+    if str(previous.version) == str(current.version):
+        raise RollbackError(f"{name}: version {target} is already the champion")
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.set_model_version_tag(
+        name, current.version, ROLLED_BACK_TAG, f"{decision_time()} to version {previous.version}"
+    )
+    return {"model": name, "from_version": str(current.version), "champion": str(previous.version)}

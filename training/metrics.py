@@ -1,4 +1,4 @@
-"""Evaluation of per-label probabilities: thresholds, metrics with bootstrap CIs, tables, plots.
+"""Evaluation of per-label probabilities: thresholds, metrics with bootstrap CIs, tables.
 
 Works on plain arrays (``y_true``, ``y_prob``: [rows, labels]), so the MLlib
 baseline and the sequence model are scored by the same code. Thresholds are
@@ -10,14 +10,14 @@ label, with bootstrap resamples as row weights over that sort; the values
 equal scikit-learn's ``roc_auc_score`` and ``average_precision_score``
 (tests check it) at a fraction of the cost of calling them once per
 resample. A metric that is undefined on a sample (e.g. no positives) is NaN
-and left out of macro averages and confidence intervals.
+and left out of macro averages and confidence intervals. Plots of the same
+arrays are in :mod:`training.plots`; the typed report in :mod:`training.evaluation`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,10 @@ METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
 _BOOTSTRAP_CELLS = 20_000_000
 
 
-def _check(
+def check_arrays(
     y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_prob`` as float [rows, labels] arrays; a clear error when they do not fit."""
     y_true, y_prob = np.asarray(y_true, dtype=np.float64), np.asarray(y_prob, dtype=np.float64)
     if y_true.ndim == 1:
         y_true, y_prob = y_true[:, None], y_prob.reshape(-1, 1)
@@ -110,8 +111,17 @@ def pr_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(_auc_ap(*_Ranked(y, s).curves(np.ones((1, len(y)))))[1][0])
 
 
+def precision_recall_curve(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(recall, precision) at each distinct threshold, from (0, 1); None without positives."""
+    y, s = np.asarray(y_true, np.float64), np.asarray(y_score, np.float64)
+    tp, fp = (c[0] for c in _Ranked(y, s).curves(np.ones((1, len(y)))))
+    if tp[-1] == 0:
+        return None
+    return np.r_[0.0, tp / tp[-1]], np.r_[1.0, tp / (tp + fp)]
+
+
 def per_label_pr_auc(y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    y_true, y_prob = _check(y_true, y_prob, label_names)
+    y_true, y_prob = check_arrays(y_true, y_prob, label_names)
     return {name: pr_auc(y_true[:, j], y_prob[:, j]) for j, name in enumerate(label_names)}
 
 
@@ -135,7 +145,7 @@ def choose_thresholds(
     """
     if rule != "max_f1":
         raise ValueError(f"threshold rule {rule!r} is unknown; use 'max_f1'")
-    y_true, y_prob = _check(y_true, y_prob, label_names)
+    y_true, y_prob = check_arrays(y_true, y_prob, label_names)
     thresholds: dict[str, float] = {}
     for j, name in enumerate(label_names):
         ranked = _Ranked(y_true[:, j], y_prob[:, j])
@@ -193,7 +203,7 @@ def evaluate(
     metric: {"value", "ci_low", "ci_high"}}}, "macro": {metric: {...}}}``. The same resampled rows
     serve every label, so the macro CI is a CI of the macro average.
     """
-    y_true, y_prob = _check(y_true, y_prob, label_names)
+    y_true, y_prob = check_arrays(y_true, y_prob, label_names)
     missing = [name for name in label_names if name not in thresholds]
     if missing:
         raise ValueError(f"no threshold for label(s) {missing}; choose them on validation first")
@@ -304,117 +314,3 @@ def comparison_table(reports: Mapping[str, Mapping[str, Any]], metrics: Sequence
         "| " + " | ".join(r[h].ljust(w) for h, w in zip(header, widths, strict=False)) + " |" for r in rows
     ]
     return "\n".join(lines)
-
-
-# --- plots (matplotlib's Agg canvas directly: no global backend switch) -------------------------
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Any, path: str | Path) -> str:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(target, format="png")
-    return str(target)
-
-
-def plot_loss_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> str:
-    """Train and validation loss (and validation macro PR-AUC) per epoch."""
-    from matplotlib.ticker import MaxNLocator
-
-    figure = _figure(7, 4)
-    axes = figure.add_subplot(1, 1, 1)
-    epochs = [h["epoch"] for h in history]
-    axes.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    axes.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
-    axes.set_xlabel("epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("loss (BCE, pos-weighted)")
-    right = axes.twinx()
-    right.plot(
-        epochs,
-        [h.get("val_macro_pr_auc", np.nan) for h in history],
-        color="tab:green",
-        marker="s",
-        label="validation macro PR-AUC",
-    )
-    right.set_ylabel("macro PR-AUC")
-    lines = axes.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    axes.legend(lines, [line.get_label() for line in lines], loc="best")
-    return _save(figure, path)
-
-
-def plot_pr_curves(
-    y_true: np.ndarray,
-    y_prob: np.ndarray,
-    label_names: Sequence[str],
-    path: str | Path,
-    title: str = "precision-recall",
-) -> str:
-    """One precision-recall curve per label, its PR-AUC in the legend."""
-    y_true, y_prob = _check(y_true, y_prob, label_names)
-    figure = _figure(7, 5)
-    axes = figure.add_subplot(1, 1, 1)
-    for j, name in enumerate(label_names):
-        ranked = _Ranked(y_true[:, j], y_prob[:, j])
-        tp, fp = (c[0] for c in ranked.curves(np.ones((1, len(y_true)))))
-        if tp[-1] == 0:
-            continue
-        axes.plot(
-            np.r_[0.0, tp / tp[-1]],
-            np.r_[1.0, tp / (tp + fp)],
-            drawstyle="steps-post",
-            label=f"{name} (PR-AUC {pr_auc(y_true[:, j], y_prob[:, j]):.3f})",
-        )
-    axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.02)
-    axes.set_title(title)
-    axes.legend(loc="lower left")
-    return _save(figure, path)
-
-
-def plot_confusion_matrices(
-    y_true: np.ndarray,
-    y_prob: np.ndarray,
-    thresholds: Mapping[str, float],
-    label_names: Sequence[str],
-    path: str | Path,
-) -> str:
-    """A 2x2 confusion matrix per label at its threshold (rows: actual, columns: predicted)."""
-    y_true, y_prob = _check(y_true, y_prob, label_names)
-    figure = _figure(3.2 * len(label_names), 3.4)
-    for j, name in enumerate(label_names):
-        axes = figure.add_subplot(1, len(label_names), j + 1)
-        actual, predicted = y_true[:, j] == 1, y_prob[:, j] >= thresholds[name]
-        matrix = np.array(
-            [
-                [np.sum(~actual & ~predicted), np.sum(~actual & predicted)],
-                [np.sum(actual & ~predicted), np.sum(actual & predicted)],
-            ]
-        )
-        axes.imshow(matrix, cmap="Blues")
-        for (r, c), count in np.ndenumerate(matrix):
-            axes.text(
-                c,
-                r,
-                str(count),
-                ha="center",
-                va="center",
-                color="white" if count > matrix.max() / 2 else "black",
-            )
-        axes.set_xticks([0, 1], ["0", "1"])
-        axes.set_yticks([0, 1], ["0", "1"])
-        axes.set_xlabel("predicted")
-        axes.set_ylabel("actual")
-        axes.set_title(f"{name} @ {thresholds[name]:.3f}")
-    return _save(figure, path)

@@ -238,3 +238,25 @@ def test_labels_spread_over_their_incident_only_with_what_is_known_at_the_cut(sp
     assertDataFrameEqual(got.select("event_id", *types), expected)
     # Everything confirmed after the cut stays unknown however it would spread.
     assert labels_as_of(labels, ts(1), events).count() == 0
+
+
+def test_days_without_event_features_fail_naming_them(lake, capsys):
+    code = cli_main(
+        [
+            "training-set",
+            "--start-date",
+            "2025-07-01",
+            "--end-date",
+            "2025-07-08",
+            "--as-of",
+            "2025-08-01",
+            "--name",
+            "gaps",
+            "--lake-root",
+            str(lake),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the job's one-line error
+    assert code == 2
+    assert "features_event_features has no rows on 2025-07-07, 2025-07-08 (2 day(s) of the range)" in err
+    assert "run `tracelake features` for those days first" in err

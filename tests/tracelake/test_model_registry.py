@@ -100,25 +100,69 @@ def test_a_failed_run_registers_nothing_and_keeps_the_old_challenger(registry, t
 
 def test_promote_checks_every_model_before_moving_any_alias(registry, tmp_path):
     from spark_jobs import promote
-    from tracelake.logs import job_logger
     from tracelake.model_registry import register_artifacts
-    from tracelake.runs import JobRun
+    from training.registry import registry_run
 
     names = registry.training.lstm_model_name, registry.training.baseline_model_name
     model = tmp_path / "m.onnx"
     model.write_bytes(b"lstm")
     with mlflow.start_run() as run:
         register_onnx_model(names[0], model, run_id=run.info.run_id, tags={"training_set": "demo"})
-    job = JobRun(
-        job="promote", run_id="promote-test", settings=registry, log=job_logger("promote"), spark=None
-    )
-    with pytest.raises(ModelResolutionError, match=f"{names[1]!r} has no alias 'challenger'"):
-        promote.execute(job)
-    assert "champion" not in _aliases(names[0])  # nothing moved
+    with registry_run("promote", settings=registry) as job:
+        with pytest.raises(ModelResolutionError, match=f"{names[1]!r} has no alias 'challenger'"):
+            promote.execute(job)
+        assert "champion" not in _aliases(names[0])  # nothing moved
 
-    with mlflow.start_run() as run:
-        mlflow.log_text("baseline", "model/baseline.txt")
-        register_artifacts(names[1], run.info.run_id, "model", tags={"training_set": "demo"})
-    outcomes = promote.execute(job)
-    assert all(o["promoted"] for o in outcomes.values())
-    assert _aliases(names[0])["champion"] == "1" and _aliases(names[1])["champion"] == "1"
+        with mlflow.start_run() as run:
+            mlflow.log_text("baseline", "model/baseline.txt")
+            register_artifacts(names[1], run.info.run_id, "model", tags={"training_set": "demo"})
+        outcomes = promote.execute(job)
+        assert all(o["promoted"] for o in outcomes.values())
+        assert _aliases(names[0])["champion"] == "1" and _aliases(names[1])["champion"] == "1"
+    assert not job.spark_started  # first champions need no test window: no Spark session
+
+
+def test_rollback_moves_the_champion_back_without_starting_spark(registry, tmp_path):
+    """Rollback is registry calls only: run as the CLI runs it, it starts no JVM and no Spark session."""
+    import os
+    import subprocess
+    import sys
+
+    from tracelake.model_registry import PREVIOUS_CHAMPION_TAG, ROLLED_BACK_TAG
+
+    name = registry.training.lstm_model_name
+    model = tmp_path / "m.onnx"
+    versions = []
+    for payload in (b"first champion", b"second champion"):
+        model.write_bytes(payload)
+        with mlflow.start_run() as run:
+            versions.append(str(register_onnx_model(name, model, run_id=run.info.run_id).version))
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, CHAMPION, versions[1])
+    client.set_model_version_tag(name, versions[1], PREVIOUS_CHAMPION_TAG, versions[0])
+
+    script = (
+        "import sys\n"
+        "from spark_jobs import rollback\n"
+        "code = rollback.main(sys.argv[1:])\n"
+        "from pyspark import SparkContext\n"
+        "assert SparkContext._gateway is None, 'rollback started a JVM'\n"
+        "assert SparkContext._active_spark_context is None, 'rollback started a Spark session'\n"
+        "sys.exit(code)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAKE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--models", "lstm", "--lake-root", str(registry.lake_root)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"champion v{versions[1]} -> v{versions[0]}" in done.stdout
+    assert _aliases(name)[CHAMPION] == versions[0]
+    assert client.get_model_version(name, versions[1]).tags[ROLLED_BACK_TAG]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -8,7 +10,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from training import metrics
+from training import evaluation, metrics, plots
 
 LABELS = ("a", "b", "c")
 
@@ -100,9 +102,9 @@ def test_comparison_table_and_plots(arrays, tmp_path):
         for e in range(4)
     ]
     paths = [
-        metrics.plot_loss_curves(history, tmp_path / "loss.png"),
-        metrics.plot_pr_curves(y, p, LABELS, tmp_path / "plots" / "pr.png"),
-        metrics.plot_confusion_matrices(y, p, thresholds, LABELS, tmp_path / "confusion.png"),
+        plots.plot_loss_curves(history, tmp_path / "loss.png"),
+        plots.plot_pr_curves(y, p, LABELS, tmp_path / "plots" / "pr.png"),
+        plots.plot_confusion_matrices(y, p, thresholds, LABELS, tmp_path / "confusion.png"),
     ]
     for path in paths:
         with open(path, "rb") as handle:
@@ -132,3 +134,18 @@ def test_grouped_bootstrap_draws_whole_epcs_and_widens_the_interval_of_correlate
     }
     assert width["epc"] > 2 * width["row"]
     assert by_epc["labels"]["a"]["pr_auc"]["value"] == by_row["labels"]["a"]["pr_auc"]["value"]
+
+
+def test_the_typed_report_reads_the_document_and_writes_it_back_unchanged(arrays):
+    y, p = arrays
+    thresholds = {"a": 0.5, "b": 0.45, "c": 0.6}
+    document = metrics.evaluate(y, p, thresholds, LABELS, n_bootstrap=50, seed=1)
+    report = evaluation.evaluate(y, p, thresholds, LABELS, n_bootstrap=50, seed=1)
+    # The JSON the training job writes and logs is the same, key order included.
+    assert json.dumps(report.to_dict()) == json.dumps(document)
+    assert report.macro_value("pr_auc") == document["macro"]["pr_auc"]["value"]
+    assert report.label_values("pr_auc") == {n: document["labels"][n]["pr_auc"]["value"] for n in LABELS}
+    assert report.positives() == {n: document["labels"][n]["positives"] for n in LABELS}
+    assert report.labels["b"].pr_auc.ci_low == document["labels"]["b"]["pr_auc"]["ci_low"]
+    assert report.flat_metrics() == metrics.flat_metrics(document)
+    assert evaluation.comparison_table({"m": report}) == metrics.comparison_table({"m": document})
