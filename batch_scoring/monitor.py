@@ -43,23 +43,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch_scoring import drift
+from batch_scoring.inputs import SCORED, ScoringInputError, read_features, read_scores
 from batch_scoring.model_loading import LoadedModel, load_onnx_model
-from batch_scoring.score import (
-    SCORED,
-    ScoringInputError,
-    read_features,
-)
 from batch_scoring.transforms import probabilities, probability_column
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.model_io import SPLIT_COLUMN
+from tracelake.ranges import missing_days_message, write_range
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import (
     named_table_spec,
     read_table,
     table_exists,
     table_spec,
-    write_table,
 )
 
 JOB = "monitor"
@@ -72,18 +68,6 @@ class MonitoringError(TracelakeError, ValueError):
     """The scores or the reference that drift is measured against are not there."""
 
 
-def read_scores(run: JobRun) -> DataFrame:
-    """The range's scored events (version recorded); every day of the range must be scored."""
-    spec = table_spec(SCORED)
-    if not table_exists(run.spark, spec, run.lake_root):
-        raise MonitoringError(f"{SCORED} does not exist under {run.lake_root}; run `tracelake score` first")
-    run.record_input(spec)
-    frame = read_table(run.spark, spec, run.lake_root, version=run.inputs[SCORED]).where(
-        F.col("event_date").between(F.lit(run.start), F.lit(run.end))
-    )
-    return frame
-
-
 def models_by_day(scores: DataFrame, run: JobRun) -> dict[tuple[str, str], list[dt.date]]:
     """(model name, version) -> the days of the range it scored; every day must be scored by one model."""
     rows = scores.select("event_date", "model_name", "model_version").distinct().collect()
@@ -93,8 +77,7 @@ def models_by_day(scores: DataFrame, run: JobRun) -> dict[tuple[str, str], list[
     missing = [d for d in days_between(run.start, run.end) if d not in by_day]
     if missing:
         raise MonitoringError(
-            f"{SCORED} has no rows on {', '.join(d.isoformat() for d in missing[:10])}; "
-            "score those days first (tracelake score)"
+            f"{missing_days_message(SCORED, missing)}; score those days first (tracelake score)"
         )
     mixed = {d: m for d, m in by_day.items() if len(m) > 1}
     if mixed:
@@ -236,7 +219,10 @@ def execute(run: JobRun) -> dict[str, Any]:
     if run.start is None or run.end is None:
         raise MonitoringError("monitor needs --start-date (and optionally --end-date)")
     computed_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    scores = read_scores(run)
+    try:
+        scores = read_scores(run)
+    except ScoringInputError as error:
+        raise MonitoringError(str(error)) from None
     groups = models_by_day(scores, run)
     try:
         features = read_features(run)
@@ -256,10 +242,9 @@ def execute(run: JobRun) -> dict[str, Any]:
         models.append(loaded.lineage())
     spec = table_spec(DRIFT_TABLE)
     frame = run.spark.createDataFrame(rows, schema=spec.schema)
-    version = write_table(
-        frame, spec, run.lake_root, start=run.start, end=run.end, metadata=run.commit_metadata(models=models)
+    written = write_range(
+        run, frame, spec, start=run.start, end=run.end, metadata=run.commit_metadata(models=models)
     )
-    run.record_output(DRIFT_TABLE, rows=len(rows), version=version)
     drifted_days = warn_drifted(run, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in (drift.OK, drift.WARN, drift.DRIFT)}
     return {
@@ -267,7 +252,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         "end_date": run.end.isoformat(),
         "models": models,
         "input_versions": dict(run.inputs),
-        "tables": {DRIFT_TABLE: {"rows": len(rows), "version": version}},
+        "tables": {DRIFT_TABLE: written.as_dict()},
         "status_counts": counts,
         "retrain_days": drifted_days,
     }

@@ -38,6 +38,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from batch_scoring.inputs import SCORED, ScoringInputError, read_features
 from batch_scoring.model_loading import LoadedModel, LoadedRules, load_model
 from batch_scoring.transforms import (
     check_features,
@@ -45,48 +46,17 @@ from batch_scoring.transforms import (
     probability_column,
     score_events,
 )
-from tracelake.dates import days_between
-from tracelake.errors import TracelakeError
 from tracelake.model_io import KEY_COLUMNS, sequence_features
+from tracelake.ranges import write_range
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import (
     domain,
     read_table,
-    rows_written,
-    table_exists,
     table_spec,
-    write_table,
 )
 
 JOB = "score"
-FEATURES, SCORED = "features_event_features", "gold_scored_events"
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-
-
-class ScoringInputError(TracelakeError, ValueError):
-    """The features the range needs are not there."""
-
-
-def read_features(run: JobRun) -> DataFrame:
-    """The range's event features (version recorded); every day of the range must have rows."""
-    spec = table_spec(FEATURES)
-    if not table_exists(run.spark, spec, run.lake_root):
-        raise ScoringInputError(
-            f"{FEATURES} does not exist under {run.lake_root}; run `tracelake features` first"
-        )
-    run.record_input(spec)
-    frame = read_table(run.spark, spec, run.lake_root, version=run.inputs[FEATURES]).where(
-        F.col("event_date").between(F.lit(run.start), F.lit(run.end))
-    )
-    present = {r[0] for r in frame.select("event_date").distinct().collect()}
-    missing = [d for d in days_between(run.start, run.end) if d not in present]
-    if missing:
-        raise ScoringInputError(
-            f"{FEATURES} has no rows on {', '.join(d.isoformat() for d in missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''} ({len(missing)} day(s) of the range); build the features of "
-            "those days first (tracelake features), or score a range without them"
-        )
-    return frame
 
 
 def scored_frame(
@@ -132,17 +102,16 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
                 loaded.model, features.columns, sequence_features(), run.settings.features.sequence_length
             )
         frame = scored_frame(features, loaded, run.run_id, scored_at)
-        with run.log.step(f"write {SCORED}", model=loaded.name, model_version=loaded.version) as result:
-            version = write_table(
-                frame,
-                spec,
-                run.lake_root,
-                start=run.start,
-                end=run.end,
-                metadata=run.commit_metadata(**loaded.lineage()),
-            )
-            result.update(rows=rows_written(run.spark, spec, run.lake_root), version=version)
-        run.record_output(SCORED, rows=result["rows"], version=version)
+        written = write_range(
+            run,
+            frame,
+            spec,
+            start=run.start,
+            end=run.end,
+            metadata=run.commit_metadata(**loaded.lineage()),
+            model=loaded.name,
+            model_version=loaded.version,
+        )
     finally:
         if previous_batch is None:
             conf.unset(ARROW_BATCH_CONF)
@@ -157,7 +126,7 @@ def execute(run: JobRun, model_uri: str | None = None) -> dict[str, Any]:
         "thresholds": dict(zip(loaded.model.label_names, loaded.model.thresholds, strict=False)),
         "scored_at": scored_at.isoformat(),
         "input_versions": dict(run.inputs),
-        "tables": {SCORED: {"rows": result["rows"], "version": version}},
+        "tables": {SCORED: written.as_dict()},
         "validation": {
             "passed": report.passed,
             "results": str(report.results_path) if report.results_path else None,
