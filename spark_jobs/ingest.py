@@ -25,24 +25,21 @@ left out of bronze and reported.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import reduce
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_jobs import ingest_epcis
-from spark_jobs.transforms import bronze, epcis, landing, silver
+from spark_jobs.transforms import bronze, epcis, silver
+from tracelake import hadoop_fs, landing
 from tracelake.dates import days_between, describe_days
-from tracelake.errors import TracelakeError
+from tracelake.landing import LandingError, LandingFile
 from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
 from tracelake.tables import TableSpec, domain, read_table, table_spec, write_table
 
@@ -62,283 +59,18 @@ OPTIONAL_REFERENCES = (
 SOURCES = {bronze.SCANS: "landing_scans", bronze.LABELS: "landing_labels"}
 
 
-class LandingError(TracelakeError, ValueError):
-    """Landing files cannot be ingested as delivered."""
-
-
-@dataclass(frozen=True)
-class LandingFile:
-    """One delivered file: where it is, what it holds, and its header (CSV) or footer (Parquet) columns."""
-
-    path: str  # as shown to people and stored in _source_file
-    uri: str  # as Spark's _metadata.file_path spells it
-    source: str
-    format: str
-    landing_date: dt.date
-    columns: tuple[str, ...] | None = None  # None: JSON lines (no header) or an empty file
-    header_line: str | None = None
-    parquet_schema: tuple[tuple[str, str], ...] | None = None  # (column, type) from a Parquet footer
-
-
-# --- the file system, through Hadoop so that any lake URI Spark reads works ---
-
-
-def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath  # type: ignore[union-attr]
-
-
-def _exists(spark: SparkSession, path: str) -> bool:
-    fs, jpath = _hadoop_path(spark, path)
-    return bool(fs.exists(jpath))
-
-
-def _java_cause(error: BaseException) -> str:
-    """The innermost cause of a JVM error, as one line (e.g. ``java.util.zip.ZipException: Not in GZIP format``)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
-    first = next((line for line in lines if not line.startswith("An error occurred while calling")), "")
-    return (causes[-1] if causes else first or type(error).__name__)[:300]
-
-
-def _unreadable(path: str, what: str, error: BaseException) -> LandingError:
-    return LandingError(
-        f"landing file {path} cannot be read as {what} ({_java_cause(error)}); have the producer "
-        "redeliver it, or move it out of the landing folder, and rerun"
-    )
-
-
-def _first_line(spark: SparkSession, path: str) -> str | None:
-    """The first line of a text file (decompressed if need be), or None when it is empty."""
-    jvm = spark._jvm  # type: ignore[union-attr]
-    fs, jpath = _hadoop_path(spark, path)
-    try:
-        stream = fs.open(jpath)
-        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
-            spark._jsc.hadoopConfiguration()
-        ).getCodec(jpath)  # type: ignore[union-attr]
-        if codec is not None:
-            stream = codec.createInputStream(stream)
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
-    except Exception as error:
-        raise _unreadable(
-            path, "text" if not path.endswith(".gz") else "gzip-compressed text", error
-        ) from None
-    try:
-        return reader.readLine()
-    except Exception as error:
-        raise _unreadable(path, "gzip-compressed text" if path.endswith(".gz") else "text", error) from None
-    finally:
-        reader.close()
-
-
-def _parquet_schema(spark: SparkSession, path: str) -> tuple[tuple[str, str], ...]:
-    """(column, Parquet type) of each column of a Parquet file's footer."""
-    jvm = spark._jvm  # type: ignore[union-attr]
-    _, jpath = _hadoop_path(spark, path)
-    try:
-        input_file = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(
-            jpath, spark._jsc.hadoopConfiguration()
-        )  # type: ignore[union-attr]
-        reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(input_file)
-    except Exception as error:
-        raise _unreadable(path, "Parquet", error) from None
-    try:
-        fields = reader.getFooter().getFileMetaData().getSchema().getFields()
-        return tuple((str(f.getName()), str(f.toString())) for f in fields)
-    finally:
-        reader.close()
-
-
-def _parquet_columns(spark: SparkSession, path: str) -> tuple[str, ...]:
-    return tuple(name for name, _ in _parquet_schema(spark, path))
-
-
-def _header_columns(line: str) -> tuple[str, ...]:
-    return tuple(name.strip().lstrip("\ufeff").strip() for name in next(csv.reader([line])))
-
-
-def landing_inventory(
-    spark: SparkSession, run: JobRun, spec: TableSpec, source: str, days: Sequence[dt.date]
-) -> list[LandingFile]:
-    """Every file of the range's landing partitions, with its header or footer columns.
-
-    Files whose name starts with ``_`` or ``.`` (``_SUCCESS``, checksums) are
-    not data; any other file must have a known extension.
-    """
-    root = spec.location(run.lake_root)
-    fs, pattern = _hadoop_path(spark, f"{root}/date={{{','.join(d.isoformat() for d in days)}}}/*")
-    files: list[LandingFile] = []
-    for status in fs.globStatus(pattern) or []:
-        jpath = status.getPath()
-        name, day = (
-            str(jpath.getName()),
-            dt.date.fromisoformat(str(jpath.getParent().getName())[len("date=") :]),
-        )
-        if name.startswith(("_", ".")):
-            continue
-        if status.isDirectory():
-            run.log.warning("skipping a folder inside a landing partition", extra={"path": str(jpath)})
-            continue
-        fmt = landing.landing_format(name)
-        if fmt is None:
-            raise LandingError(
-                f"landing file {jpath} has an unknown format; name it *.csv, *.json, *.jsonl or *.parquet "
-                "(text formats may end in .gz), or move it out of the landing folder"
-            )
-        path, uri = str(jpath), str(jpath.toUri())
-        if fmt == "parquet":
-            schema = _parquet_schema(spark, path)
-            files.append(
-                LandingFile(path, uri, source, fmt, day, tuple(n for n, _ in schema), parquet_schema=schema)
-            )
-        elif fmt == "csv":
-            header = _first_line(spark, path)
-            columns = _header_columns(header) if header is not None else None
-            files.append(LandingFile(path, uri, source, fmt, day, columns, header))
-        else:
-            if name.lower().endswith(landing.COMPRESSED_SUFFIX):
-                _first_line(spark, path)  # a .gz that is not gzip is refused here, naming the file
-            files.append(LandingFile(path, uri, source, fmt, day))
-    return sorted(files, key=lambda f: f.path)
-
-
-def check_header(path: str, columns: Sequence[str], spec: TableSpec) -> list[str]:
-    """Fail when a file's header lacks a required column (or repeats one); return its extra columns."""
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    missing = [c for c in spec.required_columns if c not in columns]
-    if missing or duplicated:
-        problem = f"lacks required column(s) {missing}" if missing else f"repeats column(s) {duplicated}"
-        raise LandingError(
-            f"landing file {path} {problem}; its columns are {list(columns)}, {spec.name} needs "
-            f"{spec.required_columns}. Have the producer redeliver the file (or move it out of the landing "
-            "folder) and rerun"
-        )
-    return [c for c in columns if c not in spec.column_names]
-
-
-def check_columns(files: Sequence[LandingFile], spec: TableSpec) -> dict[str, list[str]]:
-    """Check every header (CSV) and footer (Parquet); the extra columns per file that has some."""
-    extra = {f.path: check_header(f.path, f.columns, spec) for f in files if f.columns is not None}
-    return {path: columns for path, columns in extra.items() if columns}
-
-
-def read_landing(
-    spark: SparkSession,
-    files: Sequence[LandingFile],
-    spec: TableSpec,
-    source: str,
-    csv_max_record_lines: int = 100,
-) -> DataFrame:
-    """The parsed landing rows of one source: one text read (CSV, JSON lines) and one Parquet read per schema.
-
-    CSV lines are joined into records first (RFC 4180: a quoted field may hold line breaks); only
-    files with a line of unbalanced quotes are ordered for it, which one pass over the text finds.
-    Parquet files whose columns have different types are read apart and meet as text.
-    """
-    headers = {
-        columns: i
-        for i, columns in enumerate(sorted({f.columns for f in files if f.format == "csv" and f.columns}))
-    }
-    inventory = spark.createDataFrame(
-        [(f.uri, f.path, f.format, f.landing_date, headers.get(f.columns), f.header_line) for f in files],  # type: ignore[arg-type]
-        "_uri string, _source_file string, format string, landing_date date, header_id int, header_line string",
-    ).withColumn("source", F.lit(source))
-    frames = []
-    text_files = [f.path for f in files if f.format in landing.TEXT_FORMATS]
-    if text_files:
-        lines = spark.read.text(text_files).select(
-            "value",
-            F.col("_metadata.file_path").alias("_uri"),
-            F.col("_metadata.file_block_start").alias("_block_start"),
-            F.monotonically_increasing_id().alias("_line_index"),
-        )
-        csv_uris = [f.uri for f in files if f.format == "csv"]
-        odd = (
-            lines.where(F.col("_uri").isin(csv_uris) & landing.odd_quotes(F.col("value")))
-            .select("_uri")
-            .distinct()
-        )
-        multiline = [r["_uri"] for r in collect_landing(odd, files)] if csv_uris else []
-        records = landing.csv_records(
-            lines.withColumn("_multiline_file", F.col("_uri").isin(multiline)), csv_max_record_lines
-        )
-        records = records.join(F.broadcast(inventory), "_uri")
-        frames.append(landing.parse_text_lines(records, spec, {i: list(c) for c, i in headers.items()}))
-    schemas: dict[tuple[tuple[str, str], ...], list[str]] = {}
-    for f in files:
-        if f.format == "parquet":
-            schemas.setdefault(f.parquet_schema or (), []).append(f.path)
-    for paths in schemas.values():
-        rows = spark.read.parquet(*paths)
-        rows = rows.select(
-            F.struct(*[F.col(f"`{c}`") for c in rows.columns]).alias("_payload"),
-            F.col("_metadata.file_path").alias("_uri"),
-        )
-        frames.append(landing.parse_parquet_rows(rows.join(F.broadcast(inventory), "_uri"), spec))
-    if not frames:
-        return spark.createDataFrame([], landing.parsed_ddl(spec))
-    return reduce(DataFrame.unionByName, frames)
-
-
-def collect_landing(frame: DataFrame, files: Sequence[LandingFile] = ()) -> list[Any]:
-    """``frame.collect()`` where a landing file that fails only when read in full (a truncated .gz, a
-    corrupt Parquet page) becomes one line naming the file instead of a JVM traceback.
-
-    Spark 4 names the failing file in the task error; Spark 3.5 does not for a compressed text
-    stream, so on failure each of ``files`` is read alone until one fails (the error path only).
-    """
-    try:
-        return frame.collect()
-    except Exception as error:  # py4j: the failed task's exception
-        unreadable = unreadable_file_error(error) or _probe_unreadable(frame.sparkSession, files)
-        if unreadable is None:
-            raise
-        raise unreadable from None
-
-
-def _probe_unreadable(spark: SparkSession, files: Sequence[LandingFile]) -> LandingError | None:
-    """The first landing file that cannot be read in full on its own, as one line; None if all can."""
-    for file in files:
-        reader = spark.read.parquet if file.format == "parquet" else spark.read.text
-        try:
-            reader(file.path).count()
-        except Exception as error:
-            what = (
-                "Parquet"
-                if file.format == "parquet"
-                else ("gzip-compressed text" if file.path.endswith(".gz") else "text")
-            )
-            return _unreadable(file.path, what, error)
-    return None
-
-
-_FAILED_FILE = re.compile(r"(?:reading file|file path:?|in file)\s+(\S+?)[.,]?(?:\s|$)", re.IGNORECASE)
-
-
-def unreadable_file_error(error: BaseException) -> LandingError | None:
-    """A Spark job that failed on one landing file (a truncated .gz, a corrupt Parquet page) -> one line naming it."""
-    match = _FAILED_FILE.search(str(error))
-    if match is None:
-        return None
-    return LandingError(
-        f"landing file {match.group(1)} cannot be read ({_java_cause(error)}); have the producer "
-        "redeliver it, or move it out of the landing folder, and rerun"
-    )
-
-
 def load_reference(
     run: JobRun, landing_name: str, table_name: str, key: Sequence[str], tables: dict[str, dict[str, int]]
 ) -> DataFrame:
     """Type a reference file and replace its table; returns the table as committed."""
     spark, source, spec = run.spark, table_spec(landing_name), table_spec(table_name)
     path = source.location(run.lake_root)
-    if not _exists(spark, path):
+    if not hadoop_fs.exists(spark, path):
         raise LandingError(
             f"reference file {path} does not exist; deliver it (e.g. `tracelake generate`) and rerun"
         )
-    header = _first_line(spark, path)
-    extra = check_header(path, _header_columns(header) if header is not None else (), source)
+    header = landing.first_line(spark, path)
+    extra = landing.check_header(path, landing.header_columns(header) if header is not None else (), source)
     if extra:
         run.log.warning(
             "reference file has extra columns; they are ignored", extra={"file": path, "columns": extra}
@@ -402,10 +134,13 @@ def _inventory(
     run: JobRun, days: Sequence[dt.date], other_deliveries: frozenset[dt.date] = frozenset()
 ) -> tuple[dict[str, list[LandingFile]], dict[str, list[str]], list[dt.date]]:
     """The range's landing files per source, checked; the extra header columns per file; days without scans."""
-    files = {s: landing_inventory(run.spark, run, table_spec(n), s, days) for s, n in SOURCES.items()}
+    files = {
+        s: landing.inventory(run.spark, table_spec(n), run.lake_root, days, run.log)
+        for s, n in SOURCES.items()
+    }
     extra_columns: dict[str, list[str]] = {}
     for source, name in SOURCES.items():
-        extra_columns.update(check_columns(files[source], table_spec(name)))
+        extra_columns.update(landing.check_columns(files[source], table_spec(name)))
     missing = sorted(set(days) - {f.landing_date for f in files[bronze.SCANS]} - other_deliveries)
     if missing:
         message = f"no landing scan files for {describe_days(missing)}"
@@ -437,7 +172,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         for landing_name, table, key in REFERENCES
     }
     for landing_name, table, key in OPTIONAL_REFERENCES:
-        if _exists(spark, table_spec(landing_name).location(run.lake_root)):
+        if hadoop_fs.exists(spark, table_spec(landing_name).location(run.lake_root)):
             load_reference(run, landing_name, table, key, tables)
         else:
             run.log.event("optional reference file not delivered; its table is left as it is", table=table)
@@ -445,12 +180,16 @@ def execute(run: JobRun) -> dict[str, Any]:
     scans_spec, labels_spec = table_spec(SOURCES[bronze.SCANS]), table_spec(SOURCES[bronze.LABELS])
     level = getattr(StorageLevel, settings.storage_level)
     scans = bronze.classify_scans(
-        read_landing(spark, files[bronze.SCANS], scans_spec, bronze.SCANS, settings.csv_max_record_lines),
+        landing.read_landing(
+            spark, files[bronze.SCANS], scans_spec, bronze.SCANS, settings.csv_max_record_lines
+        ),
         references["reference_locations"],
         scans_spec.required_columns,
     ).persist(level)
     labels = bronze.classify_labels(
-        read_landing(spark, files[bronze.LABELS], labels_spec, bronze.LABELS, settings.csv_max_record_lines),
+        landing.read_landing(
+            spark, files[bronze.LABELS], labels_spec, bronze.LABELS, settings.csv_max_record_lines
+        ),
         domain()["anomaly_types"],
         labels_spec.required_columns,
     ).persist(level)
@@ -459,7 +198,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         with run.log.step("parse and count landing rows") as counted:
             outcomes = [
                 r.asDict()
-                for r in collect_landing(
+                for r in landing.collect_landing(
                     bronze.landing_outcomes(scans, labels), [*files[bronze.SCANS], *files[bronze.LABELS]]
                 )
             ]

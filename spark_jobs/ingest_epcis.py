@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_jobs.transforms import epcis
+from tracelake import hadoop_fs
 from tracelake.config import PROJECT_ROOT
 from tracelake.errors import TracelakeError
 from tracelake.runs import JobRun
@@ -65,24 +66,18 @@ class EpcisDelivery:
 
 def inventory(run: JobRun, days: Sequence[dt.date]) -> list[EpcisFile]:
     """The EPCIS documents delivered on ``days`` (``_*``/``.*`` files are not data; other names are refused)."""
-    spark = run.spark
     root = table_spec(LANDING).location(run.lake_root)
-    jvm = spark._jvm  # type: ignore[union-attr]
-    pattern = jvm.org.apache.hadoop.fs.Path(f"{root}/date={{{','.join(d.isoformat() for d in days)}}}/*")
-    fs = pattern.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
     found = []
-    for status in fs.globStatus(pattern) or []:
-        jpath = status.getPath()
-        name = str(jpath.getName())
-        if name.startswith(("_", ".")) or status.isDirectory():
+    for file in hadoop_fs.glob(run.spark, f"{root}/date={{{','.join(d.isoformat() for d in days)}}}/*"):
+        if file.name.startswith(("_", ".")) or file.is_dir:
             continue
-        if not name.lower().endswith(EXTENSIONS):
+        if not file.name.lower().endswith(EXTENSIONS):
             raise EpcisError(
-                f"landing file {jpath} is not an EPCIS document; name it *.jsonld or *.json "
+                f"landing file {file.path} is not an EPCIS document; name it *.jsonld or *.json "
                 "(optionally .gz), or move it out of landing/epcis"
             )
-        day = dt.date.fromisoformat(str(jpath.getParent().getName())[len("date=") :])
-        found.append(EpcisFile(str(jpath), str(jpath.toUri()), day, int(status.getLen())))
+        day = dt.date.fromisoformat(file.parent_name[len("date=") :])
+        found.append(EpcisFile(file.path, file.uri, day, file.size))
     return sorted(found, key=lambda f: f.path)
 
 

@@ -25,6 +25,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from spark_jobs import generate, ingest
 from tracelake.config import GeneratorSettings
+from tracelake.landing import LandingError
 from tracelake.runs import job_run
 from tracelake.tables import latest_version, read_table, table_spec
 
@@ -256,7 +257,7 @@ def test_missing_required_column_fails_naming_file_and_column(spark, lake, runs)
     bad.write_text("event_id,epc_code,location_id\nx,y,LOC-00001\n")
     try:
         with pytest.raises(
-            ingest.LandingError, match=r"late-delivery\.csv lacks required column\(s\) \['event_time'\]"
+            LandingError, match=r"late-delivery\.csv lacks required column\(s\) \['event_time'\]"
         ):
             _ingest(spark, lake["settings"])
     finally:

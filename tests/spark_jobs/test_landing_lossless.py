@@ -15,6 +15,7 @@ import pytest
 
 from spark_jobs import ingest
 from spark_jobs.transforms import landing
+from tracelake.landing import LandingError, inventory, rows_per_day
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
 
@@ -74,6 +75,9 @@ def test_rfc4180_records_bom_and_crlf_arrive_whole(spark, test_settings, tmp_pat
     )
     scans = summary["reconciliation"]["scans"]
     assert scans["landing_rows"] == 9 and scans["ok"]
+    # Validation reconciles bronze with landing through the same inventory: records, not lines.
+    spec = table_spec("landing_scans")
+    assert rows_per_day(spark, inventory(spark, spec, str(root), [DAY]), spec, 3) == {DAY: 9}
     silver = {
         r["event_id"]: r["product_name"]
         for r in read_table(spark, table_spec("silver_scan_events"), str(root))
@@ -94,20 +98,20 @@ def test_unreadable_files_fail_in_one_line_naming_the_file(spark, test_settings,
     day = root / "landing" / "scans" / f"date={DAY}"
     (day / "good.csv").write_text(HEADER + "\n" + _scan(1, "Tea") + "\n")
     (day / "not-gzip.csv.gz").write_text(HEADER + "\n" + _scan(2, "Tea") + "\n")
-    with pytest.raises(ingest.LandingError, match=r"not-gzip\.csv\.gz cannot be read as gzip") as error:
+    with pytest.raises(LandingError, match=r"not-gzip\.csv\.gz cannot be read as gzip") as error:
         _ingest(spark, test_settings, root)
     assert "\n" not in str(error.value)
 
     (day / "not-gzip.csv.gz").unlink()
     whole = gzip.compress((HEADER + "\n" + "\n".join(_scan(i, "Tea") for i in range(2, 400)) + "\n").encode())
     (day / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ingest.LandingError, match=r"cut\.csv\.gz cannot be read") as error:
+    with pytest.raises(LandingError, match=r"cut\.csv\.gz cannot be read") as error:
         _ingest(spark, test_settings, root)
     assert "\n" not in str(error.value)
 
     (day / "cut.csv.gz").unlink()
     (day / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet at all")
-    with pytest.raises(ingest.LandingError, match=r"corrupt\.parquet cannot be read as Parquet") as error:
+    with pytest.raises(LandingError, match=r"corrupt\.parquet cannot be read as Parquet") as error:
         _ingest(spark, test_settings, root)
     assert "\n" not in str(error.value)
     assert not (root / "bronze").exists()  # refused before anything was written
