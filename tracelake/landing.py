@@ -5,7 +5,7 @@ bronze or quarantine) and validation (which reconciles bronze with landing):
 every CSV record (RFC 4180: a quoted field may span lines) but a file's
 header, every JSON line, every Parquet row. The files are listed and read
 through Spark's Hadoop file system, so any lake URI Spark reads works; the
-parsing itself is the pure transforms of :mod:`spark_jobs.transforms.landing`.
+parsing itself is the pure transforms of :mod:`tracelake.landing_records`.
 
 Files whose name starts with ``_`` or ``.`` (``_SUCCESS``, checksums) are not
 data; any other file must have a known extension.
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs.transforms import landing as records
 from tracelake import hadoop_fs
+from tracelake import landing_records as records
 from tracelake.errors import TracelakeError
 
 if TYPE_CHECKING:

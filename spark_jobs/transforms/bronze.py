@@ -1,6 +1,6 @@
 """Parsed landing rows -> typed bronze rows, or quarantine rows with a reason.
 
-Pure transforms over the frames of :mod:`spark_jobs.transforms.landing`.
+Pure transforms over the frames of :mod:`tracelake.landing_records`.
 Every landing row gets exactly one outcome: ``reason_code`` null (accepted)
 or the first failing check, in this order:
 
@@ -29,8 +29,8 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.transforms.landing import NON_UTF8, UNPARSEABLE
 from tracelake.errors import TracelakeError
+from tracelake.landing_records import NON_UTF8, UNPARSEABLE
 from tracelake.tables import TableSpec
 
 MISSING_REQUIRED = "missing_required"

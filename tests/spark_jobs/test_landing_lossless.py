@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs import ingest
-from spark_jobs.transforms import landing
+from tracelake import landing_records as landing
 from tracelake.landing import LandingError, inventory, rows_per_day
 from tracelake.runs import job_run
 from tracelake.tables import read_table, table_spec
