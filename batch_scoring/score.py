@@ -138,7 +138,7 @@ def top_anomalies(run: JobRun, day: dt.date, limit: int = 10) -> DataFrame:
     """The day's highest anomaly scores in gold/scored_events, with the flags that fired."""
     from batch_scoring.transforms import flag_column
 
-    labels = domain()["anomaly_types"]
+    labels = domain().anomaly_types
     fired = F.concat_ws(",", *[F.when(F.col(flag_column(label)), F.lit(label)) for label in labels])
     return (
         read_table(run.spark, table_spec(SCORED), run.lake_root)

@@ -140,7 +140,7 @@ def naive_flags(scans: pd.DataFrame, products: pd.DataFrame) -> dict[str, pd.Ser
     pair_known = pd.Series(
         [(c, p) in known for c, p in zip(parts[1], parts[2], strict=False)], index=scans.index
     )
-    fake = (~scans["epc_code"].str.match(domain()["epc_regex"])) | ~parts[1].isin(companies) | ~pair_known
+    fake = (~scans["epc_code"].str.match(domain().epc_regex)) | ~parts[1].isin(companies) | ~pair_known
 
     return {"epc_fake": fake, "epc_dup": epc_dup, "loc_err": loc_err, "evt_order_err": order, "jump": jump}
 

@@ -128,7 +128,7 @@ def execute(
         record=False,  # recorded below with the split counts of the written version
     )
     version = written.version
-    types = list(domain()["anomaly_types"])
+    types = list(domain().anomaly_types)
     counts = {
         r[SPLIT_COLUMN]: r.asDict()
         for r in read_table(run.spark, spec, run.lake_root, version=version)

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="realistic (default: legitimate confounders, harder anomalies) or easy (none, for quick "
         "tests); fills the generator settings not given explicitly",
     )
-    for anomaly in domain()["anomaly_types"]:
+    for anomaly in domain().anomaly_types:
         parser.add_argument(
             _rate_option(anomaly),
             type=float,
@@ -126,7 +126,7 @@ def apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
     for name in ("start_date", "days", "epcs", "seed", "format", "corrupt_rate"):
         if getattr(args, name, None) is not None:
             generator[name] = getattr(args, name)
-    for anomaly in domain()["anomaly_types"]:
+    for anomaly in domain().anomaly_types:
         value = getattr(args, f"rate_{anomaly}", None)
         if value is not None:
             generator["rates"][anomaly] = value
@@ -161,8 +161,8 @@ def make_plan(generator: GeneratorSettings, start: dt.date, days: int) -> Simula
         format=epcis_writer.SIMULATION_FORMAT
         if generator.format == epcis_writer.FORMAT
         else generator.format,
-        anomaly_types=tuple(dom["anomaly_types"]),
-        event_types=tuple(dom["event_types"]),
+        anomaly_types=dom.anomaly_types,
+        event_types=dom.event_types,
         scan_columns=tuple(scans.column_names),
         scan_required=tuple(scans.required_columns),
         label_columns=tuple(labels.column_names),

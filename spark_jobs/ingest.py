@@ -190,7 +190,7 @@ def execute(run: JobRun) -> dict[str, Any]:
         landing.read_landing(
             spark, files[bronze.LABELS], labels_spec, bronze.LABELS, settings.csv_max_record_lines
         ),
-        domain()["anomaly_types"],
+        domain().anomaly_types,
         labels_spec.required_columns,
     ).persist(level)
     delivery = ingest_epcis.read(run, epcis_files, level)
@@ -263,7 +263,7 @@ def execute(run: JobRun) -> dict[str, Any]:
             silver_bronze,
             references["reference_locations"],
             references["reference_products"],
-            domain()["epc_regex"],
+            domain().epc_regex,
             run.run_id,
         )
         _write(run, events, "silver_scan_events", tables, dates=silver_days)

@@ -135,7 +135,7 @@ def feature_spec(settings: Any) -> Any:
         tuple(sequence_features()),
         tuple(tabular_features()),
         settings.features.sequence_length,
-        tuple(domain()["anomaly_types"]),
+        tuple(domain().anomaly_types),
     )
 
 

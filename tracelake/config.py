@@ -563,13 +563,11 @@ class MonitoringSettings(_Section):
     psi_bins: int = Field(10, ge=2)
     # Share given to an empty bin so that PSI stays finite.
     psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
-    # Status: psi < warn_psi -> ok; < drift_psi -> warn; else drift (marks the day for retraining).
+    # Status: psi < warn_psi -> ok; < drift_psi -> warn; else drift (a drift row in monitoring/drift triggers retraining).
     warn_psi: float = Field(0.1, gt=0)
     drift_psi: float = Field(0.25, gt=0)
     # Relative error of the reference quantiles (approxQuantile).
     quantile_relative_error: float = Field(0.001, ge=0, lt=1)
-    # Retraining markers, relative to the lake root: <retrain_dir>/<event_date>.json.
-    retrain_dir: str = "monitoring/_retrain"
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> MonitoringSettings:

@@ -94,7 +94,7 @@ def _demo_settings(args: argparse.Namespace) -> tuple[Settings, dt.date, dt.date
         f"generator.epcs={args.epcs}",
         f"generator.days={args.days}",
         f"generator.corrupt_rate={args.corrupt_rate}",
-        *(f"generator.rates.{label}={args.anomaly_rate}" for label in domain()["anomaly_types"]),
+        *(f"generator.rates.{label}={args.anomaly_rate}" for label in domain().anomaly_types),
     ]
     if args.seed is not None:
         overrides.append(f"generator.seed={args.seed}")

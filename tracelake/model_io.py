@@ -112,7 +112,7 @@ def tabular_features() -> list[str]:
 
 def label_names() -> tuple[str, ...]:
     """The anomaly types of schemas/domain.yaml, in order."""
-    return tuple(domain()["anomaly_types"])
+    return tuple(domain().anomaly_types)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,11 +195,45 @@ def all_table_specs() -> list[TableSpec]:
     return [table_spec(p.stem) for p in sorted((SCHEMAS_DIR / "tables").glob("*.yaml"))]
 
 
+@dataclass(frozen=True)
+class Domain:
+    """The domain's enumerations, as ``schemas/domain.yaml`` declares them."""
+
+    epc_regex: str
+    anomaly_types: tuple[str, ...]
+    # anomaly type -> how far one confirmed label reaches: event, epc or swapped_pair
+    label_scope: dict[str, str]
+    # business step -> tier, in journey order
+    business_steps: dict[str, int]
+    event_types: tuple[str, ...]
+    return_event_types: tuple[str, ...]
+    # generator profiles (``generator.profiles``), read by tracelake.config
+    generator: dict[str, Any]
+
+    def value(self, key: str) -> Any:
+        """One enumeration by its YAML key (the expectation suites' ``$domain`` references)."""
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @staticmethod
+    def field_names() -> list[str]:
+        return sorted(f.name for f in fields(Domain))
+
+
 @cache
-def domain() -> dict[str, Any]:
+def domain() -> Domain:
     """Domain enumerations (anomaly types, business steps and tiers, event types, EPC regex)."""
-    values: dict[str, Any] = yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
-    return values
+    raw: dict[str, Any] = yaml.safe_load((SCHEMAS_DIR / "domain.yaml").read_text())
+    return Domain(
+        epc_regex=str(raw["epc_regex"]),
+        anomaly_types=tuple(raw["anomaly_types"]),
+        label_scope=dict(raw.get("label_scope") or {}),
+        business_steps={str(k): int(v) for k, v in raw["business_steps"].items()},
+        event_types=tuple(raw["event_types"]),
+        return_event_types=tuple(raw.get("return_event_types") or ()),
+        generator=dict(raw.get("generator") or {}),
+    )
 
 
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:

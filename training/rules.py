@@ -146,7 +146,7 @@ def _fake(use_serial: bool, use_manufacture: bool) -> _Rule:
 def _outbound_indexes() -> list[int]:
     from tracelake.tables import domain
 
-    return [i + 1 for i, name in enumerate(domain()["event_types"]) if str(name).endswith("_Outbound")]
+    return [i + 1 for i, name in enumerate(domain().event_types) if str(name).endswith("_Outbound")]
 
 
 # Per anomaly type: variant name -> rule. The first variant is the naive one-line rule.

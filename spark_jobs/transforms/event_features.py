@@ -199,8 +199,8 @@ def scan_steps(
     same_location = F.col("location_id") == F.col("_prev_location_id")
     hour = (F.col("micros") % F.lit(86_400 * _MICROS)) / F.lit(3600.0 * _MICROS)
     angle = hour * F.lit(2 * math.pi / 24)
-    event_types = list(doms["event_types"])
-    returns = list(doms.get("return_event_types") or [])
+    event_types = list(doms.event_types)
+    returns = list(doms.return_event_types)
     steps = steps.select(
         *[c for c in steps.columns if not c.startswith("_")],
         when_prev(F.col("_prev_ord")).alias("prev_ord"),
@@ -221,7 +221,7 @@ def scan_steps(
         (is_outbound & ~F.coalesce(F.col("has_prev") & same_location, F.lit(False))).alias("out_without_in"),
         event_type.isin(returns).alias("is_return") if returns else F.lit(False).alias("is_return"),
         _index_of("event_type", event_types).alias("event_type_idx"),
-        _index_of("business_step", list(doms["business_steps"])).alias("business_step_idx"),
+        _index_of("business_step", list(doms.business_steps)).alias("business_step_idx"),
         F.sin(angle).alias("hour_sin"),
         F.cos(angle).alias("hour_cos"),
         F.col("_record_offset_s"),
@@ -468,7 +468,7 @@ def _current(settings: FeatureSettings) -> dict[str, Column]:
 
 def _inbound_indexes() -> list[int]:
     """event_type_idx values of the *_Inbound event types."""
-    return [i + 1 for i, name in enumerate(domain()["event_types"]) if str(name).endswith("_Inbound")]
+    return [i + 1 for i, name in enumerate(domain().event_types) if str(name).endswith("_Inbound")]
 
 
 def snapshot_ttl(settings: FeatureSettings) -> dt.timedelta:

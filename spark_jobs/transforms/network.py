@@ -24,6 +24,7 @@ import pandas as pd
 
 from tracelake.config import GeneratorSettings
 from tracelake.errors import TracelakeError
+from tracelake.tables import Domain
 
 EARTH_RADIUS_KM = 6371.0088
 KM_PER_DEGREE_LAT = 111.32
@@ -99,12 +100,12 @@ class Stage:
     event_types: tuple[str, ...]
 
 
-def journey_stages(domain: dict[str, Any]) -> tuple[Stage, ...]:
+def journey_stages(domain: Domain) -> tuple[Stage, ...]:
     """Stages in tier order, with their event types, from ``schemas/domain.yaml``."""
-    steps = sorted(domain["business_steps"].items(), key=lambda kv: kv[1])
+    steps = sorted(domain.business_steps.items(), key=lambda kv: kv[1])
     groups: list[list[str]] = [[]]
-    backward = set(domain.get("return_event_types", ()))
-    for event_type in (t for t in domain["event_types"] if t not in backward):
+    backward = set(domain.return_event_types)
+    for event_type in (t for t in domain.event_types if t not in backward):
         groups[-1].append(event_type)
         if event_type.endswith("_Outbound"):
             groups.append([])
@@ -266,7 +267,7 @@ def _in_region(rng: np.random.Generator, n: int, half: float) -> np.ndarray:
     return rng.uniform(-half, half, size=(n, 2))
 
 
-def build_network(settings: GeneratorSettings, domain: dict[str, Any]) -> Network:
+def build_network(settings: GeneratorSettings, domain: Domain) -> Network:
     """The network and catalogue for ``settings`` (same settings -> same network)."""
     stages = journey_stages(domain)
     steps = [s.business_step for s in stages]

@@ -146,7 +146,7 @@ def location_snapshots(
     )
 
     # A label counts from the day after its confirmation (confirmed_at < start of D).
-    types = list(domain()["anomaly_types"])
+    types = list(domain().anomaly_types)
     known = (
         labels.where(F.col("anomaly_type").isin(types))
         .groupBy("event_id", "anomaly_type")

@@ -71,12 +71,12 @@ EVENT, EPC_SCOPES, SWAPPED_PAIR = "event", ("epc", "epc_until_confirmed"), "swap
 
 def label_scopes() -> dict[str, str]:
     """anomaly type -> scope; a type without an entry labels its event only."""
-    scopes = dict(domain().get("label_scope") or {})
+    scopes = dict(domain().label_scope)
     known = {EVENT, SWAPPED_PAIR, *EPC_SCOPES}
     bad = {t: s for t, s in scopes.items() if s not in known}
     if bad:
         raise TracelakeError(f"schemas/domain.yaml label_scope {bad}: use one of {sorted(known)}")
-    return {t: scopes.get(t, EVENT) for t in domain()["anomaly_types"]}
+    return {t: scopes.get(t, EVENT) for t in domain().anomaly_types}
 
 
 def check_mature(window_end: dt.date, as_of: dt.datetime, max_delay_days: int, what: str = "test") -> None:
@@ -110,7 +110,7 @@ def labels_as_of(labels: DataFrame, as_of: dt.datetime, events: DataFrame | None
     its EPC's previous event. Only labels confirmed at or before ``as_of`` spread, so
     nothing known later leaks in.
     """
-    types = list(domain()["anomaly_types"])
+    types = list(domain().anomaly_types)
     known = labels.where((F.col("confirmed_at") <= F.lit(as_of)) & F.col("anomaly_type").isin(types))
     if events is not None:
         known = _spread(known, events, label_scopes())
@@ -155,7 +155,7 @@ def training_set(
     test_start: dt.date,
 ) -> DataFrame:
     """Features of the events at or before ``as_of`` with their labels known at ``as_of`` and a split."""
-    types = list(domain()["anomaly_types"])
+    types = list(domain().anomaly_types)
     events = features.where(F.col("event_time") <= F.lit(as_of))
     known = labels_as_of(labels, as_of, events.select("event_id", "epc_code", "event_time"))
     split = (

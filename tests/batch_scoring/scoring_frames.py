@@ -93,7 +93,7 @@ def scoring_lake(spark, test_settings, tmp_path_factory):
     features = pd.concat([day1, day2], ignore_index=True)
     write_table(to_spark(spark, features, features_spec), features_spec, lake, start=DAY1, end=DAY2)
 
-    labels = tuple(domain()["anomaly_types"])
+    labels = tuple(domain().anomaly_types)
     reference = feature_rows(REFERENCE_ROWS, DAY1 - dt.timedelta(days=10), seed=3, prefix="r")
     rng = np.random.default_rng(4)
     for label in labels:

@@ -17,7 +17,7 @@ ROWS = 4
 
 
 def gold_rows(features) -> list[dict]:
-    labels = domain()["anomaly_types"]
+    labels = domain().anomaly_types
     rows = []
     for r in features.itertuples():
         p = [0.1, 0.2, 0.3, 0.4, 0.05]

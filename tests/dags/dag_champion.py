@@ -52,7 +52,7 @@ def reference_rows(n: int, day: dt.date, seed: int) -> pd.DataFrame:
             if column.nullable:
                 values[rng.random(n) < 0.1] = np.nan
             data[column.name] = values
-    for label in domain()["anomaly_types"]:
+    for label in domain().anomaly_types:
         data[label] = (rng.random(n) < 0.1).astype(np.int32)
     n_train, n_val = int(n * 0.6), int(n * 0.2)
     data["split"] = ["train"] * n_train + ["validation"] * n_val + ["test"] * (n - n_train - n_val)
@@ -80,7 +80,7 @@ def register_champion(spark, settings, workdir: Path, reference_day: dt.date) ->
     )
     set_version = write_table(frame, set_spec, lake)
 
-    labels = tuple(domain()["anomaly_types"])
+    labels = tuple(domain().anomaly_types)
     spec = FeatureSpec(
         tuple(sequence_features()), tuple(tabular_features()), settings.features.sequence_length, labels
     )

@@ -26,7 +26,7 @@ def blocks(language: str) -> list[str]:
 
 def scored_rows() -> pd.DataFrame:
     rng = np.random.default_rng(7)
-    labels = domain()["anomaly_types"]
+    labels = domain().anomaly_types
     rows = []
     for day in DAYS:
         for i in range(ROWS_PER_DAY):

@@ -347,7 +347,7 @@ def test_classify_labels(spark):
         ],
         landing.parsed_ddl(LABELS),
     )
-    classified = bronze.classify_labels(parsed, domain()["anomaly_types"], LABELS.required_columns)
+    classified = bronze.classify_labels(parsed, domain().anomaly_types, LABELS.required_columns)
     assertDataFrameEqual(
         classified.select("raw_payload", "reason"),
         spark.createDataFrame(

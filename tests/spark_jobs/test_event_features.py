@@ -385,7 +385,7 @@ def test_context_features_air_lanes_serials_returns_and_the_previous_hop(spark, 
         "serial_issued",
         "epc_any_invalid",
     ]
-    idx = {name: i + 1 for i, name in enumerate(domain()["event_types"])}
+    idx = {name: i + 1 for i, name in enumerate(domain().event_types)}
     expected = spark.createDataFrame(
         [
             ("d1", 0.0, 0.0, 0.0, 0.0, None, None, 0.0, 1.0, 0.0),

@@ -35,7 +35,7 @@ def _generator(**options) -> GeneratorSettings:
         "epcs": 3000,
         "seed": 7,
         "epcs_per_block": 1000,
-        "rates": dict.fromkeys(domain()["anomaly_types"], RATE),
+        "rates": dict.fromkeys(domain().anomaly_types, RATE),
     }
     return GeneratorSettings.model_validate({**base, **options})
 
@@ -154,7 +154,7 @@ def test_reference_files(clean):
     assert list(locations.columns) == table_spec("landing_locations").column_names
     assert list(products.columns) == table_spec("landing_products").column_names
     assert locations["location_id"].str.fullmatch(r"LOC-\d{5}").all()
-    assert (locations["business_step"].map(dom["business_steps"]) == locations["tier"].astype(int)).all()
+    assert (locations["business_step"].map(dom.business_steps) == locations["tier"].astype(int)).all()
     s = clean["settings"]
     assert locations["tier"].value_counts().sort_index().tolist() == [
         s.factories,
@@ -173,7 +173,7 @@ def test_reference_files(clean):
 def test_genuine_journeys_are_plausible(clean):
     scans, s = clean["scans"], clean["settings"]
     genuine = scans[~scans["epc_code"].isin(scans.loc[scans["label"] != "", "epc_code"])]
-    journey = domain()["event_types"]
+    journey = domain().event_types
     for _, events in genuine.groupby("epc_code"):
         assert events["event_type"].tolist() == journey[: len(events)]
     steps = genuine[genuine["has_prev"]]
@@ -197,7 +197,7 @@ def test_every_anomaly_present_at_its_rate_and_labelled_once(clean):
     assert list(labels.columns[: len(LABEL_COLUMNS)]) == LABEL_COLUMNS
     assert not labels.duplicated(["event_id", "anomaly_type"]).any()
     assert labels["event_id"].isin(scans["event_id"]).all()
-    for anomaly in domain()["anomaly_types"]:
+    for anomaly in domain().anomaly_types:
         share = labels.loc[labels["anomaly_type"] == anomaly, "epc_code"].nunique() / epcs
         assert 0.5 * RATE <= share <= 1.3 * RATE, (anomaly, share)
 
@@ -275,7 +275,7 @@ def test_evt_order_err_is_outbound_before_inbound(clean):
 
 def _epc_faults(scans: pd.DataFrame, products: pd.DataFrame) -> pd.Series:
     """Why an EPC is fake as seen from the data alone ('' when it looks genuine)."""
-    regex = re.compile(domain()["epc_regex"])
+    regex = re.compile(domain().epc_regex)
     companies = set(products["company_code"])
     pairs = set(zip(products["company_code"], products["product_code"], strict=False))
 

@@ -49,7 +49,7 @@ def _generator(**options) -> GeneratorSettings:
         "seed": 5,
         "epcs_per_block": 2000,
         "confounder_rates": CONFOUNDER_RATES,
-        "rates": dict.fromkeys(domain()["anomaly_types"], ANOMALY_RATE),
+        "rates": dict.fromkeys(domain().anomaly_types, ANOMALY_RATE),
     }
     return GeneratorSettings.model_validate({**base, **options})
 
@@ -119,7 +119,7 @@ def world(spark, test_settings, tmp_path_factory):
 
 def test_realistic_is_the_default_and_profiles_fill_only_what_is_not_given(tmp_path):
     realistic, easy = GeneratorSettings(), GeneratorSettings(profile="easy")
-    profile = domain()["generator"]["profiles"]["realistic"]
+    profile = domain().generator["profiles"]["realistic"]
     assert realistic.profile == "realistic" and realistic.region_km == profile["region_km"] > easy.region_km
     assert realistic.confounder_rates == {
         c: float(profile["confounder_rates"].get(c, 0)) for c in CONFOUNDERS
@@ -146,7 +146,7 @@ def test_easy_profile_keeps_the_plain_journeys():
     plan = make_plan(_generator(profile="easy", confounder_rates={}), START, DAYS)
     events = simulate_block(plan, 0)
     assert set(events.confounded_epcs.values()) == {0} and not events.skewed.any()
-    backward = [domain()["event_types"].index(t) for t in domain()["return_event_types"]]
+    backward = [domain().event_types.index(t) for t in domain().return_event_types]
     assert not np.isin(events.event_type, backward).any()
     assert (events.record_s - events.time_s).min() >= 0  # no clock is off
 
@@ -238,7 +238,7 @@ def test_confounders_show_the_context_that_tells_them_apart(world):
 
 def test_label_feed_has_one_row_per_incident_and_the_truth_its_scope(world):
     scans, labels, truth = world["scans"], world["labels"], world["truth"]
-    scope = domain()["label_scope"]
+    scope = domain().label_scope
     assert labels["epc_code"].is_unique  # an EPC carries at most one incident
     assert len(labels) == truth["incident_id"].nunique() == sum(world["summary"]["labels"].values())
     assert truth.groupby("incident_id")["epc_code"].nunique().eq(1).all()
@@ -281,7 +281,7 @@ def test_harder_anomalies(world):
 
     # Fakes with a serial never issued: well formed, known company and product.
     ranges = world["serial_ranges"]
-    regex = re.compile(domain()["epc_regex"])
+    regex = re.compile(domain().epc_regex)
     issued = {(c, p): (lo, hi) for c, p, lo, hi in ranges.itertuples(index=False)}
 
     def in_range(epc: str) -> bool:

@@ -99,7 +99,7 @@ def test_parse_epc_parts_and_flags(spark):
         ("garbage", "FAKE-EPC", DAY),
     ]
     events = spark.createDataFrame(cases, "event_id string, epc_code string, event_date date")
-    parsed = silver.parse_epc(events, _products(spark), domain()["epc_regex"])
+    parsed = silver.parse_epc(events, _products(spark), domain().epc_regex)
     d = dt.date
     assertDataFrameEqual(
         parsed.select(
@@ -237,7 +237,7 @@ def test_silver_scan_events_matches_the_table_schema(spark):
     )
     spec = table_spec("silver_scan_events")
     actual = silver.silver_scan_events(
-        bronze, _locations(spark), _products(spark), domain()["epc_regex"], "run-9"
+        bronze, _locations(spark), _products(spark), domain().epc_regex, "run-9"
     )
     d = dt.date(2025, 7, 1)
     assertDataFrameEqual(

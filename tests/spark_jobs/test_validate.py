@@ -38,9 +38,9 @@ SILVER, BRONZE, LABELS = (
     table_spec(n) for n in ("silver_scan_events", "bronze_scan_events", "silver_labels")
 )
 QUARANTINE, LANDING = table_spec("bronze_quarantine"), table_spec("landing_scans")
-STEPS = list(domain()["business_steps"].items())  # (business_step, tier)
-EVENT_TYPES = domain()["event_types"]
-ANOMALY_TYPES = domain()["anomaly_types"]
+STEPS = list(domain().business_steps.items())  # (business_step, tier)
+EVENT_TYPES = domain().event_types
+ANOMALY_TYPES = domain().anomaly_types
 
 
 # ---------------------------------------------------------------- valid rows, per the table schemas
@@ -214,9 +214,7 @@ def test_placeholders_come_from_the_schemas():
         4,
         5,
     ]
-    assert (
-        entries[("expect_column_values_to_match_regex", "epc_code")].kwargs["regex"] == domain()["epc_regex"]
-    )
+    assert entries[("expect_column_values_to_match_regex", "epc_code")].kwargs["regex"] == domain().epc_regex
     assert entries[("expect_table_columns_to_match_set", None)].kwargs["column_set"] == SILVER.column_names
     assert entries[("expect_column_values_to_be_of_type", "location_tier")].kwargs["type_"] == "IntegerType"
     not_null = {c for t, c in entries if t == "expect_column_values_to_not_be_null"}

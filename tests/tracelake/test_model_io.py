@@ -42,7 +42,7 @@ def test_roles_are_read_from_the_feature_table_schema():
     spec = FeatureSpec.from_schema(25)
     assert spec.seq_features == tuple(model_io.sequence_features())
     assert spec.tab_features == tuple(model_io.tabular_features())
-    assert spec.label_names == tuple(domain()["anomaly_types"]) == model_io.label_names()
+    assert spec.label_names == tuple(domain().anomaly_types) == model_io.label_names()
 
 
 def test_labels_split_and_keys_match_the_other_table_schemas():

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelake.errors import TracelakeError
-from tracelake.tables import SCHEMAS_DIR, TableSpec, domain, table_spec
+from tracelake.tables import SCHEMAS_DIR, Domain, TableSpec, domain, table_spec
 
 SEVERITIES = ("critical", "warning")
 _ENTRY_KEYS = {"type", "kwargs", "severity", "notes", "description", "for_each_column"}
@@ -112,10 +112,9 @@ class Suite:
 
 def _domain_value(spec: dict[str, Any], where: str) -> Any:
     key, take = spec["$domain"], spec.get("take")
-    values = domain()
-    if key not in values:
-        raise SuiteError(f"{where}: unknown $domain key {key!r}; schemas/domain.yaml has {sorted(values)}")
-    value = values[key]
+    if key not in Domain.field_names():
+        raise SuiteError(f"{where}: unknown $domain key {key!r}; schemas/domain.yaml has {Domain.field_names()}")
+    value = domain().value(key)
     if isinstance(value, Mapping):
         if take in (None, "keys"):
             return list(value)
@@ -124,7 +123,8 @@ def _domain_value(spec: dict[str, Any], where: str) -> Any:
         if take == "pairs":
             return [[k, v] for k, v in value.items()]
     elif take is None:
-        return copy.deepcopy(value)
+        # (A suite is JSON: lists, not the Domain's tuples.)
+        return list(value) if isinstance(value, tuple) else copy.deepcopy(value)
     raise SuiteError(
         f"{where}: cannot take {take!r} of domain key {key!r}; use keys, values or pairs of a mapping"
     )
