@@ -113,7 +113,9 @@ class Suite:
 def _domain_value(spec: dict[str, Any], where: str) -> Any:
     key, take = spec["$domain"], spec.get("take")
     if key not in Domain.field_names():
-        raise SuiteError(f"{where}: unknown $domain key {key!r}; schemas/domain.yaml has {Domain.field_names()}")
+        raise SuiteError(
+            f"{where}: unknown $domain key {key!r}; schemas/domain.yaml has {Domain.field_names()}"
+        )
     value = domain().value(key)
     if isinstance(value, Mapping):
         if take in (None, "keys"):
