@@ -13,6 +13,7 @@ from _common import (
     MACROS,
     START_DATE,
     VALIDATION_RETRIES,
+    core_module,
     default_args,
     retrain_asset,
     spark_task,
@@ -22,8 +23,11 @@ from airflow.sdk import (
     AssetOrTimeSchedule,
     CronDataIntervalTimetable,
     Param,
-    chain,
 )
+
+pipeline = core_module("pipeline")
+cli = core_module("cli")
+STEPS = pipeline.in_order(pipeline.TRAINING_STEPS)
 
 DOC = """
 ### tracelake_training
@@ -86,37 +90,22 @@ with DAG(
         "{{ tl_day_before(tl_as_of(dag_run), tl_label_max_delay_days(params.label_maturity_days) + 1) }}",
     ]
 
-    build_training_set = spark_task(
-        "build_training_set",
-        "spark_jobs/build_training_set.py",
-        [*SET_DATES, "--as-of", AS_OF, "--name", SET_NAME],
-        timeout="training_set",
-        doc_md="Event features of the window + labels confirmed at or before the cut-off, temporal split "
-        "-> `training/sets/<name>`.",
-    )
-    validate_training_set = spark_task(
-        "validate_training_set",
-        "spark_jobs/validate.py",
-        ["--table", "training_set", "--name", SET_NAME, *SET_DATES],
-        timeout="validate",
-        retries=VALIDATION_RETRIES,
-        doc_md="Suite `training_set`: temporal split in order, labels 0/1; a failure stops before training.",
-    )
-    train = spark_task(
-        "train",
-        "spark_jobs/train.py",
-        ["--training-set", SET_NAME, "--models", "{{ params.models }}"],
-        timeout="train",
-        doc_md="Sequence model through TorchDistributor and the MLlib baseline: evaluated on the test split, "
-        "logged to MLflow, registered with alias `challenger`.",
-    )
-    promote = spark_task(
-        "promote",
-        "spark_jobs/promote.py",
-        [],
-        timeout="promote",
-        doc_md="Promotion gate: `champion` moves to the challenger only if it is better on the same test data "
-        "by `training.promotion_margin`; otherwise the champion stays and the reason is logged.",
-    )
-
-    chain(build_training_set, validate_training_set, train, promote)
+    # Per step, the arguments this DAG templates from its run (after the step's fixed ones).
+    RUN_ARGS = {
+        "build_training_set": [*SET_DATES, "--as-of", AS_OF, "--name", SET_NAME],
+        "validate_training_set": ["--name", SET_NAME, *SET_DATES],
+        "train": ["--training-set", SET_NAME, "--models", "{{ params.models }}"],
+        "promote": [],
+    }
+    tasks = {}
+    for step in STEPS:
+        tasks[step.name] = spark_task(
+            step.name,
+            cli.entrypoint_file(step.command),
+            [*step.args, *RUN_ARGS[step.name]],
+            timeout=step.command,
+            doc_md=step.doc,
+            **({"retries": VALIDATION_RETRIES} if step.gate == pipeline.Gate.CHECK else {}),
+        )
+        for upstream in step.upstream:
+            tasks[upstream] >> tasks[step.name]

@@ -149,6 +149,25 @@ def test_daily_steps_are_declared_once_with_their_commands_and_gates():
         in_order((step("monitor"), step("score")))
 
 
+def test_training_steps_are_declared_once_in_order():
+    from tracelake.cli import COMMANDS
+    from tracelake.pipeline import TRAINING_STEPS, Gate, in_order
+
+    steps = in_order(TRAINING_STEPS)
+    assert [(s.name, s.command) for s in steps] == [
+        ("build_training_set", "training-set"),
+        ("validate_training_set", "validate"),
+        ("train", "train"),
+        ("promote", "promote"),
+    ]
+    assert all(s.command in COMMANDS and s.doc and s.stops_when for s in steps)
+    assert all(s.upstream == (before.name,) for before, s in itertools.pairwise(steps))
+    # The training set is checked before anything trains on it.
+    assert [(s.name, s.args, s.validates) for s in steps if s.gate is Gate.CHECK] == [
+        ("validate_training_set", ("--table", "training_set"), "training_set")
+    ]
+
+
 def test_the_demo_runs_the_declared_steps_and_a_check_keeps_only_the_days_that_passed(monkeypatch):
     """The demo's runner over the declaration, without Spark: each check narrows the day ranges the
     following steps run on; the other steps run their command's execute once per range."""

@@ -27,7 +27,7 @@ from tracelake.cli import entrypoint_module
 from tracelake.config import Settings
 from tracelake.dates import days_between, parse_date
 from tracelake.errors import TracelakeError
-from tracelake.pipeline import DAILY_STEPS, Gate, Step, in_order
+from tracelake.pipeline import DAILY_STEPS, TRAINING_STEPS, Gate, Step, in_order
 from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
 from tracelake.spark import build_spark
 from tracelake.tables import (
@@ -194,24 +194,23 @@ def main(argv: list[str] | None = None) -> int:
             f"validated ranges: {ranges}"
         )
     set_start, set_end = usable[0]
-    pipeline.step(
-        "training-set",
-        set_start,
-        set_end,
-        lambda run: entrypoint_module("training-set").execute(
+    # The training steps in their declared order; what the DAG templates, the demo passes itself.
+    bodies: dict[str, Callable[[Any], Any]] = {
+        "build_training_set": lambda run: entrypoint_module("training-set").execute(
             run, as_of, DEMO_TRAINING_SET, allow_immature_labels=maturity < settings.label_max_delay_days
         ),
-    )
-    if not pipeline.validate(named_table_spec("training_set", name=DEMO_TRAINING_SET), set_start, set_end):
-        raise DemoError(f"training set {DEMO_TRAINING_SET!r} failed validation; see the report above")
-
-    pipeline.step(
-        "train",
-        set_start,
-        set_end,
-        lambda run: entrypoint_module("train").execute(run, DEMO_TRAINING_SET, quick=not args.full_training),
-    )
-    pipeline.step("promote", set_start, set_end, entrypoint_module("promote").execute)
+        "train": lambda run: entrypoint_module("train").execute(
+            run, DEMO_TRAINING_SET, quick=not args.full_training
+        ),
+        "promote": lambda run: entrypoint_module("promote").execute(run),
+    }
+    for training_step in in_order(TRAINING_STEPS):
+        if training_step.gate is Gate.CHECK:
+            checked = named_table_spec(str(training_step.validates), name=DEMO_TRAINING_SET)
+            if not pipeline.validate(checked, set_start, set_end):
+                raise DemoError(f"training set {DEMO_TRAINING_SET!r} failed validation; see the report above")
+        else:
+            pipeline.step(training_step.command, set_start, set_end, bodies[training_step.name])
     # Scoring validates each scored day before the run succeeds; the last
     # range's step also prints the top anomalies of its last day.
     for i, (s, e) in enumerate(ranges):

@@ -135,6 +135,55 @@ DAILY_STEPS: tuple[Step, ...] = (
     ),
 )
 
+# The weekly (or drift-triggered) training steps. Their dates, cut-off and set name are chosen by
+# the runner (the training DAG templates them from its run; the demo from its data), so each
+# step's ``args`` are only the fixed ones.
+TRAINING_STEPS: tuple[Step, ...] = (
+    Step(
+        name="build_training_set",
+        command="training-set",
+        args=(),
+        upstream=(),
+        gate=Gate.STOP,
+        validates=None,
+        needs_champion=False,
+        stops_when="event features are missing for a day of the window, or its test days' labels are "
+        "not yet mature",
+        doc="Event features of the window + labels confirmed at or before the cut-off, temporal split "
+        "-> `training/sets/<name>`.",
+    ),
+    _check(
+        "validate_training_set",
+        "training_set",
+        "build_training_set",
+        "Suite `training_set`: temporal split in order, labels 0/1; a failure stops before training.",
+    ),
+    Step(
+        name="train",
+        command="train",
+        args=(),
+        upstream=("validate_training_set",),
+        gate=Gate.STOP,
+        validates=None,
+        needs_champion=False,
+        stops_when="a detector fails to train or export",
+        doc="Sequence model through TorchDistributor, the MLlib baseline and the rules: evaluated on the "
+        "test split, logged to MLflow, registered with alias `challenger`.",
+    ),
+    Step(
+        name="promote",
+        command="promote",
+        args=(),
+        upstream=("train",),
+        gate=Gate.STOP,
+        validates=None,
+        needs_champion=False,
+        stops_when="the registry cannot be read (a challenger that is not better is not a failure)",
+        doc="Promotion gate: `champion` moves to the challenger only if it is better on the same test data "
+        "by `training.promotion_margin`; otherwise the champion stays and the reason is logged.",
+    ),
+)
+
 # The monitoring table whose `drift` rows trigger retraining, and that status.
 DRIFT_TABLE = "monitoring_drift"
 DRIFT_STATUS = "drift"
