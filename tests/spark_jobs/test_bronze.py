@@ -8,7 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from spark_jobs.transforms import bronze, landing
+from spark_jobs.transforms import bronze
+from tracelake import landing_records as landing
 from tracelake.tables import domain, table_spec
 
 pytestmark = pytest.mark.spark35
