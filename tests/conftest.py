@@ -23,16 +23,6 @@ from tracelake.config import Settings, load_settings
 from tracelake.spark import build_spark, spark_line
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with slow tests first, each file kept whole and in its order.
-
-    Under `-n 2 --dist loadfile` a worker takes the next file when it is free; a long file
-    picked up last would run alone while the other worker idles.
-    """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 @pytest.fixture(scope="session")
 def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     lake = tmp_path_factory.mktemp("lake")
