@@ -173,7 +173,7 @@ def test_reference_files(clean):
 def test_genuine_journeys_are_plausible(clean):
     scans, s = clean["scans"], clean["settings"]
     genuine = scans[~scans["epc_code"].isin(scans.loc[scans["label"] != "", "epc_code"])]
-    journey = domain().event_types
+    journey = list(domain().event_types)
     for _, events in genuine.groupby("epc_code"):
         assert events["event_type"].tolist() == journey[: len(events)]
     steps = genuine[genuine["has_prev"]]
