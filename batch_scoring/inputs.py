@@ -25,28 +25,29 @@ class ScoringInputError(TracelakeError, ValueError):
     """A table the range needs is not there."""
 
 
-def _read_range(run: JobRun, table: str, producer: str) -> DataFrame:
+def _read_range(run: JobRun, table: str, producer: str, *, every_day_hint: str | None = None) -> DataFrame:
+    """``table``'s rows of the run's range; with ``every_day_hint``, a day without rows fails the job."""
     spec = table_spec(table)
     if not table_exists(run.spark, spec, run.lake_root):
         raise ScoringInputError(
             f"{table} does not exist under {run.lake_root}; run `tracelake {producer}` first"
         )
     assert run.start is not None and run.end is not None, "a scoring run has a range"
-    return read_days(run, spec, run.start, run.end)
+    frame = read_days(run, spec, run.start, run.end)
+    if every_day_hint is not None:
+        require_days(frame, spec, run.start, run.end, hint=every_day_hint)
+    return frame
 
 
 def read_features(run: JobRun) -> DataFrame:
     """The range's event features (version recorded); every day of the range must have rows."""
-    frame = _read_range(run, FEATURES, "features")
-    assert run.start is not None and run.end is not None
-    require_days(
-        frame,
-        table_spec(FEATURES),
-        run.start,
-        run.end,
-        hint="build the features of those days first (tracelake features), or score a range without them",
+    return _read_range(
+        run,
+        FEATURES,
+        "features",
+        every_day_hint="build the features of those days first (tracelake features), "
+        "or score a range without them",
     )
-    return frame
 
 
 def read_scores(run: JobRun) -> DataFrame:
