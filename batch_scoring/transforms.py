@@ -1,6 +1,6 @@
 """Scoring transforms: event features -> probabilities, flags and one anomaly score.
 
-The model runs inside Spark through ``mapInPandas``. What makes it fast:
+The model runs inside Spark through ``mapInArrow``. What makes it fast:
 
 - one ONNX Runtime session per Python worker, reused across batches and
   tasks: sessions live in a module-level cache keyed by the model's SHA-256
@@ -13,12 +13,17 @@ The model runs inside Spark through ``mapInPandas``. What makes it fast:
   session: with one Spark task per core, one thread each keeps the cores
   busy without oversubscribing them;
 - the Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch``, config
-  ``scoring.arrow_batch_rows``) is one ONNX Runtime call.
+  ``scoring.arrow_batch_rows``) is one ONNX Runtime call;
+- batches stay Arrow end to end: the feature columns become flat float32
+  buffers (zero-copy where Arrow's layout allows), the key columns go back
+  untouched and the probabilities are appended as Arrow arrays, so no
+  pandas frame is built per batch.
 
 Rows go through :func:`tracelake.model_io.model_inputs`, the conversion that
 also builds the training batches, so scoring and training read the feature
 layout the same way. Nothing here imports torch: a worker loads numpy,
-pyarrow, pandas and ONNX Runtime only. Probabilities, thresholds and the
+pyarrow and ONNX Runtime (pyarrow itself loads pandas for some conversions,
+but no batch becomes a pandas frame). Probabilities, thresholds and the
 anomaly score are computed here; lineage columns are added by the job.
 """
 
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -61,7 +66,7 @@ def flag_column(label: str) -> str:
 class ScoringModel:
     """What a worker needs to score: the model (broadcast bytes + checksum) and its feature spec.
 
-    Built on the driver by :func:`scoring_model`; pickled into the mapInPandas closure.
+    Built on the driver by :func:`scoring_model`; pickled into the mapInArrow closure.
     """
 
     sha256: str
@@ -176,30 +181,36 @@ def session_for(model: ScoringModel) -> Any:
     return session
 
 
-def feeds(frame: Mapping[str, Any], model: ScoringModel) -> dict[str, np.ndarray]:
-    """ONNX Runtime inputs for rows of the feature table (pandas frame or column dict)."""
+def feeds(frame: Mapping[str, Any] | pa.Table, model: ScoringModel) -> dict[str, np.ndarray]:
+    """ONNX Runtime inputs for rows of the feature table (Arrow table, pandas frame or column dict)."""
     return model_inputs(frame, model.feature_spec())
 
 
-def predict(frame: Mapping[str, Any], model: ScoringModel) -> np.ndarray:
+def predict(frame: Mapping[str, Any] | pa.Table, model: ScoringModel) -> np.ndarray:
     """Probabilities [rows, labels] of rows of the feature table, with this worker's session."""
     if len(frame[SEQ_LEN_COLUMN]) == 0:
         return np.zeros((0, len(model.label_names)), dtype=np.float32)
     return session_for(model).run([OUTPUT_NAME], feeds(frame, model))[0]
 
 
+def _float64_array(values: np.ndarray) -> pa.Array:
+    """A float64 Arrow array over ``values``' buffer, without a copy."""
+    data = np.ascontiguousarray(values, dtype=np.float64)
+    return pa.Array.from_buffers(pa.float64(), len(data), [None, pa.py_buffer(data)])
+
+
 def _score_partition(
     model: ScoringModel, passthrough: Sequence[str]
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     names = [probability_column(label) for label in model.label_names]
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            probabilities = predict(batch, model).astype(np.float64)
-            out = batch[list(passthrough)].copy()
-            for j, name in enumerate(names):
-                out[name] = probabilities[:, j]
-            yield out
+            table = pa.Table.from_batches([batch])  # zero-copy: model_io reads tables
+            probabilities = predict(table, model).astype(np.float64)
+            columns = [batch.column(name) for name in passthrough]
+            columns += [_float64_array(probabilities[:, j]) for j in range(len(names))]
+            yield pa.RecordBatch.from_arrays(columns, names=[*passthrough, *names])
 
     return score
 
@@ -217,7 +228,7 @@ def probabilities(
             *(f"`{probability_column(label)}` double" for label in model.label_names),
         ]
     )
-    return source.mapInPandas(_score_partition(model, list(passthrough)), schema=ddl)
+    return source.mapInArrow(_score_partition(model, list(passthrough)), schema=ddl)
 
 
 def flags_and_score(scored: DataFrame, model: ScoringModel) -> DataFrame:

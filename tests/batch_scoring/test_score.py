@@ -186,6 +186,8 @@ def test_scoring_workers_never_import_torch(spark, scoring_lake):
     """
     import sys
 
+    import pyarrow as pa
+
     from batch_scoring.model_loading import load_onnx_model
     from batch_scoring.transforms import _score_partition
 
@@ -199,15 +201,20 @@ def test_scoring_workers_never_import_torch(spark, scoring_lake):
         # Spark reuses Python workers: one that an earlier job of this session gave torch proves nothing.
         before = "torch" in sys.modules
         for out in score_batches(batches):
-            out["torch_before"] = before
-            out["torch_loaded"] = "torch" in sys.modules
-            yield out
+            n = out.num_rows
+            extra = {
+                "torch_before": pa.array([before] * n),
+                "torch_loaded": pa.array(["torch" in sys.modules] * n),
+            }
+            yield pa.RecordBatch.from_arrays(
+                [*out.columns, *extra.values()], names=[*out.schema.names, *extra]
+            )
 
     probabilities = ", ".join(f"`p_{label}` double" for label in spec.label_names)
     try:
         rows = (
             features.select("event_id", "seq", "seq_len", *spec.tab_features)
-            .mapInPandas(
+            .mapInArrow(
                 score_and_report,
                 schema=f"event_id string, {probabilities}, torch_before boolean, torch_loaded boolean",
             )
