@@ -14,7 +14,7 @@ Cases (one Spark session, ``local[2]``, so JVM start-up is not counted):
    (``batch_scoring.transforms.predict``: frame -> arrays -> session.run);
    the rows are in memory first (the read is not timed). ``ort_only`` is the
    same without the frame -> array conversion.
-2. ``spark_ort``: the scoring stage inside Spark (Delta read, mapInPandas with
+2. ``spark_ort``: the scoring stage inside Spark (Delta read, mapInArrow with
    one ORT session per Python worker, flags, lineage columns) into Spark's
    ``noop`` sink, at 1x, 2x and 4x the rows. The target is >= 85% of
    2 x ``ort_single`` (two cores).
