@@ -35,7 +35,7 @@ def _read_range(run: JobRun, table: str, producer: str, *, every_day_hint: str |
     assert run.start is not None and run.end is not None, "a scoring run has a range"
     frame = read_days(run, spec, run.start, run.end)
     if every_day_hint is not None:
-        require_days(frame, spec, run.start, run.end, hint=every_day_hint)
+        require_days(run, frame, spec, run.start, run.end, hint=every_day_hint)
     return frame
 
 

@@ -90,6 +90,7 @@ def _read_reference(run: JobRun, name: str) -> DataFrame | None:
 
 def _check_days(run: JobRun, silver: DataFrame, start: dt.date, end: dt.date) -> list[dt.date]:
     missing = require_days(
+        run,
         silver,
         table_spec(SILVER),
         start,

@@ -105,6 +105,7 @@ def execute(
     run.record_input(table_spec(LABELS))
     labels = read_table(run.spark, table_spec(LABELS), run.lake_root, version=run.inputs[LABELS])
     require_days(
+        run,
         features, table_spec(FEATURES), start, last_day, hint="run `tracelake features` for those days first"
     )
 
