@@ -10,7 +10,7 @@ SPARK ?= 4.2
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # Two test processes, whole files each (module fixtures build their lake once): see pyproject.toml.
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 ifeq ($(SPARK),4.2)
 VENV := .venv

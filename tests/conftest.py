@@ -22,6 +22,27 @@ from pyspark.sql import SparkSession
 from tracelake.config import Settings, load_settings
 from tracelake.spark import build_spark, spark_line
 
+# The longest files of a full run (`--durations`, slowest first). Under `-n 2 --dist loadfile
+# --no-loadscope-reorder` a worker takes the next file in collection order when it is free, so these
+# start first and the short files fill the other worker; a long file started last would run alone.
+LONGEST_FILES = (
+    "tests/dags/test_daily_dag_runs.py",
+    "tests/spark_jobs/test_epcis_generate.py",
+    "tests/test_object_storage.py",
+    "tests/spark_jobs/test_ingest_integration.py",
+    "tests/dags/test_dags.py",
+    "tests/spark_jobs/test_train.py",
+    "tests/spark_jobs/test_epcis_ingest.py",
+    "tests/batch_scoring/test_score.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first, each file kept whole and in its own order."""
+    root = config.rootpath
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))
+
 
 @pytest.fixture(scope="session")
 def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
