@@ -106,7 +106,11 @@ def execute(
     labels = read_table(run.spark, table_spec(LABELS), run.lake_root, version=run.inputs[LABELS])
     require_days(
         run,
-        features, table_spec(FEATURES), start, last_day, hint="run `tracelake features` for those days first"
+        features,
+        table_spec(FEATURES),
+        start,
+        last_day,
+        hint="run `tracelake features` for those days first",
     )
 
     df = training_set(features, labels, as_of=as_of, validation_start=validation_start, test_start=test_start)
