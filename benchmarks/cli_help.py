@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "--before", default="/work/main", help="reference checkout timed as 'before' ('' to skip it)"
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cli_help"))
+    parser.add_argument("--note", default="", help="a sentence on the conditions, written into the results")
     args = parser.parse_args(argv)
 
     cli = cli_command()
@@ -99,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         best = {side: min(times) for side, times in runs[command].items()}
         rows.append({"command": command, "best_s": best, "runs_s": runs[command]})
     record = {
-        "command_line": "flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/cli_help.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command_line": shlex.join(
+            [".venv/bin/python", "benchmarks/cli_help.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "note": args.note,
         "timed": shlex.join([*cli, "<command>", "--help"]),
         "commits": commits,
         "checkouts": {side: str(root) for side, root in sides.items()},
@@ -137,6 +140,8 @@ def markdown(record: dict) -> str:
         f"{tuple(round(x, 2) for x in record['load_average_end'])} at the end.",
         "",
     ]
+    if record["note"]:
+        lines += [record["note"], ""]
     if "before" in sides:
         lines += [
             f"before: {record['checkouts']['before']} at commit {record['commits']['before']} (the CLI "
