@@ -46,11 +46,12 @@ from batch_scoring import drift
 from batch_scoring.inputs import SCORED, ScoringInputError, read_features, read_scores
 from batch_scoring.model_loading import LoadedModel, load_onnx_model
 from batch_scoring.transforms import probabilities, probability_column
+from tracelake.arguments import parse
 from tracelake.dates import days_between
 from tracelake.errors import TracelakeError
 from tracelake.model_io import SPLIT_COLUMN
 from tracelake.ranges import missing_days_message, write_range
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import (
     named_table_spec,
     read_table,
@@ -259,13 +260,7 @@ def execute(run: JobRun) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake monitor",
-        description="PSI of each model input and score of a range of days against the model's training set; "
-        "writes monitoring/drift, whose drifted days trigger retraining.",
-    )
-    add_common_args(parser)
-    return parser.parse_args(argv)
+    return parse("monitor", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,9 +46,10 @@ from batch_scoring.transforms import (
     probability_column,
     score_events,
 )
+from tracelake.arguments import parse
 from tracelake.model_io import KEY_COLUMNS, sequence_features
 from tracelake.ranges import write_range
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import (
     domain,
     read_table,
@@ -170,16 +171,7 @@ def score_and_show_top(run: JobRun, model_uri: str | None = None, limit: int = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake score",
-        description="Score the event features of a range of days with a registered ONNX model, in one Spark "
-        "job; replaces exactly the range's partitions of gold/scored_events and validates them.",
-    )
-    add_common_args(parser)
-    parser.add_argument(
-        "--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> (default: scoring.model_uri)"
-    )
-    return parser.parse_args(argv)
+    return parse("score", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

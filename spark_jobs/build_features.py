@@ -42,10 +42,11 @@ from spark_jobs.transforms.snapshots import (
     route_snapshots,
     steps_needed_from,
 )
+from tracelake.arguments import parse
 from tracelake.config import FeatureSettings
 from tracelake.errors import TracelakeError
 from tracelake.ranges import read_days, require_days, write_range
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import TableSpec, read_table, table_exists, table_spec
 
 JOB = "features"
@@ -167,13 +168,7 @@ def execute(run: JobRun) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake features",
-        description="Daily snapshot features and point-in-time event features for a range of days, in one "
-        "Spark job; replaces exactly the range's partitions.",
-    )
-    add_common_args(parser)
-    return parser.parse_args(argv)
+    return parse("features", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

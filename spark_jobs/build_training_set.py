@@ -43,9 +43,10 @@ from spark_jobs.transforms.training_set import (
     split_boundaries,
     training_set,
 )
+from tracelake.arguments import parse
 from tracelake.errors import TracelakeError
 from tracelake.ranges import read_days, require_days, write_range
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import domain, named_table_spec, read_table, table_spec
 
 JOB = "training-set"
@@ -160,24 +161,7 @@ def execute(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake training-set",
-        description="Event features of a range + labels confirmed at or before --as-of + a temporal split, "
-        "written to training/sets/<name>.",
-    )
-    add_common_args(parser)
-    parser.add_argument(
-        "--as-of",
-        required=True,
-        help="cut-off time T (UTC): labels confirmed after it and events after it are left out",
-    )
-    parser.add_argument("--name", required=True, help="set name: written to training/sets/<name>")
-    parser.add_argument(
-        "--allow-immature-labels",
-        action="store_true",
-        help="build a set whose last days have labels still to come (marked; never promoted)",
-    )
-    return parser.parse_args(argv)
+    return parse("training-set", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,8 +58,8 @@ from spark_jobs.transforms.generate import (
 )
 from spark_jobs.transforms.network import build_network
 from tracelake import storage
+from tracelake.arguments import parse, parser
 from tracelake.config import (
-    GENERATOR_PROFILES,
     ConfigError,
     GeneratorSettings,
     Settings,
@@ -67,7 +67,6 @@ from tracelake.config import (
 from tracelake.dates import parse_date
 from tracelake.runs import (
     JobRun,
-    add_common_args,
     job_run,
     run_entrypoint,
     settings_from_args,
@@ -82,42 +81,8 @@ TRUTH_FOLDER = "_truth"
 TRUTH_NAMES = {TRUTH_LABELS: "labels", TRUTH_CONFOUNDERS: "confounders"}
 
 
-def _rate_option(anomaly: str) -> str:
-    return "--rate-" + anomaly.replace("_", "-")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tracelake generate",
-        description="Simulate EPC journeys through a supply network and write the landing files "
-        "(scans, delayed labels, reference). Options default from the generator configuration.",
-    )
-    parser.add_argument("--start-date", help="first day of the window, YYYY-MM-DD (UTC)")
-    parser.add_argument("--days", type=int, help="days in the window")
-    parser.add_argument("--epcs", type=int, help="EPCs whose journeys start in the window")
-    parser.add_argument("--seed", type=int, help="random seed: the same options give identical files")
-    parser.add_argument("--format", choices=FORMATS, help="landing file format")
-    parser.add_argument(
-        "--profile",
-        choices=GENERATOR_PROFILES,
-        help="realistic (default: legitimate confounders, harder anomalies) or easy (none, for quick "
-        "tests); fills the generator settings not given explicitly",
-    )
-    for anomaly in domain().anomaly_types:
-        parser.add_argument(
-            _rate_option(anomaly),
-            type=float,
-            dest=f"rate_{anomaly}",
-            metavar="SHARE",
-            help=f"share of EPCs with a {anomaly} anomaly",
-        )
-    parser.add_argument(
-        "--corrupt-rate",
-        type=float,
-        help="share of landing rows of genuine EPCs made unreadable (data-quality errors)",
-    )
-    add_common_args(parser, dates=False)
-    return parser
+    return parser(JOB)
 
 
 def apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -414,7 +379,7 @@ def execute(run: JobRun) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = with_profile_option(build_parser().parse_args(argv))
+    args = with_profile_option(parse(JOB, argv))
     settings = apply_options(settings_from_args(args), args)
     generator = settings.generator
     start = parse_date(generator.start_date, "--start-date")

@@ -38,9 +38,10 @@ from pyspark.sql import functions as F
 from spark_jobs import ingest_epcis
 from spark_jobs.transforms import bronze, epcis, silver
 from tracelake import hadoop_fs, landing
+from tracelake.arguments import parse
 from tracelake.dates import days_between, describe_days
 from tracelake.landing import LandingError, LandingFile
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import TableSpec, domain, read_table, table_spec, write_table
 
 JOB = "ingest"
@@ -331,12 +332,7 @@ def _log_examples(run: JobRun, outcomes: Sequence[dict[str, Any]]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake ingest",
-        description="Landing files -> bronze (+ quarantine) -> silver for a range of days; idempotent per range.",
-    )
-    add_common_args(parser)
-    return parser.parse_args(argv)
+    return parse("ingest", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from tracelake.arguments import parse
 from tracelake.errors import TracelakeError
 from tracelake.model_registry import (
     CHALLENGER,
@@ -65,7 +66,7 @@ from tracelake.model_registry import (
     get_version,
     registered_model_names,
 )
-from tracelake.runs import JobRun, add_common_args, run_entrypoint
+from tracelake.runs import JobRun, run_entrypoint
 from training.registry import RegistryRun, registry_run
 
 JOB = "promote"
@@ -381,17 +382,7 @@ def execute(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tracelake promote", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--models", help=f"comma list of {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})"
-    )
-    parser.add_argument("--metric", choices=sorted(METRIC_KEYS), help="default: training.promotion_metric")
-    parser.add_argument(
-        "--margin", type=float, help="required improvement (default: training.promotion_margin)"
-    )
-    parser.add_argument("--force", action="store_true", help="also promote a version that was rolled back")
-    add_common_args(parser, dates=False)
-    return parser.parse_args(argv)
+    return parse("promote", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

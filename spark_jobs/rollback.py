@@ -21,8 +21,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tracelake.arguments import parse
 from tracelake.model_registry import RollbackError, registered_model_names, roll_back_champion
-from tracelake.runs import JobRun, add_common_args, run_entrypoint
+from tracelake.runs import JobRun, run_entrypoint
 from training.registry import RegistryRun, registry_run
 
 JOB = "rollback"
@@ -50,13 +51,7 @@ def execute(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tracelake rollback", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", help="comma list of lstm,baseline (default: both)")
-    parser.add_argument(
-        "--to-version", help="go back to this version instead of the recorded previous champion"
-    )
-    add_common_args(parser, dates=False)
-    return parser.parse_args(argv)
+    return parse("rollback", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

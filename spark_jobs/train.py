@@ -52,12 +52,12 @@ from typing import Any
 import numpy as np
 
 from tracelake import storage
+from tracelake.arguments import parse
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
 from tracelake.model_registry import IMMATURE_TAG, atomic_registration
 from tracelake.runs import (
     JobRun,
-    add_common_args,
     code_version,
     job_run,
     run_entrypoint,
@@ -736,51 +736,7 @@ def check_baseline_features(df: Any, features: Sequence[str], training_set: str)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tracelake train",
-        description="Train the sequence model (TorchDistributor) and the MLlib baseline on a training set; "
-        "evaluate on its test split, log to MLflow, export ONNX, register as challenger.",
-    )
-    add_common_args(parser, dates=False)
-    parser.add_argument("--training-set", required=True, help="name of training/sets/<name>")
-    parser.add_argument("--models", help=f"comma list of {','.join(MODELS)} (default: training.models)")
-    parser.add_argument(
-        "--num-processes", type=int, help="training processes (default: training.num_processes)"
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--local-mode",
-        dest="local_mode",
-        action="store_true",
-        default=None,
-        help="run the training processes on the driver (default: training.local_mode)",
-    )
-    mode.add_argument(
-        "--cluster-mode",
-        dest="local_mode",
-        action="store_false",
-        help="run the training processes as Spark tasks on the executors",
-    )
-    parser.add_argument(
-        "--use-gpu",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="train on GPUs (NCCL, bf16) or, with --no-use-gpu, on CPUs (default: training.use_gpu)",
-    )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="rows per process and step")
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--hidden-size", type=int, help="RNN hidden size")
-    parser.add_argument("--patience", type=int, help="early stopping patience in epochs")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--baseline-classifier", choices=["logistic", "gbt"])
-    parser.add_argument("--quick", action="store_true", help="demo-sized settings (few epochs, small model)")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the latest interrupted sequence-model run of this training set",
-    )
-    return parser.parse_args(argv)
+    return parse("train", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

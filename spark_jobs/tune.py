@@ -37,9 +37,10 @@ from typing import Any
 import yaml
 
 from tracelake import storage
+from tracelake.arguments import parse
 from tracelake.config import PROJECT_ROOT, TrainingSettings
 from tracelake.errors import TracelakeError
-from tracelake.runs import JobRun, add_common_args, job_run, run_entrypoint
+from tracelake.runs import JobRun, job_run, run_entrypoint
 from tracelake.tables import (
     latest_version,
     named_table_spec,
@@ -260,22 +261,7 @@ def execute(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tracelake tune", description=__doc__.split("\n\n")[0])
-    add_common_args(parser, dates=False)
-    parser.add_argument("--training-set", required=True, help="name of training/sets/<name>")
-    parser.add_argument("--trials", type=int, required=True, help="total trials the study should hold")
-    parser.add_argument(
-        "--study", help="study name (default: <training set>-v<its Delta version>); reuse it to resume"
-    )
-    parser.add_argument("--epochs", type=int, help="epochs per trial (default: training.epochs)")
-    parser.add_argument(
-        "--num-processes", type=int, help="training processes per trial (default: training.num_processes)"
-    )
-    parser.add_argument("--out", help="where to write the best configuration (YAML for --config)")
-    args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error(f"--trials {args.trials}: give at least 1")
-    return args
+    return parse("tune", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

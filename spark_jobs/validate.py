@@ -14,25 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracelake.runs import add_common_args, job_run, run_entrypoint
+from tracelake.arguments import parse
+from tracelake.runs import job_run, run_entrypoint
 from tracelake.tables import TableError, TableSpec, named_table_spec, table_spec
 from tracelake.validation import validate_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="validate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--table",
-        required=True,
-        help="table to validate, e.g. bronze_scan_events, silver_scan_events, silver_labels",
-    )
-    parser.add_argument("--name", help="which table of a named family, e.g. the training set's --name")
-    add_common_args(parser)
-    return parser.parse_args(argv)
+    return parse("validate", argv)
 
 
 def table_to_validate(table: str, name: str | None) -> TableSpec:

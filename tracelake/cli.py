@@ -3,8 +3,10 @@
 Each subcommand runs the very `main()` of the step's spark-submit entrypoint,
 so `tracelake ingest --start-date D` and
 `spark-submit spark_jobs/ingest.py --start-date D` are the same code.
-Entrypoints are imported only when their command runs. Standard library only at import time: the
-DAG files load this module from its file to find each step's entrypoint (tracelake/pipeline.py).
+Entrypoints are imported only when their command runs: ``--help`` and argument errors are answered
+from :mod:`tracelake.arguments` (every command's parser, light) without them. Standard library only
+at import time: the DAG files load this module from its file to find each step's entrypoint
+(tracelake/pipeline.py).
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"tracelake: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # `--help` and bad arguments are answered here, from the light parsers, before the entrypoint
+    # (and with it pyspark, pandas, pydantic, ...) is imported; the entrypoint parses the same way again.
+    from tracelake.arguments import parse
+
+    parse(command, rest)
     from tracelake.runs import run_entrypoint
 
     return run_entrypoint(entrypoint_module(command).main, rest)

@@ -23,12 +23,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tracelake.arguments import parse, parser
 from tracelake.cli import entrypoint_module
 from tracelake.config import Settings
 from tracelake.dates import days_between, parse_date
 from tracelake.errors import TracelakeError
 from tracelake.pipeline import DAILY_STEPS, TRAINING_STEPS, Gate, Step, in_order
-from tracelake.runs import JobRun, add_common_args, job_run, settings_from_args
+from tracelake.runs import JobRun, job_run, settings_from_args
 from tracelake.spark import build_spark
 from tracelake.tables import (
     TableSpec,
@@ -49,44 +50,7 @@ class DemoError(TracelakeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracelake demo", description=__doc__)
-    add_common_args(parser, dates=False)
-    parser.add_argument("--start-date", help="first simulated day (default: generator.start_date)")
-    parser.add_argument(
-        "--days",
-        type=int,
-        default=35,
-        help="simulated days (default: 35: labels.max_delay_days of them wait for their labels, "
-        "the rest make the training set)",
-    )
-    parser.add_argument(
-        "--label-maturity-days",
-        type=int,
-        default=None,
-        help="the training set leaves out the last N days, whose labels may still be on their "
-        "way (default: labels.max_delay_days)",
-    )
-    parser.add_argument("--epcs", type=int, default=10_000, help="EPCs to simulate (default: 10000)")
-    parser.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
-    parser.add_argument(
-        "--anomaly-rate",
-        type=float,
-        default=0.04,
-        help="share of EPCs carrying each anomaly type (default: 0.04, above the generator's "
-        "0.01 so that the demo's mature test days hold some 50 positives per type)",
-    )
-    parser.add_argument(
-        "--corrupt-rate",
-        type=float,
-        default=0.001,
-        help="share of landing rows made unreadable, to show quarantine (default: 0.001)",
-    )
-    parser.add_argument(
-        "--full-training",
-        action="store_true",
-        help="train with the configured training settings instead of the demo-sized ones",
-    )
-    return parser
+    return parser("demo")
 
 
 def _demo_settings(args: argparse.Namespace) -> tuple[Settings, dt.date, dt.date]:
@@ -168,7 +132,7 @@ def table_summary(spark: Any, specs: list[TableSpec], lake_root: str) -> list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse("demo", argv)
     settings, start, end = _demo_settings(args)
     print(
         f"tracelake demo: lake at {settings.lake_uri} ({start}..{end}, {args.epcs} EPCs, master {settings.spark.master})"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tracelake import storage
+from tracelake.arguments import parse
 from tracelake.errors import TracelakeError
 from tracelake.query_datafusion import DataFusionQueryError, run_datafusion
 from tracelake.tables import TableSpec, all_table_specs, named_table_spec
@@ -494,30 +495,7 @@ def write_csv(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from tracelake.runs import add_common_args
-
-    parser = argparse.ArgumentParser(
-        prog="tracelake query",
-        description="Run one read-only SQL statement over the lake's tables (views named like scored_events, "
-        "scan_events, event_features, quarantine, labels, drift); print a table.",
-    )
-    parser.add_argument("sql", nargs="?", help='the statement, e.g. "SELECT * FROM scored_events LIMIT 10"')
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        help="datafusion (default: no JVM, starts at once) or spark (heavy queries)",
-    )
-    parser.add_argument(
-        "--csv", metavar="PATH", help="also write every row of the result to this CSV file (outside the lake)"
-    )
-    parser.add_argument("--force", action="store_true", help="let --csv overwrite an existing file")
-    parser.add_argument("--rows", type=int, help="rows to print (default: query.show_rows)")
-    parser.add_argument("--tables", action="store_true", help="list the views and the tables behind them")
-    add_common_args(parser, dates=False)
-    args = parser.parse_args(argv)
-    if not args.sql and not args.tables:
-        parser.error("pass a SQL statement (or --tables)")
-    return args
+    return parse(JOB, argv)
 
 
 def _main_datafusion(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from tracelake import __version__
+
+# The options every job takes live with every command's parser; kept importable from here.
+from tracelake.arguments import add_common_args as add_common_args
 from tracelake.config import PROJECT_ROOT, Settings, load_settings
 from tracelake.dates import check_range, parse_date
 from tracelake.logs import JobLogger, job_logger
@@ -98,26 +101,6 @@ class JobRun:
     def record_output(self, name: str, **fields: Any) -> None:
         self.outputs[name] = fields
         self.log.event(f"wrote {name}", table=name, **fields)
-
-
-def add_common_args(parser: argparse.ArgumentParser, *, dates: bool = True) -> None:
-    """Options every job takes: date range, config file, overrides, lake, master."""
-    if dates:
-        parser.add_argument("--start-date", required=True, help="first day, YYYY-MM-DD (UTC)")
-        parser.add_argument("--end-date", help="last day, inclusive (default: the start date)")
-    parser.add_argument("--config", help="YAML config file (default: $TRACELAKE_CONFIG)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set spark.shuffle_partitions=4 (repeatable)",
-    )
-    parser.add_argument(
-        "--lake-root", help="lake folder or object-store URI, e.g. s3a://bucket/lake (overrides lake_root)"
-    )
-    parser.add_argument("--master", help="Spark master, e.g. local[2] or spark://host:7077")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

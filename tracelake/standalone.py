@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tracelake.arguments import parse
 from tracelake.errors import TracelakeError
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -259,21 +260,12 @@ def _exited(pid: int) -> bool:
     return False
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parse("cluster", argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tracelake cluster", description=__doc__)
-    parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--state-dir", default=".spark-cluster", help="where pids and logs are kept")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cores-per-worker", type=int, default=1)
-    parser.add_argument("--memory-per-worker", default="2g")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="master port (default %(default)s)")
-    parser.add_argument(
-        "--webui-port",
-        type=int,
-        default=DEFAULT_WEBUI_PORT,
-        help="master web UI port; workers use the next ones (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     state_dir = Path(args.state_dir).resolve()
     if args.action == "start":
         state = start(
