@@ -269,6 +269,8 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
         if stage.name == "ingest":
             events = int((record["out"]["silver"] or {}).get("rows", 0))
         results.append(record)
+        # Saved after every stage: a run stopped at a deadline still has what it measured.
+        (logs / "stages.json").write_text(json.dumps(results, indent=2))
         print(f"  rc {record['rc']} wall {record['wall_s']} s cpu {record['cpu_s_sampled']} s", flush=True)
         if record["rc"]:
             break
@@ -278,7 +280,8 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
         for stats in (record["out"] or {}).values():
             if stats and events:
                 stats["bytes_per_event"] = round(stats["bytes"] / events, 1)
-    floors = run_floors(lake, days, overrides, logs) if not any(r["rc"] for r in results) else {}
+    measure_floors = not args.no_floors and not any(r["rc"] for r in results)
+    floors = run_floors(lake, days, overrides, logs) if measure_floors else {}
     attach_floors(results, floors)
     return {
         "epcs": epcs,
@@ -619,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake-root", help="folder for the lakes (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary lakes and logs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-floors", action="store_true", help="leave out the plain-Spark floors")
     parser.add_argument("--model-from", help="lake whose trained model to score with (skips training)")
     parser.add_argument("--from-runs", help="rebuild the report from a kept runs.json instead of running")
     args = parser.parse_args(argv)
