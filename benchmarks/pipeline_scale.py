@@ -347,9 +347,16 @@ def floors_main(args: argparse.Namespace) -> int:
     lake, out = Path(args.lake_root), Path(args.lake_root) / "_floors"
     seconds: dict[str, float] = {}
 
+    errors: dict[str, str] = {}
+
     def timed(name: str, body: Any) -> None:
+        # A floor whose inputs a failed stage never wrote is recorded as missing, not fatal.
         began = time.monotonic()
-        body()
+        try:
+            body()
+        except Exception as exc:
+            errors[name] = str(exc).splitlines()[0][:300]
+            return
         seconds[name] = round(time.monotonic() - began, 2)
 
     def write(df: Any, name: str, part: str = "event_date") -> None:
@@ -414,7 +421,7 @@ def floors_main(args: argparse.Namespace) -> int:
     timed("monitor", monitor)
     spark.stop()
     shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"startup_s": round(startup, 2), "seconds": seconds}))
+    print(json.dumps({"startup_s": round(startup, 2), "seconds": seconds, "errors": errors}))
     return 0
 
 
