@@ -564,7 +564,7 @@ def targets(runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, An
         f"EXTRAPOLATION from the fitted fixed + per-event cost: {extra} s"
         + (f" ({'within' if extra <= 3600 else 'over'} 3600 s)" if extra is not None else "")
         + ". The 1M EPC × 30 day run (`--epcs 1000000 --days 30`) was not run.",
-        f"- every stage floor_ratio ≥ 0.5: {'met' if ratios and not low else 'missed'}"
+        f"- every stage floor_ratio ≥ 0.5: {'not measured' if not ratios else 'missed' if low else 'met'}"
         + (f" (below: {', '.join(f'{k} {v}' for k, v in low.items())})" if low else ""),
         "- 4× the events ≤ 4.4× the time after the fixed cost: "
         + (
