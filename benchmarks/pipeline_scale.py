@@ -623,7 +623,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "floors"])
     parser.add_argument("--epcs", type=int, default=2000)
-    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=15,
+        help="days in the window (default 15): ingest reads only the label files landing inside it, "
+        "and labels land up to labels.max_delay_days (14) late; a short window trains on no positives "
+        "and train fails, so score and monitor never run",
+    )
     parser.add_argument("--scales", default="1", help="comma list of multiples of --epcs, e.g. 1,2,4")
     parser.add_argument("--train-epochs", type=int, default=1, help="bounds the training stage")
     parser.add_argument("--lake-root", help="folder for the lakes (default: a temporary folder)")
