@@ -1,6 +1,6 @@
 """Every pipeline stage on a fresh lake, at 1x/2x/4x the EPCs, against a plain-Spark floor per stage.
 
-    flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/pipeline_scale.py --epcs 2000 --days 10 \
+    flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/pipeline_scale.py --epcs 2000 --days 15 \
         --scales 1,2,4
 
 Per scale: a fresh lake (a temporary folder, or ``--lake-root``/<size>); each stage is its own
