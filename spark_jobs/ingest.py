@@ -9,7 +9,9 @@ JSON lines or Parquet, told apart by file extension) and the reference files,
 then writes, each in one Delta commit that replaces exactly the range:
 
 - reference/locations, reference/products (whole tables, from landing/reference);
-  reference/air_lanes, reference/serial_ranges likewise where their files exist;
+  reference/air_lanes, reference/serial_ranges likewise where their files exist.
+  A reference file that has not changed since its table's last commit is not
+  written again;
 - bronze/scan_events: typed rows with ``_source_file``, ``_ingested_at``, ``_run_id``;
 - bronze/quarantine: every landing row that could not be typed, with its raw
   payload and reason (see :mod:`spark_jobs.transforms.bronze`);
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -37,11 +40,11 @@ from pyspark.sql import functions as F
 
 from spark_jobs import ingest_epcis
 from spark_jobs.transforms import bronze, epcis, silver
-from tracelake import hadoop_fs, landing
+from tracelake import hadoop_fs, landing, storage
 from tracelake.arguments import parse
 from tracelake.dates import days_between, describe_days
 from tracelake.landing import LandingError, LandingFile
-from tracelake.runs import JobRun, job_run, run_entrypoint
+from tracelake.runs import JobRun, code_version, job_run, run_entrypoint
 from tracelake.tables import TableSpec, domain, read_table, table_spec, write_table
 
 JOB = "ingest"
@@ -63,7 +66,11 @@ SOURCES = {bronze.SCANS: "landing_scans", bronze.LABELS: "landing_labels"}
 def load_reference(
     run: JobRun, landing_name: str, table_name: str, key: Sequence[str], tables: dict[str, dict[str, int]]
 ) -> DataFrame:
-    """Type a reference file and replace its table; returns the table as committed."""
+    """Type a reference file and replace its table; returns the table as committed.
+
+    A file whose bytes (with the table's columns, key and the code) made the table's last commit is
+    not typed or written again: the table is read as it is.
+    """
     spark, source, spec = run.spark, table_spec(landing_name), table_spec(table_name)
     path = source.location(run.lake_root)
     if not hadoop_fs.exists(spark, path):
@@ -76,18 +83,58 @@ def load_reference(
         run.log.warning(
             "reference file has extra columns; they are ignored", extra={"file": path, "columns": extra}
         )
-    typed = bronze.typed_reference(spark.read.option("header", True).csv(path), spec, key).persist()
-    try:
-        problems = typed.where(F.col("_problem").isNotNull()).limit(5).collect()
-        if problems:
-            raise bronze.ReferenceDataError(
-                f"reference file {path} has bad rows, e.g. {[r['_problem'] for r in problems]}; fix it and rerun"
+    fingerprint = _reference_fingerprint(path, spec, key)
+    version = _version_made_from(spec.location(run.lake_root), fingerprint)
+    if version is not None:
+        tables[table_name] = {"rows": 0, "version": version}
+        run.log.event("reference file unchanged; its table is kept", table=table_name, version=version)
+    else:
+        typed = bronze.typed_reference(spark.read.option("header", True).csv(path), spec, key).persist()
+        try:
+            problems = typed.where(F.col("_problem").isNotNull()).limit(5).collect()
+            if problems:
+                raise bronze.ReferenceDataError(
+                    f"reference file {path} has bad rows, e.g. {[r['_problem'] for r in problems]}; "
+                    "fix it and rerun"
+                )
+            version = _write(
+                run,
+                typed.drop("_problem"),
+                table_name,
+                tables,
+                whole_table=True,
+                source_file=path,
+                source_sha256=fingerprint,
             )
-        version = _write(run, typed.drop("_problem"), table_name, tables, whole_table=True, source_file=path)
-    finally:
-        typed.unpersist()
+        finally:
+            typed.unpersist()
     run.inputs[table_name] = version
     return read_table(spark, spec, run.lake_root, version=version)
+
+
+def _reference_fingerprint(path: str, spec: TableSpec, key: Sequence[str]) -> str:
+    """What decides a reference table's rows: the file's bytes, the table's columns and key, the code."""
+    digest = hashlib.sha256(storage.read_bytes(path))  # reference files are small: locations, products
+    digest.update(json.dumps([spec.ddl, list(key), code_version()]).encode())
+    return digest.hexdigest()
+
+
+def _version_made_from(location: str, fingerprint: str) -> int | None:
+    """The table's version when its last commit was made from ``fingerprint``, else None.
+
+    Read with delta-rs from the log alone (no Spark job); any doubt (no table, a log delta-rs cannot
+    read) means None, and the file is loaded as usual.
+    """
+    from deltalake import DeltaTable
+
+    try:
+        options = None if storage.is_local(location) else storage.delta_rs_options()
+        table = DeltaTable(storage.arrow_uri(location), storage_options=options)
+        last = table.history(1)
+    except Exception:  # the careful answer is to load the file
+        return None
+    made_from = json.loads((last[0].get("userMetadata") or "{}") if last else "{}").get("source_sha256")
+    return table.version() if made_from == fingerprint else None
 
 
 def _rows_committed(run: JobRun, spec: TableSpec) -> int:

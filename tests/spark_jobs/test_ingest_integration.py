@@ -236,7 +236,10 @@ def test_rerun_leaves_every_table_as_one_run_does(spark, lake, runs):
     before, after = _contents(spark, lake["root"], versions), _contents(spark, lake["root"])
     for name in OUTPUTS:
         assertDataFrameEqual(after[name], before[name])
-        assert second["tables"][name]["version"] == versions[name] + 1
+        # Unchanged reference files are not written again; every range table is replaced in one commit.
+        kept = name.startswith("reference_")
+        assert second["tables"][name]["version"] == versions[name] + (0 if kept else 1), name
+        assert second["tables"][name]["rows"] == (0 if kept else first["tables"][name]["rows"]), name
     # Lineage: the commit records the run, its range and the code.
     from delta.tables import DeltaTable
 
@@ -249,6 +252,22 @@ def test_rerun_leaves_every_table_as_one_run_does(spark, lake, runs):
     assert (meta["run_id"], meta["start_date"], meta["end_date"]) == (second["run_id"], str(START), str(END))
     assert meta["input_versions"]["bronze_scan_events"] == second["tables"]["bronze_scan_events"]["version"]
     assert meta["code_version"]
+
+
+def test_a_changed_reference_file_replaces_its_table(spark, lake, runs):
+    root = lake["root"]
+    locations = root / "landing" / "reference" / "locations.csv"
+    original = locations.read_bytes()
+    before = latest_version(spark, table_spec("reference_locations"), root)
+    try:
+        # Same rows, one more blank line: the bytes differ, so the file is typed and written again.
+        locations.write_bytes(original + b"\n")
+        summary = _ingest(spark, lake["settings"])
+        assert summary["tables"]["reference_locations"]["version"] == before + 1
+        assert summary["tables"]["reference_locations"]["rows"] > 0
+        assert summary["tables"]["reference_products"]["rows"] == 0  # its file did not change
+    finally:
+        locations.write_bytes(original)
 
 
 def test_missing_required_column_fails_naming_file_and_column(spark, lake, runs):
