@@ -519,7 +519,7 @@ def _markdown(r: dict[str, Any]) -> str:
     for name, case in r.get("spark_ort", {}).items():
         tasks = f", {case['tasks']} task(s)" if "tasks" in case else ""
         lines.append(
-            f"| Spark local[2] + ORT mapInPandas, {name}{tasks} (noop sink) | {case['rows']} | "
+            f"| Spark local[2] + ORT mapInArrow, {name}{tasks} (noop sink) | {case['rows']} | "
             f"{case['seconds']:.2f} | {case['rows_per_s']:.0f} |"
         )
     if "spark_torch_udf" in r:
