@@ -168,7 +168,13 @@ def report(r: dict[str, Any]) -> str:
     rows = [
         ("memory (Arrow nbytes), whole row", "arrow_bytes_per_event", "arrow_bytes"),
         ("memory (Arrow nbytes), `seq` only", "arrow_seq_bytes_per_event", "arrow_seq_bytes"),
-        ("disk (current Delta version's files)", "disk_bytes_per_event", "disk_bytes"),
+        (
+            "disk (Parquet, one pyarrow file each)"
+            if r["mode"] == "from-lake"
+            else "disk (current Delta version's files)",
+            "disk_bytes_per_event",
+            "disk_bytes",
+        ),
     ]
     lines = [
         "# features/event_features: bytes per event, compact `seq` vs padded `seq`",
