@@ -48,9 +48,9 @@ def with_event_step(
     """Add ``seq_last_<f>``: feature ``f`` of the sequence's last real step, i.e. of the event itself.
 
     ``seq`` is time-major (element ``t * len(seq_features) + f`` is feature
-    ``f`` of step ``t``) and steps ``0 .. seq_len - 1`` are real, so the event's
-    own step starts at ``(seq_len - 1) * len(seq_features)``. The padding and
-    the EPC's older steps are left out: they repeat earlier events' values.
+    ``f`` of step ``t``) and holds steps ``0 .. seq_len - 1`` (no padding), so
+    the event's own step, the last, starts at ``(seq_len - 1) * len(seq_features)``.
+    The EPC's older steps are left out: they repeat earlier events' values.
     """
     width = len(seq_features)
     start = (F.col(seq_len_column) - 1) * F.lit(width)

@@ -83,17 +83,10 @@ def feature_frame(spark: Any, rows: int, days: int, seed: int) -> Any:
         "prev_location_id": F.format_string("LOC%03d", (F.col("id") + 1) % 101),
         "loc_snapshot_date": day,
         "route_snapshot_date": day,
-        # time-major, right-padded with 0 after seq_len steps; values a hash of (row, element)
+        # time-major, the seq_len real steps only (compact); values a hash of (row, element)
         "seq": F.transform(
-            F.sequence(F.lit(0), F.lit(steps * width - 1)),
-            lambda i: (
-                F.when(
-                    i < F.col("seq_len") * width,
-                    (F.abs(F.hash(F.col("id"), i, F.lit(seed))) % 2000 / 1000.0 - 1.0),
-                )
-                .otherwise(F.lit(0.0))
-                .cast("float")
-            ),
+            F.sequence(F.lit(0), F.col("seq_len") * width - 1),
+            lambda i: (F.abs(F.hash(F.col("id"), i, F.lit(seed))) % 2000 / 1000.0 - 1.0).cast("float"),
         ),
     }
     columns = []

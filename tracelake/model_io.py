@@ -16,8 +16,8 @@ Column layout (what the training-set job writes, what training and scoring read)
 | column | type | meaning |
 | --- | --- | --- |
 | one per tabular feature | float (double accepted) | ``FeatureSpec.tab_features``, in that order |
-| ``seq`` | array<float>, exactly ``seq_len * n_seq_features`` long | the EPC's last events, flattened time-major |
-| ``seq_len`` | int | how many leading time steps of ``seq`` are real events (1..seq_len) |
+| ``seq`` | array<float>, exactly ``seq_len * n_seq_features`` long (the row's ``seq_len``) | the EPC's last events, flattened time-major, no padding |
+| ``seq_len`` | int | how many time steps ``seq`` holds (1..``FeatureSpec.seq_len``) |
 | one per label | int, 0 or 1 | ``FeatureSpec.label_names`` (schemas/domain.yaml ``anomaly_types``) |
 | ``split`` | string | ``train``, ``validation`` or ``test`` (training sets only) |
 
@@ -25,13 +25,20 @@ Column layout (what the training-set job writes, what training and scoring read)
 column is one Arrow list to convert (a reshape, no per-feature stacking), and
 the Spark side builds it with one ``flatten(transform(...))``. Element
 ``t * n_seq_features + f`` is feature ``FeatureSpec.seq_features[f]`` of time
-step ``t``. Steps are oldest first and right-padded: steps ``0 .. seq_len-1``
-are the EPC's most recent events ending with this one (so step ``seq_len-1``
-is the event itself), later steps are padding (any value; 0 by convention).
-Missing feature values may be null/NaN: the model imputes the training mean.
+step ``t``. Steps are oldest first: steps ``0 .. seq_len-1`` are the EPC's most
+recent events ending with this one (so step ``seq_len-1`` is the event
+itself). The column stores only these real steps (compact: most events have a
+short history, so a padded column would be mostly zeros on disk, in Arrow
+memory and in every transfer); :func:`pad_sequences` is the one place that
+expands them to the model's right-padded [N, T, F] input (steps
+``seq_len .. T-1`` are 0). Two padded inputs are also accepted where the rows
+arrive already dense: a 2-D numeric array [N, T * F] (a petastorm tensor) and
+an Arrow ``fixed_size_list`` of T * F values; there steps ``seq_len ..`` are
+padding (any value; 0 by convention). Missing feature values may be null/NaN:
+the model imputes the training mean.
 
 The exported model (training/onnx_export.py) takes ``INPUT_NAMES`` --
-``seq`` float32 [N, T, F], ``seq_len`` int64 [N], ``tab`` float32 [N, K] --
+``seq`` float32 [N, T, F] (right-padded), ``seq_len`` int64 [N], ``tab`` float32 [N, K] --
 and returns ``OUTPUT_NAME`` float32 [N, labels]; its metadata (``metadata_props``
 prefixed ``METADATA_PREFIX``, JSON values) carries the :class:`FeatureSpec`.
 """
@@ -43,7 +50,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +80,8 @@ METADATA_PREFIX = "tracelake."
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+# Rows in the column layout: a pyarrow Table or RecordBatch, a pandas frame, or a dict of arrays.
+Columns: TypeAlias = Mapping[str, Any] | pa.Table | pa.RecordBatch
 
 
 class DataError(TracelakeError, ValueError):
@@ -208,31 +217,93 @@ class Arrays(NamedTuple):
         return type(self)(self.seq[index], self.seq_len[index], self.tab[index], self.labels[index])
 
 
-def _float_matrix(column: Any, name: str, width: int) -> FloatArray:
-    """An array column -> float32 [N, width]; nulls inside become NaN."""
-    if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if array.null_count:
-            row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
-        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(lengths != width)
-        if bad.size:
-            raise DataError(
-                f"column {name!r} must hold {width} values per row (seq_len x sequence features); "
-                f"row {int(bad[0])} has {int(lengths[bad[0]])}"
-            )
-        values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
-        return np.asarray(values, dtype=np.float32).reshape(len(array), width)
-    matrix = np.asarray(column)
-    if matrix.dtype == object:  # e.g. pandas: one array per row
-        try:
-            matrix = np.stack([np.asarray(v, dtype=np.float32) for v in matrix]) if len(matrix) else matrix
-        except ValueError as exc:
-            raise DataError(f"column {name!r} must hold {width} values in every row: {exc}") from exc
-    if matrix.ndim != 2 or (len(matrix) and matrix.shape[1] != width):
-        raise DataError(f"column {name!r} must be [rows, {width}], got shape {matrix.shape}")
-    return matrix.astype(np.float32, copy=False).reshape(-1, width)
+def _list_array(column: Any, name: str) -> pa.Array | None:
+    """An Arrow array of the column (chunks combined), a pandas/object column converted; None if dense."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks()
+    if isinstance(column, pa.Array):
+        return column
+    # Python lists are rows of lists (compact) whatever their lengths; numpy: object = one array per row.
+    values = column if isinstance(column, (list, tuple)) else np.asarray(column)
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return None
+    try:  # e.g. pandas: one array per row; converted in C, no Python per row
+        return pa.array(values, pa.list_(pa.float32()), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise DataError(f"column {name!r} must hold one array of floats per row: {exc}") from exc
+
+
+def pad_sequences(values: npt.ArrayLike, seq_len: npt.ArrayLike, steps: int, n_features: int) -> FloatArray:
+    """Compact sequences -> the model's right-padded float32 [N, steps, n_features].
+
+    ``values`` are the rows' real steps one after another (row ``i`` holds
+    ``seq_len[i] * n_features`` values, time-major); ``seq_len`` each in
+    1..steps (checked by the caller). Steps ``seq_len .. steps-1`` are 0.
+    """
+    lengths = np.asarray(seq_len, dtype=np.int64) * n_features
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    if flat.shape[0] != int(lengths.sum()):
+        raise DataError(f"{flat.shape[0]} sequence values for rows holding {int(lengths.sum())}")
+    out = np.zeros((lengths.shape[0], steps * n_features), dtype=np.float32)
+    # Row-major boolean assignment fills each row's leading cells in order: the flat values as they are.
+    out[np.arange(steps * n_features)[None, :] < lengths[:, None]] = flat
+    return out.reshape(-1, steps, n_features)
+
+
+def compact_sequences(seq: npt.ArrayLike, seq_len: npt.ArrayLike) -> pa.ListArray:
+    """Right-padded [N, T, F] sequences -> the compact ``seq`` column (the real steps of each row only)."""
+    padded = np.asarray(seq, dtype=np.float32)
+    n, steps = padded.shape[0], padded.shape[1]
+    width = int(np.prod(padded.shape[2:], dtype=np.int64))
+    lengths = np.asarray(seq_len, dtype=np.int64) * width
+    flat = padded.reshape(n, steps * width)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = flat[np.arange(steps * width)[None, :] < lengths[:, None]]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
+
+
+def _sequence(column: Any, seq_len: IntArray, spec: FeatureSpec) -> FloatArray:
+    """The ``seq`` column -> float32 [N, T, F], right-padded; nulls inside become NaN.
+
+    A list column is compact (row ``i`` holds exactly ``seq_len[i] * F``
+    values); a ``fixed_size_list`` or a 2-D numeric array holds T * F values per
+    row, already padded.
+    """
+    name, steps, n_features = SEQ_COLUMN, spec.seq_len, spec.n_seq
+    width = steps * n_features
+    array = _list_array(column, name)
+    if array is None or pa.types.is_fixed_size_list(array.type):
+        if array is not None:
+            if array.null_count:
+                row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+            if array.type.list_size != width:
+                raise DataError(
+                    f"column {name!r} is a fixed-size list of {array.type.list_size} values; a padded "
+                    f"sequence holds {width} (seq_len x sequence features)"
+                )
+            values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
+            return np.asarray(values, dtype=np.float32).reshape(-1, steps, n_features).copy()
+        matrix = np.asarray(column)
+        if matrix.ndim != 2 or (len(matrix) and matrix.shape[1] != width):
+            raise DataError(f"column {name!r} must be [rows, {width}], got shape {matrix.shape}")
+        return np.array(matrix, dtype=np.float32).reshape(-1, steps, n_features)
+    if len(array) != len(seq_len):
+        raise DataError(f"column {name!r} has {len(array)} rows, {SEQ_LEN_COLUMN!r} {len(seq_len)}")
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != seq_len * n_features)
+    if bad.size:
+        row = int(bad[0])
+        raise DataError(
+            f"column {name!r} must hold seq_len x {n_features} values per row (its real steps, no padding); "
+            f"row {row} has {int(lengths[row])} for seq_len {int(seq_len[row])}"
+        )
+    values = array.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
+    return pad_sequences(values, seq_len, steps, n_features)
 
 
 def _vector(column: Any, dtype: Any) -> npt.NDArray[Any]:
@@ -241,35 +312,36 @@ def _vector(column: Any, dtype: Any) -> npt.NDArray[Any]:
     return np.asarray(column).astype(dtype, copy=False)
 
 
-def _require(columns: Mapping[str, Any] | pa.Table, names: Sequence[str], what: str) -> None:
-    available = set(columns.column_names) if isinstance(columns, pa.Table) else set(columns.keys())
+def _require(columns: Columns, names: Sequence[str], what: str) -> None:
+    available = (
+        set(columns.column_names) if isinstance(columns, (pa.Table, pa.RecordBatch)) else set(columns.keys())
+    )
     missing = [c for c in names if c not in available]
     if missing:
         raise DataError(f"{what} lacks column(s) {missing}; it has {sorted(available)}")
 
 
-def _inputs(
-    columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec
-) -> tuple[FloatArray, IntArray, FloatArray]:
+def _inputs(columns: Columns, spec: FeatureSpec) -> tuple[FloatArray, IntArray, FloatArray]:
     """(seq [N, T, F], seq_len [N], tab [N, K]) of layout columns already checked to be present."""
-    seq = _float_matrix(columns[SEQ_COLUMN], SEQ_COLUMN, spec.seq_len * spec.n_seq)
-    n = seq.shape[0]
-    seq_len = _vector(columns[SEQ_LEN_COLUMN], np.float64)
-    bad = np.flatnonzero(~np.isfinite(seq_len) | (seq_len < 1) | (seq_len > spec.seq_len))
+    lengths = _vector(columns[SEQ_LEN_COLUMN], np.float64)
+    bad = np.flatnonzero(~np.isfinite(lengths) | (lengths < 1) | (lengths > spec.seq_len))
     if bad.size:
         raise DataError(
-            f"column {SEQ_LEN_COLUMN!r} must lie in 1..{spec.seq_len}; row {int(bad[0])} has {seq_len[bad[0]]}"
+            f"column {SEQ_LEN_COLUMN!r} must lie in 1..{spec.seq_len}; row {int(bad[0])} has {lengths[bad[0]]}"
         )
+    seq_len = lengths.astype(np.int64)
+    seq = _sequence(columns[SEQ_COLUMN], seq_len, spec)  # a new, writable array (torch wants one)
+    n = seq.shape[0]
+    if n != seq_len.shape[0]:
+        raise DataError(f"column {SEQ_COLUMN!r} has {n} rows, {SEQ_LEN_COLUMN!r} {seq_len.shape[0]}")
     tab = np.empty((n, spec.n_tab), dtype=np.float32)
     for j, name in enumerate(spec.tab_features):
         tab[:, j] = _vector(columns[name], np.float32)
-    if not seq.flags.writeable:  # a zero-copy view of Arrow memory; torch wants writable arrays
-        seq = seq.copy()
-    return seq.reshape(n, spec.seq_len, spec.n_seq), seq_len.astype(np.int64), tab
+    return seq, seq_len, tab
 
 
-def columns_to_arrays(columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec) -> Arrays:
-    """Layout columns with labels (pyarrow table, pandas frame, or dict of numpy arrays) -> :class:`Arrays`.
+def columns_to_arrays(columns: Columns, spec: FeatureSpec) -> Arrays:
+    """Layout columns with labels (pyarrow table or batch, pandas frame, dict of arrays) -> :class:`Arrays`.
 
     Raises :class:`DataError` naming the column and row when the data breaks the layout.
     """
@@ -285,7 +357,7 @@ def columns_to_arrays(columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec) 
     return Arrays(seq, seq_len, tab, labels)
 
 
-def model_inputs(columns: Mapping[str, Any] | pa.Table, spec: FeatureSpec) -> dict[str, npt.NDArray[Any]]:
+def model_inputs(columns: Columns, spec: FeatureSpec) -> dict[str, npt.NDArray[Any]]:
     """The exported model's inputs (``INPUT_NAMES``) of feature-table rows; labels are not needed."""
     _require(columns, spec.input_columns, "feature data")
     return arrays_feeds(*_inputs(columns, spec))
@@ -302,14 +374,12 @@ def arrays_feeds(seq: FloatArray, seq_len: IntArray, tab: FloatArray) -> dict[st
 
 
 def arrays_to_table(arrays: Arrays, spec: FeatureSpec, split: str | Sequence[str]) -> pa.Table:
-    """:class:`Arrays` -> a pyarrow table in the column layout (with ``split``)."""
+    """:class:`Arrays` -> a pyarrow table in the column layout (with ``split``; ``seq`` compact)."""
     n = arrays.n_rows
-    flat = arrays.seq.reshape(n, -1).astype(np.float32)
     columns: dict[str, pa.Array] = {
         name: pa.array(arrays.tab[:, j]) for j, name in enumerate(spec.tab_features)
     }
-    offsets = pa.array(np.arange(0, flat.size + 1, flat.shape[1], dtype=np.int32))
-    columns[SEQ_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))
+    columns[SEQ_COLUMN] = compact_sequences(arrays.seq, arrays.seq_len)
     columns[SEQ_LEN_COLUMN] = pa.array(arrays.seq_len.astype(np.int32))
     for j, name in enumerate(spec.label_names):
         columns[name] = pa.array(arrays.labels[:, j].astype(np.int32))

@@ -223,8 +223,9 @@ class PetastormSource(DataSource):
     The loader's own shuffling queue stays off (``shuffling_queue_capacity=0``):
     it draws on torch's global RNG, which would tie the data order to the
     model's random state and make a mid-epoch resume replay another order.
-    The flat ``seq`` column arrives as a [B, T*F] tensor and is reshaped to
-    [B, T, F] by :func:`columns_to_arrays`.
+    The ``seq`` column, padded to T*F values when materialised
+    (:func:`training.spark_data.padded_model_columns`), arrives as a [B, T*F]
+    tensor and is reshaped to [B, T, F] by :func:`columns_to_arrays`.
     """
 
     def __init__(

@@ -5,6 +5,9 @@ validation for training, test for evaluation and the ONNX parity check),
 materialises each as parquet through ``make_spark_converter`` into a cache
 folder under the lake (``<lake>/_petastorm_cache/<run id>``), and yields the
 converters; the folder is deleted when the ``with`` block ends, also on error.
+The files hold ``seq`` right-padded to ``seq_len * n_seq`` values
+(:func:`padded_model_columns`): petastorm hands a batch of rows to torch as one
+dense tensor, which variable-length (compact) lists cannot form.
 The train function reads the files with :class:`training.data.PetastormSource`
 (``{"kind": "petastorm", "urls": converter.file_urls}``), sharded by rank.
 
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -53,6 +58,14 @@ def model_columns(df: DataFrame, spec: FeatureSpec) -> DataFrame:
         F.col(SEQ_LEN_COLUMN).cast("int").alias(SEQ_LEN_COLUMN),
         *[F.col(name).cast("int").alias(name) for name in spec.label_names],
     )
+
+
+def padded_model_columns(df: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """:func:`model_columns` with ``seq`` right-padded with 0 to ``spec.seq_len`` steps (fixed width)."""
+    columns = model_columns(df, spec)
+    width = spec.seq_len * spec.n_seq
+    padding = F.array_repeat(F.lit(0.0).cast("float"), F.lit(width) - F.size(SEQ_COLUMN))
+    return columns.withColumn(SEQ_COLUMN, F.concat(F.col(SEQ_COLUMN), padding))
 
 
 def split_counts(df: DataFrame) -> dict[str, int]:
@@ -115,7 +128,7 @@ def spark_converters(
     converted: dict[str, Converted] = {}
     try:
         for split in splits:
-            part = model_columns(df.where(F.col(SPLIT_COLUMN) == split), spec)
+            part = padded_model_columns(df.where(F.col(SPLIT_COLUMN) == split), spec)
             converter = make_spark_converter(part, parquet_row_group_size_bytes=row_group_bytes)
             if len(converter) == 0:
                 raise SparkDataError(
@@ -152,4 +165,14 @@ def read_converted(item: Converted, spec: FeatureSpec, limit: int | None = None)
         raise SparkDataError("the converted split has no files")
     if limit:
         table = table.slice(0, limit)
-    return columns_to_arrays(table, spec)
+    # The files hold seq padded to a fixed width (padded_model_columns): read it as the padded layout.
+    seq = table.column(SEQ_COLUMN).combine_chunks()
+    width = spec.seq_len * spec.n_seq
+    if seq.null_count or pc.any(pc.not_equal(pc.list_value_length(seq), width)).as_py():
+        raise SparkDataError(
+            f"the converted split's {SEQ_COLUMN!r} rows must all hold {width} values (padded)"
+        )
+    fixed = pa.FixedSizeListArray.from_arrays(seq.flatten(), width)
+    return columns_to_arrays(
+        table.set_column(table.schema.get_field_index(SEQ_COLUMN), SEQ_COLUMN, fixed), spec
+    )

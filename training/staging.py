@@ -31,8 +31,9 @@ same on the CPU and on any GPU, the same for ``device`` and ``host``, and the
 same for ``stream`` when one window holds the whole block. Resume is exact:
 the checkpoint records epoch and batches done, and the order is recomputed.
 
-Decoding is vectorised (:func:`tracelake.model_io.columns_to_arrays`: the flat
-``seq`` list column becomes one reshaped numpy array, no Python per row).
+Decoding is vectorised (:func:`tracelake.model_io.columns_to_arrays`: the
+compact ``seq`` list column is expanded to the padded [N, T, F] array from its
+Arrow offsets in one numpy step, no Python per row).
 """
 
 from __future__ import annotations

@@ -335,10 +335,14 @@ def _recent_steps(settings: FeatureSettings) -> Column:
 
 
 def _sequence(recent: Column, settings: FeatureSettings) -> Column:
-    """``seq``: the steps' sequence features flattened time-major, right-padded with 0."""
+    """``seq``: the steps' sequence features flattened time-major, real steps only (no padding).
+
+    ``size(seq) = seq_len * len(sequence_features)``; the model's padded input
+    is built from it by tracelake.model_io (pad_sequences).
+    """
     names = sequence_features()
     bound = F.col("ord") - F.lit(history_span(settings))
-    flat = F.flatten(
+    return F.flatten(
         F.transform(
             recent,
             lambda s: F.array(
@@ -346,10 +350,6 @@ def _sequence(recent: Column, settings: FeatureSettings) -> Column:
             ),
         )
     )
-    padding = F.array_repeat(
-        F.lit(0.0).cast("float"), F.lit(settings.sequence_length * len(names)) - F.size(flat)
-    )
-    return F.concat(flat, padding)
 
 
 # Values of the pair (scan -> the EPC's next scan), read from the next scan.

@@ -55,7 +55,7 @@ def feature_rows(n: int, day: dt.date, seed: int, prefix: str) -> pd.DataFrame:
         "prev_location_id": [None if i % 5 == 0 else f"LOC{(i + 1) % 7}" for i in range(n)],
         "loc_snapshot_date": [day] * n,
         "route_snapshot_date": [None] * n,
-        "seq": list(seq),
+        "seq": [row[: k * width] for row, k in zip(seq, seq_len, strict=True)],  # compact: real steps only
         "seq_len": seq_len.astype(np.int32),
     }
     for column in spec.columns:

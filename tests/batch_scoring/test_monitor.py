@@ -50,12 +50,12 @@ def test_bins_put_nulls_apart_and_cut_at_the_edges(spark):
 
 
 def test_event_step_picks_the_last_real_step(spark):
-    # 3 steps x 2 features, time-major; seq_len 2 -> step 1 (elements 2, 3); seq_len 3 -> step 2 (4, 5)
+    # steps x 2 features, time-major, real steps only; seq_len 2 -> step 1 (elements 2, 3); 3 -> step 2 (4, 5)
     frame = spark.createDataFrame(
         [
-            ("a", [0.0, 1.0, 2.0, 3.0, 0.0, 0.0], 2),
+            ("a", [0.0, 1.0, 2.0, 3.0], 2),
             ("b", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 3),
-            ("c", [7.0, 8.0, 0.0, 0.0, 0.0, 0.0], 1),
+            ("c", [7.0, 8.0], 1),
         ],
         "id string, seq array<float>, seq_len int",
     )

@@ -43,7 +43,10 @@ def reference_rows(n: int, day: dt.date, seed: int) -> pd.DataFrame:
         "prev_location_id": [None if i % 5 == 0 else f"LOC{(i + 1) % 7}" for i in range(n)],
         "loc_snapshot_date": [day] * n,
         "route_snapshot_date": [None] * n,
-        "seq": list(rng.normal(size=(n, 25 * width)).astype(np.float32)),
+        "seq": [  # compact: the real steps only
+            row[: k * width]
+            for row, k in zip(rng.normal(size=(n, 25 * width)).astype(np.float32), seq_len, strict=True)
+        ],
         "seq_len": seq_len.astype(np.int32),
     }
     for column in spec.columns:

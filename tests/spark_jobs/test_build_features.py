@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from tracelake.cli import main as cli_main
+from tracelake.model_io import sequence_features
 from tracelake.tables import read_table, table_spec, write_table
 
 OUTPUTS = ("features_location_daily", "features_route_daily", "features_event_features")
@@ -102,6 +103,17 @@ def test_a_range_run_writes_the_transforms_rows_and_reruns_change_nothing(
     assertDataFrameEqual(first["features_location_daily"], expected["location_daily"].where(in_range))
     assertDataFrameEqual(first["features_route_daily"], expected["route_daily"].where(in_range))
     assert first["features_event_features"].count() == len([r for r in world[0] if D1 <= r[2].date() <= D3])
+
+    # Compact sequences: every row's seq holds exactly its seq_len steps of the sequence features, no padding.
+    events, width = first["features_event_features"], len(sequence_features())
+    steps = SETTINGS["features.sequence_length"]
+    assert (
+        events.where(
+            (F.size("seq") != F.col("seq_len") * width) | ~F.col("seq_len").between(1, steps)
+        ).count()
+        == 0
+    )
+    assert events.where(F.col("seq_len") < steps).count() > 0  # short histories exist: padding would show
 
     # Lineage: one commit per table, replacing the range, naming the run and the silver version read.
     version, parameters, meta = last_commit(spark, lake, "features_event_features")

@@ -203,3 +203,31 @@ def test_good_training_set_passes_through_the_cli(spark, lake, capsys):
     assert "PASSED" in out and "0 critical failure(s), 0 warning(s)" in out, out
     assert cli_main(["validate", "--table", "training_set", *common]) == 2
     assert "pass --name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("table", ["features", "training_set"])
+def test_a_sequence_not_of_seq_len_steps_fails(spark, lake, data, table):
+    """seq holds exactly seq_len steps (compact): one padded by a step and one cut short are both caught."""
+    spec, rows = (FEATURES, data[1]) if table == "features" else (TRAINING_SET, data[2])
+    on_d2 = [i for i, r in enumerate(rows) if r["event_date"] == D2]
+    padded, cut = on_d2[:2]
+    width = len(rows[padded]["seq"]) // rows[padded]["seq_len"]
+    bad = edit(
+        rows,
+        spec,
+        {
+            padded: lambda r: {"seq": [*r["seq"], *[0.0] * width]},  # one step of padding
+            cut: lambda r: {"seq": r["seq"][:-1]},  # one value short
+        },
+    )
+
+    reference = None
+    if table == "features":  # the row count reconciles with silver: give the true counts
+        per_day = {x: sum(r["event_date"].isoformat() == x for r in rows) for x in ALL_DAYS}
+        reference = {next(e.key for e in load_suite(spec).entries if e.row_count_terms is not None): per_day}
+    report = validate(spark, lake, spec, bad, reference)
+
+    by_type = {(o.type, o.column): o for o in report.critical_failures}
+    failure = by_type[("unexpected_rows_expectation", "(table)")]
+    assert failure.partitions == [D2.isoformat()]
+    assert {x["event_id"] for x in failure.examples} == {rows[padded]["event_id"], rows[cut]["event_id"]}

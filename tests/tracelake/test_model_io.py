@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import yaml
 
@@ -81,8 +82,10 @@ def test_roles_match_what_the_spark_transform_computes(spark, test_settings):
 
 
 def _tiny_table(seq_len=(1, 3), labels=((0, 1), (1, 0))) -> pa.Table:
-    """Two rows: row r's seq element t * 2 + f is 100 r + 10 t + f; tab x has a null."""
-    flat = [[100.0 * r + 10 * t + f for t in range(3) for f in range(2)] for r in range(2)]
+    """Two rows: row r's seq (compact, seq_len[r] steps) element t * 2 + f is 100 r + 10 t + f; tab x has a null."""
+    flat = [
+        [100.0 * r + 10 * t + f for t in range(min(n, 3)) for f in range(2)] for r, n in enumerate(seq_len)
+    ]
     return pa.table(
         {
             "x": pa.array([1.5, None], pa.float64()),
@@ -99,10 +102,11 @@ def _tiny_table(seq_len=(1, 3), labels=((0, 1), (1, 0))) -> pa.Table:
 def test_conversion_layout_of_a_tiny_arrow_table():
     arrays = columns_to_arrays(_tiny_table(), SPEC)
     assert arrays.seq.shape == (2, 3, 2) and arrays.seq.dtype == np.float32
-    for r in range(2):
+    for r, n in enumerate((1, 3)):
         for t in range(3):
             for f in range(2):
-                assert arrays.seq[r, t, f] == 100 * r + 10 * t + f  # time-major: element t * F + f
+                # time-major: element t * F + f; right-padded with 0 after the row's seq_len steps
+                assert arrays.seq[r, t, f] == (100 * r + 10 * t + f if t < n else 0.0)
     assert arrays.seq_len.tolist() == [1, 3] and arrays.seq_len.dtype == np.int64
     assert arrays.tab.dtype == np.float32 and arrays.tab[0].tolist() == [1.5, 2.0, 4.0]
     assert np.isnan(arrays.tab[1, 0]) and arrays.tab[1, 1:].tolist() == [3.0, 5.0]  # null -> NaN
@@ -134,9 +138,69 @@ def test_conversion_refuses_rows_that_break_the_layout():
         columns_to_arrays(_tiny_table(seq_len=(1, 4)), SPEC)
     with pytest.raises(DataError, match=r"label column 'l1' must be 0 or 1; row 0 has 2"):
         columns_to_arrays(_tiny_table(labels=((2, 0), (0, 0))), SPEC)
-    short = _tiny_table().set_column(3, SEQ_COLUMN, pa.array([[1.0], [2.0]], pa.list_(pa.float32())))
-    with pytest.raises(DataError, match=r"'seq' must hold 6 values per row"):
+    short = _tiny_table().set_column(3, SEQ_COLUMN, pa.array([[1.0, 2.0], [2.0]], pa.list_(pa.float32())))
+    with pytest.raises(
+        DataError, match=r"'seq' must hold seq_len x 2 values per row .*row 1 has 1 for seq_len 3"
+    ):
         columns_to_arrays(short, SPEC)
+
+
+def test_a_row_of_the_wrong_length_is_named_in_one_line():
+    """The old padded layout (T * F values whatever seq_len) is refused, from Arrow and from pandas alike."""
+    padded = [[0.0] * 6, [1.0] * 6]
+    table = _tiny_table().set_column(3, SEQ_COLUMN, pa.array(padded, pa.list_(pa.float32())))
+    message = r"^column 'seq' must hold seq_len x 2 values .*row 0 has 6 for seq_len 1$"
+    for frame in (table, table.to_pandas()):
+        with pytest.raises(DataError, match=message):
+            columns_to_arrays(frame, SPEC)
+    for frame in (table, table.to_pandas(), table.to_batches()[0]):
+        with pytest.raises(DataError, match=message):
+            model_inputs(frame, SPEC)
+    nulls = _tiny_table().set_column(3, SEQ_COLUMN, pa.array([None, [1.0] * 6], pa.list_(pa.float32())))
+    with pytest.raises(DataError, match=r"'seq' is null in row 0"):
+        columns_to_arrays(nulls, SPEC)
+
+
+def _random_rows(n: int, steps: int, n_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded [n, steps, n_features] sequences of random lengths 1..steps (padding 0)."""
+    rng = np.random.default_rng(seed)
+    seq_len = rng.integers(1, steps + 1, size=n)
+    seq = rng.normal(size=(n, steps, n_features)).astype(np.float32)
+    seq[np.arange(steps)[None, :] >= seq_len[:, None]] = 0.0
+    return seq, seq_len
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compact_and_padded_sequences_round_trip(seed):
+    spec = FeatureSpec(tuple(f"s{i}" for i in range(4)), ("x",), 7, ("l1",))
+    seq, seq_len = _random_rows(257, spec.seq_len, spec.n_seq, seed)
+    column = model_io.compact_sequences(seq, seq_len)
+    assert column.type == pa.list_(pa.float32())
+    assert pc.list_value_length(column).to_numpy().tolist() == (seq_len * spec.n_seq).tolist()
+    for r in (0, 100, 256):  # each row holds its real steps only, oldest first
+        np.testing.assert_array_equal(column[r].values.to_numpy(), seq[r, : seq_len[r]].ravel())
+    np.testing.assert_array_equal(
+        model_io.pad_sequences(column.flatten().to_numpy(), seq_len, spec.seq_len, spec.n_seq), seq
+    )
+    table = pa.table(
+        {"x": np.zeros(len(seq_len)), SEQ_COLUMN: column, SEQ_LEN_COLUMN: seq_len.astype(np.int32)}
+    )
+    padded_table = table.set_column(  # today's padded layout, as a fixed-size list
+        1, SEQ_COLUMN, pa.FixedSizeListArray.from_arrays(pa.array(seq.ravel()), spec.seq_len * spec.n_seq)
+    )
+    for frame in (
+        table,
+        table.to_pandas(),
+        table.to_batches()[0],
+        pa.Table.from_batches(table.slice(50).to_batches(max_chunksize=60)),  # sliced, several chunks
+        padded_table,
+        {"x": np.zeros(len(seq_len)), SEQ_COLUMN: seq.reshape(len(seq_len), -1), SEQ_LEN_COLUMN: seq_len},
+    ):
+        feeds = model_inputs(frame, spec)
+        rows = slice(50, None) if len(feeds["seq"]) != len(seq) else slice(None)
+        np.testing.assert_array_equal(feeds["seq"], seq[rows])
+        np.testing.assert_array_equal(feeds["seq_len"], seq_len[rows])
+        assert feeds["seq"].dtype == np.float32 and feeds["seq"].flags.writeable
 
 
 def test_arrays_to_table_round_trips():

@@ -215,9 +215,11 @@ def test_petastorm_source_shards_by_rank(tmp_path, row_group_rows, monkeypatch):
     arrays.tab[:, 0] = np.arange(100)
     folder = tmp_path / "converted"
     folder.mkdir()
-    pq.write_table(
-        arrays_to_table(arrays, SPEC, TRAIN), folder / "part-0.parquet", row_group_size=row_group_rows
-    )
+    table = arrays_to_table(arrays, SPEC, TRAIN)
+    # What spark_converters materialises: seq padded to seq_len x F values (spark_data.padded_model_columns).
+    padded = pa.array(list(arrays.seq.reshape(len(arrays.seq), -1)), pa.list_(pa.float32()))
+    table = table.set_column(table.column_names.index("seq"), "seq", padded)
+    pq.write_table(table, folder / "part-0.parquet", row_group_size=row_group_rows)
     urls = {TRAIN: [f"file://{folder}/part-0.parquet"], VALIDATION: f"file://{folder}"}
     sources = [
         data_module.make_source(
@@ -260,7 +262,9 @@ def test_layout_errors_name_the_problem(tmp_path):
     short = table.set_column(
         table.column_names.index("seq"), "seq", pa.array([[0.0] * 3] * 5, pa.list_(pa.float32()))
     )
-    with pytest.raises(DataError, match=r"'seq' must hold 48 values per row .* row 0 has 3"):
+    with pytest.raises(
+        DataError, match=r"'seq' must hold seq_len x 4 values per row .* row 0 has 3 for seq_len"
+    ):
         data_module.columns_to_arrays(short, SPEC)
     with pytest.raises(DataError, match=r"lacks column\(s\) \['jump'\]"):
         data_module.columns_to_arrays(table.drop(["jump"]), SPEC)
