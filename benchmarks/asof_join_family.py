@@ -181,7 +181,6 @@ def spark_session(engine: str, driver_memory: str):
 
 
 def spark_join(engine: str, spark, events, snaps):
-    from pyspark.sql import functions as F
 
     if engine == "tracelake":
         from tracelake.pit import as_of_join
@@ -333,7 +332,13 @@ def run_duckdb(args, work: Path, out: Path) -> None:
                         ).fetchone()
                         agg = dict(
                             zip(
-                                ["rows", "matched", "sum_event_count", "sum_anomaly_rate", "sum_mean_dwell_s"],
+                                [
+                                    "rows",
+                                    "matched",
+                                    "sum_event_count",
+                                    "sum_anomaly_rate",
+                                    "sum_mean_dwell_s",
+                                ],
                                 [int(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4])],
                                 strict=True,
                             )
@@ -470,10 +475,16 @@ def report(args, work: Path) -> None:
     }
     (RESULTS / "asof_join_family.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
-        "| shape | source | output | " + " | ".join(f"{e} s" for e in engines) + " | "
-        + " | ".join(f"{e} / tracelake" for e in engines if e != "tracelake") + " |",
-        "| --- | --- | --- | " + " | ".join("---:" for _ in engines) + " | "
-        + " | ".join("---:" for e in engines if e != "tracelake") + " |",
+        "| shape | source | output | "
+        + " | ".join(f"{e} s" for e in engines)
+        + " | "
+        + " | ".join(f"{e} / tracelake" for e in engines if e != "tracelake")
+        + " |",
+        "| --- | --- | --- | "
+        + " | ".join("---:" for _ in engines)
+        + " | "
+        + " | ".join("---:" for e in engines if e != "tracelake")
+        + " |",
     ]
     for t in table:
         lines.append(
