@@ -53,7 +53,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 START = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
@@ -567,7 +566,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "report":
         report(args, work)
     else:
-        run: Callable[..., None]
         out = work / "measurements.jsonl"
         if args.engine == "duckdb":
             run_duckdb(args, work, out)
