@@ -1,18 +1,6 @@
 """`tracelake demo`: the whole pipeline on the embedded default, in one session.
 
-generate → ingest → validate bronze and silver → features → validate features
-→ training set (the days whose labels have had time to arrive) → validate it
-→ train the sequence model (TorchDistributor), the MLlib baseline and the rules
-(demo-sized) and print the three-way comparison on the mature test days
-→ promotion gate → score every validated day with the champion (validated
-before it counts) → drift monitoring → the top anomalies of the last day.
-
-The daily steps, their order and gates come from tracelake/pipeline.py, the
-declaration the Airflow DAG is built from. Each step is the same `execute` its
-`tracelake` command (and spark-submit entrypoint) runs, found through the CLI's
-command table and imported when it runs; a step only runs on the days the
-previous check passed. It ends by printing where the lake is and what each
-table holds (rows, Delta version).
+What it runs, in order, is its `--help` (``tracelake.arguments.DEMO_DESCRIPTION``, one text for both).
 """
 
 from __future__ import annotations

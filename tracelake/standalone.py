@@ -1,13 +1,7 @@
 """A Spark standalone cluster on loopback, started from the installed pyspark.
 
-`tracelake cluster start` launches one master and N workers (default 2) as
-background processes bound to 127.0.0.1, `tracelake cluster stop` ends them.
-The jobs then run unchanged with `--master spark://127.0.0.1:7077`. The
-master's web UI listens on 8090 (workers 8091, 8092, ...), not Spark's 8080,
-which is the Airflow API server's port in `airflow standalone`. Workers
-are started from the same installation, so Delta's JARs (copied into
-pyspark's jars folder by `make setup`) and the project's Python environment
-reach the executors.
+How it is laid out (ports, processes, JARs) is its `--help` (``tracelake.arguments.CLUSTER_DESCRIPTION``,
+one text for both).
 """
 
 from __future__ import annotations
