@@ -45,6 +45,7 @@ from tracelake.model_io import (
     OUTPUT_NAME,
     SEQ_COLUMN,
     SEQ_LEN_COLUMN,
+    Columns,
     FeatureSpec,
     model_inputs,
 )
@@ -181,12 +182,12 @@ def session_for(model: ScoringModel) -> Any:
     return session
 
 
-def feeds(frame: Mapping[str, Any] | pa.Table, model: ScoringModel) -> dict[str, np.ndarray]:
-    """ONNX Runtime inputs for rows of the feature table (Arrow table, pandas frame or column dict)."""
+def feeds(frame: Columns, model: ScoringModel) -> dict[str, np.ndarray]:
+    """ONNX Runtime inputs for rows of the feature table (Arrow table or batch, pandas frame, column dict)."""
     return model_inputs(frame, model.feature_spec())
 
 
-def predict(frame: Mapping[str, Any] | pa.Table, model: ScoringModel) -> np.ndarray:
+def predict(frame: Columns, model: ScoringModel) -> np.ndarray:
     """Probabilities [rows, labels] of rows of the feature table, with this worker's session."""
     if len(frame[SEQ_LEN_COLUMN]) == 0:
         return np.zeros((0, len(model.label_names)), dtype=np.float32)
@@ -206,8 +207,7 @@ def _score_partition(
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            table = pa.Table.from_batches([batch])  # zero-copy: model_io reads tables
-            probabilities = predict(table, model).astype(np.float64)
+            probabilities = predict(batch, model).astype(np.float64)
             columns = [batch.column(name) for name in passthrough]
             columns += [_float64_array(probabilities[:, j]) for j in range(len(names))]
             yield pa.RecordBatch.from_arrays(columns, names=[*passthrough, *names])

@@ -263,6 +263,12 @@ def compact_sequences(seq: npt.ArrayLike, seq_len: npt.ArrayLike) -> pa.ListArra
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
 
 
+def _refuse_null_rows(array: pa.Array, name: str) -> None:
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+
+
 def _sequence(column: Any, seq_len: IntArray, spec: FeatureSpec) -> FloatArray:
     """The ``seq`` column -> float32 [N, T, F], right-padded; nulls inside become NaN.
 
@@ -275,9 +281,7 @@ def _sequence(column: Any, seq_len: IntArray, spec: FeatureSpec) -> FloatArray:
     array = _list_array(column, name)
     if array is None or pa.types.is_fixed_size_list(array.type):
         if array is not None:
-            if array.null_count:
-                row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-                raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+            _refuse_null_rows(array, name)
             if array.type.list_size != width:
                 raise DataError(
                     f"column {name!r} is a fixed-size list of {array.type.list_size} values; a padded "
@@ -291,9 +295,7 @@ def _sequence(column: Any, seq_len: IntArray, spec: FeatureSpec) -> FloatArray:
         return np.array(matrix, dtype=np.float32).reshape(-1, steps, n_features)
     if len(array) != len(seq_len):
         raise DataError(f"column {name!r} has {len(array)} rows, {SEQ_LEN_COLUMN!r} {len(seq_len)}")
-    if array.null_count:
-        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"column {name!r} is null in row {row}; every row needs its sequence")
+    _refuse_null_rows(array, name)
     lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(lengths != seq_len * n_features)
     if bad.size:
