@@ -7,6 +7,7 @@ pass the session down.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,6 +77,19 @@ def check_s3a_jars() -> None:
         )
 
 
+def local_cores(master: str) -> int | None:
+    """The task slots of a local master (``local``, ``local[4]``, ``local[*]``, ``local[4,2]``); None otherwise."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master.strip())
+    if match is None:
+        return None
+    slots = match.group(1)
+    if slots is None:
+        return 1
+    if slots == "*":
+        return os.cpu_count() or 1
+    return max(int(slots), 1)
+
+
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     """Every setting the session is built with (useful to spark-submit too)."""
     conf: dict[str, str] = {
@@ -95,6 +109,13 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         **DELTA_CONF,
     }
+    cores = local_cores(settings.spark.master)
+    if cores is not None:
+        # Delta rebuilds a table's state from its log in a job of snapshotPartitions tasks, 50 by
+        # default (sized for clusters and large logs); every read, history and write of a table
+        # runs one. In local mode one task per core took 20-34 % off validate, features and score
+        # at 94k events (benchmarks/results/spark_settings_ab.md). spark.conf still overrides it.
+        conf["spark.databricks.delta.snapshotPartitions"] = str(cores)
     jars = delta_jars(settings)
     if jars:
         conf["spark.jars"] = ",".join(jars)
