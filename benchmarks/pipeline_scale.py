@@ -1,6 +1,6 @@
 """Every pipeline stage on a fresh lake, at 1x/2x/4x the EPCs, against a plain-Spark floor per stage.
 
-    flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/pipeline_scale.py --epcs 2000 --days 15 \
+    flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/pipeline_scale.py --epcs 10000 --days 21 \
         --scales 1,2,4
 
 Per scale: a fresh lake (a temporary folder, or ``--lake-root``/<size>); each stage is its own
@@ -40,6 +40,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 VENV_BIN = Path(sys.executable).parent
 START = dt.date(2025, 7, 1)
 SET_NAME = "scale"
+# labels.max_delay_days of the default settings: a label lands at most this many days after its event.
+LABEL_DELAY_DAYS = 14
 # The stages whose sum the 10M-event target is about (ingest -> validate -> features -> score -> monitor).
 TARGET_STAGES = (
     "ingest",
@@ -89,6 +91,11 @@ def stages(epcs: int, days: int, training_steps: int) -> list[Stage]:
     end = START + dt.timedelta(days=days - 1)
     rng = ("--start-date", START.isoformat(), "--end-date", end.isoformat())
     as_of = f"{end + dt.timedelta(days=1)}T00:00:00Z"
+    # As the demo does: the set ends LABEL_DELAY_DAYS before the data, so every label of it has
+    # landed inside the window (ingest reads the label files landing in its range) and the model
+    # can be promoted; a set with immature labels never is, and scoring needs a champion.
+    set_end = end - dt.timedelta(days=LABEL_DELAY_DAYS)
+    set_rng = ("--start-date", START.isoformat(), "--end-date", set_end.isoformat())
     return [
         Stage(
             "generate",
@@ -108,10 +115,9 @@ def stages(epcs: int, days: int, training_steps: int) -> list[Stage]:
             ("event_features",),
             (),
         ),
-        # Labels take up to 14 days to arrive: a short window's set is immature by construction.
         Stage(
             "training_set",
-            ("training-set", *rng, "--as-of", as_of, "--name", SET_NAME, "--allow-immature-labels"),
+            ("training-set", *set_rng, "--as-of", as_of, "--name", SET_NAME),
             ("event_features", "labels"),
             ("training_set",),
         ),
@@ -243,20 +249,37 @@ def run_stage(stage: Stage, lake: Path, overrides: list[str], logs: Path) -> dic
 
 
 def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Every stage on a fresh lake, then the floors; stops at the first failed stage."""
-    shutil.rmtree(lake, ignore_errors=True)
-    lake.mkdir(parents=True)
+    """Every stage on a fresh lake, then the floors; stops at the first failed stage.
+
+    With ``--from-stage S`` the lake of an earlier run is kept, with the records of the stages
+    before S (that run's stages.json), and the run goes on from S.
+    """
     logs = lake.parent / f"{lake.name}-logs"
-    logs.mkdir(exist_ok=True)
-    overrides = list(args.overrides)
     results: list[dict[str, Any]] = []
-    events = 0
+    names = [s.name for s in stages(epcs, days, args.train_epochs)]
     # With --model-from, the training stages are left out and that lake's model (registry and the
     # training set monitoring compares against) is copied in before scoring: a larger scale
     # then costs only the stages the 10M-event target is about.
     skip = {"training_set", "train", "promote"} if args.model_from else set()
+    if args.from_stage:
+        kept = json.loads((logs / "stages.json").read_text())
+        before = set(names[: names.index(args.from_stage)])
+        results = [r for r in kept if r["stage"] in before and not r["rc"]]
+        if {r["stage"] for r in results} != before - skip:
+            raise SystemExit(
+                f"{logs / 'stages.json'} lacks a successful record of a stage before {args.from_stage}"
+            )
+    else:
+        shutil.rmtree(lake, ignore_errors=True)
+        lake.mkdir(parents=True)
+    logs.mkdir(exist_ok=True)
+    overrides = list(args.overrides)
+    done = {r["stage"] for r in results}
+    events = next(
+        (int((r["out"]["silver"] or {}).get("rows", 0)) for r in results if r["stage"] == "ingest"), 0
+    )
     for stage in stages(epcs, days, args.train_epochs):
-        if stage.name in skip:
+        if stage.name in skip or stage.name in done:
             continue
         if stage.name == "score" and args.model_from:
             copy_model(Path(args.model_from), lake)
@@ -295,8 +318,8 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
 
 def copy_model(source: Path, lake: Path) -> None:
     """Another lake's MLflow store (SQLite, artifacts by absolute path) and training sets."""
-    shutil.copytree(source / "_mlflow", lake / "_mlflow")
-    shutil.copytree(source / "training", lake / "training")
+    shutil.copytree(source / "_mlflow", lake / "_mlflow", dirs_exist_ok=True)
+    shutil.copytree(source / "training", lake / "training", dirs_exist_ok=True)
 
 
 def run_floors(lake: Path, days: int, overrides: list[str], logs: Path) -> dict[str, Any]:
@@ -458,15 +481,19 @@ def growth(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             continue
         fixed, per_event = fit(points)
         t_small, t_big = points[0][1], points[-1][1]
-        # After the fixed cost: the variable part's ratio; the target allows 10 % over linear.
-        marginal = (t_big - fixed) / (t_small - fixed) if t_small - fixed > 0 else None
+        # After the fixed cost: the variable part's ratio; the target allows 10 % over linear. When
+        # the fitted fixed cost is not below the smallest run's time, the variable part is within
+        # the run-to-run noise at these sizes and the ratio says nothing: not judged (None).
+        variable_small = t_small - fixed
+        judged = variable_small > 0.1 * t_small
+        marginal = (t_big - fixed) / variable_small if judged else None
         out[name] = {
             "time_ratio": round(t_big / t_small, 3),
             "event_ratio": round(event_ratio, 3),
             "fixed_s": round(fixed, 2),
             "per_event_us": round(per_event * 1e6, 2),
             "marginal_ratio": round(marginal, 3) if marginal is not None else None,
-            "within_1_1x_linear": marginal is not None and marginal <= 1.1 * event_ratio,
+            "within_1_1x_linear": None if marginal is None else marginal <= 1.1 * event_ratio,
         }
     return out
 
@@ -522,7 +549,7 @@ def stage_table(run: dict[str, Any]) -> list[str]:
 def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, Any]) -> None:
     path = RESULTS / "pipeline_scale.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    stored[key] = {**meta, "runs": runs, "growth": grow}
+    stored[key] = {**{k: v for k, v in meta.items() if k != "notes"}, "runs": runs, "growth": grow}
     path.write_text(json.dumps(stored, indent=2) + "\n")
     lines = [
         "# Every stage at 1x/2x/4x, against a plain-Spark floor",
@@ -545,6 +572,8 @@ def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], met
             "",
         ]
     lines += targets(runs, grow, meta)
+    if meta.get("notes"):
+        lines += ["", Path(meta["notes"]).read_text().rstrip()]
     (RESULTS / "pipeline_scale.md").write_text("\n".join(lines) + "\n")
 
 
@@ -556,23 +585,41 @@ def targets(runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, An
     extra = meta.get("extrapolated_10m_target_stages_s")
     feats = next((s["out"] for s in big["stages"] if s["stage"] == "features"), {}) or {}
     bpe = (feats.get("event_features") or {}).get("bytes_per_event")
-    over = [k for k, g in grow.items() if not g["within_1_1x_linear"]]
+    over = [k for k, g in grow.items() if g["within_1_1x_linear"] is False]
+    unjudged = [k for k, g in grow.items() if g["within_1_1x_linear"] is None]
     return [
         "## Targets (largest scale measured)",
         "",
         f"- 10M events ingest → validate → features → score → monitor ≤ 60 min: **not measured**; "
         f"EXTRAPOLATION from the fitted fixed + per-event cost: {extra} s"
-        + (f" ({'within' if extra <= 3600 else 'over'} 3600 s)" if extra is not None else "")
+        + (
+            f" ({'under' if extra <= 3600 else 'over'} 3600 s by the wall-time fit of the sizes measured; "
+            "an extrapolation, not a measurement)"
+            if extra is not None
+            else ""
+        )
         + ". The 1M EPC × 30 day run (`--epcs 1000000 --days 30`) was not run.",
         f"- every stage floor_ratio ≥ 0.5: {'not measured' if not ratios else 'missed' if low else 'met'}"
         + (f" (below: {', '.join(f'{k} {v}' for k, v in low.items())})" if low else ""),
-        "- 4× the events ≤ 4.4× the time after the fixed cost: "
-        + (
-            "not computed (one scale)" if not grow else "met" if not over else f"missed for {', '.join(over)}"
-        ),
+        "- 4× the events ≤ 4.4× the time after the fixed cost: " + growth_verdict(grow, over, unjudged),
         f"- features/event_features bytes per event: {bpe}",
         "",
     ]
+
+
+def growth_verdict(grow: dict[str, Any], over: list[str], unjudged: list[str]) -> str:
+    if not grow:
+        return "not computed (one scale)"
+    judged = [k for k in grow if k not in unjudged]
+    parts = []
+    if judged:
+        parts.append(f"missed for {', '.join(over)}" if over else f"met for {', '.join(judged)}")
+    if unjudged:
+        parts.append(
+            f"not judged for {', '.join(unjudged)}: their variable cost is within the run-to-run noise "
+            "at these sizes (the fitted fixed cost is ≥ 90 % of the smallest run's time)"
+        )
+    return "; ".join(parts)
 
 
 def machine() -> str:
@@ -614,6 +661,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> int:
         "commit": commit(),
         "machine": machine(),
         "extrapolated_10m_target_stages_s": round(extra, 1) if extra is not None else None,
+        "notes": args.notes,
     }
     write_report(f"epcs={args.epcs},days={args.days},scales={args.scales}", runs, grow, meta)
     return 1 if any(s["rc"] for r in runs for s in r["stages"]) else 0
@@ -626,10 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--days",
         type=int,
-        default=15,
-        help="days in the window (default 15): ingest reads only the label files landing inside it, "
-        "and labels land up to labels.max_delay_days (14) late; a short window trains on no positives "
-        "and train fails, so score and monitor never run",
+        default=21,
+        help="days in the window (default 21, at least 17): the training set covers the days whose "
+        "labels have all landed inside the window (up to labels.max_delay_days, 14, before its end)",
     )
     parser.add_argument("--scales", default="1", help="comma list of multiples of --epcs, e.g. 1,2,4")
     parser.add_argument("--train-epochs", type=int, default=1, help="bounds the training stage")
@@ -638,8 +685,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-floors", action="store_true", help="leave out the plain-Spark floors")
     parser.add_argument("--model-from", help="lake whose trained model to score with (skips training)")
+    parser.add_argument(
+        "--from-stage",
+        choices=[s.name for s in stages(1, 21, 1)],
+        help="keep each scale's lake and the records of the stages before this one (from an earlier "
+        "run with the same --lake-root) and run from it",
+    )
+    parser.add_argument(
+        "--notes", help="a Markdown file appended to the report (what was run, how to read it)"
+    )
     parser.add_argument("--from-runs", help="rebuild the report from a kept runs.json instead of running")
     args = parser.parse_args(argv)
+    if args.days < LABEL_DELAY_DAYS + 3:
+        parser.error(
+            f"--days must be at least {LABEL_DELAY_DAYS + 3}: the training set ends {LABEL_DELAY_DAYS} days "
+            "before the window does and needs 3 days (train, validation and test)"
+        )
     if args.from_runs:
         return report(json.loads(Path(args.from_runs).read_text()), args)
     return floors_main(args) if args.mode == "floors" else bench_main(args)
