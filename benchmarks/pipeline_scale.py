@@ -309,6 +309,7 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
     return {
         "epcs": epcs,
         "days": days,
+        "commit": commit(),
         "events": events,
         "model_from": args.model_from,
         "stages": results,
@@ -549,7 +550,8 @@ def stage_table(run: dict[str, Any]) -> list[str]:
 def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, Any]) -> None:
     path = RESULTS / "pipeline_scale.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    stored[key] = {**{k: v for k, v in meta.items() if k != "notes"}, "runs": runs, "growth": grow}
+    kept = {k: v for k, v in meta.items() if k not in {"notes", "report_name"}}
+    stored[key] = {**kept, "runs": runs, "growth": grow}
     path.write_text(json.dumps(stored, indent=2) + "\n")
     lines = [
         "# Every stage at 1x/2x/4x, against a plain-Spark floor",
@@ -574,7 +576,7 @@ def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], met
     lines += targets(runs, grow, meta)
     if meta.get("notes"):
         lines += ["", Path(meta["notes"]).read_text().rstrip()]
-    (RESULTS / "pipeline_scale.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{meta.get('report_name') or 'pipeline_scale'}.md").write_text("\n".join(lines) + "\n")
 
 
 def targets(runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -658,10 +660,12 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/pipeline_scale.py "
         + " ".join(sys.argv[1:]),
-        "commit": commit(),
+        # The code the stages ran (a report rebuilt with --from-runs keeps it), not the report's.
+        "commit": runs[0].get("commit") or commit(),
         "machine": machine(),
         "extrapolated_10m_target_stages_s": round(extra, 1) if extra is not None else None,
         "notes": args.notes,
+        "report_name": args.report_name,
     }
     write_report(f"epcs={args.epcs},days={args.days},scales={args.scales}", runs, grow, meta)
     return 1 if any(s["rc"] for r in runs for s in r["stages"]) else 0
@@ -693,6 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--notes", help="a Markdown file appended to the report (what was run, how to read it)"
+    )
+    parser.add_argument(
+        "--report-name",
+        default="pipeline_scale",
+        help="the Markdown report's name under benchmarks/results (the JSON is shared, keyed by size)",
     )
     parser.add_argument("--from-runs", help="rebuild the report from a kept runs.json instead of running")
     args = parser.parse_args(argv)
