@@ -2,7 +2,11 @@
 
     flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/spark_settings_ab.py \
         --lake-root /tmp/pls21/lake-10000x21 --days 21 \
+        --a 'spark.conf={"spark.databricks.delta.snapshotPartitions": "50"}' \
         --b 'spark.conf={"spark.databricks.delta.snapshotPartitions": "2"}'
+
+(The recorded run compared Delta's default, 50, with 2 before 2 became the local-mode default; since
+then "defaults" on side A means one task per local core, so name 50 explicitly to repeat it.)
 
 The lake is one that ``benchmarks/pipeline_scale.py`` built (every stage ran, a champion is
 registered). Each stage is the same ``tracelake`` subprocess as there (``--set`` overrides
