@@ -40,8 +40,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 VENV_BIN = Path(sys.executable).parent
 START = dt.date(2025, 7, 1)
 SET_NAME = "scale"
-# labels.max_delay_days of the default settings: a label lands at most this many days after its event.
-LABEL_DELAY_DAYS = 14
 # The stages whose sum the 10M-event target is about (ingest -> validate -> features -> score -> monitor).
 TARGET_STAGES = (
     "ingest",
@@ -86,15 +84,24 @@ class Sample:
     cpu_seen: dict[int, float] = field(default_factory=dict)
 
 
-def stages(epcs: int, days: int, training_steps: int) -> list[Stage]:
-    """The pipeline in the order tracelake/pipeline.py declares it."""
+def label_delay_days(overrides: list[str]) -> int:
+    """The most days a label lands after its event under these ``--set`` overrides (the stages' settings)."""
+    from tracelake.config import load_settings
+
+    # environ={}: the stages run with the TRACELAKE_* variables removed (run_stage).
+    return load_settings(overrides=overrides, environ={}).label_max_delay_days
+
+
+def stages(epcs: int, days: int, training_steps: int, label_delay: int | None = None) -> list[Stage]:
+    """The pipeline in the order tracelake/pipeline.py declares it (``label_delay``: default settings')."""
     end = START + dt.timedelta(days=days - 1)
     rng = ("--start-date", START.isoformat(), "--end-date", end.isoformat())
     as_of = f"{end + dt.timedelta(days=1)}T00:00:00Z"
-    # As the demo does: the set ends LABEL_DELAY_DAYS before the data, so every label of it has
+    # As the demo does: the set ends label_delay days before the data, so every label of it has
     # landed inside the window (ingest reads the label files landing in its range) and the model
     # can be promoted; a set with immature labels never is, and scoring needs a champion.
-    set_end = end - dt.timedelta(days=LABEL_DELAY_DAYS)
+    delay = label_delay_days([]) if label_delay is None else label_delay
+    set_end = end - dt.timedelta(days=delay)
     set_rng = ("--start-date", START.isoformat(), "--end-date", set_end.isoformat())
     return [
         Stage(
@@ -147,6 +154,12 @@ def delta_stats(path: Path) -> dict[str, int] | None:
         "rows": int(pa.compute.sum(adds["num_records"]).as_py() or 0),
         "bytes": int(pa.compute.sum(adds["size_bytes"]).as_py() or 0),
     }
+
+
+def silver_rows(records: list[dict[str, Any]]) -> int:
+    """Events of a run: the silver rows its ingest stage wrote (0 before ingest ran)."""
+    ingest = next((r for r in records if r["stage"] == "ingest"), None)
+    return int((((ingest or {}).get("out") or {}).get("silver") or {}).get("rows", 0))
 
 
 def folder_bytes(path: Path) -> int:
@@ -256,7 +269,9 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
     """
     logs = lake.parent / f"{lake.name}-logs"
     results: list[dict[str, Any]] = []
-    names = [s.name for s in stages(epcs, days, args.train_epochs)]
+    overrides = list(args.overrides)
+    planned = stages(epcs, days, args.train_epochs, label_delay_days(overrides))
+    names = [s.name for s in planned]
     # With --model-from, the training stages are left out and that lake's model (registry and the
     # training set monitoring compares against) is copied in before scoring: a larger scale
     # then costs only the stages the 10M-event target is about.
@@ -273,12 +288,8 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
         shutil.rmtree(lake, ignore_errors=True)
         lake.mkdir(parents=True)
     logs.mkdir(exist_ok=True)
-    overrides = list(args.overrides)
     done = {r["stage"] for r in results}
-    events = next(
-        (int((r["out"]["silver"] or {}).get("rows", 0)) for r in results if r["stage"] == "ingest"), 0
-    )
-    for stage in stages(epcs, days, args.train_epochs):
+    for stage in planned:
         if stage.name in skip or stage.name in done:
             continue
         if stage.name == "score" and args.model_from:
@@ -289,14 +300,13 @@ def run_scale(epcs: int, days: int, lake: Path, args: argparse.Namespace) -> dic
             record["landing_bytes"] = folder_bytes(lake / "landing" / "scans")
         record["rows_in"] = {t: (delta_stats(lake / TABLES[t]) or {}).get("rows") for t in stage.reads}
         record["out"] = {t: delta_stats(lake / TABLES[t]) for t in stage.writes}
-        if stage.name == "ingest":
-            events = int((record["out"]["silver"] or {}).get("rows", 0))
         results.append(record)
         # Saved after every stage: a run stopped at a deadline still has what it measured.
         (logs / "stages.json").write_text(json.dumps(results, indent=2))
         print(f"  rc {record['rc']} wall {record['wall_s']} s cpu {record['cpu_s_sampled']} s", flush=True)
         if record["rc"]:
             break
+    events = silver_rows(results)
     for record in results:
         record["events"] = events
         record["events_per_s"] = round(events / record["wall_s"], 1) if record["wall_s"] else None
@@ -679,8 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         "--days",
         type=int,
         default=21,
-        help="days in the window (default 21, at least 17): the training set covers the days whose "
-        "labels have all landed inside the window (up to labels.max_delay_days, 14, before its end)",
+        help="days in the window (default 21; at least labels.max_delay_days + 3, 17 by default): the "
+        "training set covers the days whose labels have all landed inside the window",
     )
     parser.add_argument("--scales", default="1", help="comma list of multiples of --epcs, e.g. 1,2,4")
     parser.add_argument("--train-epochs", type=int, default=1, help="bounds the training stage")
@@ -705,10 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--from-runs", help="rebuild the report from a kept runs.json instead of running")
     args = parser.parse_args(argv)
-    if args.days < LABEL_DELAY_DAYS + 3:
+    delay = label_delay_days(args.overrides)
+    if args.days < delay + 3:
         parser.error(
-            f"--days must be at least {LABEL_DELAY_DAYS + 3}: the training set ends {LABEL_DELAY_DAYS} days "
-            "before the window does and needs 3 days (train, validation and test)"
+            f"--days must be at least {delay + 3}: the training set ends labels.max_delay_days ({delay}) "
+            "days before the window does and needs 3 days (train, validation and test)"
         )
     if args.from_runs:
         return report(json.loads(Path(args.from_runs).read_text()), args)

@@ -56,11 +56,7 @@ def run_pair(
 def lake_events(lake: Path) -> int | None:
     """Silver rows after the ingest stage pipeline_scale.py ran on ``lake`` (its stages.json)."""
     path = lake.parent / f"{lake.name}-logs" / "stages.json"
-    if not path.exists():
-        return None
-    ingest = next((r for r in json.loads(path.read_text()) if r["stage"] == "ingest"), None)
-    silver = ((ingest or {}).get("out") or {}).get("silver") or {}
-    return silver.get("rows")
+    return pipeline_scale.silver_rows(json.loads(path.read_text())) if path.exists() else None
 
 
 def summarise(
