@@ -12,8 +12,9 @@ Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 a shift worth
 acting on (config ``monitoring.warn_psi`` / ``monitoring.drift_psi``).
 
 Counting is one pass over each frame: every row becomes one (column, bin)
-pair per monitored column (``explode`` of an array of structs), then a
-``groupBy`` counts; only the counts (columns x bins x days) reach the driver.
+pair per monitored column, encoded as one integer (``explode`` of an int
+array), then a ``groupBy`` counts; only the counts (columns x bins x days)
+reach the driver.
 """
 
 from __future__ import annotations
@@ -94,17 +95,35 @@ def bin_index(column: Column, edges: Sequence[float]) -> Column:
 def bin_counts(
     frame: DataFrame, edges: Mapping[str, Sequence[float]], group_by: Sequence[str] = ()
 ) -> DataFrame:
-    """Rows per (group, column, bin): columns ``*group_by, feature, bin, count``."""
-    pairs = F.array(
+    """Rows per (group, column, bin): columns ``*group_by, feature, bin, count``.
+
+    Each row's (column, bin) pairs are exploded as single integers -- the column's position times
+    ``width`` plus the bin -- so the aggregation groups by fixed-width keys; names and bins are
+    decoded from the few aggregated rows.
+    """
+    names = list(edges)
+    if not names:
+        raise ValueError("bin_counts needs at least one column")
+    width = max(len(cuts) for cuts in edges.values()) + 2  # bins NULL_BIN .. len(cuts)
+    codes = F.array(
         *[
-            F.struct(F.lit(name).alias("feature"), bin_index(F.col(name), cuts).alias("bin"))
-            for name, cuts in edges.items()
+            F.lit(position * width - NULL_BIN) + bin_index(F.col(name), edges[name])
+            for position, name in enumerate(names)
         ]
     )
+    code = F.col("_code")
     return (
-        frame.select(*group_by, F.explode(pairs).alias("pair"))
-        .groupBy(*group_by, F.col("pair.feature").alias("feature"), F.col("pair.bin").alias("bin"))
+        frame.select(*group_by, F.explode(codes).alias("_code"))
+        .groupBy(*group_by, "_code")
         .count()
+        .select(
+            *group_by,
+            F.element_at(F.array(*[F.lit(n) for n in names]), F.floor(code / width).cast("int") + 1).alias(
+                "feature"
+            ),
+            (code % width + NULL_BIN).cast("int").alias("bin"),
+            "count",
+        )
     )
 
 

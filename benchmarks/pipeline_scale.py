@@ -217,16 +217,23 @@ def job_log(stderr: str) -> tuple[float | None, list[dict[str, Any]]]:
     return started, steps
 
 
-def run_stage(stage: Stage, lake: Path, overrides: list[str], logs: Path) -> dict[str, Any]:
-    """One ``tracelake`` subprocess, sampled; its resources and log timings."""
+def run_stage(
+    stage: Stage, lake: Path, overrides: list[str], logs: Path, code: Path | None = None
+) -> dict[str, Any]:
+    """One ``tracelake`` subprocess, sampled; its resources and log timings.
+
+    ``code``: a checkout of this repository whose code the stage runs (default: this one).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELAKE_", "PYSPARK_"))}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)  # ahead of the editable install, for the driver and its workers
     argv = [str(VENV_BIN / "tracelake"), *stage.argv, "--lake-root", str(lake)]
     argv += [a for o in overrides for a in ("--set", o)]
     load_before = os.getloadavg()
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0, wall0 = time.monotonic(), time.time()
     proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv, cwd=code or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     sample, stop = Sample(), threading.Event()
     sampler = threading.Thread(target=sample_tree, args=(proc.pid, sample, stop), daemon=True)
@@ -639,9 +646,9 @@ def machine() -> str:
     return f"{platform.machine()}, nproc {os.cpu_count()}, {mem:.1f} GiB memory"
 
 
-def commit() -> str:
+def commit(checkout: Path = ROOT) -> str:
     done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     )
     return done.stdout.strip()
 

@@ -1,4 +1,4 @@
-"""A/B of Spark settings on the pipeline's stages: each stage run with settings A and B, alternately.
+"""A/B of Spark settings or code on the pipeline's stages: each stage run as A and as B, alternately.
 
     flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/spark_settings_ab.py \
         --lake-root /tmp/pls21/lake-10000x21 --days 21 \
@@ -14,6 +14,15 @@ appended), run with A (``--a``, default: no override) and B (``--b``) back to ba
 alternating from stage to stage and round to round so that a drift of the machine's load hits
 both sides alike. Stages rewrite their own days, which is what a rerun of a day does anyway.
 Results: benchmarks/results/spark_settings_ab.json (keyed by the B settings, appended) and .md.
+
+Code instead of settings: ``--a-code DIR`` / ``--b-code DIR`` run that side's stages from another
+checkout of this repository (e.g. a ``git worktree`` of the commit before a change), with the same
+virtual environment; the JSON then also records each side's checkout and commit:
+
+    git worktree add /tmp/before <commit>
+    flock /tmp/tracelake-bench.lock .venv/bin/python benchmarks/spark_settings_ab.py \
+        --lake-root /tmp/pl1m/lake-100000x30 --days 30 --a-code /tmp/before --b-code . \
+        --stages features,monitor
 """
 
 from __future__ import annotations
@@ -35,12 +44,17 @@ STAGES = ("ingest", "validate_bronze", "validate_silver", "features", "validate_
 
 
 def run_pair(
-    stage: pipeline_scale.Stage, lake: Path, sides: dict[str, list[str]], first: str, logs: Path
+    stage: pipeline_scale.Stage,
+    lake: Path,
+    sides: dict[str, list[str]],
+    first: str,
+    logs: Path,
+    code: dict[str, Path | None],
 ) -> dict:
     """One run per side, ``first`` side first; wall and CPU seconds of each."""
     out: dict[str, Any] = {}
     for side in (first, "b" if first == "a" else "a"):
-        record = pipeline_scale.run_stage(stage, lake, sides[side], logs)
+        record = pipeline_scale.run_stage(stage, lake, sides[side], logs, code[side])
         (logs / f"{stage.name}-{side}.err").write_text((logs / f"{stage.name}.err").read_text())
         if record["rc"]:
             raise SystemExit(f"{stage.name} ({side}) failed: {record['error_tail']}")
@@ -85,10 +99,21 @@ def summarise(
         "events": lake_events(lake),
         "a": args.a,
         "b": args.b,
+        **{
+            f"{side}_code": {"checkout": str(path), "commit": pipeline_scale.commit(path)}
+            for side, path in (("a", args.a_code), ("b", args.b_code))
+            if path is not None
+        },
         "runs": rows,
         "per_stage": per_stage,
         "total_b_over_a": round(total_b / total_a, 3),
     }
+
+
+def _side(record: dict[str, Any], side: str) -> str:
+    """A side's settings, and its code when it ran another checkout."""
+    code = record.get(f"{side}_code")
+    return " ".join([*record[side], *([f"code at {code['commit']}"] if code else [])])
 
 
 def write_results(record: dict[str, Any], key: str) -> None:
@@ -100,7 +125,7 @@ def write_results(record: dict[str, Any], key: str) -> None:
     lines = ["# Spark settings A/B on the pipeline's stages", ""]
     for name, rec in stored.items():
         lines += [
-            f"## B = `{name}` (A = `{' '.join(rec['a']) or 'defaults'}`)",
+            f"## B = `{name}` (A = `{_side(rec, 'a') or 'defaults'}`)",
             "",
             f"`{rec['command']}` at {rec['when']}, commit {rec['commit']}; {rec['machine']}; lake {rec['lake']} "
             f"({rec['events']} events).",
@@ -124,10 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--a", action="append", default=[], metavar="KEY=VALUE", help="side A's --set (default none)"
     )
-    parser.add_argument("--b", action="append", required=True, metavar="KEY=VALUE", help="side B's --set")
+    parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="side B's --set")
+    parser.add_argument("--a-code", type=Path, help="a checkout whose code side A runs (default: this one)")
+    parser.add_argument("--b-code", type=Path, help="a checkout whose code side B runs (default: this one)")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma list, in pipeline order")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
+    if not (args.b or args.a_code or args.b_code):
+        parser.error("give side B's settings (--b) or a checkout for a side (--a-code, --b-code)")
+    code = {"a": args.a_code and args.a_code.resolve(), "b": args.b_code and args.b_code.resolve()}
     lake = Path(args.lake_root)
     logs = lake.parent / f"{lake.name}-ab-logs"
     logs.mkdir(exist_ok=True)
@@ -139,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(wanted):
             first = "a" if (i + r) % 2 == 0 else "b"
             print(f"round {r + 1} {name} ({first} first) ...", flush=True)
-            pair = run_pair(by_name[name], lake, sides, first, logs)
+            pair = run_pair(by_name[name], lake, sides, first, logs, code)
             rows.append({"round": r + 1, "stage": name, "first": first, **pair})
             print(f"  a {pair['a']['wall_s']} s  b {pair['b']['wall_s']} s", flush=True)
             # Kept after every pair: a run stopped or failed later still has what it measured.
             (logs / "ab_runs.json").write_text(json.dumps(rows, indent=2))
     record = summarise(rows, wanted, args, lake, argv)
-    write_results(record, " ".join(args.b))
+    write_results(record, _side(record, "b"))
     return 0
 
 

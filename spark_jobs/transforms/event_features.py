@@ -84,34 +84,32 @@ def _index_of(column: str, values: list[str]) -> Column:
 
 def _serial_issued(silver: DataFrame, serial_ranges: DataFrame | None) -> DataFrame:
     """``serial_issued``: 1 when the EPC's serial lies in a range the product master issued for its
-    company and product, 0 when the product has ranges and none holds it, null otherwise."""
+    company and product, 0 when the product has ranges and none holds it, null otherwise.
+
+    The ranges are gathered into one array per product and broadcast, so each event meets its
+    product's ranges in the stage that reads it: silver is not shuffled for this column.
+    """
     if serial_ranges is None:
         return silver.withColumn("serial_issued", F.lit(None).cast("int"))
     number = "decimal(38,0)"
-    ranges = serial_ranges.select(
-        F.col("company_prefix").alias("_r_company"),
-        F.col("item_reference").alias("_r_product"),
-        F.col("serial_from").cast(number).alias("_r_from"),
-        F.col("serial_to").cast(number).alias("_r_to"),
+    per_product = serial_ranges.groupBy(
+        F.col("company_prefix").alias("_r_company"), F.col("item_reference").alias("_r_product")
+    ).agg(
+        F.collect_list(
+            F.struct(
+                F.col("serial_from").cast(number).alias("low"), F.col("serial_to").cast(number).alias("high")
+            )
+        ).alias("_r_ranges")
     )
-    serials = silver.select(
-        "event_id", "epc_company", "epc_product", F.expr(f"try_cast(epc_serial AS {number})").alias("_serial")
+    serial = F.expr(f"try_cast(epc_serial AS {number})")
+    issued = F.exists(
+        F.col("_r_ranges"), lambda r: F.coalesce(serial.between(r["low"], r["high"]), F.lit(False))
     )
-    matched = (
-        serials.join(
-            ranges,
-            (F.col("epc_company") == F.col("_r_company")) & (F.col("epc_product") == F.col("_r_product")),
-        )
-        .groupBy("event_id")
-        .agg(
-            F.max(
-                F.coalesce(F.col("_serial").between(F.col("_r_from"), F.col("_r_to")), F.lit(False)).cast(
-                    "int"
-                )
-            ).alias("serial_issued")
-        )
-    )
-    return silver.join(matched, "event_id", "left")
+    return silver.join(
+        F.broadcast(per_product),
+        (F.col("epc_company") == F.col("_r_company")) & (F.col("epc_product") == F.col("_r_product")),
+        "left",
+    ).select(*silver.columns, issued.cast("int").alias("serial_issued"))
 
 
 def _undirected(air_lanes: DataFrame) -> DataFrame:
@@ -121,6 +119,28 @@ def _undirected(air_lanes: DataFrame) -> DataFrame:
     )
     swapped = lanes.select(F.col("_lane_to").alias("_lane_from"), F.col("_lane_from").alias("_lane_to"))
     return lanes.unionByName(swapped).distinct().withColumn("_on_lane", F.lit(True))
+
+
+def _device_offset_s(silver: DataFrame) -> Column:
+    """Mean ``event_time - record_time`` (s) of the device's scans in the 24 hours up to this one.
+
+    A sliding RANGE frame would re-aggregate its whole buffer each time its start moves: quadratic
+    in a busy device's scans per day (hundreds at 10M events a month). The frame's sum and count are
+    differences of two running totals instead, each kept in one pass: everything up to this scan
+    (peers included) minus everything older than 24 hours before it. The totals are exact integers
+    (microseconds summed as decimals), so the difference is exact whatever the first row read.
+    """
+    if "record_time" not in silver.columns:
+        return F.lit(None).cast("double")
+    offset_us = (F.unix_micros("event_time") - F.unix_micros("record_time")).cast("decimal(38,0)")
+    by_time = Window.partitionBy("device_id").orderBy(F.unix_micros("event_time"))
+    upto = by_time.rangeBetween(Window.unboundedPreceding, Window.currentRow)
+    older = by_time.rangeBetween(Window.unboundedPreceding, -(86_400 * _MICROS) - 1)
+    total = F.sum(offset_us).over(upto) - F.coalesce(F.sum(offset_us).over(older), F.lit(0))
+    count = F.count(offset_us).over(upto) - F.count(offset_us).over(older)
+    return F.when(
+        F.col("device_id").isNotNull() & (count > 0), total.cast("double") / count / F.lit(float(_MICROS))
+    )
 
 
 def scan_steps(
@@ -154,15 +174,13 @@ def scan_steps(
         by_epc.orderBy("event_time")
     )
     silver = _serial_issued(silver, serial_ranges)
-    offset = (
-        (F.unix_micros("event_time") - F.unix_micros("record_time")) / F.lit(float(_MICROS))
-        if "record_time" in silver.columns
-        else F.lit(None).cast("double")
-    )
+    # The device window comes before the EPC windows so that the frame leaves this function
+    # partitioned by EPC and sorted by ``ord``: event_features' EPC windows then need no second
+    # shuffle and sort of the (persisted) steps.
     steps = (
         silver.withColumn("micros", micros)
+        .withColumn("device_offset_s", _device_offset_s(silver))
         .withColumn("ord", F.col("micros") * TIE_SLOTS + F.least(tie, F.lit(TIE_SLOTS - 1)))
-        .withColumn("_record_offset_s", offset)
     )
     in_order = by_epc.orderBy("ord")
     steps = steps.select(
@@ -224,14 +242,10 @@ def scan_steps(
         _index_of("business_step", list(doms.business_steps)).alias("business_step_idx"),
         F.sin(angle).alias("hour_sin"),
         F.cos(angle).alias("hour_cos"),
-        F.col("_record_offset_s"),
     )
     # The hop before the previous scan, when both of its scans lie in this event's history.
     linked_before = F.col("has_prev") & (
         F.lag("prev_ord").over(in_order) >= F.col("ord") - F.lit(history_span(settings))
-    )
-    device_day = (
-        Window.partitionBy("device_id").orderBy("micros").rangeBetween(-86_400 * _MICROS, Window.currentRow)
     )
     return steps.select(
         *[c for c in steps.columns if not c.startswith("_")],
@@ -239,9 +253,6 @@ def scan_steps(
             F.when(linked_before, F.lag(c).over(in_order)).alias(f"prev_{c}")
             for c in ("speed_kmh", "tier_change", "same_location")
         ],
-        F.when(F.col("device_id").isNotNull(), F.avg("_record_offset_s").over(device_day)).alias(
-            "device_offset_s"
-        ),
     )
 
 

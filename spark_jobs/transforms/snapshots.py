@@ -6,9 +6,10 @@ of D (UTC) and uses only scans dated before D and labels confirmed before
 over days: each input row is *spread* to the snapshot days whose window holds
 it (``explode(sequence(first_day, last_day))``), and one aggregation per table
 groups by (key, snapshot day). Additive measures are summed per (location,
-scan day) first, so only those few daily rows are spread; distinct EPCs and
-transit-time percentiles are not additive, so their (deduplicated) rows are
-spread themselves -- ``snapshot_window_days`` copies each.
+scan day) first, so only those few daily rows are spread; transit-time
+percentiles are not additive, so their rows are spread themselves --
+``snapshot_window_days`` copies each; distinct EPCs spread only the snapshot
+days a (location, EPC) pair's earlier scan did not cover (:func:`_distinct_epcs`).
 
 Means and standard deviations come from exact sums (integer microseconds
 summed as decimals), never from sums of doubles: floating-point addition
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from tracelake.config import FeatureSettings
@@ -87,6 +88,29 @@ def _mean_std(prefix: str, unit_us: float) -> tuple[Column, Column]:
     return mean, F.when(n > 1, F.sqrt(F.greatest(variance, F.lit(0.0))))
 
 
+def _distinct_epcs(steps: DataFrame, window: int, first_day: dt.date, last_day: dt.date) -> DataFrame:
+    """``epcs``: distinct EPCs scanned at a location in the ``window`` days before each snapshot day.
+
+    Counted without a distinct count of the spread rows: each scan day of a (location, EPC) adds
+    only the snapshot days that the pair's previous scan day did not already cover (the days of its
+    window after the previous day's window), so the pair's intervals are disjoint and counting
+    them is exact. A same-day scan adds nothing. The frame is partitioned by EPC and sorted by
+    ``ord`` (:func:`scan_steps`), so the window over (EPC, location) needs no shuffle.
+    """
+    day = F.col("event_date")
+    previous = F.lag(day).over(Window.partitionBy("epc_code", "location_id").orderBy("event_date"))
+    low, high = _window_days(day, window)
+    fresh_from = F.when(previous.isNull(), low).otherwise(F.greatest(low, F.date_add(previous, window + 1)))
+    fresh = steps.where(F.col("epc_code").isNotNull()).select(
+        "location_id", fresh_from.alias("_from"), high.alias("_to")
+    )
+    return (
+        _spread(fresh, F.col("_from"), F.col("_to"), first_day, last_day)
+        .groupBy("location_id", SNAPSHOT_DATE)
+        .agg(F.count(F.lit(1)).alias("epcs"))
+    )
+
+
 def location_snapshots(
     steps: DataFrame,
     labels: DataFrame,
@@ -134,16 +158,7 @@ def location_snapshots(
         .groupBy("location_id", SNAPSHOT_DATE)
         .agg(F.sum("events").alias("label_window_events"))
     )
-    epcs = (
-        _spread(
-            steps.select("location_id", "event_date", "epc_code").distinct(),
-            *_window_days(F.col("event_date"), window),
-            first_day,
-            last_day,
-        )
-        .groupBy("location_id", SNAPSHOT_DATE)
-        .agg(F.countDistinct("epc_code").alias("epcs"))
-    )
+    epcs = _distinct_epcs(steps, window, first_day, last_day)
 
     # A label counts from the day after its confirmation (confirmed_at < start of D).
     types = list(domain().anomaly_types)

@@ -49,6 +49,25 @@ def test_bins_put_nulls_apart_and_cut_at_the_edges(spark):
     assertDataFrameEqual(got, expected)
 
 
+def test_bins_of_several_columns_per_group(spark):
+    frame = spark.createDataFrame(
+        [("d1", 0.5, 10), ("d1", 2.5, None), ("d2", 1.5, 30), ("d2", 1.5, 40)], "day string, x double, y int"
+    )
+    got = drift.bin_counts(frame, {"x": [1.0, 2.0], "y": [25.0]}, ["day"])
+    expected = spark.createDataFrame(
+        [
+            ("d1", "x", 0, 1),
+            ("d1", "x", 2, 1),
+            ("d1", "y", -1, 1),
+            ("d1", "y", 0, 1),
+            ("d2", "x", 1, 2),
+            ("d2", "y", 1, 2),
+        ],
+        "day string, feature string, bin int, count bigint",
+    )
+    assertDataFrameEqual(got, expected)
+
+
 def test_event_step_picks_the_last_real_step(spark):
     # steps x 2 features, time-major, real steps only; seq_len 2 -> step 1 (elements 2, 3); 3 -> step 2 (4, 5)
     frame = spark.createDataFrame(

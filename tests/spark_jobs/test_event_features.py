@@ -398,3 +398,26 @@ def test_context_features_air_lanes_serials_returns_and_the_previous_hop(spark, 
     # Without the reference tables the serial check is unknown and no hop is an air lane.
     plain = features(spark, rows, settings, day(0), day(0)).select("event_id", "serial_issued", "air_lane")
     assert {(r[1], r[2]) for r in plain.collect()} == {(None, 0.0)}
+
+
+def test_device_offset_is_the_mean_of_the_24_hours_up_to_the_scan(spark, test_settings):
+    # One device (H1) whose clock offset changes scan by scan; scans exactly 24 h apart, several at
+    # one instant, and a scan without a record time. The running-total form must give the mean over
+    # [t - 24 h, t], both bounds in, peers included, nulls left out.
+    hours = [0.0, 1.0, 1.0, 6.0, 24.0, 24.0, 25.0, 49.0, 49.5, 73.5]
+    offsets = [10.0, -4.0, 7.0, None, 3.0, 1.0, 2.0, 40.0, -8.0, 0.5]
+    rows = [(f"e{i}", f"E{i}", ts(0, h), "H1", "HUB_Inbound") for i, h in enumerate(hours)]
+    record = {f"e{i}": o for i, o in enumerate(offsets)}
+    frame = silver(spark, rows)
+    shift = F.create_map(*[x for k, v in record.items() if v is not None for x in (F.lit(k), F.lit(v))])
+    frame = frame.withColumn(
+        "record_time",
+        F.when(
+            F.col("event_id").isin([k for k, v in record.items() if v is not None]),
+            F.timestamp_micros(F.unix_micros("event_time") - (shift[F.col("event_id")] * 1e6).cast("long")),
+        ),
+    )
+    got = {r["event_id"]: r["device_offset_s"] for r in scan_steps(frame, test_settings.features).collect()}
+    for i, hour in enumerate(hours):
+        window = [o for h, o in zip(hours, offsets, strict=True) if hour - 24 <= h <= hour and o is not None]
+        assert got[f"e{i}"] == pytest.approx(statistics.mean(window)), (i, hour, window)
