@@ -47,7 +47,10 @@ class SparkSettings(_Section):
     # Folder with the Delta Lake JARs (filled from Maven Central by `make setup`);
     # empty: .jars/spark<major.minor> of the installed pyspark (one folder per Spark line).
     jars_dir: str = ""
-    driver_memory: str = "4g"
+    # In local mode the driver's heap is every task's memory. 4g ran out while validation cached
+    # features_event_features at 9.9M events (benchmarks/results/pipeline_scale_10m.md); 8g held it,
+    # and leaves two thirds of a 24 GiB machine to Python workers and the page cache.
+    driver_memory: str = "8g"
     shuffle_partitions: int = 8
     # Extra `spark.*` settings passed through unchanged.
     conf: dict[str, str] = Field(default_factory=dict)
