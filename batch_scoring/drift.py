@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import IntegerType, LongType, StructField, StructType
@@ -87,55 +87,49 @@ def quantile_edges(
     }
 
 
-def bin_index(column: Column, edges: Sequence[float]) -> Column:
-    """0-based bin of a value among ``(-inf, e1], (e1, e2], ... (e_k, inf)``; NULL_BIN for null or NaN."""
-    value = column.cast("double")
-    index = F.lit(0)
-    for edge in edges:
-        index = index + (value > F.lit(edge)).cast("int")
-    return F.when(value.isNull() | F.isnan(value), F.lit(NULL_BIN)).otherwise(index)
-
-
 def _counter(
     edges: Sequence[Sequence[float]], groups: int, schema: pa.Schema
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function of :func:`bin_counts`: a partition's rows -> its (group, column, bin) counts.
 
     Batches hold the ``groups`` group columns, then one double column per entry of ``edges``.
-    A column's bin is the number of its edges below the value (``searchsorted``, as
-    :func:`bin_index`), NULL_BIN for null or NaN; ``bincount`` counts them per group.
+    A column's bin is the number of its edges below the value (``searchsorted``): bins
+    ``(-inf, e1], (e1, e2], ... (e_k, inf)``, NULL_BIN for null or NaN; ``bincount`` counts them
+    per group.
     """
     cuts = [np.asarray(c, dtype=np.float64) for c in edges]
     width = max(len(c) for c in cuts) + 2  # bins NULL_BIN .. len(cuts)
 
     def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        totals: dict[tuple[Any, ...], np.ndarray] = {}
+        totals: dict[tuple[Any, ...], np.ndarray] = {}  # group -> counts per (column, bin slot)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
+            group_of: dict[tuple[Any, ...], int] = {(): 0}
+            ids = np.zeros(batch.num_rows, dtype=np.int64)
             if groups:
-                keys = list(zip(*(batch.column(g).to_pylist() for g in range(groups)), strict=True))
-                group_of: dict[tuple[Any, ...], int] = {}
-                ids = np.fromiter(
-                    (group_of.setdefault(k, len(group_of)) for k in keys), dtype=np.int64, count=len(keys)
-                )
-            else:
-                group_of, ids = {(): 0}, np.zeros(batch.num_rows, dtype=np.int64)
+                keys = zip(*(batch.column(g).to_pylist() for g in range(groups)), strict=True)
+                group_of = {}
+                ids = np.fromiter((group_of.setdefault(k, len(group_of)) for k in keys), dtype=np.int64)
+            counts = np.zeros((len(group_of), len(cuts), width), dtype=np.int64)
             for column, column_cuts in enumerate(cuts):
                 values = batch.column(groups + column).to_numpy(zero_copy_only=False).astype(np.float64)
                 bins = np.where(np.isnan(values), NULL_BIN, np.searchsorted(column_cuts, values, side="left"))
-                counts = np.bincount(
+                counts[:, column, :] = np.bincount(
                     ids * width + (bins - NULL_BIN), minlength=len(group_of) * width
                 ).reshape(len(group_of), width)
-                for key, gid in group_of.items():
-                    total = totals.setdefault((*key, column), np.zeros(width, dtype=np.int64))
-                    total += counts[gid]
-        rows: list[dict[str, Any]] = []
-        for (*key, column), counts in totals.items():
-            for slot in np.nonzero(counts)[0]:
-                row = dict(zip(schema.names[:groups], key, strict=True))
-                row.update({"_column": column, "bin": int(slot) + NULL_BIN, "count": int(counts[slot])})
-                rows.append(row)
+            for key, gid in group_of.items():
+                totals[key] = totals.get(key, 0) + counts[gid]
+        rows = [
+            {
+                **dict(zip(schema.names[:groups], key, strict=True)),
+                "_column": int(c),
+                "bin": int(slot) + NULL_BIN,
+                "count": int(per_key[c, slot]),
+            }
+            for key, per_key in totals.items()
+            for c, slot in zip(*np.nonzero(per_key), strict=True)
+        ]
         yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
     return count
@@ -172,7 +166,7 @@ def bin_counts(
             *group_by,
             F.element_at(F.array(*[F.lit(n) for n in names]), F.col("_column") + 1).alias("feature"),
             "bin",
-            F.col("count").cast("long").alias("count"),
+            "count",
         )
     )
 
