@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -490,7 +491,12 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def growth(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per stage: time(largest)/time(smallest), the fit, and the marginal check against 1.1x the event ratio."""
+    """Per stage: time(largest)/time(smallest), the fit, and the marginal check against 1.1x the event ratio.
+
+    The check is made from the smallest to the largest scale and for each step between neighbouring
+    scales (with --scales 1,4,16, two 4x steps): a stage that grows linearly at the bottom and
+    faster at the top shows in its last step.
+    """
     if len(runs) < 2:
         return {}
     runs = sorted(runs, key=lambda r: r["events"])
@@ -507,23 +513,41 @@ def growth(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ]
         if len(points) != len(runs):
             continue
-        fixed, per_event = fit(points)
+        fitted_fixed, per_event = fit(points)
+        # A negative intercept is no fixed cost; kept at 0 it makes the check stricter, not looser.
+        fixed = max(fitted_fixed, 0.0)
         t_small, t_big = points[0][1], points[-1][1]
-        # After the fixed cost: the variable part's ratio; the target allows 10 % over linear. When
-        # the fitted fixed cost is not below the smallest run's time, the variable part is within
-        # the run-to-run noise at these sizes and the ratio says nothing: not judged (None).
-        variable_small = t_small - fixed
-        judged = variable_small > 0.1 * t_small
-        marginal = (t_big - fixed) / variable_small if judged else None
+        marginal = marginal_ratio(points[0][1], t_big, fixed)
+        steps = [
+            {
+                "events": [a[0], b[0]],
+                "event_ratio": round(b[0] / a[0], 3),
+                "marginal_ratio": None if (m := marginal_ratio(a[1], b[1], fixed)) is None else round(m, 3),
+                "within_1_1x_linear": None if m is None else m <= 1.1 * b[0] / a[0],
+            }
+            for a, b in itertools.pairwise(points)
+        ]
+        verdicts = [marginal is None or marginal <= 1.1 * event_ratio] + [
+            s["within_1_1x_linear"] is not False for s in steps
+        ]
         out[name] = {
             "time_ratio": round(t_big / t_small, 3),
             "event_ratio": round(event_ratio, 3),
             "fixed_s": round(fixed, 2),
             "per_event_us": round(per_event * 1e6, 2),
             "marginal_ratio": round(marginal, 3) if marginal is not None else None,
-            "within_1_1x_linear": None if marginal is None else marginal <= 1.1 * event_ratio,
+            "steps": steps if len(steps) > 1 else [],
+            "within_1_1x_linear": None if marginal is None else all(verdicts),
         }
     return out
+
+
+def marginal_ratio(t_small: float, t_big: float, fixed: float) -> float | None:
+    """(t_big - fixed) / (t_small - fixed): the variable part's growth. When the fixed cost is not
+    clearly below the smaller run's time, the variable part is within the run-to-run noise at that
+    size and the ratio says nothing: None (not judged)."""
+    variable_small = t_small - fixed
+    return (t_big - fixed) / variable_small if variable_small > 0.1 * t_small else None
 
 
 def extrapolate(grow: dict[str, dict[str, Any]], events: int) -> float | None:
@@ -608,6 +632,23 @@ def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], met
             ),
             "",
         ]
+        stepped = {k: g["steps"] for k, g in grow.items() if g.get("steps")}
+        if stepped:
+            lines += [
+                "Each step between neighbouring scales, after the same fixed cost (marginal ratio / event ratio):",
+                "",
+                *(
+                    f"- {k}: "
+                    + "; ".join(
+                        f"{a:,} → {b:,} events: {s['marginal_ratio']} / {s['event_ratio']}"
+                        + ("" if s["within_1_1x_linear"] is not False else " (over 1.1×)")
+                        for s in steps
+                        for a, b in [s["events"]]
+                    )
+                    for k, steps in stepped.items()
+                ),
+                "",
+            ]
     lines += targets(runs, grow, meta)
     if meta.get("notes"):
         lines += ["", Path(meta["notes"]).read_text().rstrip()]
