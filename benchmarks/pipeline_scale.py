@@ -517,19 +517,10 @@ def growth(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         # A negative intercept is no fixed cost; kept at 0 it makes the check stricter, not looser.
         fixed = max(fitted_fixed, 0.0)
         t_small, t_big = points[0][1], points[-1][1]
-        marginal = marginal_ratio(points[0][1], t_big, fixed)
-        steps = [
-            {
-                "events": [a[0], b[0]],
-                "event_ratio": round(b[0] / a[0], 3),
-                "marginal_ratio": None if (m := marginal_ratio(a[1], b[1], fixed)) is None else round(m, 3),
-                "within_1_1x_linear": None if m is None else m <= 1.1 * b[0] / a[0],
-            }
-            for a, b in itertools.pairwise(points)
-        ]
-        verdicts = [marginal is None or marginal <= 1.1 * event_ratio] + [
-            s["within_1_1x_linear"] is not False for s in steps
-        ]
+        marginal = marginal_ratio(t_small, t_big, fixed)
+        steps = [linear_step(a, b, fixed) for a, b in itertools.pairwise(points)]
+        over = marginal is not None and marginal > 1.1 * event_ratio
+        over = over or any(s["within_1_1x_linear"] is False for s in steps)
         out[name] = {
             "time_ratio": round(t_big / t_small, 3),
             "event_ratio": round(event_ratio, 3),
@@ -537,9 +528,21 @@ def growth(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "per_event_us": round(per_event * 1e6, 2),
             "marginal_ratio": round(marginal, 3) if marginal is not None else None,
             "steps": steps if len(steps) > 1 else [],
-            "within_1_1x_linear": None if marginal is None else all(verdicts),
+            "within_1_1x_linear": None if marginal is None else not over,
         }
     return out
+
+
+def linear_step(small: tuple[int, float], big: tuple[int, float], fixed: float) -> dict[str, Any]:
+    """One step between neighbouring scales ((events, seconds) each), judged like the whole range."""
+    event_ratio = big[0] / small[0]
+    marginal = marginal_ratio(small[1], big[1], fixed)
+    return {
+        "events": [small[0], big[0]],
+        "event_ratio": round(event_ratio, 3),
+        "marginal_ratio": None if marginal is None else round(marginal, 3),
+        "within_1_1x_linear": None if marginal is None else marginal <= 1.1 * event_ratio,
+    }
 
 
 def marginal_ratio(t_small: float, t_big: float, fixed: float) -> float | None:
@@ -637,22 +640,19 @@ def write_report(key: str, runs: list[dict[str, Any]], grow: dict[str, Any], met
             lines += [
                 "Each step between neighbouring scales, after the same fixed cost (marginal ratio / event ratio):",
                 "",
-                *(
-                    f"- {k}: "
-                    + "; ".join(
-                        f"{a:,} → {b:,} events: {s['marginal_ratio']} / {s['event_ratio']}"
-                        + ("" if s["within_1_1x_linear"] is not False else " (over 1.1×)")
-                        for s in steps
-                        for a, b in [s["events"]]
-                    )
-                    for k, steps in stepped.items()
-                ),
+                *(f"- {k}: " + "; ".join(map(step_text, steps)) for k, steps in stepped.items()),
                 "",
             ]
     lines += targets(runs, grow, meta)
     if meta.get("notes"):
         lines += ["", Path(meta["notes"]).read_text().rstrip()]
     (RESULTS / f"{meta.get('report_name') or 'pipeline_scale'}.md").write_text("\n".join(lines) + "\n")
+
+
+def step_text(step: dict[str, Any]) -> str:
+    small, big = step["events"]
+    over = " (over 1.1×)" if step["within_1_1x_linear"] is False else ""
+    return f"{small:,} → {big:,} events: {step['marginal_ratio']} / {step['event_ratio']}{over}"
 
 
 def targets(runs: list[dict[str, Any]], grow: dict[str, Any], meta: dict[str, Any]) -> list[str]:
